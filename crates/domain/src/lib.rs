@@ -16,4 +16,4 @@ pub mod time;
 
 pub use ids::{DeploymentId, IdError, OrganizationId, RunId, TriggerId, UserId, VersionId};
 pub use model::*;
-pub use run::{RetryPolicy, RunStatus, TransitionError};
+pub use run::{AttemptEnd, RetryPolicy, RunStatus, TransitionError};

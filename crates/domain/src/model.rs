@@ -163,12 +163,12 @@ pub struct Lease {
     pub token: i64,
 }
 
-/// How an attempt ended, as the worker saw it.
+/// How an attempt ended, as its worker saw it. (A run being cancelled ends
+/// CANCELLED when its stopped code reports a failure.)
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
     Succeeded,
     Failed { error: String },
-    Cancelled,
 }
 
 /// A page of a keyset-ordered list.

@@ -160,6 +160,44 @@ impl FromStr for RunStatus {
     }
 }
 
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The code returned normally.
+    Succeeded,
+    /// The code raised, exited non-zero, timed out or was stopped.
+    Failed,
+    /// The worker stopped heart-beating: nobody knows how the code ended.
+    Lost,
+}
+
+impl AttemptEnd {
+    /// The name the attempt's record keeps.
+    pub fn outcome(self, run_after: RunStatus) -> &'static str {
+        match (self, run_after) {
+            (AttemptEnd::Lost, _) => "LOST",
+            (_, RunStatus::Cancelled) => "CANCELLED",
+            (AttemptEnd::Succeeded, _) => "SUCCEEDED",
+            (AttemptEnd::Failed, _) => "FAILED",
+        }
+    }
+}
+
+impl RunStatus {
+    /// Where a leased run goes when its attempt number `attempt` (1-based)
+    /// ends: a run being cancelled ends CANCELLED unless its code had already
+    /// succeeded; a failed or lost attempt is retried (PENDING) while
+    /// `retry_count` allows, and FAILED after that.
+    pub fn after_attempt(self, end: AttemptEnd, attempt: i32, retry_count: i32) -> RunStatus {
+        match (self, end) {
+            (_, AttemptEnd::Succeeded) => RunStatus::Succeeded,
+            (RunStatus::Canceling, _) => RunStatus::Cancelled,
+            _ if RetryPolicy::may_retry(attempt, retry_count) => RunStatus::Pending,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
 /// How often and how soon a failed attempt is tried again.
 ///
 /// `retry_count` is the number of retries after the first attempt (0–9,
@@ -306,6 +344,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SUBMITTED"));
+    }
+
+    #[test]
+    fn attempts_end_in_retry_failure_success_or_cancel() {
+        use AttemptEnd::*;
+        assert_eq!(Running.after_attempt(Succeeded, 1, 0), RunStatus::Succeeded);
+        assert_eq!(Running.after_attempt(Failed, 1, 1), Pending);
+        assert_eq!(Running.after_attempt(Failed, 2, 1), RunStatus::Failed);
+        assert_eq!(Starting.after_attempt(Lost, 1, 5), Pending);
+        assert_eq!(Running.after_attempt(Lost, 6, 5), RunStatus::Failed);
+        assert_eq!(Canceling.after_attempt(Failed, 1, 5), Cancelled);
+        assert_eq!(Canceling.after_attempt(Lost, 1, 5), Cancelled);
+        assert_eq!(
+            Canceling.after_attempt(Succeeded, 1, 5),
+            RunStatus::Succeeded
+        );
+        // Whatever the end, the move is an edge of the machine.
+        for from in [Starting, Running, Canceling] {
+            for end in [Succeeded, Failed, Lost] {
+                if from == Starting && end == Succeeded {
+                    continue; // code that never started cannot have succeeded
+                }
+                for attempt in 1..4 {
+                    let to = from.after_attempt(end, attempt, 2);
+                    assert!(from.can_transition(to), "{from} → {to}");
+                }
+            }
+        }
+        assert_eq!(Lost.outcome(Pending), "LOST");
+        assert_eq!(Failed.outcome(Cancelled), "CANCELLED");
     }
 
     #[test]

@@ -1,0 +1,770 @@
+//! One conformance suite for the metadata store, run against SQLite and
+//! PostgreSQL. Every test is written once, as `async fn name(store)`, and
+//! the `suite!` macro instantiates it per backend.
+//!
+//! PostgreSQL tests make a fresh database per test on the server named by
+//! `SLUICE_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! and fail, loudly, when it does not answer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_domain::time::{self, Timestamp};
+use sluice_domain::*;
+use sluice_store::{LogQuery, MetadataStore, SqlStore, StoreError};
+
+async fn sqlite_store() -> (SqlStore, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    let url = format!("sqlite://{}/meta.db", dir.path());
+    (sluice_store::open(&url).await.expect("open sqlite"), dir)
+}
+
+async fn postgres_store() -> (SqlStore, tempdir::Dir) {
+    let admin = std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = tempdir::fresh_postgres_database(&admin).await;
+    (
+        sluice_store::open(&url).await.expect("open postgres"),
+        tempdir::Dir::new(),
+    )
+}
+
+mod tempdir {
+    use sqlx::Connection;
+
+    /// A directory removed when dropped.
+    pub struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!("sluice-store-test-{}", rand_suffix()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> String {
+            self.0.display().to_string()
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rand_suffix() -> String {
+        use rand::Rng;
+        format!("{:016x}", rand::thread_rng().gen::<u64>())
+    }
+
+    pub async fn fresh_postgres_database(admin: &str) -> String {
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL must answer at {admin} for the store tests: {e}")
+            });
+        let name = format!("sluice_test_{}", rand_suffix());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+        format!("{base}/{name}")
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = super::sqlite_store().await;
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = super::postgres_store().await;
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    tenants_see_only_their_own_deployments,
+    versions_are_unique_per_deployment,
+    idempotent_submit_creates_one_run,
+    runs_page_by_keyset_in_both_directions,
+    a_run_goes_from_submitted_to_succeeded,
+    failed_attempts_are_retried_after_backoff_then_fail,
+    a_lost_lease_is_reaped_and_the_stale_worker_is_fenced,
+    cancel_stops_waiting_runs_at_once_and_running_ones_through_canceling,
+    a_distributed_queue_runs_one_at_a_time_in_order,
+    runs_of_a_version_without_code_are_rejected,
+    logs_page_forward_and_backward_with_time_bounds,
+    concurrent_claimers_never_share_a_run,
+);
+
+const TTL: Duration = Duration::from_secs(30);
+const RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_secs(10),
+    cap: Duration::from_secs(60),
+};
+
+struct Fixture {
+    org: OrganizationId,
+    dep: DeploymentId,
+    ver: VersionId,
+}
+
+async fn fixture(store: &dyn MetadataStore) -> Fixture {
+    let now = time::now();
+    let org = Organization {
+        id: OrganizationId::generate(),
+        name: "acme".into(),
+        created_at: now,
+    };
+    store.create_organization(&org).await.unwrap();
+    let dep = Deployment {
+        id: DeploymentId::generate(),
+        organization_id: org.id.clone(),
+        name: "scorer".into(),
+        description: String::new(),
+        default_environment: Default::default(),
+        creator: None,
+        created_at: now,
+        modified_at: now,
+    };
+    store.create_deployment(&dep).await.unwrap();
+    let ver = new_version(&org.id, &dep.id, "0.0.1");
+    store.create_version(&ver).await.unwrap();
+    store
+        .set_version_archive(&ver.id, "code/x.tar.gz", now)
+        .await
+        .unwrap();
+    Fixture {
+        org: org.id,
+        dep: dep.id,
+        ver: ver.id,
+    }
+}
+
+fn new_version(org: &OrganizationId, dep: &DeploymentId, version: &str) -> Version {
+    let now = time::now();
+    Version {
+        id: VersionId::generate(),
+        organization_id: org.clone(),
+        deployment_id: dep.clone(),
+        version: version.into(),
+        handler: "main:handler".into(),
+        image: "abeja-inc/all-cpu:19.10".into(),
+        user_parameters: Default::default(),
+        archive: None,
+        created_at: now,
+        modified_at: now,
+    }
+}
+
+fn new_run(f: &Fixture) -> NewRun {
+    NewRun {
+        id: RunId::generate(),
+        organization_id: f.org.clone(),
+        deployment_id: f.dep.clone(),
+        version_id: f.ver.clone(),
+        trigger_id: None,
+        input_data: json!({"$datalake:1": "2222222222222/20180101T112233-x"}),
+        models: json!({}),
+        output_template: json!(null),
+        environment: json!({"EXAMPLE_ENV": "example"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        retry_count: 0,
+        distribution: None,
+        idempotency_key: None,
+        created_at: time::now(),
+    }
+}
+
+async fn submit(store: &dyn MetadataStore, f: &Fixture) -> Run {
+    store.create_run(&new_run(f), None).await.unwrap().0
+}
+
+fn later(secs: i64) -> Timestamp {
+    time::now() + chrono::Duration::seconds(secs)
+}
+
+async fn tenants_see_only_their_own_deployments(store: Arc<SqlStore>) {
+    let a = fixture(&*store).await;
+    let b = fixture(&*store).await;
+    assert_eq!(
+        store.get_deployment(&a.org, &a.dep).await.unwrap().name,
+        "scorer"
+    );
+    let err = store.get_deployment(&b.org, &a.dep).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(store.list_deployments(&a.org).await.unwrap().len(), 1);
+    let run = submit(&*store, &a).await;
+    assert!(store.get_run(&b.org, &run.id).await.is_err());
+    assert!(store
+        .request_cancel(&b.org, &run.id, time::now())
+        .await
+        .is_err());
+    assert_eq!(
+        store.get_run(&a.org, &run.id).await.unwrap().status,
+        RunStatus::Submitted
+    );
+
+    let mut dep = store.get_deployment(&a.org, &a.dep).await.unwrap();
+    dep.name = "renamed".into();
+    dep.default_environment = json!({"K": "V"}).as_object().unwrap().clone();
+    store.update_deployment(&dep).await.unwrap();
+    let got = store.get_deployment(&a.org, &a.dep).await.unwrap();
+    assert_eq!(got.name, "renamed");
+    assert_eq!(got.default_environment["K"], "V");
+    store.delete_deployment(&a.org, &a.dep).await.unwrap();
+    assert!(store.get_deployment(&a.org, &a.dep).await.is_err());
+    assert!(store.get_version(&a.org, &a.dep, &a.ver).await.is_err());
+}
+
+async fn versions_are_unique_per_deployment(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let err = store
+        .create_version(&new_version(&f.org, &f.dep, "0.0.1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("0.0.1")),
+        "{err}"
+    );
+    store
+        .create_version(&new_version(&f.org, &f.dep, "0.0.2"))
+        .await
+        .unwrap();
+    let versions = store.list_versions(&f.org, &f.dep).await.unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect::<Vec<_>>(),
+        ["0.0.2", "0.0.1"]
+    );
+    store.delete_version(&f.org, &f.dep, &f.ver).await.unwrap();
+    assert_eq!(store.list_versions(&f.org, &f.dep).await.unwrap().len(), 1);
+}
+
+async fn idempotent_submit_creates_one_run(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let mut run = new_run(&f);
+    run.idempotency_key = Some("key-1".into());
+    let (first, created) = store.create_run(&run, None).await.unwrap();
+    assert!(created);
+    run.id = RunId::generate();
+    let (second, created) = store.create_run(&run, None).await.unwrap();
+    assert!(!created);
+    assert_eq!(first.id, second.id);
+    let page = store
+        .list_runs(
+            &f.org,
+            &f.dep,
+            None,
+            PageRequest {
+                after: None,
+                forward: true,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+}
+
+async fn runs_page_by_keyset_in_both_directions(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        ids.push(submit(&*store, &f).await.id);
+    }
+    for forward in [true, false] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .list_runs(
+                    &f.org,
+                    &f.dep,
+                    None,
+                    PageRequest {
+                        after,
+                        forward,
+                        limit: 10,
+                    },
+                )
+                .await
+                .unwrap();
+            pages += 1;
+            seen.extend(page.items.iter().map(|r| r.id.clone()));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        let mut expected = ids.clone();
+        if !forward {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "forward={forward}");
+    }
+    let tri = TriggerId::generate();
+    let mut run = new_run(&f);
+    run.trigger_id = Some(tri.clone());
+    store.create_run(&run, None).await.unwrap();
+    let page = store
+        .list_runs(
+            &f.org,
+            &f.dep,
+            Some(&tri),
+            PageRequest {
+                after: None,
+                forward: false,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].trigger_id.as_ref(), Some(&tri));
+}
+
+async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let run = submit(&*store, &f).await;
+    assert!(store
+        .claim("w1", 10, TTL, time::now())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.schedule(time::now()).await.unwrap(), 1);
+    assert_eq!(
+        store.get_run(&f.org, &run.id).await.unwrap().status,
+        RunStatus::Runnable
+    );
+    let leases = store.claim("w1", 10, TTL, time::now()).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let lease = &leases[0];
+    assert_eq!(
+        (lease.run.id.clone(), lease.attempt, lease.run.status),
+        (run.id.clone(), 1, RunStatus::Starting)
+    );
+    assert_eq!(
+        store
+            .mark_running(&run.id, lease.token, time::now())
+            .await
+            .unwrap(),
+        RunStatus::Running
+    );
+    assert_eq!(
+        store
+            .heartbeat(&run.id, lease.token, TTL, time::now())
+            .await
+            .unwrap(),
+        RunStatus::Running
+    );
+    let next = store
+        .finish(
+            &run.id,
+            lease.token,
+            &AttemptOutcome::Succeeded,
+            RETRY,
+            time::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Succeeded);
+    let done = store.get_run(&f.org, &run.id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert!(done.finished_at.is_some() && done.started_at.is_some());
+    let attempts = store.list_attempts(&run.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].worker.as_str(), attempts[0].outcome.as_str()),
+        ("w1", "SUCCEEDED")
+    );
+    // A finished run cannot be finished again.
+    let again = store
+        .finish(
+            &run.id,
+            lease.token,
+            &AttemptOutcome::Succeeded,
+            RETRY,
+            time::now(),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::LeaseLost(_))));
+}
+
+async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let mut new = new_run(&f);
+    new.retry_count = 1;
+    let (run, _) = store.create_run(&new, None).await.unwrap();
+    store.schedule(time::now()).await.unwrap();
+    let lease = store
+        .claim("w1", 1, TTL, time::now())
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .mark_running(&run.id, lease.token, time::now())
+        .await
+        .unwrap();
+    let failed = AttemptOutcome::Failed {
+        error: "boom".into(),
+    };
+    let next = store
+        .finish(&run.id, lease.token, &failed, RETRY, time::now())
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Pending);
+    // Not before the backoff (10 s) has passed.
+    assert_eq!(store.schedule(time::now()).await.unwrap(), 0);
+    assert_eq!(store.schedule(later(11)).await.unwrap(), 1);
+    let lease = store
+        .claim("w2", 1, TTL, later(11))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(lease.attempt, 2);
+    store
+        .mark_running(&run.id, lease.token, later(11))
+        .await
+        .unwrap();
+    let next = store
+        .finish(&run.id, lease.token, &failed, RETRY, later(12))
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Failed);
+    let done = store.get_run(&f.org, &run.id).await.unwrap();
+    assert_eq!(done.error.as_deref(), Some("boom"));
+    let attempts = store.list_attempts(&run.id).await.unwrap();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.worker.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(seen, [("w1", "FAILED"), ("w2", "FAILED")]);
+}
+
+async fn a_lost_lease_is_reaped_and_the_stale_worker_is_fenced(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let run = submit(&*store, &f).await;
+    let mut new = new_run(&f);
+    new.retry_count = 3;
+    let (retried, _) = store.create_run(&new, None).await.unwrap();
+    store.schedule(time::now()).await.unwrap();
+    let leases = store
+        .claim("dead", 10, Duration::from_secs(1), time::now())
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 2);
+    for l in &leases {
+        store
+            .mark_running(&l.run.id, l.token, time::now())
+            .await
+            .unwrap();
+    }
+    assert!(
+        store.reap(RETRY, time::now()).await.unwrap().is_empty(),
+        "leases still valid"
+    );
+    let reaped = store.reap(RETRY, later(2)).await.unwrap();
+    assert_eq!(reaped.len(), 2);
+    // retry_count 0: lost means failed; retry_count 3: lost means retried.
+    let failed = store.get_run(&f.org, &run.id).await.unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(failed.error.unwrap().contains("dead"));
+    assert_eq!(
+        store.get_run(&f.org, &retried.id).await.unwrap().status,
+        RunStatus::Pending
+    );
+    // The dead worker wakes up: every write it tries is refused.
+    let stale = leases.iter().find(|l| l.run.id == retried.id).unwrap();
+    let now = time::now();
+    assert!(matches!(
+        store.heartbeat(&retried.id, stale.token, TTL, now).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.mark_running(&retried.id, stale.token, now).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let logs = store
+        .append_logs(&retried.id, stale.token, 1, &[(now, "late".into())])
+        .await;
+    assert!(matches!(logs, Err(StoreError::LeaseLost(_))));
+    let fin = store
+        .finish(
+            &retried.id,
+            stale.token,
+            &AttemptOutcome::Succeeded,
+            RETRY,
+            now,
+        )
+        .await;
+    assert!(matches!(fin, Err(StoreError::LeaseLost(_))));
+    // A new worker takes it after the backoff (10 s from the reap at +2 s).
+    assert_eq!(store.schedule(later(11)).await.unwrap(), 0);
+    assert_eq!(store.schedule(later(13)).await.unwrap(), 1);
+    let lease = store
+        .claim("alive", 1, TTL, later(13))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(lease.attempt, 2);
+    assert!(lease.token > stale.token);
+    let attempts = store.list_attempts(&retried.id).await.unwrap();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.worker.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(seen, [("dead", "LOST"), ("alive", "RUNNING")]);
+}
+
+async fn cancel_stops_waiting_runs_at_once_and_running_ones_through_canceling(
+    store: Arc<SqlStore>,
+) {
+    let f = fixture(&*store).await;
+    let waiting = submit(&*store, &f).await;
+    let cancelled = store
+        .request_cancel(&f.org, &waiting.id, time::now())
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    let running = submit(&*store, &f).await;
+    store.schedule(time::now()).await.unwrap();
+    let lease = store
+        .claim("w", 1, TTL, time::now())
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .mark_running(&running.id, lease.token, time::now())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let r = store
+            .request_cancel(&f.org, &running.id, time::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            RunStatus::Canceling,
+            "repeated cancels are harmless"
+        );
+    }
+    assert_eq!(
+        store
+            .heartbeat(&running.id, lease.token, TTL, time::now())
+            .await
+            .unwrap(),
+        RunStatus::Canceling
+    );
+    let killed = AttemptOutcome::Failed {
+        error: "stopped by cancel".into(),
+    };
+    let next = store
+        .finish(&running.id, lease.token, &killed, RETRY, time::now())
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Cancelled);
+    let r = store
+        .request_cancel(&f.org, &running.id, time::now())
+        .await
+        .unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(
+        store.list_attempts(&running.id).await.unwrap()[0].outcome,
+        "CANCELLED"
+    );
+}
+
+async fn a_distributed_queue_runs_one_at_a_time_in_order(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let queue = format!("{}:1", f.dep);
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let mut new = new_run(&f);
+        new.distribution = Some(1);
+        queued.push(store.create_run(&new, Some(&queue)).await.unwrap().0.id);
+    }
+    let free = submit(&*store, &f).await;
+    assert_eq!(
+        store.schedule(time::now()).await.unwrap(),
+        2,
+        "the free run and the queue's head"
+    );
+    for expected in &queued {
+        let leases = store.claim("w", 10, TTL, time::now()).await.unwrap();
+        let claimed: Vec<_> = leases.iter().map(|l| l.run.id.clone()).collect();
+        assert!(claimed.contains(expected), "{claimed:?} lacks {expected}");
+        assert_eq!(store.schedule(time::now()).await.unwrap(), 0, "queue busy");
+        for l in &leases {
+            store
+                .mark_running(&l.run.id, l.token, time::now())
+                .await
+                .unwrap();
+            store
+                .finish(
+                    &l.run.id,
+                    l.token,
+                    &AttemptOutcome::Succeeded,
+                    RETRY,
+                    time::now(),
+                )
+                .await
+                .unwrap();
+        }
+        store.schedule(time::now()).await.unwrap();
+    }
+    assert_eq!(
+        store.get_run(&f.org, &free.id).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+}
+
+async fn runs_of_a_version_without_code_are_rejected(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let bare = new_version(&f.org, &f.dep, "9.9.9");
+    store.create_version(&bare).await.unwrap();
+    let mut new = new_run(&f);
+    new.version_id = bare.id.clone();
+    let (run, _) = store.create_run(&new, None).await.unwrap();
+    store.schedule(time::now()).await.unwrap();
+    let got = store.get_run(&f.org, &run.id).await.unwrap();
+    assert_eq!(got.status, RunStatus::Rejected);
+    assert!(got.error.unwrap().contains("never uploaded"));
+}
+
+async fn logs_page_forward_and_backward_with_time_bounds(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let run = submit(&*store, &f).await;
+    store.schedule(time::now()).await.unwrap();
+    let lease = store
+        .claim("w", 1, TTL, time::now())
+        .await
+        .unwrap()
+        .remove(0);
+    let t0 = time::now();
+    let events: Vec<_> = (0..450)
+        .map(|i| (t0 + chrono::Duration::seconds(i), format!("line {i}")))
+        .collect();
+    store
+        .append_logs(&run.id, lease.token, 1, &events)
+        .await
+        .unwrap();
+    let q = LogQuery {
+        after: None,
+        before: None,
+        descending: false,
+        start_time: None,
+        end_time: None,
+        limit: 100,
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .read_logs(&run.id, LogQuery { after, ..q })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.seq);
+        seen.extend(page.into_iter().map(|e| e.message));
+    }
+    assert_eq!(seen.len(), 450);
+    assert_eq!(seen[0], "line 0");
+    assert_eq!(seen[449], "line 449");
+    let newest = store
+        .read_logs(
+            &run.id,
+            LogQuery {
+                descending: true,
+                limit: 3,
+                ..q
+            },
+        )
+        .await
+        .unwrap();
+    let msgs: Vec<_> = newest.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(msgs, ["line 449", "line 448", "line 447"]);
+    let older = store
+        .read_logs(
+            &run.id,
+            LogQuery {
+                before: Some(newest[2].seq),
+                descending: true,
+                limit: 2,
+                ..q
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(older[0].message, "line 446");
+    let bounded = store
+        .read_logs(
+            &run.id,
+            LogQuery {
+                start_time: Some(t0 + chrono::Duration::seconds(10)),
+                end_time: Some(t0 + chrono::Duration::seconds(19)),
+                limit: 100,
+                ..q
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(bounded.len(), 10);
+    assert_eq!(bounded[0].message, "line 10");
+}
+
+async fn concurrent_claimers_never_share_a_run(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    for _ in 0..200 {
+        submit(&*store, &f).await;
+    }
+    store.schedule(time::now()).await.unwrap();
+    let mut claimers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let leases = store
+                    .claim(&format!("w{w}"), 7, TTL, time::now())
+                    .await
+                    .unwrap();
+                if leases.is_empty() {
+                    break mine;
+                }
+                mine.extend(leases.into_iter().map(|l| l.run.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 200, "every run claimed once");
+    assert_eq!(unique.len(), 200, "no run claimed twice");
+}
