@@ -1,1 +1,75 @@
+//! sluice's engine: the control service every face calls, and the run engine
+//! that moves runs from SUBMITTED to a final status.
+//!
+//! - [`control`]: the use cases (deploy, submit, cancel, read logs, …).
+//! - [`scheduler`]: admits submitted runs, frees queues, reaps lost leases.
+//! - [`worker`]: claims runnable runs under a lease and runs their code.
+//! - [`code`], [`blob`], [`auth`]: archives, object storage, credentials.
+//!
+//! In `sluice serve` the scheduler and a worker run beside the API in one
+//! process, woken at once through [`Wakers`]; `sluice worker` runs only a
+//! worker, which polls a shared PostgreSQL store.
 
+pub mod auth;
+pub mod blob;
+pub mod code;
+pub mod control;
+pub mod scheduler;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_domain::RetryPolicy;
+use tokio::sync::Notify;
+
+/// In-process wake-ups: a submit wakes the scheduler at once, a scheduled
+/// run wakes the worker, a finished run wakes the scheduler (its queue may
+/// be free). Other processes fall back on polling.
+#[derive(Default)]
+pub struct Wakers {
+    pub scheduler: Notify,
+    pub workers: Notify,
+}
+
+/// How the run engine behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Runs one worker process executes at once.
+    pub worker_slots: usize,
+    /// A lease not renewed for this long is taken back.
+    pub lease_ttl: Duration,
+    /// How often a worker renews its leases.
+    pub heartbeat: Duration,
+    /// How often the scheduler and workers look at the store without a wake-up.
+    pub poll: Duration,
+    pub retry: RetryPolicy,
+    /// An attempt running longer than this is killed and fails.
+    pub run_timeout: Duration,
+    /// The Python interpreter that runs user code.
+    pub python: String,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf) -> EngineConfig {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        EngineConfig {
+            data_dir,
+            worker_slots: (cores * 4).max(4),
+            lease_ttl: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(3),
+            poll: Duration::from_millis(200),
+            retry: RetryPolicy::default(),
+            run_timeout: Duration::from_secs(3600),
+            python: "python3".into(),
+        }
+    }
+
+    /// The object storage folder inside the data dir.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.data_dir.join("objects")
+    }
+}

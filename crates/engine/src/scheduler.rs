@@ -1,0 +1,41 @@
+//! The scheduler: admits SUBMITTED runs, moves PENDING runs whose time and
+//! queue have come to RUNNABLE, and takes back runs whose worker stopped
+//! renewing its lease. On PostgreSQL several schedulers may run; the store
+//! serializes their queue step with an advisory lock.
+
+use std::sync::Arc;
+
+use sluice_domain::time;
+use sluice_store::MetadataStore;
+
+use crate::{EngineConfig, Wakers};
+
+pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
+    let mut last_reap = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = wakers.scheduler.notified() => {}
+            _ = tokio::time::sleep(config.poll) => {}
+        }
+        match store.schedule(time::now()).await {
+            Ok(n) if n > 0 => wakers.workers.notify_one(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("scheduling failed: {e}"),
+        }
+        if last_reap.elapsed() >= config.heartbeat {
+            last_reap = std::time::Instant::now();
+            match store.reap(config.retry, time::now()).await {
+                Ok(reaped) if !reaped.is_empty() => {
+                    tracing::warn!(
+                        "took back {} run(s) whose worker stopped: {:?}",
+                        reaped.len(),
+                        reaped
+                    );
+                    wakers.scheduler.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reaping lost leases failed: {e}"),
+            }
+        }
+    }
+}

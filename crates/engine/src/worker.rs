@@ -1,0 +1,499 @@
+//! The worker: claims RUNNABLE runs under a lease and runs each attempt's
+//! code in its own process.
+//!
+//! One attempt, step by step:
+//! 1. unpack the version's code once per worker (`<data>/code/<version>/`);
+//! 2. write `request.json` and `context.json` into a fresh working folder;
+//! 3. start `python3 runner.py` there, in its own process group, with the
+//!    run's environment (deployment defaults < version parameters < run);
+//! 4. mark the run RUNNING; stream stdout and stderr, line by line, into the
+//!    run's log; renew the lease every heartbeat, and stop the process when
+//!    the run is being cancelled, the lease is lost or the timeout passes;
+//! 5. report the outcome with the lease's fencing token.
+//!
+//! A worker killed outright leaves its leases to expire: the scheduler takes
+//! the runs back and another worker retries them. Its children die with it
+//! (`PR_SET_PDEATHSIG`), so no orphan keeps running a run that moved on.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_domain::time::{self, Timestamp};
+use sluice_domain::*;
+use sluice_store::{MetadataStore, StoreError};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, Mutex, Semaphore};
+
+use crate::blob::LocalBlobs;
+use crate::code::{self, ArchiveFormat};
+use crate::{EngineConfig, Wakers};
+
+const RUNNER: &str = include_str!("runner.py");
+
+/// Log lines longer than this are cut (the rest is noted as cut).
+const MAX_LINE: usize = 64 * 1024;
+
+pub struct Worker {
+    id: String,
+    store: Arc<dyn MetadataStore>,
+    blobs: LocalBlobs,
+    config: EngineConfig,
+    wakers: Arc<Wakers>,
+    /// Serializes unpacking so one version is unpacked once.
+    unpacking: Mutex<()>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        config: EngineConfig,
+        wakers: Arc<Wakers>,
+    ) -> std::io::Result<Arc<Worker>> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".into());
+        let id = format!(
+            "{host}-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        std::fs::create_dir_all(config.data_dir.join("runs"))?;
+        std::fs::create_dir_all(config.data_dir.join("code"))?;
+        std::fs::write(config.data_dir.join("runner.py"), RUNNER)?;
+        Ok(Arc::new(Worker {
+            id,
+            blobs: LocalBlobs::new(config.blob_dir()),
+            store,
+            config,
+            wakers,
+            unpacking: Mutex::new(()),
+        }))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Claims and runs work until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.config.worker_slots));
+        tracing::info!(
+            "worker {} ready with {} slots",
+            self.id,
+            self.config.worker_slots
+        );
+        loop {
+            let Ok(first) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let free = 1 + slots.available_permits() as u32;
+            let leases = match self
+                .store
+                .claim(&self.id, free, self.config.lease_ttl, time::now())
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("claiming work failed: {e}");
+                    drop(first);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if leases.is_empty() {
+                drop(first);
+                tokio::select! {
+                    _ = self.wakers.workers.notified() => {}
+                    _ = tokio::time::sleep(self.config.poll) => {}
+                }
+                continue;
+            }
+            let mut permit = Some(first);
+            for lease in leases {
+                let permit = match permit.take() {
+                    Some(p) => p,
+                    None => match slots.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        // Cannot happen: we claimed no more than were free.
+                        Err(_) => slots.clone().acquire_owned().await.expect("semaphore open"),
+                    },
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.attempt(lease).await;
+                    drop(permit);
+                    me.wakers.scheduler.notify_one();
+                });
+            }
+        }
+    }
+
+    /// Runs one attempt and reports how it ended.
+    async fn attempt(&self, lease: Lease) {
+        let run_id = lease.run.id.clone();
+        let outcome = match self.execute(&lease).await {
+            Ok(outcome) => outcome,
+            Err(AttemptError::LeaseLost) => {
+                tracing::warn!("{run_id}: lease lost; another worker owns the run now");
+                return;
+            }
+            Err(AttemptError::Setup(error)) => AttemptOutcome::Failed { error },
+        };
+        match self
+            .store
+            .finish(
+                &run_id,
+                lease.token,
+                &outcome,
+                self.config.retry,
+                time::now(),
+            )
+            .await
+        {
+            Ok(status) => {
+                tracing::debug!("{run_id}: attempt {} ended, run {status}", lease.attempt)
+            }
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!("{run_id}: finished after losing the lease")
+            }
+            Err(e) => tracing::error!("{run_id}: could not record the outcome: {e}"),
+        }
+    }
+
+    async fn execute(&self, lease: &Lease) -> Result<AttemptOutcome, AttemptError> {
+        let run = &lease.run;
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| AttemptError::Setup(format!("{what}: {e}"));
+        let dep = self
+            .store
+            .get_deployment(&run.organization_id, &run.deployment_id)
+            .await
+            .map_err(|e| setup("the deployment is gone", &e))?;
+        let ver = self
+            .store
+            .get_version(&run.organization_id, &run.deployment_id, &run.version_id)
+            .await
+            .map_err(|e| setup("the version is gone", &e))?;
+        let code_dir = self
+            .code_dir(&ver)
+            .await
+            .map_err(|e| setup("could not unpack the code", &e))?;
+        let work = self
+            .config
+            .data_dir
+            .join("runs")
+            .join(run.id.as_str())
+            .join(format!("attempt-{}", lease.attempt));
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        tokio::fs::create_dir_all(&work)
+            .await
+            .map_err(|e| setup("could not make the working folder", &e))?;
+        write_inputs(&work, lease, &ver)
+            .await
+            .map_err(|e| setup("could not write the request", &e))?;
+
+        let mut cmd = Command::new(&self.config.python);
+        cmd.arg("-u")
+            .arg(self.config.data_dir.join("runner.py"))
+            .current_dir(&work)
+            .env_clear()
+            .envs(base_environment())
+            .envs(run_environment(&dep, &ver, lease))
+            .env("SLUICE_CODE_DIR", &code_dir)
+            .env("SLUICE_HANDLER", &ver.handler)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        #[cfg(target_os = "linux")]
+        unsafe {
+            // The code dies with its worker instead of running on as an orphan.
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| setup(&format!("could not start `{}`", self.config.python), &e))?;
+        let pid = child.id();
+
+        let (log_tx, log_rx) = mpsc::channel::<(Timestamp, String)>(4096);
+        let _ = log_tx
+            .send((
+                time::now(),
+                format!(
+                    "[sluice] attempt {} on worker {} runs {}",
+                    lease.attempt, self.id, ver.handler
+                ),
+            ))
+            .await;
+        let pumps = [
+            tokio::spawn(pump(child.stdout.take(), log_tx.clone())),
+            tokio::spawn(pump(child.stderr.take(), log_tx.clone())),
+        ];
+        let writer = tokio::spawn(write_logs(
+            self.store.clone(),
+            lease.run.id.clone(),
+            lease.token,
+            lease.attempt,
+            log_rx,
+        ));
+
+        let mut stop: Option<String> = None;
+        let mut lease_lost = false;
+        match self
+            .store
+            .mark_running(&run.id, lease.token, time::now())
+            .await
+        {
+            Ok(RunStatus::Canceling) => stop = Some("stopped: the run was cancelled".into()),
+            Ok(_) => {}
+            Err(StoreError::LeaseLost(_)) => lease_lost = true,
+            Err(e) => stop = Some(format!("stopped: could not mark the run running: {e}")),
+        }
+        let deadline = tokio::time::Instant::now() + self.config.run_timeout;
+        let mut beat = tokio::time::interval(self.config.heartbeat);
+        beat.tick().await;
+        let status = loop {
+            if stop.is_some() || lease_lost {
+                kill_group(pid);
+            }
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = beat.tick() => {
+                    match self.store.heartbeat(&run.id, lease.token, self.config.lease_ttl, time::now()).await {
+                        Ok(RunStatus::Canceling) if stop.is_none() => stop = Some("stopped: the run was cancelled".into()),
+                        Ok(_) => {}
+                        Err(StoreError::LeaseLost(_)) => lease_lost = true,
+                        Err(e) => tracing::warn!("{}: heartbeat failed: {e}", run.id),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
+                    stop = Some(format!("stopped: the run exceeded its timeout of {} s", self.config.run_timeout.as_secs()));
+                }
+            }
+        };
+        for p in pumps {
+            let _ = p.await;
+        }
+        let end_line = match (&status, &stop) {
+            (_, Some(why)) => format!("[sluice] {why}"),
+            (Ok(s), None) if s.success() => "[sluice] attempt succeeded".to_owned(),
+            (Ok(s), None) => format!("[sluice] attempt failed: {}", describe_exit(s)),
+            (Err(e), None) => format!("[sluice] attempt failed: {e}"),
+        };
+        let _ = log_tx.send((time::now(), end_line)).await;
+        drop(log_tx);
+        let logs_ok = writer.await.unwrap_or(false);
+        let error_file = tokio::fs::read_to_string(work.join("error.txt")).await.ok();
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        if lease_lost || !logs_ok {
+            return Err(AttemptError::LeaseLost);
+        }
+        Ok(match (status, stop) {
+            (_, Some(why)) => AttemptOutcome::Failed { error: why },
+            (Ok(s), None) if s.success() => AttemptOutcome::Succeeded,
+            (Ok(s), None) => AttemptOutcome::Failed {
+                error: error_file
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| describe_exit(&s)),
+            },
+            (Err(e), None) => AttemptOutcome::Failed {
+                error: format!("lost the code's process: {e}"),
+            },
+        })
+    }
+
+    /// The version's code, unpacked once into `<data>/code/<version>/`.
+    async fn code_dir(&self, ver: &Version) -> std::io::Result<PathBuf> {
+        let dir = self.config.data_dir.join("code").join(ver.id.as_str());
+        if dir.exists() {
+            return Ok(dir);
+        }
+        let _guard = self.unpacking.lock().await;
+        if dir.exists() {
+            return Ok(dir);
+        }
+        let key = ver.archive.as_deref().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the version has no uploaded code",
+            )
+        })?;
+        let bytes = self.blobs.get(key).await?;
+        let dest = dir.clone();
+        let format = ArchiveFormat::from_key(key);
+        tokio::task::spawn_blocking(move || code::unpack(format, &bytes, &dest))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(dir)
+    }
+}
+
+enum AttemptError {
+    /// The lease moved on: this worker must write nothing more.
+    LeaseLost,
+    /// The attempt could not start; it fails like any other attempt.
+    Setup(String),
+}
+
+fn describe_exit(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => format!("the code exited with status {code}"),
+        (None, Some(sig)) => format!("the code was killed by signal {sig}"),
+        _ => "the code ended abnormally".into(),
+    }
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) with a negative pid signals the child's own group.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+}
+
+/// What the code gets from the worker's own environment: enough to find
+/// Python and a home, nothing of sluice's secrets.
+fn base_environment() -> Vec<(String, String)> {
+    [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+    .collect()
+}
+
+fn env_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The run's variables: the deployment's defaults, then the version's
+/// parameters, then the run's own environment, each overriding the last;
+/// and the run's identity as `ABEJA_*` variables.
+fn run_environment(dep: &Deployment, ver: &Version, lease: &Lease) -> Vec<(String, String)> {
+    let run = &lease.run;
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "ABEJA_ORGANIZATION_ID".into(),
+            run.organization_id.to_string(),
+        ),
+        ("ABEJA_DEPLOYMENT_ID".into(), run.deployment_id.to_string()),
+        ("ABEJA_DEPLOYMENT_VERSION_ID".into(), ver.id.to_string()),
+        ("ABEJA_DEPLOYMENT_VERSION".into(), ver.version.clone()),
+        ("ABEJA_RUN_ID".into(), run.id.to_string()),
+        ("SLUICE_ATTEMPT".into(), lease.attempt.to_string()),
+    ];
+    for layer in [
+        &dep.default_environment,
+        &ver.user_parameters,
+        &run.environment,
+    ] {
+        env.extend(layer.iter().map(|(k, v)| (k.clone(), env_value(v))));
+    }
+    env
+}
+
+async fn write_inputs(work: &Path, lease: &Lease, ver: &Version) -> std::io::Result<()> {
+    let run = &lease.run;
+    let request = json!({
+        "input_data": run.input_data,
+        "models": run.models,
+        "output_template": run.output_template,
+    });
+    let context = json!({
+        "organization_id": run.organization_id,
+        "deployment_id": run.deployment_id,
+        "version_id": ver.id,
+        "version": ver.version,
+        "run_id": run.id,
+        "trigger_id": run.trigger_id,
+        "attempt": lease.attempt,
+        "retry_count": run.retry_count,
+        "working_dir": work.display().to_string(),
+        "created_at": time::format(&run.created_at),
+    });
+    tokio::fs::write(work.join("request.json"), request.to_string()).await?;
+    tokio::fs::write(work.join("context.json"), context.to_string()).await
+}
+
+/// Reads a pipe line by line into the log channel.
+async fn pump(pipe: Option<impl AsyncRead + Unpin>, tx: mpsc::Sender<(Timestamp, String)>) {
+    let Some(pipe) = pipe else { return };
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                let mut line = String::from_utf8_lossy(&buf).into_owned();
+                if line.len() > MAX_LINE {
+                    let mut cut = MAX_LINE;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push_str(" … [line cut at 64 KiB]");
+                }
+                if tx.send((time::now(), line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes log lines to the store in batches (what arrived within ~50 ms).
+/// Answers false when the store refused them because the lease was lost.
+async fn write_logs(
+    store: Arc<dyn MetadataStore>,
+    run: RunId,
+    token: i64,
+    attempt: i32,
+    mut rx: mpsc::Receiver<(Timestamp, String)>,
+) -> bool {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let window = tokio::time::sleep(Duration::from_millis(50));
+        tokio::pin!(window);
+        while batch.len() < 1000 {
+            tokio::select! {
+                more = rx.recv() => match more {
+                    Some(line) => batch.push(line),
+                    None => break,
+                },
+                _ = &mut window => break,
+            }
+        }
+        match store.append_logs(&run, token, attempt, &batch).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost(_)) => return false,
+            Err(e) => tracing::warn!("{run}: could not store {} log line(s): {e}", batch.len()),
+        }
+        batch.clear();
+    }
+    true
+}
