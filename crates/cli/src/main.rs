@@ -1,1 +1,358 @@
-fn main() {}
+//! `sluice`: one binary whose subcommands are roles and admin commands.
+//!
+//! - `sluice serve`: API, scheduler and a worker in one process (SQLite by
+//!   default; PostgreSQL with `--database-url postgres://…`).
+//! - `sluice worker`: a worker (and scheduler) joining a PostgreSQL-backed cluster.
+//! - `sluice org create`, `sluice user create`, `sluice auth get-token`:
+//!   administration against the same store, safe while `serve` runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use sluice_engine::auth::Keys;
+use sluice_engine::blob::LocalBlobs;
+use sluice_engine::control::{Control, Settings};
+use sluice_engine::worker::Worker;
+use sluice_engine::{scheduler, EngineConfig, Wakers};
+use sluice_store::MetadataStore;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A self-hosted data-ingestion control plane and run engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Where sluice keeps its SQLite metadata, objects and working folders.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
+    data_dir: PathBuf,
+    /// The metadata store: sqlite://FILE or postgres://USER@HOST/DB
+    /// (default: sqlite in the data dir).
+    #[arg(long, env = "SLUICE_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sluice.db").display()))
+    }
+
+    async fn open(&self) -> anyhow::Result<Arc<dyn MetadataStore>> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", self.data_dir.display()))?;
+        let url = self.url();
+        let store = sluice_store::open(&url)
+            .await
+            .with_context(|| format!("cannot open the metadata store {}", redact(&url)))?;
+        Ok(Arc::new(store))
+    }
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Runs this process executes at once (default: 4 per core).
+    #[arg(long, env = "SLUICE_WORKER_SLOTS")]
+    worker_slots: Option<usize>,
+    /// A worker that does not renew its lease for this long loses its runs.
+    #[arg(long, env = "SLUICE_LEASE_TTL_SECS", default_value_t = 15)]
+    lease_ttl_secs: u64,
+    /// How often leases are renewed.
+    #[arg(long, env = "SLUICE_HEARTBEAT_MS", default_value_t = 3000)]
+    heartbeat_ms: u64,
+    /// How often the store is polled for work without a wake-up.
+    #[arg(long, env = "SLUICE_POLL_MS", default_value_t = 200)]
+    poll_ms: u64,
+    /// The first retry waits this long; each next one twice as long.
+    #[arg(long, env = "SLUICE_RETRY_BASE_MS", default_value_t = 1000)]
+    retry_base_ms: u64,
+    /// No retry waits longer than this.
+    #[arg(long, env = "SLUICE_RETRY_CAP_MS", default_value_t = 60_000)]
+    retry_cap_ms: u64,
+    /// An attempt running longer than this is killed and fails.
+    #[arg(long, env = "SLUICE_RUN_TIMEOUT_SECS", default_value_t = 3600)]
+    run_timeout_secs: u64,
+    /// The Python interpreter that runs deployment code.
+    #[arg(long, env = "SLUICE_PYTHON", default_value = "python3")]
+    python: String,
+}
+
+impl EngineArgs {
+    fn config(&self, data_dir: PathBuf) -> EngineConfig {
+        let mut c = EngineConfig::new(data_dir);
+        if let Some(n) = self.worker_slots {
+            c.worker_slots = n.max(1);
+        }
+        c.lease_ttl = Duration::from_secs(self.lease_ttl_secs.max(1));
+        c.heartbeat = Duration::from_millis(self.heartbeat_ms.max(10));
+        c.poll = Duration::from_millis(self.poll_ms.max(1));
+        c.retry.base = Duration::from_millis(self.retry_base_ms);
+        c.retry.cap = Duration::from_millis(self.retry_cap_ms);
+        c.run_timeout = Duration::from_secs(self.run_timeout_secs.max(1));
+        c.python = self.python.clone();
+        c
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, the scheduler and a worker.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Address to listen on.
+        #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The URL clients reach this server at, for pre-signed URLs
+        /// (default: the Host of each request).
+        #[arg(long, env = "SLUICE_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Runs per page of a run list.
+        #[arg(long, env = "SLUICE_PAGE_SIZE", default_value_t = 100)]
+        page_size: u32,
+        /// Events per page of a run's log.
+        #[arg(long, env = "SLUICE_LOG_PAGE_SIZE", default_value_t = 100)]
+        log_page_size: u32,
+        /// Serve the API and schedule, but run no code in this process.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Join a PostgreSQL-backed cluster as a worker (and scheduler).
+    Worker {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Organizations.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Users of an organization.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Tokens.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an organization.
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user and its personal access token (shown once).
+    Create {
+        #[arg(long)]
+        org: String,
+        email: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Print a JWT for an organization (and user): `User token : <jwt>`.
+    GetToken {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Hides a password in a database URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn control(
+    store_args: &StoreArgs,
+) -> anyhow::Result<(Arc<Control>, Arc<dyn MetadataStore>, Arc<Wakers>)> {
+    let store = store_args.open().await?;
+    let keys = Keys::load(&store_args.data_dir).context("cannot load the signing key")?;
+    let wakers = Arc::new(Wakers::default());
+    let blobs = LocalBlobs::new(store_args.data_dir.join("objects"));
+    let control = Control::new(
+        store.clone(),
+        blobs,
+        keys,
+        Settings::default(),
+        wakers.clone(),
+    );
+    Ok((Arc::new(control), store, wakers))
+}
+
+fn print_error(e: sluice_engine::control::ControlError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            store,
+            engine,
+            listen,
+            public_url,
+            page_size,
+            log_page_size,
+            no_worker,
+        } => {
+            let db = store.open().await?;
+            let keys = Keys::load(&store.data_dir).context("cannot load the signing key")?;
+            let wakers = Arc::new(Wakers::default());
+            let config = engine.config(store.data_dir.clone());
+            let settings = Settings {
+                page_size: page_size.clamp(1, 1000),
+                log_page_size: log_page_size.clamp(1, 10_000),
+                ..Settings::default()
+            };
+            let control = Arc::new(Control::new(
+                db.clone(),
+                LocalBlobs::new(config.blob_dir()),
+                keys,
+                settings,
+                wakers.clone(),
+            ));
+            tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
+            if !no_worker {
+                let worker =
+                    Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
+                tokio::spawn(worker.run());
+            }
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(
+                "sluice listening on http://{} (store {}, ready in {} ms)",
+                listener.local_addr()?,
+                redact(&store.url()),
+                started.elapsed().as_millis()
+            );
+            sluice_api::serve(
+                listener,
+                sluice_api::ApiState {
+                    control,
+                    public_url,
+                },
+            )
+            .await?;
+        }
+        Command::Worker { store, engine } => {
+            if !store.url().starts_with("postgres") {
+                bail!("`sluice worker` joins a PostgreSQL-backed cluster: give --database-url postgres://…");
+            }
+            let db = store.open().await?;
+            let wakers = Arc::new(Wakers::default());
+            let config = engine.config(store.data_dir.clone());
+            tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
+            let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
+            tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
+            worker.run().await;
+        }
+        Command::Org {
+            command: OrgCommand::Create { name, json, store },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            let org = control
+                .create_organization(&name)
+                .await
+                .map_err(print_error)?;
+            if json {
+                println!("{}", json!({"organization_id": org.id, "name": org.name}));
+            } else {
+                println!("organization {} created: {}", org.id, org.name);
+            }
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    org,
+                    email,
+                    json,
+                    store,
+                },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            let (user, token) = control
+                .create_user(&org, &email)
+                .await
+                .map_err(print_error)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"user_id": user.id, "organization_id": user.organization_id, "email": user.email, "personal_access_token": token})
+                );
+            } else {
+                println!(
+                    "user {} created in organization {}",
+                    user.id, user.organization_id
+                );
+                println!("personal access token (shown once): {token}");
+            }
+        }
+        Command::Auth {
+            command: AuthCommand::GetToken { org, user, store },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            let token = control
+                .issue_token(&org, user.as_deref())
+                .await
+                .map_err(print_error)?;
+            println!("Organization : {org}");
+            println!("User token : {token}");
+        }
+    }
+    Ok(())
+}

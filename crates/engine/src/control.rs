@@ -345,6 +345,11 @@ impl Control {
         ))
     }
 
+    /// A user, for showing who created something (`None` when gone).
+    pub async fn user(&self, id: &UserId) -> Option<User> {
+        self.store.get_user(id).await.ok()
+    }
+
     // ---- deployments ----------------------------------------------------
 
     fn deployment_id(&self, dep: &str) -> Result<DeploymentId> {

@@ -1,0 +1,430 @@
+//! Handlers of the Run/Deployment API.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_engine::auth::Principal;
+use sluice_engine::control::{
+    DeploymentChange, LogsRequest, NewVersionRequest, RecentLogsRequest, SubmitRun,
+};
+
+use crate::error::{self, ApiError};
+use crate::{wire, ApiState};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn routes(state: ApiState) -> Router {
+    let dep = "/organizations/{org}/deployments/{dep}";
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/organizations/{org}/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route(
+            dep,
+            get(get_deployment)
+                .patch(patch_deployment)
+                .delete(delete_deployment),
+        )
+        .route(
+            &format!("{dep}/versions"),
+            get(list_versions).post(create_version),
+        )
+        .route(
+            &format!("{dep}/versions/{{ver}}"),
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            &format!("{dep}/versions/{{ver}}/download"),
+            get(download_version),
+        )
+        .route(&format!("{dep}/runs"), get(list_runs).post(submit_run))
+        .route(&format!("{dep}/runs/{{run}}"), get(get_run))
+        .route(&format!("{dep}/runs/{{run}}/logs"), get(run_logs))
+        .route(
+            &format!("{dep}/runs/{{run}}/recentlogs"),
+            get(run_recent_logs),
+        )
+        .route(&format!("{dep}/runs/{{run}}/cancel"), post(cancel_run))
+        .route(&format!("{dep}/runs/{{run}}/attempts"), get(run_attempts))
+        .route("/uploads/{token}", put(upload))
+        .route("/downloads/{token}", get(download))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        // Uploads may be large; Control enforces the configured limit with a 413.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.control.settings().max_upload_bytes + 1,
+        ))
+        .with_state(state)
+}
+
+async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    Ok(state.control.authenticate(header).await?)
+}
+
+/// Parses a JSON body, saying where it went wrong.
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+/// The base of the pre-signed URLs this server hands out.
+fn public_url(state: &ApiState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    format!("http://{host}")
+}
+
+async fn created_by(state: &ApiState, d: &sluice_domain::Deployment) -> Value {
+    let creator = match &d.creator {
+        Some(id) => state.control.user(id).await,
+        None => None,
+    };
+    wire::deployment(d, creator.as_ref())
+}
+
+async fn create_deployment(
+    State(s): State<ApiState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let b: wire::DeploymentBody = body(&bytes)?;
+    let change = DeploymentChange {
+        name: b.name,
+        description: b.description,
+        default_environment: b.default_environment,
+    };
+    let d = s.control.create_deployment(&who, &org, change).await?;
+    Ok(Json(created_by(&s, &d).await))
+}
+
+async fn list_deployments(
+    State(s): State<ApiState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let mut entries = Vec::new();
+    for d in s.control.list_deployments(&who, &org).await? {
+        entries.push(created_by(&s, &d).await);
+    }
+    Ok(Json(json!({"entries": entries})))
+}
+
+async fn get_deployment(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let d = s.control.get_deployment(&who, &org, &dep).await?;
+    Ok(Json(created_by(&s, &d).await))
+}
+
+async fn patch_deployment(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let b: wire::DeploymentBody = body(&bytes)?;
+    let change = DeploymentChange {
+        name: b.name,
+        description: b.description,
+        default_environment: b.default_environment,
+    };
+    let d = s
+        .control
+        .update_deployment(&who, &org, &dep, change)
+        .await?;
+    Ok(Json(created_by(&s, &d).await))
+}
+
+async fn delete_deployment(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let id = s.control.delete_deployment(&who, &org, &dep).await?;
+    Ok(Json(json!({"message": format!("{id} deleted")})))
+}
+
+async fn create_version(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let b: wire::VersionBody = body(&bytes)?;
+    let req = NewVersionRequest {
+        version: b.version,
+        handler: b.handler,
+        image: b.image,
+        user_parameters: b.user_parameters,
+    };
+    let v = s.control.create_version(&who, &org, &dep, req).await?;
+    let mut out = wire::version(&v);
+    out["upload_url"] = json!(format!(
+        "{}/uploads/{}",
+        public_url(&s, &headers),
+        s.control.upload_token(&v)
+    ));
+    Ok(Json(out))
+}
+
+async fn list_versions(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let versions = s.control.list_versions(&who, &org, &dep).await?;
+    Ok(Json(
+        json!({"entries": versions.iter().map(wire::version).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_version(
+    State(s): State<ApiState>,
+    Path((org, dep, ver)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    Ok(Json(wire::version(
+        &s.control.get_version(&who, &org, &dep, &ver).await?,
+    )))
+}
+
+async fn delete_version(
+    State(s): State<ApiState>,
+    Path((org, dep, ver)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let id = s.control.delete_version(&who, &org, &dep, &ver).await?;
+    Ok(Json(json!({"message": format!("{id} deleted")})))
+}
+
+async fn download_version(
+    State(s): State<ApiState>,
+    Path((org, dep, ver)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let v = s.control.get_version(&who, &org, &dep, &ver).await?;
+    if v.archive.is_none() {
+        return Err(ApiError(sluice_engine::control::ControlError::NotFound(
+            format!("version {} has no uploaded code", v.id),
+        )));
+    }
+    let uri = format!(
+        "{}/downloads/{}",
+        public_url(&s, &headers),
+        s.control.download_token(&v)
+    );
+    Ok(Json(json!({"download_uri": uri})))
+}
+
+async fn upload(
+    State(s): State<ApiState>,
+    Path(token): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>> {
+    let v = s.control.accept_upload(&token, &bytes).await?;
+    Ok(Json(
+        json!({"version_id": v.id, "size": bytes.len(), "message": "uploaded"}),
+    ))
+}
+
+async fn download(State(s): State<ApiState>, Path(token): Path<String>) -> Result<Response> {
+    let (name, bytes) = s.control.download(&token).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    scan_forward: Option<String>,
+    next_page_token: Option<String>,
+}
+
+/// `scan_forward` as the SDK sends it: `True`/`False` (any case, or 1/0).
+fn scan_forward(v: Option<&str>) -> Result<bool> {
+    match v.map(|s| s.to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(s) if s == "true" || s == "1" => Ok(true),
+        Some(s) if s == "false" || s == "0" || s.is_empty() => Ok(false),
+        Some(s) => Err(ApiError::bad_request(format!(
+            "scan_forward must be True or False, got `{s}`"
+        ))),
+    }
+}
+
+async fn submit_run(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let b: wire::RunBody = body(&bytes)?;
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let req = SubmitRun {
+        version_id: b.version_id,
+        input_data: b.input_data,
+        models: b.models,
+        output_template: b.output_template,
+        environment: b.environment,
+        retry_count: b.retry_count,
+        distribution: b.distribution,
+        idempotency_key,
+    };
+    Ok(Json(wire::run(
+        &s.control.submit_run(&who, &org, &dep, req).await?,
+    )))
+}
+
+async fn list_runs(
+    State(s): State<ApiState>,
+    Path((org, dep)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let forward = scan_forward(q.scan_forward.as_deref())?;
+    let page = s
+        .control
+        .list_runs(
+            &who,
+            &org,
+            &dep,
+            None,
+            forward,
+            q.next_page_token.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({
+        "entries": page.runs.iter().map(wire::run).collect::<Vec<_>>(),
+        "next_page_token": page.next_page_token,
+    })))
+}
+
+async fn get_run(
+    State(s): State<ApiState>,
+    Path((org, dep, run)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    Ok(Json(wire::run(
+        &s.control.get_run(&who, &org, &dep, &run).await?,
+    )))
+}
+
+async fn cancel_run(
+    State(s): State<ApiState>,
+    Path((org, dep, run)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    Ok(Json(wire::run(
+        &s.control.cancel_run(&who, &org, &dep, &run).await?,
+    )))
+}
+
+async fn run_attempts(
+    State(s): State<ApiState>,
+    Path((org, dep, run)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let attempts = s.control.run_attempts(&who, &org, &dep, &run).await?;
+    Ok(Json(
+        json!({"entries": attempts.iter().map(wire::attempt).collect::<Vec<_>>()}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    next_token: Option<String>,
+    next_forward_token: Option<String>,
+    next_backward_token: Option<String>,
+    start_time: Option<String>,
+    end_time: Option<String>,
+}
+
+async fn run_logs(
+    State(s): State<ApiState>,
+    Path((org, dep, run)): Path<(String, String, String)>,
+    Query(q): Query<LogsQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let req = LogsRequest {
+        next_token: q.next_token,
+        start_time: q.start_time,
+        end_time: q.end_time,
+    };
+    let page = s.control.logs(&who, &org, &dep, &run, req).await?;
+    let mut out = json!({"events": page.events.iter().map(wire::log_event).collect::<Vec<_>>()});
+    if let Some(t) = page.next_token {
+        out["next_token"] = json!(t);
+    }
+    Ok(Json(out))
+}
+
+async fn run_recent_logs(
+    State(s): State<ApiState>,
+    Path((org, dep, run)): Path<(String, String, String)>,
+    Query(q): Query<LogsQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let who = principal(&s, &headers).await?;
+    let req = RecentLogsRequest {
+        next_forward_token: q.next_forward_token,
+        next_backward_token: q.next_backward_token,
+        start_time: q.start_time,
+        end_time: q.end_time,
+    };
+    let page = s.control.recent_logs(&who, &org, &dep, &run, req).await?;
+    Ok(Json(json!({
+        "events": page.events.iter().map(wire::log_event).collect::<Vec<_>>(),
+        "next_forward_token": page.next_forward_token,
+        "next_backward_token": page.next_backward_token,
+    })))
+}
