@@ -53,8 +53,8 @@ impl Dialect {
 }
 
 /// Advisory lock keys (PostgreSQL).
-const MIGRATION_LOCK: i64 = 0x736c_7569_6365_01;
-const SCHEDULER_LOCK: i64 = 0x736c_7569_6365_02;
+const MIGRATION_LOCK: i64 = 0x0073_6c75_6963_6501;
+const SCHEDULER_LOCK: i64 = 0x0073_6c75_6963_6502;
 
 #[derive(Clone)]
 pub struct SqlStore {

@@ -1,0 +1,269 @@
+"""The Run/Deployment API (seeds 001/002) as the official abeja-sdk sees it,
+against a real sluice on SQLite and on PostgreSQL."""
+import requests
+import pytest
+
+from abeja.common.connection import Connection
+from abeja.deployments import APIClient as DeploymentClient
+from abeja.runs import APIClient as RunClient
+from abeja.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
+
+from conftest import code_archive, wait_for
+
+HANDLER = '''
+import os
+import sys
+
+def handler(request, context):
+    print("hello from", context["run_id"], "attempt", context.attempt)
+    print("EXAMPLE_ENV=" + os.environ.get("EXAMPLE_ENV", "<unset>"))
+    print("DEFAULT_ENV=" + os.environ.get("DEFAULT_ENV", "<unset>"))
+    print("PARAM=" + os.environ.get("PARAM", "<unset>"))
+    print("input=" + repr(request["input_data"]))
+    for i in range(int(os.environ.get("LINES", "0"))):
+        print("line %d" % i)
+    print("to stderr", file=sys.stderr)
+    return {"ok": True}
+'''
+
+FAILING = '''
+import os
+
+def handler(request, context):
+    print("about to fail on attempt", context.attempt)
+    raise ValueError("no such table: events")
+'''
+
+SLOW = '''
+import time
+
+def handler(request, context):
+    print("started", flush=True)
+    time.sleep(120)
+'''
+
+
+def clients(sluice, credential):
+    Connection.BASE_URL = sluice.url
+    return DeploymentClient(credential=credential, max_retry_count=0), RunClient(
+        credential=credential, max_retry_count=0)
+
+
+def pat(user, token):
+    return {"user_id": user, "personal_access_token": token}
+
+
+def deploy(deployments, org, source, **env):
+    dep = deployments.create_deployment(org, "scorer", description="scores events",
+                                        default_environment=env or None)
+    ver = deployments.create_deployment_version(
+        org, dep["deployment_id"], "0.0.1", "main:handler", "abeja-inc/all-cpu:19.10",
+        user_parameters={"PARAM": "from-version"})
+    # The SDK's documented upload: a plain PUT to upload_url, no credentials.
+    res = requests.put(ver["upload_url"], data=code_archive({"main.py": source}))
+    assert res.status_code == 200, res.text
+    return dep["deployment_id"], ver["version_id"]
+
+
+def finished(runs, org, dep, run_id):
+    def check():
+        r = runs.get_run(org, dep, run_id)
+        return r if r["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "REJECTED") else None
+    return check
+
+
+def test_deploy_submit_and_read_logs(sluice):
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep, ver = deploy(deployments, org, HANDLER, DEFAULT_ENV="from-deployment")
+
+    got = deployments.get_deployment(org, dep)
+    assert got["name"] == "scorer" and got["default_environment"] == {"DEFAULT_ENV": "from-deployment"}
+    assert got["creator"]["id"] == user
+    assert [d["deployment_id"] for d in deployments.get_deployments(org)["entries"]] == [dep]
+    listed = deployments.get_deployment_versions(org, dep)["entries"]
+    assert [(v["version_id"], v["handler"]) for v in listed] == [(ver, "main:handler")]
+    assert deployments.get_deployment_version(org, dep, ver)["user_parameters"] == {"PARAM": "from-version"}
+    link = deployments.download_deployment_version(org, dep, ver)["download_uri"]
+    assert requests.get(link).content[:2] == b"\x1f\x8b"
+
+    run = runs.create_run(org, dep, ver, input_data={"$datalake:1": "2222222222222/20180101T112233-x"},
+                          environment={"EXAMPLE_ENV": "example", "LINES": "250"}, retry_count=0,
+                          model_id="3333333333333")
+    assert run["run_id"].startswith("run-") and len(run["run_id"]) == 20
+    assert run["status"] == "SUBMITTED"
+    assert run["model_version"] == "0.0.1" and run["model_version_id"] == ver
+    assert run["user_env_vars"] == {"EXAMPLE_ENV": "example", "LINES": "250"}
+    assert run["models"] == {"alias": "3333333333333"}
+    assert run["created_at"].endswith("Z") and len(run["created_at"]) == 27
+
+    done = wait_for(finished(runs, org, dep, run["run_id"]), "the run to finish")
+    assert done["status"] == "SUCCEEDED", done
+
+    # /logs: ascending, 100 a page, next_token absent on the last page.
+    messages, token_, pages = [], None, 0
+    while True:
+        page = runs.get_run_logs(org, dep, run["run_id"], next_token=token_)
+        pages += 1
+        messages += [e["message"] for e in page["events"]]
+        assert all(e["timestamp"].endswith("Z") for e in page["events"])
+        if "next_token" not in page:
+            break
+        token_ = page["next_token"]
+    assert pages == 3
+    user_lines = [m for m in messages if not m.startswith("[sluice]")]
+    assert user_lines[0] == f"hello from {run['run_id']} attempt 1"
+    assert "EXAMPLE_ENV=example" in user_lines
+    assert "DEFAULT_ENV=from-deployment" in user_lines
+    assert "PARAM=from-version" in user_lines
+    assert "input={'$datalake:1': '2222222222222/20180101T112233-x'}" in user_lines
+    assert [m for m in user_lines if m.startswith("line ")] == [f"line {i}" for i in range(250)]
+    assert "to stderr" in user_lines
+
+    # /recentlogs: newest first; walk backwards to the start, then forwards finds nothing new.
+    first = runs.get_run_recent_logs(org, dep, run["run_id"])
+    assert {"next_forward_token", "next_backward_token"} <= set(first)
+    backwards = [e["message"] for e in first["events"]]
+    back = first["next_backward_token"]
+    while True:
+        page = runs.get_run_recent_logs(org, dep, run["run_id"], next_backward_token=back)
+        assert {"next_forward_token", "next_backward_token"} <= set(page)
+        if not page["events"]:
+            break
+        backwards += [e["message"] for e in page["events"]]
+        back = page["next_backward_token"]
+    assert backwards == list(reversed(messages))
+    ahead = runs.get_run_recent_logs(org, dep, run["run_id"], next_forward_token=first["next_forward_token"])
+    assert ahead["events"] == [] and ahead["next_forward_token"] and ahead["next_backward_token"]
+
+    # A time window that ends before the run started holds nothing.
+    import datetime
+    early = datetime.datetime(2000, 1, 1)
+    assert runs.get_run_logs(org, dep, run["run_id"], start_time=early, end_time=early)["events"] == []
+
+
+def test_runs_list_across_pages_in_both_directions(sluice):
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep, ver = deploy(deployments, org, HANDLER)
+    submitted = [runs.create_run(org, dep, ver, retry_count=0)["run_id"] for _ in range(25)]
+
+    def walk(scan_forward):
+        seen, token_, pages = [], None, 0
+        while True:
+            page = runs.get_runs(org, dep, next_page_token=token_, scan_forward=scan_forward)
+            pages += 1
+            seen += [r["run_id"] for r in page["entries"]]
+            token_ = page.get("next_page_token")
+            if not token_:
+                return seen, pages
+
+    newest_first, pages = walk(False)
+    assert pages == 3 and newest_first == list(reversed(submitted))
+    oldest_first, pages = walk(True)
+    assert pages == 3 and oldest_first == submitted
+    for run_id in submitted:
+        wait_for(finished(runs, org, dep, run_id), f"{run_id} to finish")
+    assert {runs.get_run(org, dep, r)["status"] for r in submitted} == {"SUCCEEDED"}
+
+
+def test_a_failing_handler_is_retried_and_fails_with_its_error(sluice):
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep, ver = deploy(deployments, org, FAILING)
+    run = runs.create_run(org, dep, ver, retry_count=1)
+    done = wait_for(finished(runs, org, dep, run["run_id"]), "the run to fail")
+    assert done["status"] == "FAILED"
+    assert done["attempt_count"] == 2
+    assert "ValueError: no such table: events" in done["error"]
+    logs = [e["message"] for e in runs.get_run_logs(org, dep, run["run_id"])["events"]]
+    assert "about to fail on attempt 1" in logs and "about to fail on attempt 2" in logs
+    assert any("Traceback" in m for m in logs)
+    attempts = requests.get(f"{sluice.url}/organizations/{org}/deployments/{dep}/runs/{run['run_id']}/attempts",
+                            auth=(f"user-{user}", token)).json()["entries"]
+    assert [a["outcome"] for a in attempts] == ["FAILED", "FAILED"]
+
+
+def test_cancel_stops_a_running_handler(sluice):
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep, ver = deploy(deployments, org, SLOW)
+    run = runs.create_run(org, dep, ver, retry_count=3)
+    run_id = run["run_id"]
+    wait_for(lambda: any(e["message"] == "started" for e in runs.get_run_logs(org, dep, run_id)["events"]),
+             "the handler to start")
+    cancel = f"{sluice.url}/organizations/{org}/deployments/{dep}/runs/{run_id}/cancel"
+    first = requests.post(cancel, auth=(f"user-{user}", token))
+    assert first.status_code == 200 and first.json()["status"] in ("CANCELING", "CANCELLED")
+    again = requests.post(cancel, auth=(f"user-{user}", token))
+    assert again.status_code == 200, "a repeated cancel is harmless"
+    done = wait_for(finished(runs, org, dep, run_id), "the run to stop", timeout=30)
+    assert done["status"] == "CANCELLED" and done["attempt_count"] == 1
+
+
+def test_bearer_jwt_from_get_token_is_accepted(sluice):
+    org, _, _ = sluice.new_org()
+    deployments, _ = clients(sluice, {"auth_token": sluice.jwt(org)})
+    dep = deployments.create_deployment(org, "via-jwt")
+    assert deployments.get_deployment(org, dep["deployment_id"])["name"] == "via-jwt"
+    assert deployments.delete_deployment(org, dep["deployment_id"]) == {"message": f"{dep['deployment_id']} deleted"}
+    with pytest.raises(NotFound):
+        deployments.get_deployment(org, dep["deployment_id"])
+
+
+def test_errors_are_the_documented_exceptions(sluice):
+    org, user, token = sluice.new_org()
+    other_org, other_user, other_token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep, ver = deploy(deployments, org, HANDLER)
+
+    with pytest.raises(NotFound):
+        deployments.get_deployment(org, "1111111111111")
+    with pytest.raises(NotFound):
+        runs.get_run(org, dep, "run-3333333333333333")
+    with pytest.raises(NotFound):
+        runs.create_run(org, dep, "ver-1111111111111111")
+
+    bad_deployments, _ = clients(sluice, pat(user, "not-the-token"))
+    with pytest.raises(Unauthorized):
+        bad_deployments.get_deployments(org)
+    anonymous = requests.get(f"{sluice.url}/organizations/{org}/deployments")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+
+    others, other_runs = clients(sluice, pat(other_user, other_token))
+    with pytest.raises(Forbidden):
+        others.get_deployment(org, dep)
+    with pytest.raises(Forbidden):
+        other_runs.create_run(org, dep, ver)
+
+    _, runs = clients(sluice, pat(user, token))
+    with pytest.raises(BadRequest) as e:
+        runs.create_run(org, dep, ver, retry_count=10)
+    assert "retry_count" in e.value.error_description
+    with pytest.raises(BadRequest):
+        deployments.create_deployment_version(org, dep, "0.0.2", "main", "img")
+    with pytest.raises(BadRequest):
+        deployments.create_deployment_version(org, dep, "0.0.1", "main:handler", "img")
+    bare = deployments.create_deployment_version(org, dep, "0.0.3", "main:handler", "img")
+    with pytest.raises(BadRequest) as e:
+        runs.create_run(org, dep, bare["version_id"])
+    assert "upload_url" in e.value.error_description
+    not_json = requests.post(f"{sluice.url}/organizations/{org}/deployments/{dep}/runs",
+                             data="{oops", auth=(f"user-{user}", token))
+    assert not_json.status_code == 400 and "not valid" in not_json.json()["error_description"]
+    junk = requests.put(bare["upload_url"], data=b"not an archive")
+    assert junk.status_code == 400 and "tar.gz" in junk.json()["error_description"]
+    forged = requests.put(bare["upload_url"] + "x", data=code_archive({"main.py": HANDLER}))
+    assert forged.status_code == 403
+
+
+def test_idempotency_key_makes_a_retried_submit_answer_the_same_run(sluice):
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep, ver = deploy(deployments, org, HANDLER)
+    url = f"{sluice.url}/organizations/{org}/deployments/{dep}/runs"
+    headers = {"Idempotency-Key": "order-42"}
+    first = requests.post(url, json={"version_id": ver}, headers=headers, auth=(f"user-{user}", token)).json()
+    second = requests.post(url, json={"version_id": ver}, headers=headers, auth=(f"user-{user}", token)).json()
+    assert first["run_id"] == second["run_id"]
+    assert len(runs.get_runs(org, dep)["entries"]) == 1
