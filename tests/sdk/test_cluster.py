@@ -1,0 +1,145 @@
+"""A PostgreSQL-backed cluster: `sluice serve --no-worker` plus separate
+`sluice worker` processes sharing one store and one data dir."""
+import collections
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from conftest import BIN, Sluice, code_archive, fresh_postgres_database, wait_for
+
+# Every execution of the handler appends one line to the ledger file, so the
+# test sees how often each run's code really ran.
+LEDGER_HANDLER = '''
+import os
+import time
+
+def handler(request, context):
+    with open(os.environ["LEDGER"], "a") as f:
+        f.write("%s %d %d\\n" % (context.run_id, context.attempt, os.getpid()))
+    time.sleep(float(os.environ.get("SLEEP", "0")))
+'''
+
+FAST = {"SLUICE_HEARTBEAT_MS": "300", "SLUICE_LEASE_TTL_SECS": "2", "SLUICE_RETRY_BASE_MS": "100",
+        "SLUICE_POLL_MS": "50"}
+
+
+class Cluster:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.server = Sluice(tmp, fresh_postgres_database(), env=FAST, worker=False)
+        self.workers = []
+
+    def start_worker(self, slots=4):
+        log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
+        proc = subprocess.Popen([BIN, "worker", "--worker-slots", str(slots), *self.server.store_args()],
+                                env=self.server.env, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return proc
+
+    def stop(self):
+        for w in self.workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        self.server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def setup_deployment(s, sleep):
+    org, user, token = s.new_org()
+    session = requests.Session()
+    session.auth = (f"user-{user}", token)
+    base = f"{s.url}/organizations/{org}/deployments"
+    dep = session.post(base, json={"name": "ledger"}).json()["deployment_id"]
+    ver = session.post(f"{base}/{dep}/versions",
+                       json={"version": "1", "handler": "main:handler", "image": "python"}).json()
+    assert requests.put(ver["upload_url"], data=code_archive({"main.py": LEDGER_HANDLER})).status_code == 200
+    return session, f"{base}/{dep}", ver["version_id"]
+
+
+def ledger_lines(path):
+    if not path.exists():
+        return []
+    return [l.split() for l in path.read_text().splitlines() if l.strip()]
+
+
+def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
+    for _ in range(4):
+        cluster.start_worker(slots=4)
+    ledger = tmp_path / "ledger.txt"
+    session, dep_url, ver = setup_deployment(cluster.server, sleep=0)
+    env = {"LEDGER": str(ledger)}
+
+    def submit(_):
+        r = session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": env, "retry_count": 2})
+        assert r.status_code == 200, r.text
+        return r.json()["run_id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        run_ids = list(pool.map(submit, range(1000)))
+    assert len(set(run_ids)) == 1000
+
+    def all_done():
+        done = 0
+        token = None
+        while True:
+            page = session.get(f"{dep_url}/runs", params={"next_page_token": token} if token else {}).json()
+            done += sum(1 for r in page["entries"] if r["status"] == "SUCCEEDED")
+            token = page["next_page_token"]
+            if not token:
+                return done == 1000 or None
+
+    wait_for(all_done, "1,000 runs to succeed", timeout=600, interval=1)
+
+    executions = collections.Counter(line[0] for line in ledger_lines(ledger))
+    assert set(executions) == set(run_ids)
+    twice = [r for r, n in executions.items() if n > 1]
+    # Any run that ran more than once must show each execution as a recorded attempt.
+    for run_id in twice:
+        attempts = session.get(f"{dep_url}/runs/{run_id}/attempts").json()["entries"]
+        assert len(attempts) == executions[run_id], (run_id, attempts)
+    workers = collections.Counter()
+    for run_id in run_ids[:100]:
+        for a in session.get(f"{dep_url}/runs/{run_id}/attempts").json()["entries"]:
+            workers[a["worker"]] += 1
+    assert len(workers) >= 2, f"work went to one worker only: {workers}"
+
+
+def test_a_run_survives_kill_9_of_its_worker(cluster, tmp_path):
+    doomed = cluster.start_worker(slots=2)
+    ledger = tmp_path / "ledger.txt"
+    session, dep_url, ver = setup_deployment(cluster.server, sleep=4)
+    run = session.post(f"{dep_url}/runs", json={
+        "version_id": ver, "retry_count": 3, "environment": {"LEDGER": str(ledger), "SLEEP": "4"},
+    }).json()
+    run_id = run["run_id"]
+
+    wait_for(lambda: ledger_lines(ledger), "the first attempt to start", timeout=30)
+    assert session.get(f"{dep_url}/runs/{run_id}").json()["status"] == "RUNNING"
+    first_pid = int(ledger_lines(ledger)[0][2])
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    # The handler's process dies with its worker: no orphan finishes the run.
+    wait_for(lambda: not os.path.exists(f"/proc/{first_pid}") or None, "the orphan to die", timeout=10)
+
+    cluster.start_worker(slots=2)
+    done = wait_for(lambda: (lambda r: r if r["status"] in ("SUCCEEDED", "FAILED") else None)(
+        session.get(f"{dep_url}/runs/{run_id}").json()), "the run to finish elsewhere", timeout=60)
+    assert done["status"] == "SUCCEEDED", done
+
+    attempts = session.get(f"{dep_url}/runs/{run_id}/attempts").json()["entries"]
+    assert [a["outcome"] for a in attempts] == ["LOST", "SUCCEEDED"], attempts
+    assert attempts[0]["worker"] != attempts[1]["worker"]
+    assert "stopped renewing its lease" in attempts[0]["error"]
+    assert [int(l[1]) for l in ledger_lines(ledger)] == [1, 2]
