@@ -116,6 +116,7 @@ pub fn attempt(a: &RunAttempt) -> Value {
         "outcome": a.outcome,
         "error": a.error,
         "started_at": time::format(&a.started_at),
+        "running_at": a.running_at.as_ref().map(time::format),
         "finished_at": a.finished_at.as_ref().map(time::format),
     })
 }

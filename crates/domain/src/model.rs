@@ -138,7 +138,10 @@ pub struct RunAttempt {
     pub run_id: RunId,
     pub attempt: i32,
     pub worker: String,
+    /// When the worker claimed the run (STARTING).
     pub started_at: Timestamp,
+    /// When the code's process was running (RUNNING).
+    pub running_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     /// `RUNNING` while it runs; then SUCCEEDED, FAILED, CANCELLED or LOST
     /// (its worker stopped heart-beating).

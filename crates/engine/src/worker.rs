@@ -45,6 +45,9 @@ pub struct Worker {
     wakers: Arc<Wakers>,
     /// Serializes unpacking so one version is unpacked once.
     unpacking: Mutex<()>,
+    /// The interpreter's real path, found once: a launcher such as a pyenv
+    /// shim costs a shell start per run, as much again as Python itself.
+    python: tokio::sync::OnceCell<String>,
 }
 
 impl Worker {
@@ -71,6 +74,7 @@ impl Worker {
             config,
             wakers,
             unpacking: Mutex::new(()),
+            python: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -78,8 +82,34 @@ impl Worker {
         &self.id
     }
 
+    async fn python(&self) -> &str {
+        self.python
+            .get_or_init(|| async {
+                let configured = self.config.python.clone();
+                let probe = Command::new(&configured)
+                    .args(["-c", "import sys; print(sys.executable)"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .await;
+                match probe {
+                    Ok(out) if out.status.success() => {
+                        let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                        if real.is_empty() {
+                            configured
+                        } else {
+                            real
+                        }
+                    }
+                    _ => configured,
+                }
+            })
+            .await
+    }
+
     /// Claims and runs work until the process ends.
     pub async fn run(self: Arc<Self>) {
+        let python = self.python().await;
+        tracing::debug!("user code runs with {python}");
         let slots = Arc::new(Semaphore::new(self.config.worker_slots));
         tracing::info!(
             "worker {} ready with {} slots",
@@ -168,16 +198,14 @@ impl Worker {
         let run = &lease.run;
         let setup =
             |what: &str, e: &dyn std::fmt::Display| AttemptError::Setup(format!("{what}: {e}"));
-        let dep = self
-            .store
-            .get_deployment(&run.organization_id, &run.deployment_id)
-            .await
-            .map_err(|e| setup("the deployment is gone", &e))?;
-        let ver = self
-            .store
-            .get_version(&run.organization_id, &run.deployment_id, &run.version_id)
-            .await
-            .map_err(|e| setup("the version is gone", &e))?;
+        let (dep, ver) = tokio::join!(
+            self.store
+                .get_deployment(&run.organization_id, &run.deployment_id),
+            self.store
+                .get_version(&run.organization_id, &run.deployment_id, &run.version_id),
+        );
+        let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
+        let ver = ver.map_err(|e| setup("the version is gone", &e))?;
         let code_dir = self
             .code_dir(&ver)
             .await
@@ -188,15 +216,14 @@ impl Worker {
             .join("runs")
             .join(run.id.as_str())
             .join(format!("attempt-{}", lease.attempt));
-        let _ = tokio::fs::remove_dir_all(&work).await;
-        tokio::fs::create_dir_all(&work)
+        let inputs = inputs(lease, &ver, &work);
+        let dir = work.clone();
+        tokio::task::spawn_blocking(move || prepare_work_dir(&dir, &inputs))
             .await
+            .map_err(|e| setup("could not make the working folder", &e))?
             .map_err(|e| setup("could not make the working folder", &e))?;
-        write_inputs(&work, lease, &ver)
-            .await
-            .map_err(|e| setup("could not write the request", &e))?;
 
-        let mut cmd = Command::new(&self.config.python);
+        let mut cmd = Command::new(self.python().await);
         cmd.arg("-u")
             .arg(self.config.data_dir.join("runner.py"))
             .current_dir(&work)
@@ -220,7 +247,7 @@ impl Worker {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| setup(&format!("could not start `{}`", self.config.python), &e))?;
+            .map_err(|e| setup(&format!("could not start `{}`", self.python_name()), &e))?;
         let pid = child.id();
 
         let (log_tx, log_rx) = mpsc::channel::<(Timestamp, String)>(4096);
@@ -308,6 +335,13 @@ impl Worker {
                 error: format!("lost the code's process: {e}"),
             },
         })
+    }
+
+    fn python_name(&self) -> &str {
+        self.python
+            .get()
+            .map(String::as_str)
+            .unwrap_or(&self.config.python)
     }
 
     /// The version's code, unpacked once into `<data>/code/<version>/`.
@@ -412,7 +446,8 @@ fn run_environment(dep: &Deployment, ver: &Version, lease: &Lease) -> Vec<(Strin
     env
 }
 
-async fn write_inputs(work: &Path, lease: &Lease, ver: &Version) -> std::io::Result<()> {
+/// The files the runner reads: `request.json` and `context.json`.
+fn inputs(lease: &Lease, ver: &Version, work: &Path) -> [(&'static str, String); 2] {
     let run = &lease.run;
     let request = json!({
         "input_data": run.input_data,
@@ -431,8 +466,24 @@ async fn write_inputs(work: &Path, lease: &Lease, ver: &Version) -> std::io::Res
         "working_dir": work.display().to_string(),
         "created_at": time::format(&run.created_at),
     });
-    tokio::fs::write(work.join("request.json"), request.to_string()).await?;
-    tokio::fs::write(work.join("context.json"), context.to_string()).await
+    [
+        ("request.json", request.to_string()),
+        ("context.json", context.to_string()),
+    ]
+}
+
+/// A fresh working folder holding the runner's inputs (one blocking hop).
+fn prepare_work_dir(work: &Path, inputs: &[(&str, String)]) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(work) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(work)?;
+    for (name, body) in inputs {
+        std::fs::write(work.join(name), body)?;
+    }
+    Ok(())
 }
 
 /// Reads a pipe line by line into the log channel.

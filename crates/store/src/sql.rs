@@ -677,7 +677,7 @@ impl MetadataStore for SqlStore {
 
     async fn list_attempts(&self, run: &RunId) -> Result<Vec<RunAttempt>> {
         let rows = sqlx::query(
-            "SELECT run_id, attempt, worker, started_at, finished_at, outcome, error \
+            "SELECT run_id, attempt, worker, started_at, running_at, finished_at, outcome, error \
              FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
         )
         .bind(run.as_str())
@@ -690,6 +690,7 @@ impl MetadataStore for SqlStore {
                     attempt: row.try_get::<i64, _>("attempt")? as i32,
                     worker: row.try_get("worker")?,
                     started_at: ts(row, "started_at")?,
+                    running_at: opt_ts(row, "running_at")?,
                     finished_at: opt_ts(row, "finished_at")?,
                     outcome: row.try_get("outcome")?,
                     error: row.try_get("error")?,
@@ -803,31 +804,33 @@ impl MetadataStore for SqlStore {
 
     async fn mark_running(&self, run: &RunId, token: i64, now: Timestamp) -> Result<RunStatus> {
         RunStatus::Starting.transition(RunStatus::Running)?;
-        let done = sqlx::query(
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
             "UPDATE runs SET status = 'RUNNING', modified_at = $1 \
-             WHERE id = $2 AND lease_token = $3 AND status = 'STARTING'",
+             WHERE id = $2 AND lease_token = $3 AND status = 'STARTING' RETURNING attempt",
         )
         .bind(micros(now))
         .bind(run.as_str())
         .bind(token)
-        .execute(&self.write)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 1 {
+        if let Some(row) = moved {
+            sqlx::query(
+                "UPDATE run_attempts SET running_at = $1 WHERE run_id = $2 AND attempt = $3",
+            )
+            .bind(micros(now))
+            .bind(run.as_str())
+            .bind(row.try_get::<i64, _>("attempt")?)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             return Ok(RunStatus::Running);
         }
-        let row = sqlx::query("SELECT status, lease_token FROM runs WHERE id = $1")
-            .bind(run.as_str())
-            .fetch_optional(&self.write)
-            .await?
-            .ok_or_else(|| not_found("run", run))?;
-        let status: RunStatus = row
-            .try_get::<String, _>("status")?
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-        if row.try_get::<i64, _>("lease_token")? != token || !status.is_leased() {
+        let current = self.lock_run(&mut tx, run).await?;
+        if current.lease_token != token || !current.status.is_leased() {
             return Err(StoreError::LeaseLost(run.to_string()));
         }
-        Ok(status)
+        Ok(current.status)
     }
 
     async fn heartbeat(

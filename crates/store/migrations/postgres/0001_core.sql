@@ -83,6 +83,7 @@ CREATE TABLE run_attempts (
     attempt      BIGINT NOT NULL,
     worker       TEXT NOT NULL,
     started_at   BIGINT NOT NULL,
+    running_at   BIGINT,
     finished_at  BIGINT,
     outcome      TEXT NOT NULL,
     error        TEXT,

@@ -83,6 +83,7 @@ CREATE TABLE run_attempts (
     attempt      INTEGER NOT NULL,
     worker       TEXT NOT NULL,
     started_at   INTEGER NOT NULL,
+    running_at   INTEGER,
     finished_at  INTEGER,
     outcome      TEXT NOT NULL,
     error        TEXT,
