@@ -267,3 +267,36 @@ def test_idempotency_key_makes_a_retried_submit_answer_the_same_run(sluice):
     second = requests.post(url, json={"version_id": ver}, headers=headers, auth=(f"user-{user}", token)).json()
     assert first["run_id"] == second["run_id"]
     assert len(runs.get_runs(org, dep)["entries"]) == 1
+
+
+def test_a_hanging_handler_is_killed_at_the_timeout(tmp_path):
+    from conftest import Sluice
+    s = Sluice(tmp_path, env={"SLUICE_RUN_TIMEOUT_SECS": "1", "SLUICE_HEARTBEAT_MS": "200"})
+    try:
+        org, user, token = s.new_org()
+        deployments, runs = clients(s, pat(user, token))
+        dep, ver = deploy(deployments, org, SLOW)
+        run = runs.create_run(org, dep, ver, retry_count=0)
+        done = wait_for(finished(runs, org, dep, run["run_id"]), "the timeout", timeout=30)
+        assert done["status"] == "FAILED"
+        assert "timeout of 1 s" in done["error"]
+    finally:
+        s.stop()
+
+
+def test_zip_archives_are_accepted_too(sluice):
+    import io
+    import zipfile
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep = deployments.create_deployment(org, "zipped")["deployment_id"]
+    ver = deployments.create_deployment_version(org, dep, "1", "pkg.entry:run", "python")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("pkg/__init__.py", "")
+        z.writestr("pkg/entry.py", "def run(request, context):\n    print('zipped ok')\n")
+    assert requests.put(ver["upload_url"], data=buf.getvalue()).status_code == 200
+    run = runs.create_run(org, dep, ver["version_id"], retry_count=0)
+    done = wait_for(finished(runs, org, dep, run["run_id"]), "the run")
+    assert done["status"] == "SUCCEEDED", done
+    assert "zipped ok" in [e["message"] for e in runs.get_run_logs(org, dep, run["run_id"])["events"]]
