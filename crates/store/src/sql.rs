@@ -559,16 +559,9 @@ impl MetadataStore for SqlStore {
     async fn create_run(&self, run: &NewRun, queue: Option<&str>) -> Result<(Run, bool)> {
         let mut tx = self.begin().await?;
         if let Some(key) = &run.idempotency_key {
-            let sql = format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE deployment_id = $1 AND idempotency_key = $2"
-            );
-            let earlier = sqlx::query(&sql)
-                .bind(run.deployment_id.as_str())
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = earlier {
-                return Ok((run_from_row(&row)?, false));
+            if let Some(earlier) = run_by_idempotency_key(&mut *tx, &run.deployment_id, key).await?
+            {
+                return Ok((earlier, false));
             }
         }
         let now = micros(run.created_at);
@@ -605,15 +598,12 @@ impl MetadataStore for SqlStore {
             Err(e) => match (StoreError::from(e), &run.idempotency_key) {
                 (StoreError::Conflict(_), Some(key)) => {
                     drop(tx);
-                    let sql = format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE deployment_id = $1 AND idempotency_key = $2"
-                    );
-                    let row = sqlx::query(&sql)
-                        .bind(run.deployment_id.as_str())
-                        .bind(key)
-                        .fetch_one(&self.write)
-                        .await?;
-                    Ok((run_from_row(&row)?, false))
+                    let earlier =
+                        run_by_idempotency_key(&self.write, &run.deployment_id, key).await?;
+                    Ok((
+                        earlier.ok_or_else(|| not_found("run with idempotency key", key))?,
+                        false,
+                    ))
                 }
                 (e, _) => Err(e),
             },
@@ -1032,6 +1022,22 @@ impl MetadataStore for SqlStore {
             })
             .collect()
     }
+}
+
+/// The run an idempotency key already created in a deployment, if any.
+async fn run_by_idempotency_key<'e>(
+    db: impl Executor<'e, Database = Any>,
+    dep: &DeploymentId,
+    key: &str,
+) -> Result<Option<Run>> {
+    let sql =
+        format!("SELECT {RUN_COLUMNS} FROM runs WHERE deployment_id = $1 AND idempotency_key = $2");
+    let row = sqlx::query(&sql)
+        .bind(dep.as_str())
+        .bind(key)
+        .fetch_optional(db)
+        .await?;
+    row.as_ref().map(run_from_row).transpose()
 }
 
 /// Closes an attempt and moves its run to `next`, releasing the lease. The
