@@ -19,6 +19,8 @@ use crate::{wire, ApiState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+mod datalake;
+
 pub fn routes(state: ApiState) -> Router {
     let dep = "/organizations/{org}/deployments/{dep}";
     Router::new()
@@ -56,6 +58,7 @@ pub fn routes(state: ApiState) -> Router {
         .route(&format!("{dep}/runs/{{run}}/attempts"), get(run_attempts))
         .route("/uploads/{token}", put(upload))
         .route("/downloads/{token}", get(download))
+        .merge(datalake::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Uploads may be large; Control enforces the configured limit with a 413.

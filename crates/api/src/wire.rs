@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_domain::time;
 use sluice_domain::*;
-use sluice_engine::control::RunView;
+use sluice_engine::control::{RunView, TriggerView};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct DeploymentBody {
@@ -123,4 +123,106 @@ pub fn attempt(a: &RunAttempt) -> Value {
 
 pub fn log_event(e: &LogEvent) -> Value {
     json!({"message": e.message, "timestamp": time::format(&e.timestamp)})
+}
+
+// ---- datalake and triggers ------------------------------------------------
+
+/// `2018-05-15T17:14:03Z`, as channels show times.
+pub fn iso_z(t: &time::Timestamp) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `2018-05-15T17:14:03+00:00`, as files show times.
+pub fn iso_offset(t: &time::Timestamp) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+}
+
+/// Percent-encodes like Python's `urllib.parse.quote`: the client unquotes
+/// every metadata name and value it receives.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"_.-~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn channel(c: &Channel) -> Value {
+    json!({
+        "channel_id": c.id,
+        "name": c.name,
+        "display_name": c.name,
+        "description": c.description,
+        "storage_type": c.storage_type,
+        "archived": c.archived,
+        "created_at": iso_z(&c.created_at),
+        "updated_at": iso_z(&c.updated_at),
+    })
+}
+
+pub fn file(f: &DatalakeFile) -> Value {
+    let metadata: serde_json::Map<String, Value> = f
+        .metadata
+        .iter()
+        .map(|(k, v)| (quote(k), Value::String(quote(v))))
+        .collect();
+    json!({
+        "channel_id": f.channel_id,
+        "file_id": f.file_id,
+        "content_type": f.content_type,
+        "metadata": metadata,
+        "size": f.size,
+        "lifetime": f.lifetime,
+        "uploaded_at": iso_offset(&f.uploaded_at),
+    })
+}
+
+pub fn trigger(view: &TriggerView) -> Value {
+    let t = &view.trigger;
+    json!({
+        "trigger_id": t.id,
+        "organization_id": t.organization_id,
+        "deployment_id": t.deployment_id,
+        "model_version": view.model_version,
+        "model_version_id": t.version_id,
+        "input_service_name": "datalake",
+        "input_service_id": t.input_channel_id,
+        "output_service_name": t.output_channel_id.as_ref().map(|_| "datalake"),
+        "output_service_id": t.output_channel_id,
+        "models": t.models,
+        "retry_count": t.retry_count,
+        "distribution": t.distribution,
+        "user_env_vars": t.environment,
+        "created_at": time::format(&t.created_at),
+        "modified_at": time::format(&t.modified_at),
+    })
+}
+
+pub fn trigger_event(e: &TriggerEvent) -> Value {
+    json!({
+        "trigger_id": e.trigger_id,
+        "channel_id": e.channel_id,
+        "file_id": e.file_id,
+        "state": e.state.as_str(),
+        "run_id": e.run_id,
+        "note": e.note,
+        "created_at": time::format(&e.created_at),
+        "dispatched_at": e.dispatched_at.as_ref().map(time::format),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_quoted_like_python() {
+        assert_eq!(quote("x-abeja-meta-filename"), "x-abeja-meta-filename");
+        assert_eq!(quote("a b/c%"), "a%20b/c%25");
+        assert_eq!(quote("あ"), "%E3%81%82");
+    }
 }

@@ -17,7 +17,7 @@ use sluice_engine::auth::Keys;
 use sluice_engine::blob::LocalBlobs;
 use sluice_engine::control::{Control, Settings};
 use sluice_engine::worker::Worker;
-use sluice_engine::{scheduler, EngineConfig, Wakers};
+use sluice_engine::{dispatcher, scheduler, EngineConfig, Wakers};
 use sluice_store::MetadataStore;
 
 #[derive(Parser)]
@@ -127,6 +127,9 @@ enum Command {
         /// Events per page of a run's log.
         #[arg(long, env = "SLUICE_LOG_PAGE_SIZE", default_value_t = 100)]
         log_page_size: u32,
+        /// The largest file a datalake channel accepts, in bytes.
+        #[arg(long, env = "SLUICE_MAX_FILE_BYTES", default_value_t = 256 << 20)]
+        max_file_bytes: usize,
         /// Serve the API and schedule, but run no code in this process.
         #[arg(long)]
         no_worker: bool,
@@ -152,6 +155,27 @@ enum Command {
     Auth {
         #[command(subcommand)]
         command: AuthCommand,
+    },
+    /// Triggers.
+    Trigger {
+        #[command(subcommand)]
+        command: TriggerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggerCommand {
+    /// A trigger's event ledger: each file that arrived for it, and the
+    /// run it started (or why none), oldest first.
+    Events {
+        trigger: String,
+        /// Continue after this event (the `next_page_token` of the last page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -247,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
             public_url,
             page_size,
             log_page_size,
+            max_file_bytes,
             no_worker,
         } => {
             let db = store.open().await?;
@@ -256,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
             let settings = Settings {
                 page_size: page_size.clamp(1, 1000),
                 log_page_size: log_page_size.clamp(1, 10_000),
+                max_file_bytes,
                 ..Settings::default()
             };
             let control = Arc::new(Control::new(
@@ -266,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
                 wakers.clone(),
             ));
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
+            tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
             if !no_worker {
                 let worker =
                     Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
@@ -297,6 +324,7 @@ async fn main() -> anyhow::Result<()> {
             let wakers = Arc::new(Wakers::default());
             let config = engine.config(store.data_dir.clone());
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
+            tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
             tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
             worker.run().await;
@@ -352,6 +380,51 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(print_error)?;
             println!("Organization : {org}");
             println!("User token : {token}");
+        }
+        Command::Trigger {
+            command:
+                TriggerCommand::Events {
+                    trigger,
+                    after,
+                    json,
+                    store,
+                },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            let id = sluice_domain::TriggerId::parse(&trigger)?;
+            let page = control
+                .events_of(&id, true, after.as_deref())
+                .await
+                .map_err(print_error)?;
+            if json {
+                let entries: Vec<_> = page
+                    .events
+                    .iter()
+                    .map(sluice_api::wire::trigger_event)
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"entries": entries, "next_page_token": page.next_page_token})
+                );
+            } else {
+                for e in &page.events {
+                    println!(
+                        "{}  {}/{}  {:<10}  {}",
+                        sluice_domain::time::format(&e.created_at),
+                        e.channel_id,
+                        e.file_id,
+                        e.state.as_str(),
+                        e.run_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .or(e.note.clone())
+                            .unwrap_or_default()
+                    );
+                }
+                if let Some(t) = page.next_page_token {
+                    println!("more: --after {t}");
+                }
+            }
         }
     }
     Ok(())

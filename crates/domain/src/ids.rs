@@ -6,6 +6,8 @@
 //! | version | `ver-` + 16 lowercase hex | `ver-1111111111111111` |
 //! | run | `run-` + 16 digits | `run-3333333333333333` |
 //! | trigger | `tri-` + 16 digits | `tri-3333333333333333` |
+//! | datalake channel | 13 digits | `2222222222222` |
+//! | datalake file | upload time + `-` + UUID | `20180101T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c` |
 //!
 //! New ids are random; every id parses strictly, so a malformed id in a path
 //! is a clear 404/400 before any store is asked.
@@ -142,6 +144,83 @@ id_type!(
     TriggerId, "trigger", "tri-", Body::Digits(16), "`tri-` followed by 16 digits"
 );
 
+id_type!(
+    /// A datalake channel: a named stream of files.
+    ChannelId, "channel", "", Body::Digits(13), "13 digits"
+);
+
+/// A file in a datalake channel: its upload time (UTC, to the second) and a
+/// random UUID, so ids sort roughly by arrival and never collide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileId(String);
+
+impl FileId {
+    const EXPECTED: &'static str = "`YYYYMMDDTHHMMSS-` followed by a lowercase UUID";
+
+    pub fn generate(at: chrono::DateTime<chrono::Utc>) -> FileId {
+        let mut b: [u8; 16] = rand::thread_rng().gen();
+        b[6] = (b[6] & 0x0f) | 0x40; // version 4
+        b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+        let h =
+            |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+        FileId(format!(
+            "{}-{}-{}-{}-{}-{}",
+            at.format("%Y%m%dT%H%M%S"),
+            h(0..4),
+            h(4..6),
+            h(6..8),
+            h(8..10),
+            h(10..16)
+        ))
+    }
+
+    pub fn parse(value: &str) -> Result<FileId, IdError> {
+        let err = || IdError {
+            kind: "file",
+            value: value.to_owned(),
+            expected: Self::EXPECTED,
+        };
+        let (stamp, uuid) = value.split_at_checked(15).ok_or_else(err)?;
+        let stamp_ok = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S").is_ok();
+        let uuid = uuid.strip_prefix('-').ok_or_else(err)?;
+        let groups: Vec<&str> = uuid.split('-').collect();
+        let uuid_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups.iter().all(|g| {
+                g.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            });
+        if stamp_ok && uuid_ok {
+            Ok(FileId(value.to_owned()))
+        } else {
+            Err(err())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for FileId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, IdError> {
+        Self::parse(&value)
+    }
+}
+
+impl From<FileId> for String {
+    fn from(id: FileId) -> String {
+        id.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +250,31 @@ mod tests {
         VersionId::parse("ver-abc1111111111111").unwrap();
         RunId::parse("run-3333333333333333").unwrap();
         TriggerId::parse("tri-3333333333333333").unwrap();
+        ChannelId::parse("2222222222222").unwrap();
+        FileId::parse("20190101T000000-e8286a2a-100a-4a40-a7de-5c9a5794b76c").unwrap();
+    }
+
+    #[test]
+    fn file_ids_carry_their_upload_time_and_a_uuid() {
+        let at = chrono::DateTime::parse_from_rfc3339("2018-01-01T11:22:33.5Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let id = FileId::generate(at);
+        assert!(id.as_str().starts_with("20180101T112233-"), "{id}");
+        assert_eq!(id.as_str().len(), 15 + 1 + 36);
+        assert_eq!(FileId::parse(id.as_str()).unwrap(), id);
+        assert_ne!(FileId::generate(at), id);
+        for bad in [
+            "20180101T112233",
+            "20181301T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c",
+            "20180101T112233-E8286A2A-100A-4A40-A7DE-5C9A5794B76C",
+            "20180101T112233-e8286a2a100a-4a40-a7de-5c9a5794b76c",
+            "20180101T112233_e8286a2a-100a-4a40-a7de-5c9a5794b76c",
+            "../../etc/passwd",
+        ] {
+            let err = FileId::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("UUID"), "{bad}: {err}");
+        }
     }
 
     #[test]

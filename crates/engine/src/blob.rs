@@ -1,4 +1,5 @@
-//! Object storage for code archives: a folder inside the data dir.
+//! Object storage for code archives and datalake files: a folder inside the
+//! data dir.
 //!
 //! Writes go to a temporary file that is renamed into place, so a reader
 //! never sees half an object. Keys are relative paths such as
@@ -35,6 +36,20 @@ impl LocalBlobs {
         let tmp = path.with_extension(format!("tmp.{}", rand::random::<u64>()));
         tokio::fs::write(&tmp, bytes).await?;
         tokio::fs::rename(&tmp, &path).await
+    }
+
+    /// Removes an object; a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Copies an object to a local file. (A copy, not a link: the code that
+    /// reads it may write to it, and the object must stay as uploaded.)
+    pub async fn copy_to(&self, key: &str, dest: &Path) -> std::io::Result<()> {
+        tokio::fs::copy(self.path(key)?, dest).await.map(|_| ())
     }
 
     pub async fn get(&self, key: &str) -> std::io::Result<Vec<u8>> {

@@ -16,6 +16,11 @@ use crate::blob::LocalBlobs;
 use crate::code;
 use crate::Wakers;
 
+mod datalake;
+pub use datalake::{
+    EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
+};
+
 /// What went wrong, in the terms a face maps to a status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -66,6 +71,8 @@ pub struct Settings {
     /// How many queues `distribution` values are spread over, per deployment.
     pub queues: u32,
     pub max_upload_bytes: usize,
+    /// The largest file a datalake channel accepts.
+    pub max_file_bytes: usize,
     pub upload_url_ttl_secs: i64,
     pub token_ttl_secs: i64,
 }
@@ -77,6 +84,7 @@ impl Default for Settings {
             log_page_size: 100,
             queues: 8,
             max_upload_bytes: 256 << 20,
+            max_file_bytes: 256 << 20,
             upload_url_ttl_secs: 3600,
             token_ttl_secs: 30 * 24 * 3600,
         }
@@ -650,13 +658,7 @@ impl Control {
             idempotency_key: req.idempotency_key,
             created_at: time::now(),
         };
-        let queue = new.distribution.map(|n| {
-            format!(
-                "{}:{}",
-                d.id,
-                n.rem_euclid(self.settings.queues.max(1) as i64)
-            )
-        });
+        let queue = crate::queue_name(&d.id, new.distribution, self.settings.queues);
         let (run, created) = self.store.create_run(&new, queue.as_deref()).await?;
         if created {
             self.wakers.scheduler.notify_one();

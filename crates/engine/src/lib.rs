@@ -2,6 +2,7 @@
 //! that moves runs from SUBMITTED to a final status.
 //!
 //! - [`control`]: the use cases (deploy, submit, cancel, read logs, …).
+//! - [`dispatcher`]: turns each file arrival a trigger watches into its run.
 //! - [`scheduler`]: admits submitted runs, frees queues, reaps lost leases.
 //! - [`worker`]: claims runnable runs under a lease and runs their code.
 //! - [`code`], [`blob`], [`auth`]: archives, object storage, credentials.
@@ -14,13 +15,14 @@ pub mod auth;
 pub mod blob;
 pub mod code;
 pub mod control;
+pub mod dispatcher;
 pub mod scheduler;
 pub mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_domain::RetryPolicy;
+use sluice_domain::{DeploymentId, RetryPolicy};
 use tokio::sync::Notify;
 
 /// In-process wake-ups: a submit wakes the scheduler at once, a scheduled
@@ -30,6 +32,14 @@ use tokio::sync::Notify;
 pub struct Wakers {
     pub scheduler: Notify,
     pub workers: Notify,
+    pub dispatcher: Notify,
+}
+
+/// The queue of a run with a `distribution`: runs whose values share a
+/// remainder modulo `queues` share a queue of their deployment and run one
+/// at a time, in order. Without one, runs go round-robin (no queue).
+pub fn queue_name(dep: &DeploymentId, distribution: Option<i64>, queues: u32) -> Option<String> {
+    distribution.map(|n| format!("{dep}:{}", n.rem_euclid(queues.max(1) as i64)))
 }
 
 /// How the run engine behaves.
@@ -49,6 +59,8 @@ pub struct EngineConfig {
     pub run_timeout: Duration,
     /// The Python interpreter that runs user code.
     pub python: String,
+    /// How many queues `distribution` values are spread over, per deployment.
+    pub queues: u32,
 }
 
 impl EngineConfig {
@@ -65,6 +77,7 @@ impl EngineConfig {
             retry: RetryPolicy::default(),
             run_timeout: Duration::from_secs(3600),
             python: "python3".into(),
+            queues: 8,
         }
     }
 

@@ -165,25 +165,50 @@ impl Worker {
     /// Runs one attempt and reports how it ended.
     async fn attempt(&self, lease: Lease) {
         let run_id = lease.run.id.clone();
-        let outcome = match self.execute(&lease).await {
-            Ok(outcome) => outcome,
+        let (outcome, output) = match self.execute(&lease).await {
+            Ok(ended) => ended,
             Err(AttemptError::LeaseLost) => {
                 tracing::warn!("{run_id}: lease lost; another worker owns the run now");
                 return;
             }
-            Err(AttemptError::Setup(error)) => AttemptOutcome::Failed { error },
+            Err(AttemptError::Setup(error)) => (AttemptOutcome::Failed { error }, None),
         };
-        match self
-            .store
-            .finish(
-                &run_id,
-                lease.token,
-                &outcome,
-                self.config.retry,
-                time::now(),
-            )
-            .await
-        {
+        let (outcome, output) = match output {
+            Some(out) => match self.store_output(&lease.run, out).await {
+                Ok(file) => (outcome, Some(file)),
+                Err(e) => (
+                    AttemptOutcome::Failed {
+                        error: format!("could not store the run's output: {e}"),
+                    },
+                    None,
+                ),
+            },
+            None => (outcome, None),
+        };
+        let now = time::now();
+        let retry = self.config.retry;
+        let finished = match &output {
+            Some(file) => {
+                self.store
+                    .finish_with_output(&run_id, lease.token, &outcome, retry, now, file)
+                    .await
+            }
+            None => {
+                self.store
+                    .finish(&run_id, lease.token, &outcome, retry, now)
+                    .await
+            }
+        };
+        if let (Some(file), Err(_)) = (&output, &finished) {
+            // The output was not recorded: its bytes must not linger.
+            let _ = self.blobs.delete(&file.object).await;
+        }
+        if let Ok(RunStatus::Succeeded) = finished {
+            if output.is_some() {
+                self.wakers.dispatcher.notify_one();
+            }
+        }
+        match finished {
             Ok(status) => {
                 tracing::debug!("{run_id}: attempt {} ended, run {status}", lease.attempt)
             }
@@ -194,18 +219,91 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, lease: &Lease) -> Result<AttemptOutcome, AttemptError> {
+    /// Writes a run's output as a file of its trigger's output channel,
+    /// bytes first; the file is recorded with the run's success.
+    async fn store_output(&self, run: &Run, out: Output) -> std::io::Result<DatalakeFile> {
+        let now = time::now();
+        let id = FileId::generate(now);
+        let object = format!("datalake/{}/{}", out.channel, id);
+        self.blobs.put(&object, &out.bytes).await?;
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert(format!("{META_PREFIX}run_id"), run.id.to_string());
+        if let Some(t) = &run.trigger_id {
+            metadata.insert(format!("{META_PREFIX}trigger_id"), t.to_string());
+        }
+        if let Some(Value::String(src)) = run.input_data.get(DATALAKE_INPUT) {
+            metadata.insert(format!("{META_PREFIX}source"), src.clone());
+        }
+        Ok(DatalakeFile {
+            seq: 0,
+            channel_id: out.channel,
+            file_id: id,
+            organization_id: run.organization_id.clone(),
+            content_type: out.content_type.into(),
+            metadata,
+            size: out.bytes.len() as i64,
+            object,
+            lifetime: None,
+            source_run_id: Some(run.id.clone()),
+            uploaded_at: now,
+        })
+    }
+
+    /// The datalake files a run's `input_data` names (`"$datalake:1":
+    /// "<channel>/<file>"`), each with the key that named it.
+    async fn datalake_inputs(&self, run: &Run) -> Result<Vec<(String, DatalakeFile)>, String> {
+        let mut files = Vec::new();
+        let Some(fields) = run.input_data.as_object() else {
+            return Ok(files);
+        };
+        for (key, value) in fields {
+            if !key.starts_with("$datalake:") {
+                continue;
+            }
+            let Value::String(path) = value else {
+                return Err(format!("input_data.{key} must be \"<channel>/<file>\""));
+            };
+            let (channel, file) =
+                parse_datalake_path(path).map_err(|e| format!("input_data.{key}: {e}"))?;
+            let f = self
+                .store
+                .get_file(&channel, &file)
+                .await
+                .map_err(|e| format!("input_data.{key}: {e}"))?;
+            if f.organization_id != run.organization_id {
+                return Err(format!("input_data.{key}: file {path} not found"));
+            }
+            files.push((key.clone(), f));
+        }
+        Ok(files)
+    }
+
+    async fn execute(
+        &self,
+        lease: &Lease,
+    ) -> Result<(AttemptOutcome, Option<Output>), AttemptError> {
         let run = &lease.run;
         let setup =
             |what: &str, e: &dyn std::fmt::Display| AttemptError::Setup(format!("{what}: {e}"));
-        let (dep, ver) = tokio::join!(
+        let (dep, ver, trigger, files) = tokio::join!(
             self.store
                 .get_deployment(&run.organization_id, &run.deployment_id),
             self.store
                 .get_version(&run.organization_id, &run.deployment_id, &run.version_id),
+            async {
+                match &run.trigger_id {
+                    Some(t) => self.store.find_trigger(t).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            self.datalake_inputs(run),
         );
         let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
         let ver = ver.map_err(|e| setup("the version is gone", &e))?;
+        let output_channel = trigger
+            .map_err(|e| setup("the trigger is gone", &e))?
+            .and_then(|t| t.output_channel_id);
+        let files = files.map_err(|e| setup("could not read the run's input", &e))?;
         let code_dir = self
             .code_dir(&ver)
             .await
@@ -216,12 +314,24 @@ impl Worker {
             .join("runs")
             .join(run.id.as_str())
             .join(format!("attempt-{}", lease.attempt));
-        let inputs = inputs(lease, &ver, &work);
+        let contents: Vec<Value> = files
+            .iter()
+            .map(|(key, f)| content(key, f, &work.join("inputs").join(f.file_id.as_str())))
+            .collect();
+        let inputs = inputs(lease, &ver, &work, contents);
         let dir = work.clone();
-        tokio::task::spawn_blocking(move || prepare_work_dir(&dir, &inputs))
+        let with_inputs = !files.is_empty();
+        tokio::task::spawn_blocking(move || prepare_work_dir(&dir, &inputs, with_inputs))
             .await
             .map_err(|e| setup("could not make the working folder", &e))?
             .map_err(|e| setup("could not make the working folder", &e))?;
+        for (key, f) in &files {
+            let dest = work.join("inputs").join(f.file_id.as_str());
+            self.blobs
+                .copy_to(&f.object, &dest)
+                .await
+                .map_err(|e| setup(&format!("could not fetch input_data.{key}"), &e))?;
+        }
 
         let mut cmd = Command::new(self.python().await);
         cmd.arg("-u")
@@ -319,11 +429,24 @@ impl Worker {
         drop(log_tx);
         let logs_ok = writer.await.unwrap_or(false);
         let error_file = tokio::fs::read_to_string(work.join("error.txt")).await.ok();
+        let succeeded = stop.is_none() && matches!(&status, Ok(s) if s.success());
+        let output = match output_channel {
+            Some(channel) if succeeded => {
+                read_result(&work)
+                    .await
+                    .map(|(content_type, bytes)| Output {
+                        channel,
+                        content_type,
+                        bytes,
+                    })
+            }
+            _ => None,
+        };
         let _ = tokio::fs::remove_dir_all(&work).await;
         if lease_lost || !logs_ok {
             return Err(AttemptError::LeaseLost);
         }
-        Ok(match (status, stop) {
+        let outcome = match (status, stop) {
             (_, Some(why)) => AttemptOutcome::Failed { error: why },
             (Ok(s), None) if s.success() => AttemptOutcome::Succeeded,
             (Ok(s), None) => AttemptOutcome::Failed {
@@ -334,7 +457,8 @@ impl Worker {
             (Err(e), None) => AttemptOutcome::Failed {
                 error: format!("lost the code's process: {e}"),
             },
-        })
+        };
+        Ok((outcome, output))
     }
 
     fn python_name(&self) -> &str {
@@ -368,6 +492,43 @@ impl Worker {
             .map_err(std::io::Error::other)??;
         Ok(dir)
     }
+}
+
+/// What a run returned, bound for its trigger's output channel.
+struct Output {
+    channel: ChannelId,
+    content_type: &'static str,
+    bytes: Vec<u8>,
+}
+
+/// The handler's return value as the runner wrote it: bytes as they are,
+/// a string as UTF-8 text, anything else as JSON. `None` when it returned
+/// nothing.
+async fn read_result(work: &Path) -> Option<(&'static str, Vec<u8>)> {
+    for (name, content_type) in [
+        ("result.bin", "application/octet-stream"),
+        ("result.txt", "text/plain; charset=utf-8"),
+        ("result.json", "application/json"),
+    ] {
+        if let Ok(bytes) = tokio::fs::read(work.join(name)).await {
+            return Some((content_type, bytes));
+        }
+    }
+    None
+}
+
+/// How the runner describes one input file to the handler.
+fn content(key: &str, f: &DatalakeFile, path: &Path) -> Value {
+    json!({
+        "key": key,
+        "channel_id": f.channel_id,
+        "file_id": f.file_id,
+        "content_type": f.content_type,
+        "metadata": f.metadata,
+        "size": f.size,
+        "uploaded_at": time::format(&f.uploaded_at),
+        "path": path.display().to_string(),
+    })
 }
 
 enum AttemptError {
@@ -447,9 +608,15 @@ fn run_environment(dep: &Deployment, ver: &Version, lease: &Lease) -> Vec<(Strin
 }
 
 /// The files the runner reads: `request.json` and `context.json`.
-fn inputs(lease: &Lease, ver: &Version, work: &Path) -> [(&'static str, String); 2] {
+fn inputs(
+    lease: &Lease,
+    ver: &Version,
+    work: &Path,
+    contents: Vec<Value>,
+) -> [(&'static str, String); 2] {
     let run = &lease.run;
     let request = json!({
+        "contents": contents,
         "input_data": run.input_data,
         "models": run.models,
         "output_template": run.output_template,
@@ -473,13 +640,21 @@ fn inputs(lease: &Lease, ver: &Version, work: &Path) -> [(&'static str, String);
 }
 
 /// A fresh working folder holding the runner's inputs (one blocking hop).
-fn prepare_work_dir(work: &Path, inputs: &[(&str, String)]) -> std::io::Result<()> {
+fn prepare_work_dir(
+    work: &Path,
+    inputs: &[(&str, String)],
+    with_inputs: bool,
+) -> std::io::Result<()> {
     match std::fs::remove_dir_all(work) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(work)?;
+    std::fs::create_dir_all(if with_inputs {
+        work.join("inputs")
+    } else {
+        work.to_owned()
+    })?;
     for (name, body) in inputs {
         std::fs::write(work.join(name), body)?;
     }

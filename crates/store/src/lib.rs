@@ -59,7 +59,7 @@ pub struct LogQuery {
 /// The metadata store's contract: everything sluice keeps, scoped by
 /// organization, and the run engine's claim/lease/finish steps.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: DatalakeStore + Send + Sync + 'static {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
 
@@ -169,6 +169,111 @@ pub trait MetadataStore: Send + Sync + 'static {
         events: &[(Timestamp, String)],
     ) -> Result<()>;
     async fn read_logs(&self, run: &RunId, query: LogQuery) -> Result<Vec<LogEvent>>;
+}
+
+/// Which files of a channel to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileQuery {
+    pub page: PageRequest,
+    /// Files uploaded at or after this time …
+    pub from: Option<Timestamp>,
+    /// … and before this one.
+    pub to: Option<Timestamp>,
+}
+
+/// Datalake channels and files, triggers, and the trigger event ledger.
+///
+/// A file's arrival is written as one PENDING [`TriggerEvent`] per live
+/// trigger on its channel in the transaction that stores the file, so no
+/// acknowledged file is ever without its events. The dispatcher then turns
+/// each event into its run with [`dispatch_event`](DatalakeStore::dispatch_event),
+/// which moves the event and creates the run in one transaction: whoever
+/// does it first wins, any other dispatcher finds the event taken.
+#[async_trait]
+pub trait DatalakeStore: Send + Sync + 'static {
+    async fn create_channel(&self, channel: &Channel) -> Result<()>;
+    /// A channel by id alone: file paths (`/channels/{id}/…`) name no organization.
+    async fn get_channel(&self, id: &ChannelId) -> Result<Channel>;
+    /// An organization's channels, oldest first; answers whether more follow.
+    async fn list_channels(
+        &self,
+        org: &OrganizationId,
+        include_archived: bool,
+        offset: u32,
+        limit: u32,
+    ) -> Result<(Vec<Channel>, bool)>;
+    /// Saves name, description, archived and updated_at.
+    async fn update_channel(&self, channel: &Channel) -> Result<()>;
+
+    /// Stores a file's metadata and its trigger events, in one transaction.
+    /// Answers how many events (runs to come) the file made.
+    async fn put_file(&self, file: &DatalakeFile) -> Result<u64>;
+    async fn get_file(&self, channel: &ChannelId, id: &FileId) -> Result<DatalakeFile>;
+    async fn list_files(&self, channel: &ChannelId, query: FileQuery)
+        -> Result<Page<DatalakeFile>>;
+    /// Removes a file's metadata and answers it (its bytes are the caller's).
+    async fn delete_file(&self, channel: &ChannelId, id: &FileId) -> Result<DatalakeFile>;
+    async fn set_file_metadata(
+        &self,
+        channel: &ChannelId,
+        id: &FileId,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<DatalakeFile>;
+
+    async fn create_trigger(&self, trigger: &Trigger) -> Result<()>;
+    /// A live trigger of a deployment.
+    async fn get_trigger(
+        &self,
+        org: &OrganizationId,
+        dep: &DeploymentId,
+        id: &TriggerId,
+    ) -> Result<Trigger>;
+    /// A trigger by id, deleted or not (the engine's view).
+    async fn find_trigger(&self, id: &TriggerId) -> Result<Trigger>;
+    async fn list_triggers(&self, org: &OrganizationId, dep: &DeploymentId)
+        -> Result<Vec<Trigger>>;
+    /// Marks a trigger deleted and its PENDING events SKIPPED, in one transaction.
+    async fn delete_trigger(
+        &self,
+        org: &OrganizationId,
+        dep: &DeploymentId,
+        id: &TriggerId,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// A trigger's events, keyset-paged like runs.
+    async fn list_trigger_events(
+        &self,
+        trigger: &TriggerId,
+        page: PageRequest,
+    ) -> Result<Page<TriggerEvent>>;
+    /// PENDING events, oldest first: the dispatcher's work.
+    async fn pending_events(&self, limit: u32) -> Result<Vec<TriggerEvent>>;
+    /// Turns a PENDING event into `run`, in one transaction. Answers false,
+    /// creating nothing, when the event is no longer PENDING (another
+    /// dispatcher took it, or its trigger was deleted).
+    async fn dispatch_event(
+        &self,
+        event: i64,
+        run: &NewRun,
+        queue: Option<&str>,
+        now: Timestamp,
+    ) -> Result<bool>;
+    /// Marks a PENDING event SKIPPED, saying why.
+    async fn skip_event(&self, event: i64, note: &str, now: Timestamp) -> Result<bool>;
+
+    /// [`MetadataStore::finish`], and when the run SUCCEEDS, `output` stored
+    /// as a new file (with its own trigger events) in the same transaction:
+    /// a run's output exists exactly when its success does.
+    async fn finish_with_output(
+        &self,
+        run: &RunId,
+        token: i64,
+        outcome: &AttemptOutcome,
+        retry: RetryPolicy,
+        now: Timestamp,
+        output: &DatalakeFile,
+    ) -> Result<RunStatus>;
 }
 
 /// Opens the store a URL names: `sqlite://path/to/file.db` or

@@ -15,6 +15,8 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::{LogQuery, MetadataStore, Result, StoreError};
 
+mod datalake;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -46,8 +48,14 @@ impl Dialect {
 
     fn migrations(self) -> &'static [(i64, &'static str)] {
         match self {
-            Dialect::Sqlite => &[(1, include_str!("../migrations/sqlite/0001_core.sql"))],
-            Dialect::Postgres => &[(1, include_str!("../migrations/postgres/0001_core.sql"))],
+            Dialect::Sqlite => &[
+                (1, include_str!("../migrations/sqlite/0001_core.sql")),
+                (2, include_str!("../migrations/sqlite/0002_datalake.sql")),
+            ],
+            Dialect::Postgres => &[
+                (1, include_str!("../migrations/postgres/0001_core.sql")),
+                (2, include_str!("../migrations/postgres/0002_datalake.sql")),
+            ],
         }
     }
 }
@@ -150,6 +158,32 @@ impl SqlStore {
             Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.write.begin().await?,
         })
+    }
+
+    /// Ends the attempt holding `token` inside `tx`; answers the run's next status.
+    async fn finish_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        run: &RunId,
+        token: i64,
+        outcome: &AttemptOutcome,
+        retry: RetryPolicy,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
+        let current = self.lock_run(tx, run).await?;
+        if current.lease_token != token || !current.status.is_leased() {
+            return Err(StoreError::LeaseLost(run.to_string()));
+        }
+        let (end, error) = match outcome {
+            AttemptOutcome::Succeeded => (AttemptEnd::Succeeded, None),
+            AttemptOutcome::Failed { error } => (AttemptEnd::Failed, Some(error.clone())),
+        };
+        let next = current
+            .status
+            .after_attempt(end, current.attempt, current.retry_count);
+        current.status.transition(next)?;
+        end_attempt(tx, &current, next, end, error, retry, micros(now)).await?;
+        Ok(next)
     }
 
     /// Reads one run under a row lock (PostgreSQL) inside `tx`.
@@ -564,38 +598,14 @@ impl MetadataStore for SqlStore {
                 return Ok((earlier, false));
             }
         }
-        let now = micros(run.created_at);
-        let sql = format!(
-            "INSERT INTO runs (id, organization_id, deployment_id, version_id, trigger_id, status, \
-             input_data, models, output_template, environment, retry_count, distribution, queue, \
-             not_before, idempotency_key, created_at, modified_at) \
-             VALUES ($1, $2, $3, $4, $5, 'SUBMITTED', $6, $7, $8, $9, $10, $11, $12, $13, $14, $13, $13) \
-             RETURNING {RUN_COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(run.id.as_str())
-            .bind(run.organization_id.as_str())
-            .bind(run.deployment_id.as_str())
-            .bind(run.version_id.as_str())
-            .bind(run.trigger_id.as_ref().map(|t| t.as_str().to_owned()))
-            .bind(json_text(&run.input_data))
-            .bind(json_text(&run.models))
-            .bind(json_text(&run.output_template))
-            .bind(env_text(&run.environment))
-            .bind(run.retry_count as i64)
-            .bind(run.distribution)
-            .bind(queue.map(str::to_owned))
-            .bind(now)
-            .bind(run.idempotency_key.clone())
-            .fetch_one(&mut *tx)
-            .await;
+        let row = insert_run(&mut tx, run, queue).await;
         match row {
-            Ok(row) => {
+            Ok(run) => {
                 tx.commit().await?;
-                Ok((run_from_row(&row)?, true))
+                Ok((run, true))
             }
             // Two submits with one key raced: the other one won; answer it.
-            Err(e) => match (StoreError::from(e), &run.idempotency_key) {
+            Err(e) => match (e, &run.idempotency_key) {
                 (StoreError::Conflict(_), Some(key)) => {
                     drop(tx);
                     let earlier =
@@ -753,12 +763,16 @@ impl MetadataStore for SqlStore {
         RunStatus::Runnable.transition(RunStatus::Starting)?;
         let now = micros(now);
         let mut tx = self.begin().await?;
+        // The pick is a MATERIALIZED CTE: evaluated once. As an `IN
+        // (subquery)` PostgreSQL may rescan it, and with SKIP LOCKED each
+        // rescan picks other rows, so one claim could take more than `limit`.
         let sql = format!(
-            "UPDATE runs SET status = 'STARTING', attempt = attempt + 1, \
+            "WITH picked AS MATERIALIZED (SELECT seq FROM runs WHERE status = 'RUNNABLE' \
+             ORDER BY seq LIMIT $4{}) \
+             UPDATE runs SET status = 'STARTING', attempt = attempt + 1, \
              lease_token = lease_token + 1, lease_owner = $1, lease_expires_at = $2, \
              modified_at = $3, started_at = COALESCE(started_at, $3), error = NULL \
-             WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM runs WHERE status = 'RUNNABLE' \
-             ORDER BY seq LIMIT $4{}) RETURNING {RUN_COLUMNS}",
+             WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM picked) RETURNING {RUN_COLUMNS}",
             self.dialect.skip_locked()
         );
         let rows = sqlx::query(&sql)
@@ -854,19 +868,9 @@ impl MetadataStore for SqlStore {
         now: Timestamp,
     ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        let current = self.lock_run(&mut tx, run).await?;
-        if current.lease_token != token || !current.status.is_leased() {
-            return Err(StoreError::LeaseLost(run.to_string()));
-        }
-        let (end, error) = match outcome {
-            AttemptOutcome::Succeeded => (AttemptEnd::Succeeded, None),
-            AttemptOutcome::Failed { error } => (AttemptEnd::Failed, Some(error.clone())),
-        };
-        let next = current
-            .status
-            .after_attempt(end, current.attempt, current.retry_count);
-        current.status.transition(next)?;
-        end_attempt(&mut tx, &current, next, end, error, retry, micros(now)).await?;
+        let next = self
+            .finish_in(&mut tx, run, token, outcome, retry, now)
+            .await?;
         tx.commit().await?;
         Ok(next)
     }
@@ -1022,6 +1026,40 @@ impl MetadataStore for SqlStore {
             })
             .collect()
     }
+}
+
+/// Inserts a SUBMITTED run inside `tx`.
+async fn insert_run(
+    tx: &mut Transaction<'static, Any>,
+    run: &NewRun,
+    queue: Option<&str>,
+) -> Result<Run> {
+    let now = micros(run.created_at);
+    let sql = format!(
+            "INSERT INTO runs (id, organization_id, deployment_id, version_id, trigger_id, status, \
+             input_data, models, output_template, environment, retry_count, distribution, queue, \
+             not_before, idempotency_key, created_at, modified_at) \
+             VALUES ($1, $2, $3, $4, $5, 'SUBMITTED', $6, $7, $8, $9, $10, $11, $12, $13, $14, $13, $13) \
+             RETURNING {RUN_COLUMNS}"
+        );
+    let row = sqlx::query(&sql)
+        .bind(run.id.as_str())
+        .bind(run.organization_id.as_str())
+        .bind(run.deployment_id.as_str())
+        .bind(run.version_id.as_str())
+        .bind(run.trigger_id.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(json_text(&run.input_data))
+        .bind(json_text(&run.models))
+        .bind(json_text(&run.output_template))
+        .bind(env_text(&run.environment))
+        .bind(run.retry_count as i64)
+        .bind(run.distribution)
+        .bind(queue.map(str::to_owned))
+        .bind(now)
+        .bind(run.idempotency_key.clone())
+        .fetch_one(&mut **tx)
+        .await?;
+    run_from_row(&row)
 }
 
 /// The run an idempotency key already created in a deployment, if any.

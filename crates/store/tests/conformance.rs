@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
-use sluice_store::{LogQuery, MetadataStore, SqlStore, StoreError};
+use sluice_store::{DatalakeStore, FileQuery, LogQuery, MetadataStore, SqlStore, StoreError};
 
 async fn sqlite_store() -> (SqlStore, tempdir::Dir) {
     let dir = tempdir::Dir::new();
@@ -111,6 +111,11 @@ suite!(
     runs_of_a_version_without_code_are_rejected,
     logs_page_forward_and_backward_with_time_bounds,
     concurrent_claimers_never_share_a_run,
+    a_file_makes_one_event_per_trigger_that_existed_when_it_arrived,
+    racing_dispatchers_make_one_run_per_event,
+    deleting_a_trigger_skips_its_pending_events_at_once,
+    files_page_by_keyset_and_channels_archive,
+    a_run_output_is_stored_exactly_when_the_run_succeeds,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -756,6 +761,11 @@ async fn concurrent_claimers_never_share_a_run(store: Arc<SqlStore>) {
                 if leases.is_empty() {
                     break mine;
                 }
+                assert!(
+                    leases.len() <= 7,
+                    "claimed {} runs, asked for 7",
+                    leases.len()
+                );
                 mine.extend(leases.into_iter().map(|l| l.run.id));
             }
         }));
@@ -767,4 +777,412 @@ async fn concurrent_claimers_never_share_a_run(store: Arc<SqlStore>) {
     let unique: HashSet<_> = all.iter().cloned().collect();
     assert_eq!(all.len(), 200, "every run claimed once");
     assert_eq!(unique.len(), 200, "no run claimed twice");
+}
+
+// ---- datalake and triggers ------------------------------------------------
+
+async fn channel(store: &dyn MetadataStore, org: &OrganizationId) -> ChannelId {
+    let now = time::now();
+    let c = Channel {
+        id: ChannelId::generate(),
+        organization_id: org.clone(),
+        name: "arrivals".into(),
+        description: String::new(),
+        storage_type: "datalake".into(),
+        archived: false,
+        created_at: now,
+        updated_at: now,
+    };
+    store.create_channel(&c).await.unwrap();
+    c.id
+}
+
+async fn trigger(
+    store: &dyn MetadataStore,
+    f: &Fixture,
+    input: &ChannelId,
+    output: Option<&ChannelId>,
+) -> TriggerId {
+    let now = time::now();
+    let t = Trigger {
+        id: TriggerId::generate(),
+        organization_id: f.org.clone(),
+        deployment_id: f.dep.clone(),
+        version_id: f.ver.clone(),
+        input_channel_id: input.clone(),
+        output_channel_id: output.cloned(),
+        models: json!({}),
+        environment: Default::default(),
+        retry_count: 0,
+        distribution: None,
+        created_at: now,
+        modified_at: now,
+        deleted_at: None,
+    };
+    store.create_trigger(&t).await.unwrap();
+    t.id
+}
+
+fn file(org: &OrganizationId, channel: &ChannelId) -> DatalakeFile {
+    let now = time::now();
+    let id = FileId::generate(now);
+    DatalakeFile {
+        seq: 0,
+        channel_id: channel.clone(),
+        file_id: id.clone(),
+        organization_id: org.clone(),
+        content_type: "text/plain".into(),
+        metadata: [("x-abeja-meta-filename".to_owned(), "a.txt".to_owned())].into(),
+        size: 3,
+        object: format!("datalake/{channel}/{id}"),
+        lifetime: None,
+        source_run_id: None,
+        uploaded_at: now,
+    }
+}
+
+fn trigger_run(f: &Fixture, t: &TriggerId, e: &TriggerEvent) -> NewRun {
+    NewRun {
+        trigger_id: Some(t.clone()),
+        input_data: json!({DATALAKE_INPUT: format!("{}/{}", e.channel_id, e.file_id)}),
+        idempotency_key: Some(format!("{t}/{}", e.file_id)),
+        ..new_run(f)
+    }
+}
+
+fn forward(limit: u32) -> PageRequest {
+    PageRequest {
+        after: None,
+        forward: true,
+        limit,
+    }
+}
+
+async fn a_file_makes_one_event_per_trigger_that_existed_when_it_arrived(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let ch = channel(&*store, &f.org).await;
+    let other = channel(&*store, &f.org).await;
+    let first = trigger(&*store, &f, &ch, None).await;
+    trigger(&*store, &f, &other, None).await;
+    let early = file(&f.org, &ch);
+    assert_eq!(store.put_file(&early).await.unwrap(), 1);
+    let second = trigger(&*store, &f, &ch, None).await;
+    let late = file(&f.org, &ch);
+    assert_eq!(store.put_file(&late).await.unwrap(), 2);
+
+    let of_first = store
+        .list_trigger_events(&first, forward(10))
+        .await
+        .unwrap();
+    let files: Vec<_> = of_first.items.iter().map(|e| e.file_id.clone()).collect();
+    assert_eq!(files, vec![early.file_id.clone(), late.file_id.clone()]);
+    let of_second = store
+        .list_trigger_events(&second, forward(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        of_second
+            .items
+            .iter()
+            .map(|e| &e.file_id)
+            .collect::<Vec<_>>(),
+        vec![&late.file_id],
+        "a file that arrived before the trigger existed starts nothing"
+    );
+    let pending = store.pending_events(100).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(pending
+        .iter()
+        .all(|e| e.state == EventState::Pending && e.run_id.is_none()));
+    assert!(
+        pending.windows(2).all(|w| w[0].seq < w[1].seq),
+        "oldest first"
+    );
+    // The same file cannot be stored twice in a channel.
+    assert!(matches!(
+        store.put_file(&late).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.pending_events(100).await.unwrap().len(),
+        3,
+        "nothing half-stored"
+    );
+}
+
+async fn racing_dispatchers_make_one_run_per_event(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let ch = channel(&*store, &f.org).await;
+    let t = trigger(&*store, &f, &ch, None).await;
+    for _ in 0..20 {
+        store.put_file(&file(&f.org, &ch)).await.unwrap();
+    }
+    let events = store.pending_events(100).await.unwrap();
+    assert_eq!(events.len(), 20);
+    // Four dispatchers each try every event, with runs of their own ids.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let events = events.clone();
+        let f = Fixture {
+            org: f.org.clone(),
+            dep: f.dep.clone(),
+            ver: f.ver.clone(),
+        };
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut won = 0;
+            for e in &events {
+                let run = NewRun {
+                    idempotency_key: None,
+                    ..trigger_run(&f, &t, e)
+                };
+                if store
+                    .dispatch_event(e.seq, &run, None, time::now())
+                    .await
+                    .unwrap()
+                {
+                    won += 1;
+                }
+            }
+            won
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        won += task.await.unwrap();
+    }
+    assert_eq!(won, 20, "every event dispatched exactly once");
+    let runs = store
+        .list_runs(&f.org, &f.dep, Some(&t), forward(100))
+        .await
+        .unwrap();
+    assert_eq!(runs.items.len(), 20);
+    let dispatched = store.list_trigger_events(&t, forward(100)).await.unwrap();
+    for e in &dispatched.items {
+        assert_eq!(e.state, EventState::Dispatched);
+        let run = store
+            .get_run(&f.org, e.run_id.as_ref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(run.trigger_id.as_ref(), Some(&t));
+        assert_eq!(
+            run.input_data[DATALAKE_INPUT],
+            json!(format!("{}/{}", e.channel_id, e.file_id)),
+            "each run reads its own file"
+        );
+    }
+    assert!(store.pending_events(100).await.unwrap().is_empty());
+}
+
+async fn deleting_a_trigger_skips_its_pending_events_at_once(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let ch = channel(&*store, &f.org).await;
+    let t = trigger(&*store, &f, &ch, None).await;
+    store.put_file(&file(&f.org, &ch)).await.unwrap();
+    let event = store.pending_events(10).await.unwrap().remove(0);
+    store
+        .delete_trigger(&f.org, &f.dep, &t, time::now())
+        .await
+        .unwrap();
+    assert!(!store
+        .dispatch_event(event.seq, &trigger_run(&f, &t, &event), None, time::now())
+        .await
+        .unwrap());
+    let events = store.list_trigger_events(&t, forward(10)).await.unwrap();
+    assert_eq!(events.items[0].state, EventState::Skipped);
+    assert!(events.items[0].note.as_deref().unwrap().contains("deleted"));
+    assert_eq!(store.put_file(&file(&f.org, &ch)).await.unwrap(), 0);
+    assert!(matches!(
+        store.get_trigger(&f.org, &f.dep, &t).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.find_trigger(&t).await.unwrap().deleted_at.is_some());
+    assert!(store
+        .list_triggers(&f.org, &f.dep)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_runs(&f.org, &f.dep, Some(&t), forward(10))
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+async fn files_page_by_keyset_and_channels_archive(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let ch = channel(&*store, &f.org).await;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        let file = file(&f.org, &ch);
+        ids.push(file.file_id.clone());
+        store.put_file(&file).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut page = FileQuery {
+        page: forward(3),
+        from: None,
+        to: None,
+    };
+    loop {
+        let got = store.list_files(&ch, page).await.unwrap();
+        seen.extend(got.items.iter().map(|f| f.file_id.clone()));
+        match got.next {
+            Some(next) => page.page.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let newest = store
+        .list_files(
+            &ch,
+            FileQuery {
+                page: PageRequest {
+                    after: None,
+                    forward: false,
+                    limit: 2,
+                },
+                from: None,
+                to: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(newest.items[0].file_id, ids[6]);
+    let none_yet = store
+        .list_files(
+            &ch,
+            FileQuery {
+                page: forward(10),
+                from: Some(later(60)),
+                to: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none_yet.items.is_empty());
+
+    let got = store.get_file(&ch, &ids[0]).await.unwrap();
+    assert_eq!(got.metadata["x-abeja-meta-filename"], "a.txt");
+    let meta = [("x-abeja-meta-label".to_owned(), "cat".to_owned())].into();
+    let changed = store.set_file_metadata(&ch, &ids[0], &meta).await.unwrap();
+    assert_eq!(changed.metadata, meta);
+    store.delete_file(&ch, &ids[0]).await.unwrap();
+    assert!(matches!(
+        store.get_file(&ch, &ids[0]).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let mut c = store.get_channel(&ch).await.unwrap();
+    c.archived = true;
+    store.update_channel(&c).await.unwrap();
+    let (live, _) = store.list_channels(&f.org, false, 0, 10).await.unwrap();
+    assert!(live.is_empty());
+    let (all, more) = store.list_channels(&f.org, true, 0, 10).await.unwrap();
+    assert_eq!((all.len(), more), (1, false));
+    assert!(all[0].archived);
+}
+
+async fn a_run_output_is_stored_exactly_when_the_run_succeeds(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let input = channel(&*store, &f.org).await;
+    let output = channel(&*store, &f.org).await;
+    trigger(&*store, &f, &input, Some(&output)).await;
+    // A trigger on the output channel: outputs chain into further runs.
+    let next = trigger(&*store, &f, &output, None).await;
+    let run = submit(&*store, &f).await;
+    store.schedule(time::now()).await.unwrap();
+    let lease = store
+        .claim("w", 1, TTL, time::now())
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .mark_running(&run.id, lease.token, time::now())
+        .await
+        .unwrap();
+    let out = DatalakeFile {
+        source_run_id: Some(run.id.clone()),
+        ..file(&f.org, &output)
+    };
+    let failed = AttemptOutcome::Failed {
+        error: "boom".into(),
+    };
+    // With retries left a failure stores nothing.
+    let mut retried = new_run(&f);
+    retried.retry_count = 1;
+    let (retried, _) = store.create_run(&retried, None).await.unwrap();
+    store.schedule(time::now()).await.unwrap();
+    let retry_lease = store
+        .claim("w", 1, TTL, time::now())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(retry_lease.run.id, retried.id);
+    let out2 = DatalakeFile {
+        source_run_id: Some(retried.id.clone()),
+        ..file(&f.org, &output)
+    };
+    assert_eq!(
+        store
+            .finish_with_output(
+                &retried.id,
+                retry_lease.token,
+                &failed,
+                RETRY,
+                time::now(),
+                &out2
+            )
+            .await
+            .unwrap(),
+        RunStatus::Pending
+    );
+    assert!(matches!(
+        store.get_file(&output, &out2.file_id).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert_eq!(
+        store
+            .finish_with_output(
+                &run.id,
+                lease.token,
+                &AttemptOutcome::Succeeded,
+                RETRY,
+                time::now(),
+                &out
+            )
+            .await
+            .unwrap(),
+        RunStatus::Succeeded
+    );
+    let stored = store.get_file(&output, &out.file_id).await.unwrap();
+    assert_eq!(stored.source_run_id.as_ref(), Some(&run.id));
+    let chained = store.list_trigger_events(&next, forward(10)).await.unwrap();
+    assert_eq!(
+        chained.items.len(),
+        1,
+        "the output starts the next trigger's run"
+    );
+    // A stale worker's output is refused, and nothing is stored.
+    let stale = DatalakeFile {
+        source_run_id: Some(run.id.clone()),
+        ..file(&f.org, &output)
+    };
+    assert!(matches!(
+        store
+            .finish_with_output(
+                &run.id,
+                lease.token,
+                &AttemptOutcome::Succeeded,
+                RETRY,
+                time::now(),
+                &stale
+            )
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(store.get_file(&output, &stale.file_id).await.is_err());
 }
