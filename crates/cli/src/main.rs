@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use sluice_engine::auth::Keys;
-use sluice_engine::blob::LocalBlobs;
+use sluice_engine::blob::Blobs;
 use sluice_engine::control::{Control, Settings};
 use sluice_engine::worker::Worker;
 use sluice_engine::{dispatcher, scheduler, EngineConfig, Wakers};
@@ -87,11 +87,20 @@ struct EngineArgs {
     /// The Python interpreter that runs deployment code.
     #[arg(long, env = "SLUICE_PYTHON", default_value = "python3")]
     python: String,
+    /// Where code archives and datalake files live: s3://bucket/prefix
+    /// (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP) or file:///path
+    /// (default: the `objects` folder of the data dir).
+    #[arg(long, env = "SLUICE_OBJECT_STORE")]
+    object_store: Option<String>,
 }
 
 impl EngineArgs {
-    fn config(&self, data_dir: PathBuf) -> EngineConfig {
+    fn config(&self, data_dir: PathBuf) -> anyhow::Result<EngineConfig> {
         let mut c = EngineConfig::new(data_dir);
+        if let Some(url) = self.object_store.as_deref().filter(|u| !u.is_empty()) {
+            c.blobs = Blobs::open(url).map_err(anyhow::Error::msg)?;
+        }
         if let Some(n) = self.worker_slots {
             c.worker_slots = n.max(1);
         }
@@ -102,7 +111,7 @@ impl EngineArgs {
         c.retry.cap = Duration::from_millis(self.retry_cap_ms);
         c.run_timeout = Duration::from_secs(self.run_timeout_secs.max(1));
         c.python = self.python.clone();
-        c
+        Ok(c)
     }
 }
 
@@ -238,7 +247,7 @@ async fn control(
     let store = store_args.open().await?;
     let keys = Keys::load(&store_args.data_dir).context("cannot load the signing key")?;
     let wakers = Arc::new(Wakers::default());
-    let blobs = LocalBlobs::new(store_args.data_dir.join("objects"));
+    let blobs = Blobs::local(store_args.data_dir.join("objects"));
     let control = Control::new(
         store.clone(),
         blobs,
@@ -277,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
             let db = store.open().await?;
             let keys = Keys::load(&store.data_dir).context("cannot load the signing key")?;
             let wakers = Arc::new(Wakers::default());
-            let config = engine.config(store.data_dir.clone());
+            let config = engine.config(store.data_dir.clone())?;
             let settings = Settings {
                 page_size: page_size.clamp(1, 1000),
                 log_page_size: log_page_size.clamp(1, 10_000),
@@ -286,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let control = Arc::new(Control::new(
                 db.clone(),
-                LocalBlobs::new(config.blob_dir()),
+                config.blobs.clone(),
                 keys,
                 settings,
                 wakers.clone(),
@@ -322,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let db = store.open().await?;
             let wakers = Arc::new(Wakers::default());
-            let config = engine.config(store.data_dir.clone());
+            let config = engine.config(store.data_dir.clone())?;
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;

@@ -1,12 +1,129 @@
-//! Object storage for code archives and datalake files: a folder inside the
-//! data dir.
+//! Object storage for code archives and datalake files.
 //!
-//! Writes go to a temporary file that is renamed into place, so a reader
-//! never sees half an object. Keys are relative paths such as
-//! `code/ver-…/source.tar.gz`; a key that would leave the folder is refused.
+//! By default a folder inside the data dir ([`LocalBlobs`]): writes go to a
+//! temporary file that is renamed into place, so a reader never sees half an
+//! object. With the `s3` feature, any S3-compatible store
+//! (`--object-store s3://bucket/prefix`, credentials and endpoint from the
+//! usual `AWS_*` variables), so workers on other machines need no shared
+//! disk. Keys are relative paths such as `code/ver-…/source.tar.gz`; a key
+//! that would leave its root is refused.
 
 use std::path::{Component, Path, PathBuf};
 
+/// Where objects live: one of the backends below, chosen at start.
+#[derive(Debug, Clone)]
+pub enum Blobs {
+    Local(LocalBlobs),
+    #[cfg(feature = "s3")]
+    Remote(std::sync::Arc<dyn object_store::ObjectStore>),
+}
+
+fn check_key(key: &str) -> std::io::Result<&Path> {
+    let rel = Path::new(key);
+    if key.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("object key `{key}` is not a plain relative path"),
+        ));
+    }
+    Ok(rel)
+}
+
+impl Blobs {
+    pub fn local(root: impl Into<PathBuf>) -> Blobs {
+        Blobs::Local(LocalBlobs::new(root))
+    }
+
+    /// The store a URL names: `s3://bucket[/prefix]` (with the `s3`
+    /// feature) or `file:///path`.
+    pub fn open(url: &str) -> Result<Blobs, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            return Ok(Blobs::local(path));
+        }
+        #[cfg(feature = "s3")]
+        if let Some(rest) = url.strip_prefix("s3://") {
+            use object_store::aws::AmazonS3Builder;
+            use object_store::prefix::PrefixStore;
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("object store URL `{url}` names no bucket"));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| format!("cannot use object store {url}: {e}"))?;
+            let prefix = prefix.trim_matches('/');
+            return Ok(Blobs::Remote(if prefix.is_empty() {
+                std::sync::Arc::new(s3)
+            } else {
+                std::sync::Arc::new(PrefixStore::new(s3, prefix))
+            }));
+        }
+        Err(format!(
+            "unsupported object store URL `{url}`: expected s3://bucket/prefix or file:///path"
+        ))
+    }
+
+    pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Blobs::Local(l) => l.put(key, bytes).await,
+            #[cfg(feature = "s3")]
+            Blobs::Remote(s) => {
+                let path = remote_path(key)?;
+                s.put(&path, bytes.to_vec().into())
+                    .await
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> std::io::Result<Vec<u8>> {
+        match self {
+            Blobs::Local(l) => l.get(key).await,
+            #[cfg(feature = "s3")]
+            Blobs::Remote(s) => {
+                let got = s.get(&remote_path(key)?).await?;
+                Ok(got.bytes().await?.to_vec())
+            }
+        }
+    }
+
+    /// Removes an object; a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> std::io::Result<()> {
+        match self {
+            Blobs::Local(l) => l.delete(key).await,
+            #[cfg(feature = "s3")]
+            Blobs::Remote(s) => match s.delete(&remote_path(key)?).await {
+                Err(object_store::Error::NotFound { .. }) | Ok(()) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Copies an object to a local file. (A copy, not a link: the code that
+    /// reads it may write to it, and the object must stay as uploaded.)
+    pub async fn copy_to(&self, key: &str, dest: &Path) -> std::io::Result<()> {
+        match self {
+            Blobs::Local(l) => tokio::fs::copy(l.path(key)?, dest).await.map(|_| ()),
+            #[cfg(feature = "s3")]
+            Blobs::Remote(_) => tokio::fs::write(dest, self.get(key).await?).await,
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+fn remote_path(key: &str) -> std::io::Result<object_store::path::Path> {
+    check_key(key)?;
+    object_store::path::Path::parse(key).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("object key `{key}`: {e}"),
+        )
+    })
+}
+
+/// Objects in a local folder.
 #[derive(Debug, Clone)]
 pub struct LocalBlobs {
     root: PathBuf,
@@ -18,14 +135,7 @@ impl LocalBlobs {
     }
 
     pub fn path(&self, key: &str) -> std::io::Result<PathBuf> {
-        let rel = Path::new(key);
-        if key.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("object key `{key}` is not a plain relative path"),
-            ));
-        }
-        Ok(self.root.join(rel))
+        Ok(self.root.join(check_key(key)?))
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -46,12 +156,6 @@ impl LocalBlobs {
         }
     }
 
-    /// Copies an object to a local file. (A copy, not a link: the code that
-    /// reads it may write to it, and the object must stay as uploaded.)
-    pub async fn copy_to(&self, key: &str, dest: &Path) -> std::io::Result<()> {
-        tokio::fs::copy(self.path(key)?, dest).await.map(|_| ())
-    }
-
     pub async fn get(&self, key: &str) -> std::io::Result<Vec<u8>> {
         tokio::fs::read(self.path(key)?).await
     }
@@ -64,11 +168,24 @@ mod tests {
     #[tokio::test]
     async fn objects_round_trip_and_keys_stay_inside() {
         let dir = std::env::temp_dir().join(format!("sluice-blob-{}", rand::random::<u64>()));
-        let blobs = LocalBlobs::new(&dir);
+        let blobs = Blobs::local(&dir);
         blobs.put("code/a/source.tar.gz", b"abc").await.unwrap();
         assert_eq!(blobs.get("code/a/source.tar.gz").await.unwrap(), b"abc");
+        let copy = dir.join("copy");
+        blobs.copy_to("code/a/source.tar.gz", &copy).await.unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), b"abc");
+        blobs.delete("code/a/source.tar.gz").await.unwrap();
+        blobs.delete("code/a/source.tar.gz").await.unwrap();
+        assert!(blobs.get("code/a/source.tar.gz").await.is_err());
         assert!(blobs.put("../escape", b"x").await.is_err());
         assert!(blobs.put("/abs", b"x").await.is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn object_store_urls_are_checked() {
+        assert!(matches!(Blobs::open("file:///tmp/x"), Ok(Blobs::Local(_))));
+        let err = Blobs::open("ftp://host/x").unwrap_err();
+        assert!(err.contains("s3://bucket/prefix"), "{err}");
     }
 }

@@ -12,7 +12,7 @@ use sluice_domain::*;
 use sluice_store::{LogQuery, MetadataStore, StoreError};
 
 use crate::auth::{self, Credential, Keys, Principal};
-use crate::blob::LocalBlobs;
+use crate::blob::Blobs;
 use crate::code;
 use crate::Wakers;
 
@@ -93,7 +93,7 @@ impl Default for Settings {
 
 pub struct Control {
     store: Arc<dyn MetadataStore>,
-    blobs: LocalBlobs,
+    blobs: Blobs,
     keys: Keys,
     settings: Settings,
     wakers: Arc<Wakers>,
@@ -223,7 +223,7 @@ fn parse_token(field: &str, prefix: char, value: &str) -> Result<i64> {
 impl Control {
     pub fn new(
         store: Arc<dyn MetadataStore>,
-        blobs: LocalBlobs,
+        blobs: Blobs,
         keys: Keys,
         settings: Settings,
         wakers: Arc<Wakers>,

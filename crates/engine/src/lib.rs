@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub python: String,
     /// How many queues `distribution` values are spread over, per deployment.
     pub queues: u32,
+    /// Where code archives and datalake files live.
+    pub blobs: blob::Blobs,
 }
 
 impl EngineConfig {
@@ -69,7 +71,7 @@ impl EngineConfig {
             .map(|n| n.get())
             .unwrap_or(2);
         EngineConfig {
-            data_dir,
+            data_dir: data_dir.clone(),
             worker_slots: (cores * 4).max(4),
             lease_ttl: Duration::from_secs(15),
             heartbeat: Duration::from_secs(3),
@@ -78,11 +80,7 @@ impl EngineConfig {
             run_timeout: Duration::from_secs(3600),
             python: "python3".into(),
             queues: 8,
+            blobs: blob::Blobs::local(data_dir.join("objects")),
         }
-    }
-
-    /// The object storage folder inside the data dir.
-    pub fn blob_dir(&self) -> PathBuf {
-        self.data_dir.join("objects")
     }
 }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
-use crate::blob::LocalBlobs;
+use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
 use crate::{EngineConfig, Wakers};
 
@@ -40,7 +40,7 @@ const MAX_LINE: usize = 64 * 1024;
 pub struct Worker {
     id: String,
     store: Arc<dyn MetadataStore>,
-    blobs: LocalBlobs,
+    blobs: Blobs,
     config: EngineConfig,
     wakers: Arc<Wakers>,
     /// Serializes unpacking so one version is unpacked once.
@@ -69,7 +69,7 @@ impl Worker {
         std::fs::write(config.data_dir.join("runner.py"), RUNNER)?;
         Ok(Arc::new(Worker {
             id,
-            blobs: LocalBlobs::new(config.blob_dir()),
+            blobs: config.blobs.clone(),
             store,
             config,
             wakers,
