@@ -165,11 +165,130 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Copy a table from one database into another, exactly once.
+    Import(ImportArgs),
     /// Triggers.
     Trigger {
         #[command(subcommand)]
         command: TriggerCommand,
     },
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The source database: postgres://user@host/db
+    #[arg(long = "from")]
+    from: String,
+    /// The source table: schema.table or table.
+    #[arg(long)]
+    table: String,
+    /// The destination database: postgres://user@host/db
+    #[arg(long = "to")]
+    to: String,
+    /// The destination table (made with the source's column types when missing).
+    #[arg(long)]
+    target: String,
+    /// incremental (append what passed the change column's watermark) or
+    /// destructive (load a new table and swap it in). Default: incremental
+    /// with --change-column, else destructive.
+    #[arg(long)]
+    mode: Option<sluice_datapath::Mode>,
+    /// The column whose growth marks new rows.
+    #[arg(long)]
+    change_column: Option<String>,
+    /// The ledger's name for this import (default: "<table> -> <target>").
+    #[arg(long)]
+    job: Option<String>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Rows, rows/s and ETA on a terminal, redrawn in place.
+struct Bar {
+    started: Instant,
+    on_terminal: bool,
+}
+
+impl sluice_datapath::Progress for Bar {
+    fn rows(&mut self, done: u64, estimate: Option<u64>) {
+        if !self.on_terminal {
+            return;
+        }
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = match estimate {
+            Some(total) if total > done && rate > 0.0 => {
+                format!("  ETA {:.0} s", (total - done) as f64 / rate)
+            }
+            _ => String::new(),
+        };
+        let of = estimate
+            .filter(|t| *t >= done)
+            .map(|t| format!(" of ~{t}"))
+            .unwrap_or_default();
+        eprint!("\r{done} rows{of}  {rate:.0} rows/s{eta}   ");
+    }
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let mode = args.mode.unwrap_or(if args.change_column.is_some() {
+        sluice_datapath::Mode::Incremental
+    } else {
+        sluice_datapath::Mode::Destructive
+    });
+    let spec = sluice_datapath::ImportSpec {
+        source_url: args.from,
+        source_table: args.table,
+        dest_url: args.to,
+        target: args.target,
+        mode,
+        change_column: args.change_column,
+        job: args.job,
+    };
+    let mut bar = Bar {
+        started: Instant::now(),
+        on_terminal: std::io::stderr().is_terminal() && !args.json,
+    };
+    let report = sluice_datapath::import(&spec, &mut bar).await?;
+    if bar.on_terminal {
+        eprintln!();
+    }
+    let secs = report.elapsed.as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "job": spec.job(),
+                "rows": report.rows,
+                "window_start": report.window_start,
+                "window_end": report.window_end,
+                "already_loaded": report.already_loaded,
+                "seconds": secs,
+            })
+        );
+    } else if report.already_loaded {
+        println!(
+            "{} -> {}: this window was loaded already; nothing loaded",
+            spec.source_table, spec.target
+        );
+    } else {
+        println!(
+            "{} -> {}: {} rows in {:.2} s ({:.0} rows/s){}",
+            spec.source_table,
+            spec.target,
+            report.rows,
+            secs,
+            report.rows as f64 / secs.max(1e-6),
+            match (&report.window_start, &report.window_end) {
+                (_, None) => String::new(),
+                (None, Some(end)) => format!(", window up to {end}"),
+                (Some(start), Some(end)) => format!(", window ({start}, {end}]"),
+            }
+        );
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -390,6 +509,7 @@ async fn main() -> anyhow::Result<()> {
             println!("Organization : {org}");
             println!("User token : {token}");
         }
+        Command::Import(args) => import(args).await?,
         Command::Trigger {
             command:
                 TriggerCommand::Events {

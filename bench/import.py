@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Table import benchmark: sluice against the psql COPY pipe, side by side.
+Prints figures, asserts nothing.
+
+    .venv/bin/python bench/import.py [--rows 1000000] [--repeat 3]
+
+On the local PostgreSQL (SLUICE_TEST_POSTGRES_URL, default
+postgres://postgres@127.0.0.1:5432/postgres) it makes a source database
+with a table of `--rows` rows and ten columns (bigint, timestamptz, text,
+int, double, boolean, jsonb, nullable text, numeric(12,2), date) and a
+destination database, then times, each `--repeat` times (median shown):
+
+- the pipe: psql -c "\\copy (select …) to stdout" | psql -c "\\copy … from stdin"
+  into an empty table of the same shape;
+- `sluice import --mode destructive` (release build) of the same table;
+  its peak RSS (from wait4);
+- an incremental run that finds 10,000 new rows, and one that finds none
+  (the time sluice reports for the work, and the whole command with its
+  process start), without and then with an index on the change column;
+- `sling` too, when it is on PATH (pip install sling-linux-amd64).
+Every copy's row count and checksum over every column is compared with the
+source's and printed.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BIN = str(TARGET / "release" / "sluice")
+ADMIN = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+BASE = ADMIN.rsplit("/", 1)[0]
+
+
+def psql(db, *sql, capture=False):
+    args = ["psql", f"{BASE}/{db}", "-v", "ON_ERROR_STOP=1", "-qAt"]
+    for s in sql:
+        args += ["-c", s]
+    out = subprocess.run(args, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def checksum(db, table):
+    return psql(db, f"SELECT count(*) || ' rows, md5 ' || md5(string_agg(md5(x::text), '' "
+                    f"ORDER BY id)) FROM {table} x")
+
+
+def make_source(db, rows):
+    psql(db, """CREATE TABLE bench (
+        id bigint PRIMARY KEY, at timestamptz NOT NULL, name text, n int,
+        score double precision, ok boolean, doc jsonb, note text,
+        amount numeric(12,2), day date)""")
+    add_rows(db, 1, rows)
+    psql(db, "ANALYZE bench")
+
+
+def add_rows(db, first, last):
+    psql(db, f"""INSERT INTO bench SELECT g,
+        timestamptz '2026-01-01' + g * interval '1 second', 'name ' || g, g % 1000,
+        g / 7.0, g % 2 = 0, jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b')),
+        CASE WHEN g % 5 = 0 THEN NULL ELSE 'note ' || (g % 97) END,
+        (g % 1000000) / 100.0, date '2020-01-01' + (g % 3000)
+        FROM generate_series({first}, {last}) g""")
+
+
+def timed(cmd, shell=False):
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - t
+    out = proc.stdout.read().decode()
+    err = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {err}")
+    return took, usage.ru_maxrss / 1024, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    src, dst = f"bench_src_{tag}", f"bench_dst_{tag}"
+    psql("postgres", f"CREATE DATABASE {src}", f"CREATE DATABASE {dst}")
+    try:
+        t = time.perf_counter()
+        make_source(src, a.rows)
+        size = psql(src, "SELECT pg_size_pretty(pg_total_relation_size('bench'))")
+        print(f"source: {a.rows} rows, 10 columns, made in {time.perf_counter() - t:.1f} s ({size})")
+        want = checksum(src, "bench")
+        shape = psql(src, "SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' "
+                          "ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = 'bench'::regclass "
+                          "AND a.attnum > 0")
+        select = "SELECT * FROM bench"
+
+        pipe, sluice, rss = [], [], []
+        for i in range(a.repeat):
+            psql(dst, "DROP TABLE IF EXISTS pipe", f"CREATE TABLE pipe ({shape})")
+            took, _, _ = timed(
+                f"psql {BASE}/{src} -qc \"\\copy ({select}) to stdout\" | "
+                f"psql {BASE}/{dst} -qc \"\\copy pipe from stdin\"", shell=True)
+            pipe.append(took)
+            took, peak, _ = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+                                   "--to", f"{BASE}/{dst}", "--target", "copied",
+                                   "--mode", "destructive", "--job", f"full-{i}"])
+            sluice.append(took)
+            rss.append(peak)
+        p, s = statistics.median(pipe), statistics.median(sluice)
+        print(f"{'tool':12} {'seconds':>8} {'× pipe':>7} {'peak RSS':>9}")
+        print(f"{'psql pipe':12} {p:>8.2f} {1.0:>7.2f}")
+        print(f"{'sluice':12} {s:>8.2f} {s / p:>7.2f} {max(rss):>7.1f}MB")
+        if shutil.which("sling"):
+            env = dict(os.environ, SRC=f"{BASE}/{src}", DST=f"{BASE}/{dst}")
+            t = time.perf_counter()
+            subprocess.run(["sling", "run", "--src-conn", "SRC", "--src-stream", "public.bench",
+                            "--tgt-conn", "DST", "--tgt-object", "public.slung", "--mode", "full-refresh"],
+                           env=env, check=True, capture_output=True)
+            took = time.perf_counter() - t
+            print(f"{'sling':12} {took:>8.2f} {took / p:>7.2f}")
+        print(f"source   {want}")
+        print(f"pipe     {checksum(dst, 'pipe')}")
+        print(f"sluice   {checksum(dst, 'copied')}")
+        print("sluice's types: " + psql(dst, "SELECT string_agg(format_type(a.atttypid, a.atttypmod), ', ' "
+                                             "ORDER BY a.attnum) FROM pg_attribute a WHERE "
+                                             "a.attrelid = 'copied'::regclass AND a.attnum > 0"))
+
+        # Incremental: a first load, then 10,000 new rows, then none; on the
+        # table as it is, then with an index on the change column (as a
+        # table read incrementally usually has).
+        def incremental(target):
+            took, _, out = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+                                  "--to", f"{BASE}/{dst}", "--target", target, "--change-column",
+                                  "at", "--json"])
+            return took, json.loads(out)
+        first = a.rows
+        for label, target in [("no index on `at`", "inc"), ("index on `at`", "inc_indexed")]:
+            if target == "inc_indexed":
+                psql(src, "CREATE INDEX bench_at ON bench (at)", "ANALYZE bench")
+            incremental(target)
+            add_rows(src, first + 1, first + 10_000)
+            first += 10_000
+            whole, r = incremental(target)
+            print(f"{label}: incremental, 10,000 new rows: {r['seconds'] * 1000:.1f} ms of work, "
+                  f"{whole * 1000:.1f} ms with process start ({r['rows']} rows)")
+            none = [incremental(target) for _ in range(5)]
+            work = statistics.median(r["seconds"] for _, r in none)
+            whole = statistics.median(t for t, _ in none)
+            print(f"{label}: incremental, no new rows:     {work * 1000:.1f} ms of work, "
+                  f"{whole * 1000:.1f} ms with process start ({none[-1][1]['rows']} rows)")
+            print(f"  source {checksum(src, 'bench')}")
+            print(f"  {target:6} {checksum(dst, target)}")
+    finally:
+        psql("postgres", f"DROP DATABASE IF EXISTS {src}", f"DROP DATABASE IF EXISTS {dst}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+//! sluice's data path: moving a table from a source database into a
+//! destination, loaded exactly once.
+//!
+//! PostgreSQL → PostgreSQL today ([`postgres`]): the source table's rows
+//! stream out with `COPY … TO STDOUT (FORMAT binary)` and into the
+//! destination with `COPY … FROM STDIN (FORMAT binary)` — no parsing, no row
+//! objects, batches of about 1 MiB in flight — while the destination table
+//! is made with the source's column types exactly (`numeric(12,2)` stays
+//! `numeric(12,2)`).
+//!
+//! ## Exactly once
+//!
+//! Every load writes a row to the destination's `sluice_load_ledger` in the
+//! same transaction that loads the rows, keyed by the job and the window's
+//! start. A window starts where the job's last loaded window ended (the
+//! watermark), so a retried, duplicated or resumed attempt of the same
+//! window collides on the ledger's key and loads nothing; a killed or
+//! failed attempt commits nothing and leaves the live table as it was.
+
+pub mod postgres;
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Database {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+pub type Result<T, E = ImportError> = std::result::Result<T, E>;
+
+/// How a run treats the destination table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Append the rows whose change column passed the watermark.
+    Incremental,
+    /// Load the whole table into a new table and swap it in.
+    Destructive,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "incremental" => Ok(Mode::Incremental),
+            "destructive" | "full" => Ok(Mode::Destructive),
+            other => Err(format!(
+                "mode must be incremental or destructive, got `{other}`"
+            )),
+        }
+    }
+}
+
+/// One import: where from, where to, how.
+#[derive(Debug, Clone)]
+pub struct ImportSpec {
+    pub source_url: String,
+    /// `schema.table` or `table`.
+    pub source_table: String,
+    pub dest_url: String,
+    /// `schema.table` or `table`.
+    pub target: String,
+    pub mode: Mode,
+    /// The column whose growth marks new rows (incremental).
+    pub change_column: Option<String>,
+    /// The ledger's name for this import (default: `<source> -> <target>`).
+    pub job: Option<String>,
+}
+
+impl ImportSpec {
+    pub fn job(&self) -> String {
+        self.job
+            .clone()
+            .unwrap_or_else(|| format!("{} -> {}", self.source_table, self.target))
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportReport {
+    pub rows: u64,
+    /// The window loaded: after `window_start` (exclusive; `None`: from the
+    /// beginning) up to `window_end` (inclusive), as the source prints them.
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    /// True when another attempt had loaded this window already.
+    pub already_loaded: bool,
+    pub elapsed: Duration,
+}
+
+/// Progress while rows stream: rows so far and the source's row estimate.
+pub trait Progress: Send {
+    fn rows(&mut self, done: u64, estimate: Option<u64>);
+}
+
+impl Progress for () {
+    fn rows(&mut self, _: u64, _: Option<u64>) {}
+}
+
+/// Runs one import. Only PostgreSQL URLs on both sides for now.
+pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
+    let pg = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+    if !pg(&spec.source_url) || !pg(&spec.dest_url) {
+        return Err(ImportError::Invalid(
+            "only PostgreSQL → PostgreSQL imports are built so far: give postgres:// URLs".into(),
+        ));
+    }
+    postgres::import(spec, progress).await
+}

@@ -1,0 +1,260 @@
+//! PostgreSQL → PostgreSQL imports against the local server: a fresh source
+//! and destination database per test (`SLUICE_TEST_POSTGRES_URL`, default
+//! postgres://postgres@127.0.0.1:5432/postgres). Fails loudly without it.
+
+use sluice_datapath::{import, ImportError, ImportSpec, Mode};
+use sqlx::{Connection, PgConnection};
+
+fn admin() -> String {
+    std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn fresh_db() -> String {
+    let admin = admin();
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must answer at {admin}: {e}"));
+    let name = format!("sluice_dp_{:016x}", rand::random::<u64>());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+async fn exec(url: &str, sql: &str) {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+}
+
+async fn scalar(url: &str, sql: &str) -> Option<String> {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+}
+
+/// Row count and a checksum over every column, in id order.
+async fn fingerprint(url: &str, table: &str) -> String {
+    scalar(
+        url,
+        &format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(md5(x::text), '' ORDER BY id)), '') \
+             FROM {table} x"
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+async fn types(url: &str, table: &str) -> String {
+    scalar(
+        url,
+        &format!(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || \
+             CASE WHEN attnotnull THEN ' not null' ELSE '' END, ', ' ORDER BY attnum) \
+             FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attnum > 0 \
+             AND NOT attisdropped"
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+const SOURCE: &str = "CREATE SCHEMA sales;
+CREATE TABLE sales.orders (
+    id bigint PRIMARY KEY, at timestamptz NOT NULL, name text, n int,
+    score double precision, ok boolean, doc jsonb, note text,
+    amount numeric(12,2), day date, tiny smallint, stamp timestamp, tags text[]);";
+
+async fn add_rows(url: &str, first: i64, last: i64) {
+    exec(
+        url,
+        &format!(
+            "INSERT INTO sales.orders SELECT g, timestamptz '2026-01-01' + g * interval '1 second', \
+             'name ''' || g, g % 1000, g / 7.0, g % 2 = 0, jsonb_build_object('k', g), \
+             CASE WHEN g % 5 = 0 THEN NULL ELSE E'tab\\there' END, (g % 100000) / 100.0, \
+             date '2020-01-01' + (g % 3000), (g % 100)::smallint, \
+             timestamp '2026-01-01 00:00:00.123456' + g * interval '1 ms', ARRAY['a', g::text] \
+             FROM generate_series({first}, {last}) g"
+        ),
+    )
+    .await;
+}
+
+fn spec(src: &str, dst: &str, target: &str, mode: Mode, change: Option<&str>) -> ImportSpec {
+    ImportSpec {
+        source_url: src.into(),
+        source_table: "sales.orders".into(),
+        dest_url: dst.into(),
+        target: target.into(),
+        mode,
+        change_column: change.map(str::to_owned),
+        job: None,
+    }
+}
+
+#[tokio::test]
+async fn a_full_import_keeps_every_type_and_value() {
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    add_rows(&src, 1, 5000).await;
+    let report = import(
+        &spec(&src, &dst, "orders", Mode::Destructive, None),
+        &mut (),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.rows, 5000);
+    assert_eq!(
+        types(&dst, "orders").await,
+        types(&src, "sales.orders").await
+    );
+    assert!(types(&dst, "orders").await.contains("amount numeric(12,2)"));
+    assert_eq!(
+        fingerprint(&dst, "orders").await,
+        fingerprint(&src, "sales.orders").await
+    );
+    // A second full load replaces the table: the same rows, once.
+    add_rows(&src, 5001, 5100).await;
+    let again = import(
+        &spec(&src, &dst, "orders", Mode::Destructive, None),
+        &mut (),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.rows, 5100);
+    assert_eq!(
+        fingerprint(&dst, "orders").await,
+        fingerprint(&src, "sales.orders").await
+    );
+    let leftovers = scalar(
+        &dst,
+        "SELECT count(*)::text FROM pg_tables WHERE tablename LIKE 'orders__sluice_%'",
+    )
+    .await;
+    assert_eq!(leftovers.as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn incremental_imports_load_each_window_once() {
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    add_rows(&src, 1, 1000).await;
+    let s = spec(
+        &src,
+        &dst,
+        "public.orders_inc",
+        Mode::Incremental,
+        Some("at"),
+    );
+    let first = import(&s, &mut ()).await.unwrap();
+    assert_eq!((first.rows, first.window_start.as_deref()), (1000, None));
+    assert!(first.window_end.is_some());
+
+    let nothing = import(&s, &mut ()).await.unwrap();
+    assert_eq!(nothing.rows, 0);
+    assert!(!nothing.already_loaded);
+
+    add_rows(&src, 1001, 1250).await;
+    let second = import(&s, &mut ()).await.unwrap();
+    assert_eq!(second.rows, 250);
+    assert_eq!(second.window_start, first.window_end);
+    assert_eq!(
+        fingerprint(&dst, "orders_inc").await,
+        fingerprint(&src, "sales.orders").await
+    );
+    let ledger = scalar(
+        &dst,
+        "SELECT string_agg(rows::text, ',' ORDER BY seq) FROM sluice_load_ledger",
+    )
+    .await;
+    assert_eq!(ledger.as_deref(), Some("1000,250"));
+}
+
+#[tokio::test]
+async fn racing_attempts_at_one_window_load_it_once() {
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    add_rows(&src, 1, 20_000).await;
+    let s = spec(&src, &dst, "orders", Mode::Incremental, Some("at"));
+    let attempts: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { import(&s, &mut ()).await })
+        })
+        .collect();
+    let mut loaded = 0;
+    for a in attempts {
+        let r = a.await.unwrap().unwrap();
+        loaded += r.rows;
+    }
+    assert_eq!(
+        loaded, 20_000,
+        "the window was loaded by exactly one attempt"
+    );
+    assert_eq!(
+        fingerprint(&dst, "orders").await,
+        fingerprint(&src, "sales.orders").await
+    );
+}
+
+#[tokio::test]
+async fn bad_imports_say_what_is_wrong_and_write_nothing() {
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    add_rows(&src, 1, 10).await;
+
+    let mut missing = spec(&src, &dst, "orders", Mode::Incremental, Some("changed_at"));
+    let err = import(&missing, &mut ()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("changed_at") && err.contains("at, name"),
+        "{err}"
+    );
+    missing.change_column = Some("name".into());
+    let err = import(&missing, &mut ()).await.unwrap_err().to_string();
+    assert!(err.contains("must be a timestamp"), "{err}");
+    missing.change_column = None;
+    assert!(matches!(
+        import(&missing, &mut ()).await,
+        Err(ImportError::Invalid(m)) if m.contains("--change-column")
+    ));
+    let mut no_table = spec(&src, &dst, "orders", Mode::Destructive, None);
+    no_table.source_table = "sales.nope".into();
+    let err = import(&no_table, &mut ()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("sales.nope") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_eq!(
+        scalar(
+            &dst,
+            "SELECT count(*)::text FROM pg_tables WHERE schemaname = 'public'"
+        )
+        .await,
+        Some("0".into()),
+        "nothing written"
+    );
+
+    // A target whose columns differ is refused, and left as it was.
+    exec(
+        &dst,
+        "CREATE TABLE orders (id bigint, at text); INSERT INTO orders VALUES (1, 'x')",
+    )
+    .await;
+    let err = import(
+        &spec(&src, &dst, "orders", Mode::Incremental, Some("at")),
+        &mut (),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("has columns (id bigint, at text)"), "{err}");
+    assert_eq!(
+        scalar(&dst, "SELECT count(*)::text FROM orders").await,
+        Some("1".into())
+    );
+    assert_eq!(
+        scalar(&dst, "SELECT count(*)::text FROM sluice_load_ledger").await,
+        Some("0".into())
+    );
+}
