@@ -15,6 +15,7 @@ from abeja.datalake import APIClient as DatalakeClient
 from abeja.datalake import Client as DatalakeHighLevel
 from abeja.deployments import APIClient as DeploymentClient
 from abeja.exceptions import BadRequest, Forbidden, NotFound
+from abeja.runs import APIClient as RunClient
 from abeja.triggers import APIClient as TriggerClient
 
 from conftest import Sluice, code_archive, fresh_postgres_database, wait_for
@@ -273,6 +274,15 @@ def test_bad_triggers_and_uploads_are_refused_and_store_nothing(tmp_path):
         assert triggers.get_trigger_runs(org, dep, tri["trigger_id"])["entries"] == []
         objects = list((s.data_dir / "objects").rglob("*"))
         assert not [p for p in objects if p.is_file() and "datalake" in str(p)]
+
+        # A run whose input names a file that is not there fails, saying so.
+        missing = f"{inbox}/20180101T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c"
+        runs = RunClient(credential=pat(user, token), max_retry_count=0)
+        run = runs.create_run(org, dep, ver, input_data={"$datalake:1": missing}, retry_count=0)
+        done = wait_for(lambda: (r := runs.get_run(org, dep, run["run_id"]))["status"] in
+                        ("FAILED", "SUCCEEDED") and r, "the run to end")
+        assert done["status"] == "FAILED"
+        assert "input_data.$datalake:1" in done["error"] and "not found" in done["error"], done
     finally:
         s.stop()
 

@@ -4,6 +4,7 @@ import requests
 import pytest
 
 from abeja.common.connection import Connection
+from abeja.datalake import APIClient as DatalakeClient
 from abeja.deployments import APIClient as DeploymentClient
 from abeja.runs import APIClient as RunClient
 from abeja.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
@@ -20,6 +21,8 @@ def handler(request, context):
     print("DEFAULT_ENV=" + os.environ.get("DEFAULT_ENV", "<unset>"))
     print("PARAM=" + os.environ.get("PARAM", "<unset>"))
     print("input=" + repr(request["input_data"]))
+    for item in request["contents"]:
+        print("content=" + item.text() + " as " + item["content_type"])
     for i in range(int(os.environ.get("LINES", "0"))):
         print("line %d" % i)
     print("to stderr", file=sys.stderr)
@@ -87,7 +90,11 @@ def test_deploy_submit_and_read_logs(sluice):
     link = deployments.download_deployment_version(org, dep, ver)["download_uri"]
     assert requests.get(link).content[:2] == b"\x1f\x8b"
 
-    run = runs.create_run(org, dep, ver, input_data={"$datalake:1": "2222222222222/20180101T112233-x"},
+    lake = DatalakeClient(credential=pat(user, token), max_retry_count=0)
+    channel = lake.create_channel(org, "in", "", "datalake")["channel"]["channel_id"]
+    file_id = lake.post_channel_file_upload(channel, b"id,score", "text/csv")["file_id"]
+    path = f"{channel}/{file_id}"
+    run = runs.create_run(org, dep, ver, input_data={"$datalake:1": path},
                           environment={"EXAMPLE_ENV": "example", "LINES": "250"}, retry_count=0,
                           model_id="3333333333333")
     assert run["run_id"].startswith("run-") and len(run["run_id"]) == 20
@@ -116,7 +123,8 @@ def test_deploy_submit_and_read_logs(sluice):
     assert "EXAMPLE_ENV=example" in user_lines
     assert "DEFAULT_ENV=from-deployment" in user_lines
     assert "PARAM=from-version" in user_lines
-    assert "input={'$datalake:1': '2222222222222/20180101T112233-x'}" in user_lines
+    assert f"input={{'$datalake:1': '{path}'}}" in user_lines
+    assert "content=id,score as text/csv" in user_lines
     assert [m for m in user_lines if m.startswith("line ")] == [f"line {i}" for i in range(250)]
     assert "to stderr" in user_lines
 
