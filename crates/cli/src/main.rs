@@ -176,13 +176,14 @@ enum Command {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// The source database: postgres://user@host/db
+    /// The source database: postgres://user@host/db, mysql://user@host/db
+    /// (or mariadb://), sqlite://path
     #[arg(long = "from")]
     from: String,
     /// The source table: schema.table or table.
     #[arg(long)]
     table: String,
-    /// The destination database: postgres://user@host/db
+    /// The destination database: postgres://user@host/db or sqlite://path
     #[arg(long = "to")]
     to: String,
     /// The destination table (made with the source's column types when missing).

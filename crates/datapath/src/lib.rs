@@ -18,6 +18,7 @@
 //! failed attempt commits nothing and leaves the live table as it was.
 
 pub mod postgres;
+pub mod rows;
 
 use std::time::Duration;
 
@@ -103,13 +104,58 @@ impl Progress for () {
     fn rows(&mut self, _: u64, _: Option<u64>) {}
 }
 
-/// Runs one import. Only PostgreSQL URLs on both sides for now.
+/// Runs one import: PostgreSQL → PostgreSQL over binary COPY; any other
+/// pair (sources postgres://, mysql:// or mariadb://, sqlite://;
+/// destinations postgres://, sqlite://) row by row.
 pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
     let pg = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
-    if !pg(&spec.source_url) || !pg(&spec.dest_url) {
-        return Err(ImportError::Invalid(
-            "only PostgreSQL → PostgreSQL imports are built so far: give postgres:// URLs".into(),
-        ));
+    if pg(&spec.source_url) && pg(&spec.dest_url) {
+        postgres::import(spec, progress).await
+    } else {
+        rows_on_own_thread(spec, progress).await
     }
-    postgres::import(spec, progress).await
+}
+
+/// Counts sent from the row path's thread.
+struct Forward(tokio::sync::watch::Sender<(u64, Option<u64>)>);
+
+impl Progress for Forward {
+    fn rows(&mut self, done: u64, estimate: Option<u64>) {
+        let _ = self.0.send((done, estimate));
+    }
+}
+
+/// Runs the row path on a thread of its own, with its own single-threaded
+/// runtime: it converts every value, so it is CPU work that should not hold
+/// a worker of the caller's runtime (and rustc cannot prove its future Send
+/// across its database-generic code, which `block_on` does not need).
+async fn rows_on_own_thread(
+    spec: &ImportSpec,
+    progress: &mut dyn Progress,
+) -> Result<ImportReport> {
+    let spec = spec.clone();
+    let (tx, mut rx) = tokio::sync::watch::channel((0u64, None));
+    let work = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ImportError::Invalid(format!("cannot start the import: {e}")))?;
+        rt.block_on(rows::import(&spec, &mut Forward(tx)))
+    });
+    tokio::pin!(work);
+    let mut counting = true;
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                return done.map_err(|e| ImportError::Invalid(format!("the import stopped: {e}")))?;
+            }
+            changed = rx.changed(), if counting => match changed {
+                Ok(()) => {
+                    let (done, estimate) = *rx.borrow_and_update();
+                    progress.rows(done, estimate);
+                }
+                Err(_) => counting = false,
+            },
+        }
+    }
 }

@@ -1,0 +1,962 @@
+//! Imports between unlike databases, row by row: sources PostgreSQL,
+//! MariaDB/MySQL and SQLite; destinations PostgreSQL (rows sent with text
+//! COPY) and SQLite (the embedded warehouse; batched INSERTs). Types follow
+//! one documented mapping ([`Kind`]); windows and the load ledger work as in
+//! [`crate::postgres`].
+
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use sqlx::mysql::MySqlConnection;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row, ValueRef};
+
+use crate::postgres::TableName;
+use crate::{ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
+
+/// Rows per write to the destination.
+const BATCH_ROWS: usize = 2000;
+
+fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> ImportError {
+    let what = what.into();
+    move |source| ImportError::Database { what, source }
+}
+
+fn invalid(msg: impl Into<String>) -> ImportError {
+    ImportError::Invalid(msg.into())
+}
+
+/// What a column holds, whatever the database calls it. The destination
+/// type follows from it:
+///
+/// | kind | PostgreSQL | SQLite |
+/// |---|---|---|
+/// | Bool | boolean | INTEGER (0/1) |
+/// | SmallInt, Int, BigInt | smallint, integer, bigint | INTEGER |
+/// | Real, Double | real, double precision | REAL |
+/// | Numeric(p, s) | numeric(p,s) | TEXT (every digit kept) |
+/// | Text | text | TEXT |
+/// | Date, Time | date, time | TEXT (ISO 8601) |
+/// | Timestamp | timestamp | TEXT (ISO 8601) |
+/// | TimestampTz | timestamptz | TEXT (ISO 8601, UTC) |
+/// | Json | jsonb | TEXT |
+/// | Bytes | bytea | BLOB |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    SmallInt,
+    Int,
+    BigInt,
+    Real,
+    Double,
+    Numeric(Option<(u32, u32)>),
+    Text,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Json,
+    Bytes,
+}
+
+impl Kind {
+    fn postgres(self) -> String {
+        match self {
+            Kind::Bool => "boolean".into(),
+            Kind::SmallInt => "smallint".into(),
+            Kind::Int => "integer".into(),
+            Kind::BigInt => "bigint".into(),
+            Kind::Real => "real".into(),
+            Kind::Double => "double precision".into(),
+            Kind::Numeric(Some((p, s))) => format!("numeric({p},{s})"),
+            Kind::Numeric(None) => "numeric".into(),
+            Kind::Text => "text".into(),
+            Kind::Date => "date".into(),
+            Kind::Time => "time".into(),
+            Kind::Timestamp => "timestamp".into(),
+            Kind::TimestampTz => "timestamptz".into(),
+            Kind::Json => "jsonb".into(),
+            Kind::Bytes => "bytea".into(),
+        }
+    }
+
+    fn sqlite(self) -> &'static str {
+        match self {
+            Kind::Bool | Kind::SmallInt | Kind::Int | Kind::BigInt => "INTEGER",
+            Kind::Real | Kind::Double => "REAL",
+            Kind::Bytes => "BLOB",
+            _ => "TEXT",
+        }
+    }
+
+    fn orderable(self) -> bool {
+        !matches!(self, Kind::Bool | Kind::Text | Kind::Json | Kind::Bytes)
+    }
+
+    /// The kind of a PostgreSQL `format_type`.
+    fn of_postgres(t: &str) -> Kind {
+        let numeric = |t: &str| {
+            t.strip_prefix("numeric(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|r| r.split_once(','))
+                .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?)))
+        };
+        match t {
+            "boolean" => Kind::Bool,
+            "smallint" => Kind::SmallInt,
+            "integer" => Kind::Int,
+            "bigint" => Kind::BigInt,
+            "real" => Kind::Real,
+            "double precision" => Kind::Double,
+            "date" => Kind::Date,
+            "json" | "jsonb" => Kind::Json,
+            "bytea" => Kind::Bytes,
+            t if t.starts_with("numeric") => Kind::Numeric(numeric(t)),
+            t if t.starts_with("timestamp") && t.ends_with("with time zone") => Kind::TimestampTz,
+            t if t.starts_with("timestamp") => Kind::Timestamp,
+            t if t.starts_with("time") => Kind::Time,
+            _ => Kind::Text,
+        }
+    }
+
+    /// The kind of a MySQL/MariaDB column (`DATA_TYPE`, `COLUMN_TYPE`).
+    fn of_mysql(data_type: &str, column_type: &str, p: Option<u64>, s: Option<u64>) -> Kind {
+        let unsigned = column_type.contains("unsigned");
+        match data_type {
+            "tinyint" if column_type.starts_with("tinyint(1)") => Kind::Bool,
+            "tinyint" | "smallint" | "year" if !unsigned => Kind::SmallInt,
+            "tinyint" | "year" => Kind::SmallInt,
+            "smallint" | "mediumint" | "int" | "integer" if !unsigned => Kind::Int,
+            "smallint" | "mediumint" => Kind::Int,
+            "int" | "integer" => Kind::BigInt,
+            "bigint" if !unsigned => Kind::BigInt,
+            "bigint" => Kind::Numeric(Some((20, 0))),
+            "bit" => Kind::BigInt,
+            "decimal" | "numeric" => Kind::Numeric(p.zip(s).map(|(p, s)| (p as u32, s as u32))),
+            "float" => Kind::Real,
+            "double" | "real" => Kind::Double,
+            "date" => Kind::Date,
+            "time" => Kind::Time,
+            "datetime" => Kind::Timestamp,
+            "timestamp" => Kind::TimestampTz,
+            "json" => Kind::Json,
+            "blob" | "tinyblob" | "mediumblob" | "longblob" | "binary" | "varbinary" => Kind::Bytes,
+            _ => Kind::Text,
+        }
+    }
+
+    /// The kind of a SQLite declared type (its affinity, refined by name).
+    fn of_sqlite(declared: &str) -> Kind {
+        let t = declared.to_ascii_uppercase();
+        if t.starts_with("BOOL") {
+            Kind::Bool
+        } else if t.contains("INT") {
+            Kind::BigInt
+        } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+            Kind::Double
+        } else if t.starts_with("DECIMAL") || t.starts_with("NUMERIC") {
+            let ps = t
+                .split_once('(')
+                .and_then(|(_, r)| r.strip_suffix(')'))
+                .and_then(|r| r.split_once(','))
+                .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?)));
+            Kind::Numeric(ps)
+        } else if t == "DATE" {
+            Kind::Date
+        } else if t.starts_with("DATETIME") || t.starts_with("TIMESTAMP") {
+            Kind::Timestamp
+        } else if t.starts_with("JSON") {
+            Kind::Json
+        } else if t.contains("BLOB") {
+            Kind::Bytes
+        } else {
+            Kind::Text
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Col {
+    pub name: String,
+    pub kind: Kind,
+    pub not_null: bool,
+}
+
+/// One value on its way: as text (already in the destination's words), an
+/// integer, a float, or bytes.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Null,
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bytes(Vec<u8>),
+}
+
+enum Source {
+    Postgres(PgConnection),
+    MySql(MySqlConnection),
+    Sqlite(SqliteConnection),
+}
+
+enum Dest {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// A value bound to a destination statement.
+enum Bind<'a> {
+    Text(Option<&'a str>),
+    Int(i64),
+}
+
+impl Dest {
+    async fn raw(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Dest::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+            Dest::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+        }
+    }
+
+    /// Runs a statement; answers the rows it changed.
+    async fn exec(&mut self, sql: &str, binds: &[Bind<'_>]) -> Result<u64, sqlx::Error> {
+        match self {
+            Dest::Postgres(c) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = match b {
+                        Bind::Text(t) => q.bind(t.map(str::to_owned)),
+                        Bind::Int(i) => q.bind(*i),
+                    };
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            }
+            Dest::Sqlite(c) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = match b {
+                        Bind::Text(t) => q.bind(t.map(str::to_owned)),
+                        Bind::Int(i) => q.bind(*i),
+                    };
+                }
+                q.execute(c).await.map(|r| r.rows_affected())
+            }
+        }
+    }
+
+    async fn text(&mut self, sql: &str, job: &str) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            Dest::Postgres(c) => sqlx::query_scalar(sql).bind(job).fetch_optional(c).await,
+            Dest::Sqlite(c) => sqlx::query_scalar(sql).bind(job).fetch_optional(c).await,
+        }
+    }
+}
+
+fn q(name: &str, mysql: bool) -> String {
+    if mysql {
+        format!("`{}`", name.replace('`', "``"))
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn sqlite_url(url: &str) -> String {
+    if url.contains('?') {
+        url.to_owned()
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+async fn open_source(url: &str) -> Result<Source> {
+    let what = || db("cannot connect to the source database");
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Source::Postgres(
+            PgConnection::connect(url).await.map_err(what())?,
+        ))
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        let url = url.replacen("mariadb://", "mysql://", 1);
+        let mut c = MySqlConnection::connect(&url).await.map_err(what())?;
+        sqlx::query("SET time_zone = '+00:00'")
+            .execute(&mut c)
+            .await
+            .map_err(what())?;
+        Ok(Source::MySql(c))
+    } else if url.starts_with("sqlite:") {
+        Ok(Source::Sqlite(
+            SqliteConnection::connect(url).await.map_err(what())?,
+        ))
+    } else {
+        Err(invalid(format!(
+            "unsupported source `{}`: expected postgres://, mysql:// (mariadb://) or sqlite://",
+            url.split("://").next().unwrap_or(url)
+        )))
+    }
+}
+
+async fn open_dest(url: &str) -> Result<Dest> {
+    let what = || db("cannot connect to the destination database");
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Dest::Postgres(
+            PgConnection::connect(url).await.map_err(what())?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        let mut c = SqliteConnection::connect(&sqlite_url(url))
+            .await
+            .map_err(what())?;
+        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")
+            .execute(&mut c)
+            .await
+            .map_err(what())?;
+        Ok(Dest::Sqlite(c))
+    } else {
+        Err(invalid(
+            "unsupported destination: expected postgres:// or sqlite://",
+        ))
+    }
+}
+
+impl Source {
+    fn mysql(&self) -> bool {
+        matches!(self, Source::MySql(_))
+    }
+
+    fn table(&self, t: &TableName) -> String {
+        let m = self.mysql();
+        match &t.schema {
+            Some(s) => format!("{}.{}", q(s, m), q(&t.table, m)),
+            None => q(&t.table, m),
+        }
+    }
+
+    async fn columns(&mut self, t: &TableName) -> Result<Vec<Col>> {
+        let what = || db(format!("reading the columns of {}", t.table));
+        match self {
+            Source::Postgres(c) => Ok(crate::postgres::columns(c, t)
+                .await?
+                .into_iter()
+                .map(|c| Col {
+                    kind: Kind::of_postgres(&c.sql_type),
+                    name: c.name,
+                    not_null: c.not_null,
+                })
+                .collect()),
+            Source::MySql(c) => {
+                let rows = sqlx::query(
+                    "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS dt, \
+                     CAST(COLUMN_TYPE AS CHAR) AS ct, CAST(NUMERIC_PRECISION AS UNSIGNED) AS p, \
+                     CAST(NUMERIC_SCALE AS UNSIGNED) AS s, CAST(IS_NULLABLE AS CHAR) AS nullable \
+                     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) \
+                     AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                )
+                .bind(t.schema.clone())
+                .bind(&t.table)
+                .fetch_all(&mut *c)
+                .await
+                .map_err(what())?;
+                rows.iter()
+                    .map(|r| {
+                        let dt: String = r.try_get("dt").map_err(what())?;
+                        let ct: String = r.try_get("ct").map_err(what())?;
+                        Ok(Col {
+                            name: r.try_get("name").map_err(what())?,
+                            kind: Kind::of_mysql(
+                                &dt.to_ascii_lowercase(),
+                                &ct.to_ascii_lowercase(),
+                                r.try_get("p").map_err(what())?,
+                                r.try_get("s").map_err(what())?,
+                            ),
+                            not_null: r.try_get::<String, _>("nullable").map_err(what())? == "NO",
+                        })
+                    })
+                    .collect()
+            }
+            Source::Sqlite(c) => {
+                let rows = sqlx::query(&format!("PRAGMA table_info({})", q(&t.table, false)))
+                    .fetch_all(&mut *c)
+                    .await
+                    .map_err(what())?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Col {
+                            name: r.try_get("name").map_err(what())?,
+                            kind: Kind::of_sqlite(&r.try_get::<String, _>("type").map_err(what())?),
+                            not_null: r.try_get::<i64, _>("notnull").map_err(what())? != 0,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// How to select one column so that it decodes as [`Val`].
+    fn select_expr(&self, c: &Col) -> String {
+        let m = self.mysql();
+        let n = q(&c.name, m);
+        match (self, c.kind) {
+            (Source::Postgres(_), Kind::Bytes) => format!("encode({n}, 'hex')"),
+            (Source::Postgres(_), _) => format!("{n}::text"),
+            (Source::MySql(_), Kind::Real | Kind::Double) => n,
+            (Source::MySql(_), Kind::Bytes) => format!("HEX({n})"),
+            (Source::MySql(_), Kind::Bool | Kind::BigInt) => format!("CAST({n} AS SIGNED)"),
+            (Source::MySql(_), _) => format!("CAST({n} AS CHAR CHARACTER SET utf8mb4)"),
+            (Source::Sqlite(_), _) => n,
+        }
+    }
+
+    /// The largest value of `col` past `after`, as text.
+    async fn max_after(
+        &mut self,
+        table: &str,
+        col: &Col,
+        after: Option<&str>,
+    ) -> Result<Option<String>> {
+        let m = self.mysql();
+        let n = q(&col.name, m);
+        let cond = |cast: &str| {
+            after
+                .map(|a| format!(" WHERE {n} > {}{cast}", lit(a)))
+                .unwrap_or_default()
+        };
+        let what = || db("finding the window's end");
+        match self {
+            Source::Postgres(c) => {
+                let ty = col.kind.postgres();
+                sqlx::query_scalar(&format!(
+                    "SELECT max({n})::text FROM {table}{}",
+                    cond(&format!("::{ty}"))
+                ))
+                .fetch_one(c)
+                .await
+                .map_err(what())
+            }
+            Source::MySql(c) => sqlx::query_scalar(&format!(
+                "SELECT CAST(max({n}) AS CHAR) FROM {table}{}",
+                cond("")
+            ))
+            .fetch_one(c)
+            .await
+            .map_err(what()),
+            Source::Sqlite(c) => sqlx::query_scalar(&format!(
+                "SELECT CAST(max({n}) AS TEXT) FROM {table}{}",
+                cond("")
+            ))
+            .fetch_one(c)
+            .await
+            .map_err(what()),
+        }
+    }
+}
+
+/// Text in PostgreSQL's words for a value of `kind`.
+fn pg_text(kind: Kind, v: &Val, from_mysql: bool) -> Option<String> {
+    Some(match v {
+        Val::Null => return None,
+        Val::Text(s) if kind == Kind::TimestampTz && from_mysql => format!("{s}+00"),
+        Val::Text(s) if kind == Kind::Bytes => format!("\\x{s}"),
+        Val::Text(s) => s.clone(),
+        Val::Int(i) if kind == Kind::Bool => (if *i != 0 { "t" } else { "f" }).into(),
+        Val::Int(i) => i.to_string(),
+        Val::Float(f) => float_text(*f),
+        Val::Bytes(b) => {
+            let mut s = String::from("\\x");
+            for x in b {
+                s.push_str(&format!("{x:02x}"));
+            }
+            s
+        }
+    })
+}
+
+fn float_text(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        // Rust prints the shortest text that reads back as the same float.
+        format!("{f}")
+    }
+}
+
+/// A field of text COPY: backslash, tab, newline and CR escaped; NULL `\N`.
+fn copy_field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for ch in s.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// One source row as values.
+fn row_values(cols: &[Col], row: RowRef<'_>) -> Result<Vec<Val>> {
+    let what = || db("reading a source row");
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| -> Result<Val> {
+            Ok(match row {
+                RowRef::Pg(r) => r
+                    .try_get::<Option<String>, _>(i)
+                    .map_err(what())?
+                    .map_or(Val::Null, Val::Text),
+                RowRef::My(r) => match c.kind {
+                    Kind::Real => r
+                        .try_get::<Option<f32>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, |f| Val::Float(f as f64)),
+                    Kind::Double => r
+                        .try_get::<Option<f64>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, Val::Float),
+                    Kind::Bool | Kind::BigInt => r
+                        .try_get::<Option<i64>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, Val::Int),
+                    _ => r
+                        .try_get::<Option<String>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, Val::Text),
+                },
+                RowRef::Lite(r) => {
+                    let raw = r.try_get_raw(i).map_err(what())?;
+                    if raw.is_null() {
+                        Val::Null
+                    } else {
+                        let storage = raw.type_info().to_string();
+                        match storage.as_str() {
+                            "INTEGER" => Val::Int(r.try_get(i).map_err(what())?),
+                            "REAL" => Val::Float(r.try_get(i).map_err(what())?),
+                            "BLOB" => Val::Bytes(r.try_get(i).map_err(what())?),
+                            _ => Val::Text(r.try_get(i).map_err(what())?),
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum RowRef<'a> {
+    Pg(&'a sqlx::postgres::PgRow),
+    My(&'a sqlx::mysql::MySqlRow),
+    Lite(&'a sqlx::sqlite::SqliteRow),
+}
+
+const PG_LEDGER: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
+    seq BIGSERIAL, job TEXT NOT NULL, window_start TEXT NOT NULL, window_end TEXT,
+    rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, window_start))";
+const SQLITE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, window_start TEXT NOT NULL,
+    window_end TEXT, rows INTEGER NOT NULL,
+    loaded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (job, window_start))";
+
+fn dest_table(t: &TableName) -> String {
+    match &t.schema {
+        Some(s) => format!("{}.{}", q(s, false), q(&t.table, false)),
+        None => q(&t.table, false),
+    }
+}
+
+fn create_sql(dest: &Dest, table: &str, cols: &[Col]) -> String {
+    let defs = cols
+        .iter()
+        .map(|c| {
+            let ty = match dest {
+                Dest::Postgres(_) => c.kind.postgres(),
+                Dest::Sqlite(_) => c.kind.sqlite().to_owned(),
+            };
+            format!(
+                "{} {ty}{}",
+                q(&c.name, false),
+                if c.not_null { " NOT NULL" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("CREATE TABLE IF NOT EXISTS {table} ({defs})")
+}
+
+pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
+    let started = Instant::now();
+    let source = TableName::parse(&spec.source_table)?;
+    let target = TableName::parse(&spec.target)?;
+    let job = spec.job();
+    let mut src = open_source(&spec.source_url).await?;
+    let mut dst = open_dest(&spec.dest_url).await?;
+    let cols = src.columns(&source).await?;
+    if cols.is_empty() {
+        return Err(invalid(format!(
+            "source table {} does not exist (or has no columns)",
+            spec.source_table
+        )));
+    }
+    let change = match (&spec.change_column, spec.mode) {
+        (Some(name), _) => {
+            let c = cols.iter().find(|c| &c.name == name).ok_or_else(|| {
+                invalid(format!(
+                    "change column `{name}` is not a column of {}: it has {}",
+                    spec.source_table,
+                    cols.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            if !c.kind.orderable() {
+                return Err(invalid(format!(
+                    "change column `{name}` is {:?}: it must be a timestamp, date or number",
+                    c.kind
+                )));
+            }
+            Some(c.clone())
+        }
+        (None, Mode::Incremental) => {
+            return Err(invalid(
+                "an incremental import needs --change-column (or use --mode destructive)",
+            ))
+        }
+        (None, Mode::Destructive) => None,
+    };
+    let ledger_ddl = match &dst {
+        Dest::Postgres(_) => PG_LEDGER,
+        Dest::Sqlite(_) => SQLITE_LEDGER,
+    };
+    dst.raw(ledger_ddl)
+        .await
+        .map_err(db("creating the load ledger"))?;
+
+    let mut report = ImportReport {
+        rows: 0,
+        window_start: None,
+        window_end: None,
+        already_loaded: false,
+        elapsed: Default::default(),
+    };
+    let src_table = src.table(&source);
+    let exprs = cols
+        .iter()
+        .map(|c| src.select_expr(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut select = format!("SELECT {exprs} FROM {src_table}");
+    if let (Some(c), Mode::Incremental) = (&change, spec.mode) {
+        let wm_sql = "SELECT window_end FROM sluice_load_ledger WHERE job = $1 \
+                      AND window_end IS NOT NULL ORDER BY seq DESC LIMIT 1";
+        let watermark = dst
+            .text(wm_sql, &job)
+            .await
+            .map_err(db("reading the load ledger"))?;
+        let upper = src.max_after(&src_table, c, watermark.as_deref()).await?;
+        report.window_start = watermark.clone();
+        let Some(upper) = upper else {
+            report.window_end = report.window_start.clone();
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        };
+        let n = q(&c.name, src.mysql());
+        let cast = match &src {
+            Source::Postgres(_) => format!("::{}", c.kind.postgres()),
+            _ => String::new(),
+        };
+        let mut cond = vec![format!("{n} <= {}{cast}", lit(&upper))];
+        if let Some(w) = &watermark {
+            cond.push(format!("{n} > {}{cast}", lit(w)));
+        }
+        select = format!("{select} WHERE {}", cond.join(" AND "));
+        report.window_end = Some(upper);
+    }
+    let window_key = match spec.mode {
+        Mode::Incremental => report.window_start.clone().unwrap_or_default(),
+        Mode::Destructive => format!("full:{:016x}", rand::random::<u64>()),
+    };
+    let live = dest_table(&target);
+    let load_into = match spec.mode {
+        Mode::Incremental => live.clone(),
+        Mode::Destructive => dest_table(&TableName {
+            schema: target.schema.clone(),
+            table: format!("{}__sluice_{:08x}", target.table, rand::random::<u32>()),
+        }),
+    };
+    let from_mysql = src.mysql();
+
+    // One destination transaction: the ledger row, the rows, the swap.
+    let begin = match &dst {
+        Dest::Postgres(_) => "BEGIN",
+        Dest::Sqlite(_) => "BEGIN IMMEDIATE",
+    };
+    let ledger = "INSERT INTO sluice_load_ledger (job, window_start, window_end, rows) \
+                  VALUES ($1, $2, $3, 0) ON CONFLICT (job, window_start) DO NOTHING";
+    dst.raw(begin).await.map_err(db("beginning the load"))?;
+    let claimed = dst
+        .exec(
+            ledger,
+            &[
+                Bind::Text(Some(&job)),
+                Bind::Text(Some(&window_key)),
+                Bind::Text(report.window_end.as_deref()),
+            ],
+        )
+        .await
+        .map_err(db("writing the load ledger"))?;
+    let mut source_conn = Some(src);
+    let outcome = async {
+        if claimed == 0 {
+            return Ok(None);
+        }
+        let create = create_sql(&dst, &load_into, &cols);
+        dst.raw(&create)
+            .await
+            .map_err(db(format!("creating {load_into}")))?;
+        let rows = copy_rows(
+            source_conn
+                .take()
+                .ok_or_else(|| invalid("the source was already read"))?,
+            &mut dst,
+            &select,
+            &cols,
+            &load_into,
+            from_mysql,
+            progress,
+        )
+        .await?;
+        if spec.mode == Mode::Destructive {
+            let swap = format!(
+                "DROP TABLE IF EXISTS {live}; ALTER TABLE {load_into} RENAME TO {}",
+                q(&target.table, false)
+            );
+            dst.raw(&swap)
+                .await
+                .map_err(db(format!("replacing {live}")))?;
+        }
+        let done = "UPDATE sluice_load_ledger SET rows = $1 WHERE job = $2 AND window_start = $3";
+        dst.exec(
+            done,
+            &[
+                Bind::Int(rows as i64),
+                Bind::Text(Some(&job)),
+                Bind::Text(Some(&window_key)),
+            ],
+        )
+        .await
+        .map_err(db("writing the load ledger"))?;
+        Ok::<_, ImportError>(Some(rows))
+    }
+    .await;
+    let end = if matches!(outcome, Ok(Some(_))) {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = dst.raw(end).await;
+    match outcome? {
+        Some(rows) => {
+            ended.map_err(db("committing the load"))?;
+            report.rows = rows;
+        }
+        None => report.already_loaded = true,
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Reads every row of `select` on its own task (which owns the source
+/// connection) and sends them in batches.
+fn spawn_reader(
+    src: Source,
+    select: String,
+    cols: Vec<Col>,
+) -> (
+    tokio::sync::mpsc::Receiver<Vec<Vec<Val>>>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        macro_rules! drain {
+            ($conn:expr, $wrap:expr) => {{
+                let mut stream = sqlx::query(&select).fetch($conn);
+                while let Some(row) = stream.try_next().await.map_err(db("reading the source"))? {
+                    batch.push(row_values(&cols, $wrap(&row))?);
+                    if batch.len() >= BATCH_ROWS {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                        if tx.send(full).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }};
+        }
+        match src {
+            Source::Postgres(mut c) => drain!(&mut c, RowRef::Pg),
+            Source::MySql(mut c) => drain!(&mut c, RowRef::My),
+            Source::Sqlite(mut c) => drain!(&mut c, RowRef::Lite),
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(batch).await;
+        }
+        Ok(())
+    });
+    (rx, task)
+}
+
+/// Streams the source's rows into `into`, in batches.
+async fn copy_rows(
+    src: Source,
+    dst: &mut Dest,
+    select: &str,
+    cols: &[Col],
+    into: &str,
+    from_mysql: bool,
+    progress: &mut dyn Progress,
+) -> Result<u64> {
+    let names = cols
+        .iter()
+        .map(|c| q(&c.name, false))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut total = 0u64;
+    let (mut pg_copy, mut sqlite) = match dst {
+        Dest::Postgres(d) => (
+            Some(
+                d.copy_in_raw(&format!("COPY {into} ({names}) FROM STDIN"))
+                    .await
+                    .map_err(db(format!("loading {into}")))?,
+            ),
+            None,
+        ),
+        Dest::Sqlite(d) => (None, Some(d)),
+    };
+    let (mut rx, reader) = spawn_reader(src, select.to_owned(), cols.to_vec());
+    while let Some(batch) = rx.recv().await {
+        match write_batch(
+            &mut pg_copy,
+            &mut sqlite,
+            &batch,
+            cols,
+            into,
+            &names,
+            from_mysql,
+        )
+        .await
+        {
+            Ok(n) => total += n,
+            Err(e) => {
+                reader.abort();
+                if let Some(copy) = pg_copy {
+                    let _ = copy.abort("the load failed").await;
+                }
+                return Err(e);
+            }
+        }
+        progress.rows(total, None);
+    }
+    let read = reader
+        .await
+        .map_err(|e| invalid(format!("the source reader stopped: {e}")))
+        .and_then(|r| r);
+    if let Err(e) = read {
+        if let Some(copy) = pg_copy {
+            let _ = copy.abort("the source failed").await;
+        }
+        return Err(e);
+    }
+    if let Some(copy) = pg_copy {
+        total = copy.finish().await.map_err(db(format!("loading {into}")))?;
+    }
+    progress.rows(total, None);
+    Ok(total)
+}
+
+async fn write_batch(
+    pg_copy: &mut Option<sqlx::postgres::PgCopyIn<&mut PgConnection>>,
+    sqlite: &mut Option<&mut SqliteConnection>,
+    batch: &[Vec<Val>],
+    cols: &[Col],
+    into: &str,
+    names: &str,
+    from_mysql: bool,
+) -> Result<u64> {
+    if let Some(copy) = pg_copy {
+        let mut text = String::with_capacity(batch.len() * 64);
+        for row in batch {
+            for (i, (v, c)) in row.iter().zip(cols).enumerate() {
+                if i > 0 {
+                    text.push('\t');
+                }
+                copy_field(&mut text, pg_text(c.kind, v, from_mysql).as_deref());
+            }
+            text.push('\n');
+        }
+        copy.send(text.into_bytes())
+            .await
+            .map_err(db(format!("loading {into}")))?;
+        return Ok(batch.len() as u64);
+    }
+    let Some(conn) = sqlite else { return Ok(0) };
+    // SQLite binds at most 32766 parameters a statement.
+    let per = (32000 / cols.len().max(1)).max(1);
+    for chunk in batch.chunks(per) {
+        let row = format!("({})", vec!["?"; cols.len()].join(", "));
+        let sql = format!(
+            "INSERT INTO {into} ({names}) VALUES {}",
+            vec![row; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for r in chunk {
+            for (v, c) in r.iter().zip(cols) {
+                query = match (v, c.kind) {
+                    (Val::Null, _) => query.bind(None::<String>),
+                    (Val::Int(i), Kind::Double | Kind::Real) => query.bind(*i as f64),
+                    (Val::Int(i), _) => query.bind(*i),
+                    (Val::Float(f), _) => query.bind(*f),
+                    (Val::Bytes(b), _) => query.bind(b.clone()),
+                    (Val::Text(s), Kind::Bytes) => query.bind(decode_hex(s).unwrap_or_default()),
+                    (Val::Text(s), Kind::Bool) => query.bind(match s.as_str() {
+                        "t" | "true" | "1" => 1i64,
+                        _ => 0,
+                    }),
+                    (Val::Text(s), Kind::SmallInt | Kind::Int | Kind::BigInt) => {
+                        match s.parse::<i64>() {
+                            Ok(i) => query.bind(i),
+                            Err(_) => query.bind(s.clone()),
+                        }
+                    }
+                    (Val::Text(s), Kind::Real | Kind::Double) => match s.parse::<f64>() {
+                        Ok(f) => query.bind(f),
+                        Err(_) => query.bind(s.clone()),
+                    },
+                    (Val::Text(s), _) => query.bind(s.clone()),
+                };
+            }
+        }
+        query
+            .execute(&mut **conn)
+            .await
+            .map_err(db(format!("loading {into}")))?;
+    }
+    Ok(batch.len() as u64)
+}
