@@ -200,9 +200,35 @@ struct ImportArgs {
     /// The ledger's name for this import (default: "<table> -> <target>").
     #[arg(long)]
     job: Option<String>,
+    /// Load at most this many hours of the change column in one run.
+    #[arg(long)]
+    window_size_hours: Option<f64>,
+    /// Load at most about this many rows in one run (rows sharing the last
+    /// row's change value come along).
+    #[arg(long)]
+    row_limit: Option<u64>,
+    /// Load the window [START, END) of the change column again, replacing
+    /// what the target holds there (e.g. 2024-08-20T01:00:00Z).
+    #[arg(long, requires = "end")]
+    start: Option<String>,
+    #[arg(long, requires = "start")]
+    end: Option<String>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A key no other run of this command will use.
+fn rand_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 /// Rows, rows/s and ETA on a terminal, redrawn in place.
@@ -247,6 +273,23 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         mode,
         change_column: args.change_column,
         job: args.job,
+        window: match (args.start, args.end) {
+            (Some(start), Some(end)) => sluice_datapath::WindowRequest::Explicit {
+                start,
+                end,
+                key: format!("{:016x}", rand_key()),
+            },
+            _ => sluice_datapath::WindowRequest::Next {
+                size: match args.window_size_hours {
+                    Some(h) if h > 0.0 && h.is_finite() => {
+                        Some(Duration::from_secs_f64(h * 3600.0))
+                    }
+                    Some(h) if h != 0.0 => bail!("--window-size-hours must be 0 or more, got {h}"),
+                    _ => None,
+                },
+                row_limit: args.row_limit,
+            },
+        },
     };
     let mut bar = Bar {
         started: Instant::now(),

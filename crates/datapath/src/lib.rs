@@ -19,6 +19,9 @@
 
 pub mod postgres;
 pub mod rows;
+pub mod window;
+
+pub use window::WindowRequest;
 
 use std::time::Duration;
 
@@ -72,7 +75,15 @@ pub struct ImportSpec {
     pub change_column: Option<String>,
     /// The ledger's name for this import (default: `<source> -> <target>`).
     pub job: Option<String>,
+    /// Which window of the change column to load (incremental).
+    pub window: WindowRequest,
 }
+
+/// The watermark: where the job's last regular window ended. Windows asked
+/// for by hand (`explicit:`) and full loads do not move it.
+pub(crate) const WATERMARK: &str = "SELECT window_end FROM sluice_load_ledger WHERE job = $1 \
+     AND window_end IS NOT NULL AND window_start NOT LIKE 'explicit:%' \
+     ORDER BY seq DESC LIMIT 1";
 
 impl ImportSpec {
     pub fn job(&self) -> String {

@@ -158,9 +158,47 @@ fn create_table(table: &TableName, cols: &[Column], if_not_exists: bool) -> Stri
 }
 
 async fn connect(url: &str, side: &str) -> Result<PgConnection> {
-    PgConnection::connect(url)
+    let mut c = PgConnection::connect(url)
         .await
-        .map_err(db(format!("cannot connect to the {side} database")))
+        .map_err(db(format!("cannot connect to the {side} database")))?;
+    // Times print and read in UTC, whatever the server's zone.
+    sqlx::query("SET TIME ZONE 'UTC'")
+        .execute(&mut c)
+        .await
+        .map_err(db(format!("cannot set up the {side} connection")))?;
+    Ok(c)
+}
+
+/// The window planner's view of a PostgreSQL source.
+struct PgWindow<'a> {
+    conn: &'a mut PgConnection,
+    table: String,
+    col: Column,
+}
+
+impl crate::window::WindowSql for PgWindow<'_> {
+    fn column(&self) -> String {
+        quote_ident(&self.col.name)
+    }
+    fn literal(&self, value: &str) -> String {
+        format!("{}::{}", quote_literal(value), self.col.sql_type)
+    }
+    fn table(&self) -> String {
+        self.table.clone()
+    }
+    fn is_time(&self) -> bool {
+        self.col.sql_type.starts_with("timestamp") || self.col.sql_type == "date"
+    }
+    async fn text(&mut self, sql: String) -> Result<Option<String>> {
+        sqlx::query_scalar::<_, Option<String>>(&sql)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map(Option::flatten)
+            .map_err(db("planning the window"))
+    }
+    fn as_text(&self, expr: &str) -> String {
+        format!("({expr})::text")
+    }
 }
 
 /// The source table's row estimate from the planner's statistics.
@@ -230,60 +268,40 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         elapsed: Default::default(),
     };
     let cols_sql = column_list(&cols);
-    let select = match (&change, spec.mode) {
-        (Some(c), Mode::Incremental) => {
-            let watermark: Option<String> = sqlx::query_scalar(
-                "SELECT window_end FROM sluice_load_ledger WHERE job = $1 \
-                 AND window_end IS NOT NULL ORDER BY seq DESC LIMIT 1",
-            )
+    let mut select = format!("SELECT {cols_sql} FROM {}", source.quoted());
+    let mut replace = None;
+    let mut window_key = format!("full:{:016x}", rand::random::<u64>());
+    if let (Some(c), Mode::Incremental) = (&change, spec.mode) {
+        let watermark: Option<String> = sqlx::query_scalar(crate::WATERMARK)
             .bind(&job)
             .fetch_optional(&mut dst)
             .await
             .map_err(db("reading the load ledger"))?;
+        let mut w = PgWindow {
+            conn: &mut src,
+            table: source.quoted(),
+            col: c.clone(),
+        };
+        let Some(plan) = crate::window::plan(&mut w, watermark.clone(), &spec.window).await? else {
+            // Nothing new since the last load.
+            report.window_start = watermark.clone();
+            report.window_end = watermark;
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        };
+        select = format!("{select} WHERE {}", plan.condition);
+        report.window_start = plan.start;
+        report.window_end = plan.end;
+        window_key = plan.ledger_key;
+        replace = plan.replace.map(|(a, b)| {
             let col = quote_ident(&c.name);
-            let lower = watermark
-                .as_ref()
-                .map(|w| format!("{col} > {}::{}", quote_literal(w), c.sql_type));
-            let upper: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT max({col})::text FROM {}{}",
-                source.quoted(),
-                lower
-                    .as_ref()
-                    .map(|l| format!(" WHERE {l}"))
-                    .unwrap_or_default()
-            ))
-            .fetch_one(&mut src)
-            .await
-            .map_err(db("finding the window's end"))?;
-            report.window_start = watermark;
-            let Some(upper) = upper else {
-                // Nothing new since the last load.
-                report.window_end = report.window_start.clone();
-                report.elapsed = started.elapsed();
-                return Ok(report);
-            };
-            let mut cond = vec![format!(
-                "{col} <= {}::{}",
-                quote_literal(&upper),
-                c.sql_type
-            )];
-            cond.extend(lower);
-            report.window_end = Some(upper);
-            format!(
-                "SELECT {cols_sql} FROM {} WHERE {}",
-                source.quoted(),
-                cond.join(" AND ")
-            )
-        }
-        _ => format!("SELECT {cols_sql} FROM {}", source.quoted()),
-    };
+            let lit = |v: &str| format!("{}::{}", quote_literal(v), c.sql_type);
+            format!("{col} >= {} AND {col} < {}", lit(&a), lit(&b))
+        });
+    }
     let estimate = estimate(&mut src, &source).await;
 
     let mut tx = dst.begin().await.map_err(db("beginning the load"))?;
-    let window_key = match spec.mode {
-        Mode::Incremental => report.window_start.clone().unwrap_or_default(),
-        Mode::Destructive => format!("full:{:016x}", rand::random::<u64>()),
-    };
     // The ledger row first: a second attempt at this window waits here for
     // the first to end, then finds the key taken.
     let claimed = sqlx::query(
@@ -307,6 +325,13 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let load_into = match spec.mode {
         Mode::Incremental => {
             prepare_target(&mut tx, &target, &cols).await?;
+            if let Some(cond) = &replace {
+                // A window run again replaces what the target holds there.
+                sqlx::query(&format!("DELETE FROM {} WHERE {cond}", target.quoted()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("clearing the window in {}", target.quoted())))?;
+            }
             target.clone()
         }
         Mode::Destructive => {

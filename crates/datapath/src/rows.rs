@@ -408,47 +408,59 @@ impl Source {
             (Source::Sqlite(_), _) => n,
         }
     }
+}
 
-    /// The largest value of `col` past `after`, as text.
-    async fn max_after(
-        &mut self,
-        table: &str,
-        col: &Col,
-        after: Option<&str>,
-    ) -> Result<Option<String>> {
-        let m = self.mysql();
-        let n = q(&col.name, m);
-        let cond = |cast: &str| {
-            after
-                .map(|a| format!(" WHERE {n} > {}{cast}", lit(a)))
-                .unwrap_or_default()
-        };
-        let what = || db("finding the window's end");
-        match self {
-            Source::Postgres(c) => {
-                let ty = col.kind.postgres();
-                sqlx::query_scalar(&format!(
-                    "SELECT max({n})::text FROM {table}{}",
-                    cond(&format!("::{ty}"))
-                ))
-                .fetch_one(c)
+/// The window planner's view of a source.
+struct RowsWindow<'a> {
+    src: &'a mut Source,
+    table: String,
+    col: Col,
+}
+
+impl crate::window::WindowSql for RowsWindow<'_> {
+    fn column(&self) -> String {
+        q(&self.col.name, self.src.mysql())
+    }
+    fn literal(&self, value: &str) -> String {
+        match self.src {
+            Source::Postgres(_) => format!("{}::{}", lit(value), self.col.kind.postgres()),
+            _ => lit(value),
+        }
+    }
+    fn table(&self) -> String {
+        self.table.clone()
+    }
+    fn is_time(&self) -> bool {
+        matches!(
+            self.col.kind,
+            Kind::Date | Kind::Timestamp | Kind::TimestampTz
+        )
+    }
+    async fn text(&mut self, sql: String) -> Result<Option<String>> {
+        let what = || db("planning the window");
+        match &mut *self.src {
+            Source::Postgres(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .fetch_optional(c)
                 .await
-                .map_err(what())
-            }
-            Source::MySql(c) => sqlx::query_scalar(&format!(
-                "SELECT CAST(max({n}) AS CHAR) FROM {table}{}",
-                cond("")
-            ))
-            .fetch_one(c)
-            .await
-            .map_err(what()),
-            Source::Sqlite(c) => sqlx::query_scalar(&format!(
-                "SELECT CAST(max({n}) AS TEXT) FROM {table}{}",
-                cond("")
-            ))
-            .fetch_one(c)
-            .await
-            .map_err(what()),
+                .map(Option::flatten)
+                .map_err(what()),
+            Source::MySql(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten)
+                .map_err(what()),
+            Source::Sqlite(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten)
+                .map_err(what()),
+        }
+    }
+    fn as_text(&self, expr: &str) -> String {
+        match self.src {
+            Source::Postgres(_) => format!("({expr})::text"),
+            Source::MySql(_) => format!("CAST({expr} AS CHAR CHARACTER SET utf8mb4)"),
+            Source::Sqlite(_) => format!("CAST({expr} AS TEXT)"),
         }
     }
 }
@@ -663,36 +675,37 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         .collect::<Vec<_>>()
         .join(", ");
     let mut select = format!("SELECT {exprs} FROM {src_table}");
+    let mut replace = None;
+    let mut window_key = format!("full:{:016x}", rand::random::<u64>());
     if let (Some(c), Mode::Incremental) = (&change, spec.mode) {
-        let wm_sql = "SELECT window_end FROM sluice_load_ledger WHERE job = $1 \
-                      AND window_end IS NOT NULL ORDER BY seq DESC LIMIT 1";
         let watermark = dst
-            .text(wm_sql, &job)
+            .text(crate::WATERMARK, &job)
             .await
             .map_err(db("reading the load ledger"))?;
-        let upper = src.max_after(&src_table, c, watermark.as_deref()).await?;
-        report.window_start = watermark.clone();
-        let Some(upper) = upper else {
-            report.window_end = report.window_start.clone();
+        let mut w = RowsWindow {
+            src: &mut src,
+            table: src_table.clone(),
+            col: c.clone(),
+        };
+        let Some(plan) = crate::window::plan(&mut w, watermark.clone(), &spec.window).await? else {
+            report.window_start = watermark.clone();
+            report.window_end = watermark;
             report.elapsed = started.elapsed();
             return Ok(report);
         };
-        let n = q(&c.name, src.mysql());
-        let cast = match &src {
-            Source::Postgres(_) => format!("::{}", c.kind.postgres()),
-            _ => String::new(),
-        };
-        let mut cond = vec![format!("{n} <= {}{cast}", lit(&upper))];
-        if let Some(w) = &watermark {
-            cond.push(format!("{n} > {}{cast}", lit(w)));
-        }
-        select = format!("{select} WHERE {}", cond.join(" AND "));
-        report.window_end = Some(upper);
+        select = format!("{select} WHERE {}", plan.condition);
+        report.window_start = plan.start;
+        report.window_end = plan.end;
+        window_key = plan.ledger_key;
+        replace = plan.replace.map(|(a, b)| {
+            let n = q(&c.name, false);
+            let lit = |v: &str| match &dst {
+                Dest::Postgres(_) => format!("{}::{}", lit(v), c.kind.postgres()),
+                Dest::Sqlite(_) => lit(v),
+            };
+            format!("{n} >= {} AND {n} < {}", lit(&a), lit(&b))
+        });
     }
-    let window_key = match spec.mode {
-        Mode::Incremental => report.window_start.clone().unwrap_or_default(),
-        Mode::Destructive => format!("full:{:016x}", rand::random::<u64>()),
-    };
     let live = dest_table(&target);
     let load_into = match spec.mode {
         Mode::Incremental => live.clone(),
@@ -731,6 +744,12 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         dst.raw(&create)
             .await
             .map_err(db(format!("creating {load_into}")))?;
+        if let Some(cond) = &replace {
+            // A window run again replaces what the target holds there.
+            dst.raw(&format!("DELETE FROM {load_into} WHERE {cond}"))
+                .await
+                .map_err(db(format!("clearing the window in {load_into}")))?;
+        }
         let rows = copy_rows(
             source_conn
                 .take()

@@ -159,6 +159,7 @@ async fn mariadb_to_postgres_full_then_incremental() {
         mode: Mode::Incremental,
         change_column: Some("at".into()),
         job: None,
+        window: Default::default(),
     };
     let first = import(&spec, &mut ()).await.unwrap();
     assert_eq!(first.rows, 3000);
@@ -206,6 +207,7 @@ async fn mariadb_to_the_sqlite_warehouse() {
         mode: Mode::Destructive,
         change_column: None,
         job: None,
+        window: Default::default(),
     };
     assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 1000);
     assert_eq!(
@@ -241,6 +243,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         mode: Mode::Incremental,
         change_column: Some("at".into()),
         job: None,
+        window: Default::default(),
     };
     assert_eq!(import(&to_pg, &mut ()).await.unwrap().rows, 2000);
     let src = rows(
@@ -265,6 +268,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         mode: Mode::Incremental,
         change_column: Some("at".into()),
         job: None,
+        window: Default::default(),
     };
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 2000);
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 0);
@@ -275,4 +279,56 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
     )
     .await;
     assert_same("itfbsxd", &dst, &again);
+}
+
+#[tokio::test]
+async fn row_path_windows_by_limit_and_by_hand() {
+    use sluice_datapath::WindowRequest;
+    let (src, dst) = (fresh_mysql().await, fresh_sqlite());
+    exec(&src, MYSQL_TABLE).await;
+    mysql_rows(&src, 1, 2500).await;
+    let mut spec = ImportSpec {
+        source_url: src.clone(),
+        source_table: "orders".into(),
+        dest_url: dst.clone(),
+        target: "orders".into(),
+        mode: Mode::Incremental,
+        change_column: Some("at".into()),
+        job: None,
+        window: WindowRequest::Next {
+            size: None,
+            row_limit: Some(1000),
+        },
+    };
+    let mut loads = Vec::new();
+    loop {
+        let r = import(&spec, &mut ()).await.unwrap();
+        if r.rows == 0 {
+            break;
+        }
+        loads.push(r.rows);
+    }
+    assert_eq!(loads, vec![1000, 1000, 500]);
+    exec(
+        &src,
+        "UPDATE orders SET name = 'fixed' WHERE id BETWEEN 100 AND 199",
+    )
+    .await;
+    spec.window = WindowRequest::Explicit {
+        start: "2026-01-01 00:01:40".into(),
+        end: "2026-01-01 00:03:20".into(),
+        key: "q1".into(),
+    };
+    assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 100);
+    let lite = rows(
+        &dst,
+        "SELECT CAST(id AS TEXT), name FROM orders ORDER BY id",
+    )
+    .await;
+    let mine = rows(
+        &src,
+        "SELECT CAST(id AS CHAR), name FROM orders ORDER BY id",
+    )
+    .await;
+    assert_eq!(lite, mine, "the window's rows replaced, none doubled");
 }

@@ -90,6 +90,7 @@ fn spec(src: &str, dst: &str, target: &str, mode: Mode, change: Option<&str>) ->
         mode,
         change_column: change.map(str::to_owned),
         job: None,
+        window: Default::default(),
     }
 }
 
@@ -257,4 +258,78 @@ async fn bad_imports_say_what_is_wrong_and_write_nothing() {
         scalar(&dst, "SELECT count(*)::text FROM sluice_load_ledger").await,
         Some("0".into())
     );
+}
+
+#[tokio::test]
+async fn windows_follow_size_and_row_limit_and_rerun_by_hand() {
+    use sluice_datapath::WindowRequest;
+    use std::time::Duration;
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    // Rows one second apart from 2026-01-01 00:00:01: 7200 rows = 2 hours.
+    add_rows(&src, 1, 7200).await;
+    let mut s = spec(&src, &dst, "orders", Mode::Incremental, Some("at"));
+    s.window = WindowRequest::Next {
+        size: Some(Duration::from_secs(3600)),
+        row_limit: None,
+    };
+    let first = import(&s, &mut ()).await.unwrap();
+    // The first window starts at the first row and spans an hour.
+    assert_eq!(first.rows, 3601);
+    assert_eq!(
+        first.window_end.as_deref(),
+        Some("2026-01-01 01:00:01.000000")
+    );
+    s.window = WindowRequest::Next {
+        size: Some(Duration::from_secs(3600)),
+        row_limit: Some(1000),
+    };
+    let second = import(&s, &mut ()).await.unwrap();
+    assert_eq!(second.rows, 1000, "the row limit caps one query");
+    assert_eq!(second.window_start, first.window_end);
+    let mut total = first.rows + second.rows;
+    loop {
+        let r = import(&s, &mut ()).await.unwrap();
+        if r.rows == 0 {
+            break;
+        }
+        assert!(r.rows <= 1000);
+        total += r.rows;
+    }
+    assert_eq!(total, 7200);
+    assert_eq!(
+        fingerprint(&dst, "orders").await,
+        fingerprint(&src, "sales.orders").await
+    );
+
+    // A window run again by hand replaces its rows: the source changed
+    // there, the target follows, nothing doubles.
+    exec(
+        &src,
+        "UPDATE sales.orders SET name = 'fixed' WHERE at >= '2026-01-01 00:30:00+00' \
+                AND at < '2026-01-01 00:40:00+00'",
+    )
+    .await;
+    s.window = WindowRequest::Explicit {
+        start: "2026-01-01T00:30:00Z".into(),
+        end: "2026-01-01T00:40:00Z".into(),
+        key: "by-hand-1".into(),
+    };
+    let again = import(&s, &mut ()).await.unwrap();
+    assert_eq!(again.rows, 600);
+    assert_eq!(
+        fingerprint(&dst, "orders").await,
+        fingerprint(&src, "sales.orders").await
+    );
+    // The same request twice loads once; a window by hand does not move the watermark.
+    assert!(import(&s, &mut ()).await.unwrap().already_loaded);
+    s.window = WindowRequest::default();
+    assert_eq!(import(&s, &mut ()).await.unwrap().rows, 0);
+    s.window = WindowRequest::Explicit {
+        start: "2026-01-01T00:40:00Z".into(),
+        end: "2026-01-01T00:30:00Z".into(),
+        key: "backwards".into(),
+    };
+    let err = import(&s, &mut ()).await.unwrap_err().to_string();
+    assert!(err.contains("the first before the second"), "{err}");
 }
