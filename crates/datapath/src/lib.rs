@@ -79,6 +79,38 @@ pub struct ImportSpec {
     pub window: WindowRequest,
 }
 
+/// The change column a spec names, checked against the source's columns:
+/// it must exist and be able to order windows (`unorderable` answers the
+/// column's type when it cannot). An incremental import needs one.
+pub(crate) fn change_column<'a, C>(
+    spec: &ImportSpec,
+    cols: &'a [C],
+    name: impl Fn(&C) -> &str,
+    unorderable: impl Fn(&C) -> Option<String>,
+) -> Result<Option<&'a C>> {
+    let Some(wanted) = &spec.change_column else {
+        return match spec.mode {
+            Mode::Incremental => Err(ImportError::Invalid(
+                "an incremental import needs --change-column (or use --mode destructive)".into(),
+            )),
+            Mode::Destructive => Ok(None),
+        };
+    };
+    let c = cols.iter().find(|c| name(c) == wanted).ok_or_else(|| {
+        ImportError::Invalid(format!(
+            "change column `{wanted}` is not a column of {}: it has {}",
+            spec.source_table,
+            cols.iter().map(&name).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    if let Some(ty) = unorderable(c) {
+        return Err(ImportError::Invalid(format!(
+            "change column `{wanted}` is {ty}: it must be a timestamp, date or number"
+        )));
+    }
+    Ok(Some(c))
+}
+
 /// The watermark: where the job's last regular window ended. Windows asked
 /// for by hand (`explicit:`) and full loads do not move it.
 pub(crate) const WATERMARK: &str = "SELECT window_end FROM sluice_load_ledger WHERE job = $1 \

@@ -231,33 +231,13 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
             spec.source_table
         )));
     }
-    let change = match (&spec.change_column, spec.mode) {
-        (Some(name), _) => {
-            let c = cols.iter().find(|c| &c.name == name).ok_or_else(|| {
-                invalid(format!(
-                    "change column `{name}` is not a column of {}: it has {}",
-                    spec.source_table,
-                    cols.iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            if !orderable(&c.sql_type) {
-                return Err(invalid(format!(
-                    "change column `{name}` is {}: it must be a timestamp, date or number",
-                    c.sql_type
-                )));
-            }
-            Some(c.clone())
-        }
-        (None, Mode::Incremental) => {
-            return Err(invalid(
-                "an incremental import needs --change-column (or use --mode destructive)",
-            ))
-        }
-        (None, Mode::Destructive) => None,
-    };
+    let change = crate::change_column(
+        spec,
+        &cols,
+        |c| c.name.as_str(),
+        |c| (!orderable(&c.sql_type)).then(|| c.sql_type.clone()),
+    )?
+    .cloned();
     ensure_ledger(&mut dst).await?;
 
     let mut report = ImportReport {
