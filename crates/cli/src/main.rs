@@ -290,6 +290,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
                 row_limit: args.row_limit,
             },
         },
+        columns: None,
+        stage: None,
+        cancel: None,
     };
     let mut bar = Bar {
         started: Instant::now(),

@@ -17,18 +17,27 @@
 //! window collides on the ledger's key and loads nothing; a killed or
 //! failed attempt commits nothing and leaves the live table as it was.
 
+pub mod inspect;
 pub mod postgres;
 pub mod rows;
+pub mod stage;
 pub mod window;
 
+pub use stage::{Stage, StageHandle};
 pub use window::WindowRequest;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{0}")]
     Invalid(String),
+    #[error("cancelled: nothing of this window was loaded")]
+    Cancelled,
+    #[error("staging a batch: {0}")]
+    Stage(String),
     #[error("{what}: {source}")]
     Database {
         what: String,
@@ -77,6 +86,59 @@ pub struct ImportSpec {
     pub job: Option<String>,
     /// Which window of the change column to load (incremental).
     pub window: WindowRequest,
+    /// The source columns to load, in the source's order (None: all).
+    pub columns: Option<Vec<String>>,
+    /// Where extracted batches and their manifest are written (None: the
+    /// rows stream straight from source to destination).
+    pub stage: Option<StageHandle>,
+    /// Set to stop the import: it rolls back and answers [`ImportError::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl ImportSpec {
+    /// A spec with no window request, column selection, staging or cancel.
+    pub fn new(source_url: &str, source_table: &str, dest_url: &str, target: &str) -> ImportSpec {
+        ImportSpec {
+            source_url: source_url.to_owned(),
+            source_table: source_table.to_owned(),
+            dest_url: dest_url.to_owned(),
+            target: target.to_owned(),
+            mode: Mode::Destructive,
+            change_column: None,
+            job: None,
+            window: WindowRequest::default(),
+            columns: None,
+            stage: None,
+            cancel: None,
+        }
+    }
+
+    /// Errs when the import was asked to stop.
+    pub(crate) fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(ImportError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// The columns to load of `all`, checked: every selected column must
+    /// be one of the source's.
+    pub(crate) fn select<C: Clone>(&self, all: &[C], name: impl Fn(&C) -> &str) -> Result<Vec<C>> {
+        let Some(wanted) = &self.columns else {
+            return Ok(all.to_vec());
+        };
+        if let Some(missing) = wanted.iter().find(|w| !all.iter().any(|c| name(c) == *w)) {
+            return Err(ImportError::Invalid(format!(
+                "column `{missing}` is not a column of {}",
+                self.source_table
+            )));
+        }
+        Ok(all
+            .iter()
+            .filter(|c| wanted.iter().any(|w| w == name(c)))
+            .cloned()
+            .collect())
+    }
 }
 
 /// The change column a spec names, checked against the source's columns:
@@ -138,9 +200,45 @@ pub struct ImportReport {
     pub elapsed: Duration,
 }
 
-/// Progress while rows stream: rows so far and the source's row estimate.
+/// What an import tells as it goes through its stages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageEvent {
+    /// The source's schema was read and merged with the destination's:
+    /// `changes` are the schema changes the load makes (new columns, wider
+    /// types).
+    Consolidated {
+        columns: Vec<String>,
+        changes: Vec<String>,
+    },
+    /// The window this run loads.
+    Window {
+        start: Option<String>,
+        end: Option<String>,
+    },
+    /// One batch read from the source (and staged at `object`).
+    Extracted {
+        batch: u64,
+        rows: u64,
+        bytes: u64,
+        object: Option<String>,
+    },
+    /// Every batch is read; the manifest is at `manifest`.
+    ExtractDone {
+        rows: u64,
+        batches: u64,
+        manifest: Option<String>,
+    },
+    /// The rows are in the destination's transaction; it commits next.
+    Loaded { rows: u64 },
+    /// The load committed (or another attempt had loaded the window).
+    Committed { rows: u64, already_loaded: bool },
+}
+
+/// Progress while rows stream: rows so far and the source's row estimate,
+/// and the stages as they pass.
 pub trait Progress: Send {
     fn rows(&mut self, done: u64, estimate: Option<u64>);
+    fn stage(&mut self, _event: StageEvent) {}
 }
 
 impl Progress for () {
@@ -159,12 +257,18 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     }
 }
 
-/// Counts sent from the row path's thread.
-struct Forward(tokio::sync::watch::Sender<(u64, Option<u64>)>);
+/// Counts and stage events sent from the row path's thread.
+struct Forward(
+    tokio::sync::watch::Sender<(u64, Option<u64>)>,
+    tokio::sync::mpsc::UnboundedSender<StageEvent>,
+);
 
 impl Progress for Forward {
     fn rows(&mut self, done: u64, estimate: Option<u64>) {
         let _ = self.0.send((done, estimate));
+    }
+    fn stage(&mut self, event: StageEvent) {
+        let _ = self.1.send(event);
     }
 }
 
@@ -178,20 +282,25 @@ async fn rows_on_own_thread(
 ) -> Result<ImportReport> {
     let spec = spec.clone();
     let (tx, mut rx) = tokio::sync::watch::channel((0u64, None));
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let work = tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ImportError::Invalid(format!("cannot start the import: {e}")))?;
-        rt.block_on(rows::import(&spec, &mut Forward(tx)))
+        rt.block_on(rows::import(&spec, &mut Forward(tx, events_tx)))
     });
     tokio::pin!(work);
     let mut counting = true;
     loop {
         tokio::select! {
             done = &mut work => {
+                while let Ok(event) = events.try_recv() {
+                    progress.stage(event);
+                }
                 return done.map_err(|e| ImportError::Invalid(format!("the import stopped: {e}")))?;
             }
+            Some(event) = events.recv() => progress.stage(event),
             changed = rx.changed(), if counting => match changed {
                 Ok(()) => {
                     let (done, estimate) = *rx.borrow_and_update();

@@ -224,13 +224,14 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     );
     let (mut src, mut dst) = (src?, dst?);
 
-    let cols = columns(&mut src, &source).await?;
-    if cols.is_empty() {
+    let all = columns(&mut src, &source).await?;
+    if all.is_empty() {
         return Err(invalid(format!(
             "source table {} does not exist (or has no columns)",
             spec.source_table
         )));
     }
+    let cols = spec.select(&all, |c| c.name.as_str())?;
     let change = crate::change_column(
         spec,
         &cols,
@@ -273,6 +274,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         report.window_start = plan.start;
         report.window_end = plan.end;
         window_key = plan.ledger_key;
+        progress.stage(crate::StageEvent::Window {
+            start: report.window_start.clone(),
+            end: report.window_end.clone(),
+        });
         replace = plan.replace.map(|(a, b)| {
             let col = quote_ident(&c.name);
             let lit = |v: &str| format!("{}::{}", quote_literal(v), c.sql_type);
@@ -299,12 +304,20 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         tx.rollback().await.map_err(db("ending the load"))?;
         report.already_loaded = true;
         report.elapsed = started.elapsed();
+        progress.stage(crate::StageEvent::Committed {
+            rows: 0,
+            already_loaded: true,
+        });
         return Ok(report);
     }
 
     let load_into = match spec.mode {
         Mode::Incremental => {
-            prepare_target(&mut tx, &target, &cols).await?;
+            let changes = prepare_target(&mut tx, &target, &cols).await?;
+            progress.stage(crate::StageEvent::Consolidated {
+                columns: cols.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect(),
+                changes,
+            });
             if let Some(cond) = &replace {
                 // A window run again replaces what the target holds there.
                 sqlx::query(&format!("DELETE FROM {} WHERE {cond}", target.quoted()))
@@ -324,14 +337,19 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 .execute(&mut *tx)
                 .await
                 .map_err(db(format!("creating {}", fresh.quoted())))?;
+            progress.stage(crate::StageEvent::Consolidated {
+                columns: cols.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect(),
+                changes: vec![format!("{} is replaced by a new table", target.quoted())],
+            });
             fresh
         }
     };
 
     let rows = stream_rows(
-        src, &mut tx, &select, &load_into, &cols_sql, estimate, progress,
+        src, &mut tx, &select, &load_into, &cols, estimate, spec, progress,
     )
     .await?;
+    spec.check_cancel()?;
 
     if spec.mode == Mode::Destructive {
         sqlx::query(&format!("DROP TABLE IF EXISTS {}", target.quoted()))
@@ -354,7 +372,13 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         .execute(&mut *tx)
         .await
         .map_err(db("writing the load ledger"))?;
+    progress.stage(crate::StageEvent::Loaded { rows });
+    spec.check_cancel()?;
     tx.commit().await.map_err(db("committing the load"))?;
+    progress.stage(crate::StageEvent::Committed {
+        rows,
+        already_loaded: false,
+    });
     report.rows = rows;
     report.elapsed = started.elapsed();
     Ok(report)
@@ -372,57 +396,189 @@ async fn ensure_ledger(dst: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// Makes the target when it is missing; refuses one whose columns differ.
+/// Makes the target when it is missing, or brings an existing one to the
+/// source's shape: a new source column is added, a column whose source type
+/// grew is widened (`integer` → `bigint`, `real` → `double precision`, a
+/// longer `varchar` or `text`, a larger `numeric`). Answers those schema
+/// changes; refuses any other difference.
 async fn prepare_target(
     conn: &mut PgConnection,
     target: &TableName,
     cols: &[Column],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let existing = columns(conn, target).await?;
     if existing.is_empty() {
         sqlx::query(&create_table(target, cols, false))
             .execute(&mut *conn)
             .await
             .map_err(db(format!("creating {}", target.quoted())))?;
-        return Ok(());
+        return Ok(vec![format!("created {}", target.quoted())]);
     }
-    let shape = |cs: &[Column]| {
-        cs.iter()
-            .map(|c| format!("{} {}", c.name, c.sql_type))
-            .collect::<Vec<_>>()
+    let mut changes = Vec::new();
+    let mut ddl = Vec::new();
+    for c in cols {
+        match existing.iter().find(|e| e.name == c.name) {
+            None => {
+                ddl.push(format!(
+                    "ALTER TABLE {} ADD COLUMN {} {}",
+                    target.quoted(),
+                    quote_ident(&c.name),
+                    c.sql_type
+                ));
+                changes.push(format!("new column {} {}", c.name, c.sql_type));
+            }
+            Some(e) if e.sql_type == c.sql_type => {}
+            Some(e) if widens(&e.sql_type, &c.sql_type) => {
+                ddl.push(format!(
+                    "ALTER TABLE {} ALTER COLUMN {} TYPE {}",
+                    target.quoted(),
+                    quote_ident(&c.name),
+                    c.sql_type
+                ));
+                changes.push(format!(
+                    "column {} widened from {} to {}",
+                    c.name, e.sql_type, c.sql_type
+                ));
+            }
+            Some(e) => {
+                return Err(invalid(format!(
+                    "column {} of {} is {} but the source's is {}: not a widening sluice \
+                     makes; load into a new target or use --mode destructive",
+                    c.name,
+                    target.quoted(),
+                    e.sql_type,
+                    c.sql_type
+                )))
+            }
+        }
+    }
+    for e in &existing {
+        if !cols.iter().any(|c| c.name == e.name) {
+            changes.push(format!(
+                "column {} is not in the source: its new rows hold NULL",
+                e.name
+            ));
+        }
+    }
+    for stmt in ddl {
+        sqlx::query(&stmt)
+            .execute(&mut *conn)
+            .await
+            .map_err(db(format!("changing {}", target.quoted())))?;
+    }
+    Ok(changes)
+}
+
+/// Whether a column of type `from` can hold every value of type `to`
+/// after `ALTER COLUMN … TYPE to` without loss.
+fn widens(from: &str, to: &str) -> bool {
+    let rank = |t: &str| match t {
+        "smallint" => Some(1),
+        "integer" => Some(2),
+        "bigint" => Some(3),
+        _ => None,
     };
-    if shape(&existing) != shape(cols) {
-        return Err(invalid(format!(
-            "target {} has columns ({}) but the source has ({}): load into a new target \
-             or use --mode destructive",
-            target.quoted(),
-            shape(&existing).join(", "),
-            shape(cols).join(", ")
-        )));
+    if let (Some(a), Some(b)) = (rank(from), rank(to)) {
+        return a < b;
     }
-    Ok(())
+    let varchar = |t: &str| {
+        t.strip_prefix("character varying(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
+    let numeric = |t: &str| {
+        t.strip_prefix("numeric(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|r| r.split_once(','))
+            .and_then(|(p, s)| Some((p.trim().parse::<u32>().ok()?, s.trim().parse::<u32>().ok()?)))
+    };
+    match (from, to) {
+        ("real", "double precision") => true,
+        (f, "text") if varchar(f).is_some() => true,
+        (f, t) if varchar(f).is_some() && varchar(t).is_some() => varchar(f) < varchar(t),
+        (f, t) => match (numeric(f), numeric(t)) {
+            // More digits before and after the point: every value fits.
+            (Some((p1, s1)), Some((p2, s2))) => s2 >= s1 && p2 - s2 >= p1 - s1,
+            (Some(_), None) => t == "numeric",
+            _ => false,
+        },
+    }
+}
+
+/// One batch on its way from the reader to the loader.
+struct Batch {
+    bytes: Vec<u8>,
+    rows: u64,
+    object: Option<String>,
 }
 
 /// Streams `select` from the source into `into` on the destination inside
-/// `tx`: binary COPY out, binary COPY in, batches in flight between them.
+/// `tx`, batches in flight between them: binary COPY out and in, or, when
+/// the spec stages its batches, text COPY (the staged files' format) with
+/// every batch written to the stage as it passes.
+#[allow(clippy::too_many_arguments)]
 async fn stream_rows(
     mut src: PgConnection,
     dst: &mut PgConnection,
     select: &str,
     into: &TableName,
-    cols_sql: &str,
+    cols: &[Column],
     estimate: Option<u64>,
+    spec: &ImportSpec,
     progress: &mut dyn Progress,
 ) -> Result<u64> {
-    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, u64)>(BATCHES_IN_FLIGHT);
-    let copy_out = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
+    let cols_sql = column_list(cols);
+    let stage = spec.stage.clone();
+    let format = if stage.is_some() { "text" } else { "binary" };
+    let (tx, mut rx) = mpsc::channel::<Batch>(BATCHES_IN_FLIGHT);
+    let copy_out = format!("COPY ({select}) TO STDOUT (FORMAT {format})");
+    let manifest_cols: Vec<(String, String)> = cols
+        .iter()
+        .map(|c| (c.name.clone(), c.sql_type.clone()))
+        .collect();
+    let (source_name, target_name) = (spec.source_table.clone(), into.quoted());
     let reader = tokio::spawn(async move {
         let mut stream = src
             .copy_out_raw(&copy_out)
             .await
             .map_err(db("reading the source"))?;
+        let mut staged = Vec::new();
         let mut batch = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
         let mut messages = 0u64;
+        let send = |bytes: Vec<u8>, messages: u64, staged: &mut Vec<crate::stage::Staged>| {
+            let stage = stage.clone();
+            let tx = tx.clone();
+            let n = staged.len() as u64 + 1;
+            let text = stage.is_some();
+            async move {
+                // Text COPY: one line a row (newlines in values are escaped).
+                let rows = if text {
+                    bytes.iter().filter(|b| **b == b'\n').count() as u64
+                } else {
+                    messages
+                };
+                let object = match &stage {
+                    Some(s) => Some(
+                        s.0.put(crate::stage::batch_name(n), bytes.clone())
+                            .await
+                            .map_err(ImportError::Stage)?,
+                    ),
+                    None => None,
+                };
+                let b = Batch {
+                    bytes,
+                    rows,
+                    object: object.clone(),
+                };
+                let len = b.bytes.len() as u64;
+                let open = tx.send(b).await.is_ok();
+                Ok::<_, ImportError>((open, object.map(|o| crate::stage::Staged {
+                    object: o,
+                    rows,
+                    bytes: len,
+                })))
+            }
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(db("reading the source"))?;
             batch.extend_from_slice(&chunk);
@@ -430,41 +586,69 @@ async fn stream_rows(
             if batch.len() >= BATCH_BYTES {
                 let full =
                     std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES + 64 * 1024));
-                if tx.send((full, messages)).await.is_err() {
-                    return Ok(());
+                let (open, s) = send(full, messages, &mut staged).await?;
+                staged.extend(s);
+                if !open {
+                    return Ok(None);
                 }
                 messages = 0;
             }
         }
         if !batch.is_empty() {
-            let _ = tx.send((batch, messages)).await;
+            let (_, s) = send(batch, messages, &mut staged).await?;
+            staged.extend(s);
         }
-        Ok::<(), ImportError>(())
+        let manifest = match &stage {
+            Some(st) => Some(
+                st.0.put(
+                    "manifest.json".into(),
+                    crate::stage::manifest(&source_name, &target_name, &manifest_cols, &staged),
+                )
+                .await
+                .map_err(ImportError::Stage)?,
+            ),
+            None => None,
+        };
+        Ok::<_, ImportError>(Some((staged.len() as u64, manifest)))
     });
 
     let mut copy_in = dst
         .copy_in_raw(&format!(
-            "COPY {} ({cols_sql}) FROM STDIN (FORMAT binary)",
+            "COPY {} ({cols_sql}) FROM STDIN (FORMAT {format})",
             into.quoted()
         ))
         .await
         .map_err(db(format!("loading {}", into.quoted())))?;
     let mut seen = 0u64;
+    let mut batches = 0u64;
     let mut last = Instant::now();
-    while let Some((batch, messages)) = rx.recv().await {
-        if let Err(e) = copy_in.send(batch).await {
+    while let Some(batch) = rx.recv().await {
+        let (rows, bytes, object) = (batch.rows, batch.bytes.len() as u64, batch.object);
+        let sent = match spec.check_cancel() {
+            Ok(()) => copy_in.send(batch.bytes).await.map_err(db(format!("loading {}", into.quoted()))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             reader.abort();
-            return Err(db(format!("loading {}", into.quoted()))(e));
+            let _ = copy_in.abort("the load stopped").await;
+            return Err(e);
         }
-        // One COPY message a row (the header rides with the first).
-        seen += messages;
+        batches += 1;
+        // Binary: one COPY message a row (the header rides with the first).
+        seen += rows;
+        progress.stage(crate::StageEvent::Extracted {
+            batch: batches,
+            rows,
+            bytes,
+            object,
+        });
         if last.elapsed().as_millis() >= 200 {
             progress.rows(seen, estimate);
             last = Instant::now();
         }
     }
-    match reader.await {
-        Ok(Ok(())) => {}
+    let manifest = match reader.await {
+        Ok(Ok(m)) => m.and_then(|(_, m)| m),
         Ok(Err(e)) => {
             let _ = copy_in.abort("the source failed").await;
             return Err(e);
@@ -473,11 +657,16 @@ async fn stream_rows(
             let _ = copy_in.abort("the reader stopped").await;
             return Err(invalid(format!("the source reader stopped: {e}")));
         }
-    }
+    };
     let rows = copy_in
         .finish()
         .await
         .map_err(db(format!("loading {}", into.quoted())))?;
+    progress.stage(crate::StageEvent::ExtractDone {
+        rows,
+        batches,
+        manifest,
+    });
     progress.rows(rows, estimate);
     Ok(rows)
 }
@@ -496,6 +685,17 @@ mod tests {
         assert!(TableName::parse("a.b.c").is_err());
         assert!(TableName::parse("").is_err());
         assert!(TableName::parse(".t").is_err());
+    }
+
+    #[test]
+    fn only_lossless_type_changes_widen() {
+        assert!(widens("integer", "bigint"));
+        assert!(widens("real", "double precision"));
+        assert!(widens("character varying(10)", "text"));
+        assert!(widens("numeric(12,2)", "numeric(14,4)"));
+        assert!(!widens("numeric(12,2)", "numeric(12,4)"));
+        assert!(!widens("bigint", "integer"));
+        assert!(!widens("text", "integer"));
     }
 
     #[test]

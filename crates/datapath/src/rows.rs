@@ -61,7 +61,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn postgres(self) -> String {
+    pub fn postgres(self) -> String {
         match self {
             Kind::Bool => "boolean".into(),
             Kind::SmallInt => "smallint".into(),
@@ -81,7 +81,7 @@ impl Kind {
         }
     }
 
-    fn sqlite(self) -> &'static str {
+    pub fn sqlite(self) -> &'static str {
         match self {
             Kind::Bool | Kind::SmallInt | Kind::Int | Kind::BigInt => "INTEGER",
             Kind::Real | Kind::Double => "REAL",
@@ -194,13 +194,13 @@ enum Val {
     Bytes(Vec<u8>),
 }
 
-enum Source {
+pub(crate) enum Source {
     Postgres(PgConnection),
     MySql(MySqlConnection),
     Sqlite(SqliteConnection),
 }
 
-enum Dest {
+pub(crate) enum Dest {
     Postgres(PgConnection),
     Sqlite(SqliteConnection),
 }
@@ -273,7 +273,7 @@ fn sqlite_url(url: &str) -> String {
     }
 }
 
-async fn open_source(url: &str) -> Result<Source> {
+pub(crate) async fn open_source(url: &str) -> Result<Source> {
     let what = || db("cannot connect to the source database");
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Source::Postgres(
@@ -299,7 +299,7 @@ async fn open_source(url: &str) -> Result<Source> {
     }
 }
 
-async fn open_dest(url: &str) -> Result<Dest> {
+pub(crate) async fn open_dest(url: &str) -> Result<Dest> {
     let what = || db("cannot connect to the destination database");
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Dest::Postgres(
@@ -334,7 +334,7 @@ impl Source {
         }
     }
 
-    async fn columns(&mut self, t: &TableName) -> Result<Vec<Col>> {
+    pub(crate) async fn columns(&mut self, t: &TableName) -> Result<Vec<Col>> {
         let what = || db(format!("reading the columns of {}", t.table));
         match self {
             Source::Postgres(c) => Ok(crate::postgres::columns(c, t)
@@ -391,6 +391,39 @@ impl Source {
                     })
                     .collect()
             }
+        }
+    }
+
+    /// The first non-NULL value of `column`, as text.
+    pub(crate) async fn sample(&mut self, t: &TableName, column: &str) -> Result<Option<String>> {
+        let m = self.mysql();
+        let n = q(column, m);
+        let expr = match self {
+            Source::Postgres(_) => format!("{n}::text"),
+            Source::MySql(_) => format!("CAST({n} AS CHAR CHARACTER SET utf8mb4)"),
+            Source::Sqlite(_) => format!("CAST({n} AS TEXT)"),
+        };
+        let sql = format!(
+            "SELECT {expr} FROM {} WHERE {n} IS NOT NULL LIMIT 1",
+            self.table(t)
+        );
+        let what = || db(format!("reading a value of {column}"));
+        match self {
+            Source::Postgres(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten)
+                .map_err(what()),
+            Source::MySql(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten)
+                .map_err(what()),
+            Source::Sqlite(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten)
+                .map_err(what()),
         }
     }
 
@@ -619,13 +652,14 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let job = spec.job();
     let mut src = open_source(&spec.source_url).await?;
     let mut dst = open_dest(&spec.dest_url).await?;
-    let cols = src.columns(&source).await?;
-    if cols.is_empty() {
+    let all = src.columns(&source).await?;
+    if all.is_empty() {
         return Err(invalid(format!(
             "source table {} does not exist (or has no columns)",
             spec.source_table
         )));
     }
+    let cols = spec.select(&all, |c| c.name.as_str())?;
     let change = crate::change_column(
         spec,
         &cols,
@@ -677,6 +711,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         report.window_start = plan.start;
         report.window_end = plan.end;
         window_key = plan.ledger_key;
+        progress.stage(crate::StageEvent::Window {
+            start: report.window_start.clone(),
+            end: report.window_end.clone(),
+        });
         replace = plan.replace.map(|(a, b)| {
             let n = q(&c.name, false);
             let lit = |v: &str| match &dst {
@@ -720,10 +758,26 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         if claimed == 0 {
             return Ok(None);
         }
-        let create = create_sql(&dst, &load_into, &cols);
-        dst.raw(&create)
-            .await
-            .map_err(db(format!("creating {load_into}")))?;
+        let changes = match spec.mode {
+            Mode::Incremental => consolidate(&mut dst, &target, &load_into, &cols).await?,
+            Mode::Destructive => {
+                let create = create_sql(&dst, &load_into, &cols);
+                dst.raw(&create)
+                    .await
+                    .map_err(db(format!("creating {load_into}")))?;
+                vec![format!("{live} is replaced by a new table")]
+            }
+        };
+        progress.stage(crate::StageEvent::Consolidated {
+            columns: cols
+                .iter()
+                .map(|c| match &dst {
+                    Dest::Postgres(_) => format!("{} {}", c.name, c.kind.postgres()),
+                    Dest::Sqlite(_) => format!("{} {}", c.name, c.kind.sqlite()),
+                })
+                .collect(),
+            changes,
+        });
         if let Some(cond) = &replace {
             // A window run again replaces what the target holds there.
             dst.raw(&format!("DELETE FROM {load_into} WHERE {cond}"))
@@ -739,9 +793,11 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
             &cols,
             &load_into,
             from_mysql,
+            spec,
             progress,
         )
         .await?;
+        spec.check_cancel()?;
         if spec.mode == Mode::Destructive {
             let swap = format!(
                 "DROP TABLE IF EXISTS {live}; ALTER TABLE {load_into} RENAME TO {}",
@@ -762,6 +818,8 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         )
         .await
         .map_err(db("writing the load ledger"))?;
+        progress.stage(crate::StageEvent::Loaded { rows });
+        spec.check_cancel()?;
         Ok::<_, ImportError>(Some(rows))
     }
     .await;
@@ -778,6 +836,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         }
         None => report.already_loaded = true,
     }
+    progress.stage(crate::StageEvent::Committed {
+        rows: report.rows,
+        already_loaded: report.already_loaded,
+    });
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -823,6 +885,7 @@ fn spawn_reader(
 }
 
 /// Streams the source's rows into `into`, in batches.
+#[allow(clippy::too_many_arguments)]
 async fn copy_rows(
     src: Source,
     dst: &mut Dest,
@@ -830,8 +893,10 @@ async fn copy_rows(
     cols: &[Col],
     into: &str,
     from_mysql: bool,
+    spec: &ImportSpec,
     progress: &mut dyn Progress,
 ) -> Result<u64> {
+    let mut staged = Vec::new();
     let names = cols
         .iter()
         .map(|c| q(&c.name, false))
@@ -851,6 +916,39 @@ async fn copy_rows(
     };
     let (mut rx, reader) = spawn_reader(src, select.to_owned(), cols.to_vec());
     while let Some(batch) = rx.recv().await {
+        let staging = match (&spec.stage, spec.check_cancel()) {
+            (_, Err(e)) => Err(e),
+            (Some(stage), Ok(())) => {
+                let text = tsv(&batch, cols, from_mysql);
+                let bytes = text.len() as u64;
+                let n = staged.len() as u64 + 1;
+                match stage.0.put(crate::stage::batch_name(n), text).await {
+                    Ok(object) => {
+                        staged.push(crate::stage::Staged {
+                            object,
+                            rows: batch.len() as u64,
+                            bytes,
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(ImportError::Stage(e)),
+                }
+            }
+            (None, Ok(())) => Ok(()),
+        };
+        if let Err(e) = staging {
+            reader.abort();
+            if let Some(copy) = pg_copy {
+                let _ = copy.abort("the load stopped").await;
+            }
+            return Err(e);
+        }
+        progress.stage(crate::StageEvent::Extracted {
+            batch: staged.len().max(1) as u64,
+            rows: batch.len() as u64,
+            bytes: staged.last().map_or(0, |s| s.bytes),
+            object: staged.last().map(|s| s.object.clone()),
+        });
         match write_batch(
             &mut pg_copy,
             &mut sqlite,
@@ -886,8 +984,97 @@ async fn copy_rows(
     if let Some(copy) = pg_copy {
         total = copy.finish().await.map_err(db(format!("loading {into}")))?;
     }
+    let manifest = match &spec.stage {
+        Some(stage) => {
+            let columns: Vec<(String, String)> = cols
+                .iter()
+                .map(|c| (c.name.clone(), c.kind.postgres()))
+                .collect();
+            let doc = crate::stage::manifest(&spec.source_table, into, &columns, &staged);
+            Some(
+                stage
+                    .0
+                    .put("manifest.json".into(), doc)
+                    .await
+                    .map_err(ImportError::Stage)?,
+            )
+        }
+        None => None,
+    };
+    progress.stage(crate::StageEvent::ExtractDone {
+        rows: total,
+        batches: staged.len() as u64,
+        manifest,
+    });
     progress.rows(total, None);
     Ok(total)
+}
+
+/// A batch in PostgreSQL's text COPY format (the staged files' format).
+fn tsv(batch: &[Vec<Val>], cols: &[Col], from_mysql: bool) -> Vec<u8> {
+    let mut text = String::with_capacity(batch.len() * 64);
+    for row in batch {
+        for (i, (v, c)) in row.iter().zip(cols).enumerate() {
+            if i > 0 {
+                text.push('\t');
+            }
+            copy_field(&mut text, pg_text(c.kind, v, from_mysql).as_deref());
+        }
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+/// Makes the live table when it is missing, or adds the source's new
+/// columns to it; answers the schema changes.
+async fn consolidate(
+    dst: &mut Dest,
+    target: &TableName,
+    live: &str,
+    cols: &[Col],
+) -> Result<Vec<String>> {
+    let existing: Vec<String> = match dst {
+        Dest::Postgres(c) => crate::postgres::columns(c, target)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect(),
+        Dest::Sqlite(c) => {
+            let rows = sqlx::query(&format!("PRAGMA table_info({})", q(&target.table, false)))
+                .fetch_all(&mut *c)
+                .await
+                .map_err(db(format!("reading the columns of {live}")))?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>("name"))
+                .collect::<Result<_, _>>()
+                .map_err(db(format!("reading the columns of {live}")))?
+        }
+    };
+    if existing.is_empty() {
+        let create = create_sql(dst, live, cols);
+        dst.raw(&create)
+            .await
+            .map_err(db(format!("creating {live}")))?;
+        return Ok(vec![format!("created {live}")]);
+    }
+    let mut changes = Vec::new();
+    for c in cols.iter().filter(|c| !existing.contains(&c.name)) {
+        let ty = match dst {
+            Dest::Postgres(_) => c.kind.postgres(),
+            Dest::Sqlite(_) => c.kind.sqlite().to_owned(),
+        };
+        dst.raw(&format!(
+            "ALTER TABLE {live} ADD COLUMN {} {ty}",
+            q(&c.name, false)
+        ))
+        .await
+        .map_err(db(format!("adding column {} to {live}", c.name)))?;
+        changes.push(format!("new column {} {ty}", c.name));
+    }
+    for e in existing.iter().filter(|e| !cols.iter().any(|c| &c.name == *e)) {
+        changes.push(format!("column {e} is not in the source: its new rows hold NULL"));
+    }
+    Ok(changes)
 }
 
 async fn write_batch(
@@ -900,17 +1087,7 @@ async fn write_batch(
     from_mysql: bool,
 ) -> Result<u64> {
     if let Some(copy) = pg_copy {
-        let mut text = String::with_capacity(batch.len() * 64);
-        for row in batch {
-            for (i, (v, c)) in row.iter().zip(cols).enumerate() {
-                if i > 0 {
-                    text.push('\t');
-                }
-                copy_field(&mut text, pg_text(c.kind, v, from_mysql).as_deref());
-            }
-            text.push('\n');
-        }
-        copy.send(text.into_bytes())
+        copy.send(tsv(batch, cols, from_mysql))
             .await
             .map_err(db(format!("loading {into}")))?;
         return Ok(batch.len() as u64);

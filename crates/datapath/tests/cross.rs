@@ -160,6 +160,9 @@ async fn mariadb_to_postgres_full_then_incremental() {
         change_column: Some("at".into()),
         job: None,
         window: Default::default(),
+        columns: None,
+        stage: None,
+        cancel: None,
     };
     let first = import(&spec, &mut ()).await.unwrap();
     assert_eq!(first.rows, 3000);
@@ -208,6 +211,9 @@ async fn mariadb_to_the_sqlite_warehouse() {
         change_column: None,
         job: None,
         window: Default::default(),
+        columns: None,
+        stage: None,
+        cancel: None,
     };
     assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 1000);
     assert_eq!(
@@ -244,6 +250,9 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         change_column: Some("at".into()),
         job: None,
         window: Default::default(),
+        columns: None,
+        stage: None,
+        cancel: None,
     };
     assert_eq!(import(&to_pg, &mut ()).await.unwrap().rows, 2000);
     let src = rows(
@@ -269,6 +278,9 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         change_column: Some("at".into()),
         job: None,
         window: Default::default(),
+        columns: None,
+        stage: None,
+        cancel: None,
     };
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 2000);
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 0);
@@ -299,6 +311,9 @@ async fn row_path_windows_by_limit_and_by_hand() {
             size: None,
             row_limit: Some(1000),
         },
+        columns: None,
+        stage: None,
+        cancel: None,
     };
     let mut loads = Vec::new();
     loop {

@@ -91,6 +91,9 @@ fn spec(src: &str, dst: &str, target: &str, mode: Mode, change: Option<&str>) ->
         change_column: change.map(str::to_owned),
         job: None,
         window: Default::default(),
+        columns: None,
+        stage: None,
+        cancel: None,
     }
 }
 
@@ -236,7 +239,8 @@ async fn bad_imports_say_what_is_wrong_and_write_nothing() {
         "nothing written"
     );
 
-    // A target whose columns differ is refused, and left as it was.
+    // A target whose column types differ (not a widening) is refused, and
+    // left as it was.
     exec(
         &dst,
         "CREATE TABLE orders (id bigint, at text); INSERT INTO orders VALUES (1, 'x')",
@@ -249,7 +253,10 @@ async fn bad_imports_say_what_is_wrong_and_write_nothing() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("has columns (id bigint, at text)"), "{err}");
+    assert!(
+        err.contains("column at of \"orders\" is text but the source's is timestamp with time zone"),
+        "{err}"
+    );
     assert_eq!(
         scalar(&dst, "SELECT count(*)::text FROM orders").await,
         Some("1".into())
@@ -332,4 +339,142 @@ async fn windows_follow_size_and_row_limit_and_rerun_by_hand() {
     };
     let err = import(&s, &mut ()).await.unwrap_err().to_string();
     assert!(err.contains("the first before the second"), "{err}");
+}
+
+/// A stage over a local folder, recording what it was given.
+struct Folder(std::path::PathBuf);
+
+impl sluice_datapath::Stage for Folder {
+    fn put(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let path = self.0.join(&name);
+            std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+            Ok(path.display().to_string())
+        })
+    }
+}
+
+#[derive(Default)]
+struct Events(Vec<sluice_datapath::StageEvent>);
+
+impl sluice_datapath::Progress for Events {
+    fn rows(&mut self, _: u64, _: Option<u64>) {}
+    fn stage(&mut self, event: sluice_datapath::StageEvent) {
+        self.0.push(event);
+    }
+}
+
+#[tokio::test]
+async fn staged_batches_and_manifest_hold_every_row_and_new_columns_are_added() {
+    use sluice_datapath::StageEvent;
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    add_rows(&src, 1, 60_000).await;
+    let dir = std::env::temp_dir().join(format!("sluice-stage-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = spec(&src, &dst, "orders", Mode::Incremental, Some("at"));
+    s.columns = Some(vec!["id".into(), "at".into(), "amount".into()]);
+    s.stage = Some(sluice_datapath::StageHandle(std::sync::Arc::new(Folder(
+        dir.clone(),
+    ))));
+    let mut events = Events::default();
+    let first = import(&s, &mut events).await.unwrap();
+    assert_eq!(first.rows, 60_000);
+    assert_eq!(
+        types(&dst, "orders").await,
+        "id bigint not null, at timestamp with time zone not null, amount numeric(12,2)",
+        "only the selected columns, their types kept"
+    );
+    // The staged batches are text COPY files holding every row once.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 60_000);
+    let batches = manifest["batches"].as_array().unwrap();
+    assert!(batches.len() > 1, "more than one batch: {manifest}");
+    let lines: usize = batches
+        .iter()
+        .map(|b| {
+            std::fs::read_to_string(b["object"].as_str().unwrap())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(lines, 60_000);
+    let extracted: u64 = events
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            StageEvent::Extracted { rows, .. } => Some(*rows),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(extracted, 60_000);
+    assert!(events.0.iter().any(|e| matches!(
+        e,
+        StageEvent::Committed {
+            rows: 60_000,
+            already_loaded: false
+        }
+    )));
+
+    // The mapping grows a column: the next window adds it to the target
+    // and says so.
+    add_rows(&src, 60_001, 60_100).await;
+    s.columns = Some(vec!["id".into(), "at".into(), "amount".into(), "n".into()]);
+    let mut events = Events::default();
+    let second = import(&s, &mut events).await.unwrap();
+    assert_eq!(second.rows, 100);
+    let changes = events
+        .0
+        .iter()
+        .find_map(|e| match e {
+            StageEvent::Consolidated { changes, .. } => Some(changes.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(changes, vec!["new column n integer".to_string()]);
+    assert_eq!(
+        scalar(&dst, "SELECT count(n)::text FROM orders").await.as_deref(),
+        Some("100")
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_import_leaves_the_target_as_it_was() {
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(&src, SOURCE).await;
+    add_rows(&src, 1, 1000).await;
+    let s = spec(&src, &dst, "orders", Mode::Incremental, Some("at"));
+    import(&s, &mut ()).await.unwrap();
+    let before = fingerprint(&dst, "orders").await;
+    add_rows(&src, 1001, 200_000).await;
+
+    /// Cancels once the first batch is in the destination's transaction.
+    struct CancelMidway(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl sluice_datapath::Progress for CancelMidway {
+        fn rows(&mut self, _: u64, _: Option<u64>) {}
+        fn stage(&mut self, e: sluice_datapath::StageEvent) {
+            if matches!(e, sluice_datapath::StageEvent::Extracted { .. }) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut s2 = s.clone();
+    s2.cancel = Some(flag.clone());
+    let err = import(&s2, &mut CancelMidway(flag)).await.unwrap_err();
+    assert!(matches!(err, ImportError::Cancelled), "{err}");
+    assert_eq!(fingerprint(&dst, "orders").await, before);
+    // The window was not taken: the next run loads it.
+    let next = import(&s, &mut ()).await.unwrap();
+    assert_eq!(next.rows, 199_000);
+    assert_eq!(
+        fingerprint(&dst, "orders").await,
+        fingerprint(&src, "sales.orders").await
+    );
 }

@@ -6,6 +6,8 @@
 //! | version | `ver-` + 16 lowercase hex | `ver-1111111111111111` |
 //! | run | `run-` + 16 digits | `run-3333333333333333` |
 //! | trigger | `tri-` + 16 digits | `tri-3333333333333333` |
+//! | import job | `job-` + 16 digits | `job-4444444444444444` |
+//! | import query | `qry-` + 16 digits | `qry-5555555555555555` |
 //! | datalake channel | 13 digits | `2222222222222` |
 //! | datalake file | upload time + `-` + UUID | `20180101T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c` |
 //!
@@ -142,6 +144,15 @@ id_type!(
 id_type!(
     /// A trigger that starts runs when data arrives.
     TriggerId, "trigger", "tri-", Body::Digits(16), "`tri-` followed by 16 digits"
+);
+
+id_type!(
+    /// A table import job.
+    JobId, "job", "job-", Body::Digits(16), "`job-` followed by 16 digits"
+);
+id_type!(
+    /// One query (run) of a table import job.
+    QueryId, "query", "qry-", Body::Digits(16), "`qry-` followed by 16 digits"
 );
 
 id_type!(

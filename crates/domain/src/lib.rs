@@ -7,19 +7,23 @@
 //! - [`model`]: the records the store keeps and the faces show.
 //! - [`datalake`]: channels, their files, and the triggers that turn a
 //!   file's arrival into a run.
+//! - [`import`]: table import jobs, their queries (runs) and tasks, and
+//!   the seed's column mapping.
 //! - [`time`]: the one timestamp format of the wire.
 //!
 //! This crate is pure: no I/O, no async, no SQL, no HTTP.
 
 pub mod datalake;
 pub mod ids;
+pub mod import;
 pub mod model;
 pub mod run;
 pub mod time;
 
 pub use datalake::*;
+pub use import::*;
 pub use ids::{
-    ChannelId, DeploymentId, FileId, IdError, OrganizationId, RunId, TriggerId, UserId, VersionId,
+    ChannelId, DeploymentId, FileId, IdError, JobId, OrganizationId, QueryId, RunId, TriggerId, UserId, VersionId,
 };
 pub use model::*;
 pub use run::{AttemptEnd, RetryPolicy, RunStatus, TransitionError};

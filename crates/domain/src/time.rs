@@ -50,6 +50,18 @@ pub mod wire {
     }
 }
 
+/// Serde helper: an optional [`Timestamp`] in the wire format (null when absent).
+pub mod wire_opt {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(ts: &Option<super::Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match ts {
+            Some(t) => s.serialize_str(&super::format(t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,7 @@ pub struct LogQuery {
 /// The metadata store's contract: everything sluice keeps, scoped by
 /// organization, and the run engine's claim/lease/finish steps.
 #[async_trait]
-pub trait MetadataStore: DatalakeStore + Send + Sync + 'static {
+pub trait MetadataStore: DatalakeStore + ImportStore + Send + Sync + 'static {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
 
@@ -274,6 +274,100 @@ pub trait DatalakeStore: Send + Sync + 'static {
         now: Timestamp,
         output: &DatalakeFile,
     ) -> Result<RunStatus>;
+}
+
+/// Which import jobs to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFilter {
+    pub organization: OrganizationId,
+    /// Only this space's jobs.
+    pub space: Option<String>,
+    /// Jobs whose name or id contains this (any case).
+    pub search: Option<String>,
+    pub include_deleted: bool,
+}
+
+/// How a query's attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryOutcome {
+    Succeeded {
+        records: i64,
+        window_start: Option<String>,
+        window_end: Option<String>,
+    },
+    /// Failed, or stopped after a cancel (the query then ends CANCELLED).
+    Failed { error: String },
+}
+
+/// Table import jobs, their queries (runs of a job) and the queries' tasks.
+///
+/// Queries move through the one run state machine. The scheduler makes a
+/// query for each active job whose `next_query_at` has come, moving that
+/// time on in the same transaction (whoever moves it makes the query); a
+/// worker claims RUNNABLE queries under a lease with a fencing token, like
+/// runs; [`reap_queries`](ImportStore::reap_queries) gives a lost worker's
+/// query back to the workers (at most three attempts in all). Loading a
+/// window twice is prevented in the destination (its load ledger), not
+/// here.
+#[async_trait]
+pub trait ImportStore: Send + Sync + 'static {
+    async fn create_job(&self, job: &ImportJob) -> Result<()>;
+    /// A job by id, deleted or not; the caller checks its organization.
+    async fn find_job(&self, id: &JobId) -> Result<ImportJob>;
+    async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<ImportJob>>;
+    async fn count_jobs(&self, filter: &JobFilter) -> Result<i64>;
+    /// Saves a job; a job no longer active has its waiting queries CANCELLED
+    /// in the same transaction.
+    async fn update_job(&self, job: &ImportJob) -> Result<()>;
+    /// Makes the queries of the active jobs that are due (and have none
+    /// open), RUNNABLE, and moves each job's next query time on.
+    async fn schedule_queries(&self, now: Timestamp) -> Result<Vec<Query>>;
+    /// Stores a new query of an active job (refused with Conflict when the
+    /// job is paused or deleted). With `lease`, the query is made already
+    /// claimed by its `lease_owner` (status STARTING) for that long.
+    async fn create_query(&self, query: &Query, lease: Option<Duration>) -> Result<Query>;
+    async fn get_query(&self, org: &OrganizationId, id: &QueryId) -> Result<Query>;
+    async fn list_queries(&self, job: &JobId, page: PageRequest) -> Result<Page<Query>>;
+    /// (succeeded, failed, not yet ended) queries of a job.
+    async fn query_counts(&self, job: &JobId) -> Result<(i64, i64, i64)>;
+    async fn claim_queries(
+        &self,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<Query>>;
+    /// STARTING → RUNNING; answers the status (CANCELING when cancel was asked).
+    async fn query_running(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<RunStatus>;
+    /// Renews the lease; answers the status (CANCELING asks the worker to stop).
+    async fn heartbeat_query(
+        &self,
+        id: &QueryId,
+        token: i64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
+    /// Records the window a query is loading, while it runs.
+    async fn set_query_window(
+        &self,
+        id: &QueryId,
+        token: i64,
+        start: Option<&str>,
+        end: Option<&str>,
+    ) -> Result<()>;
+    async fn finish_query(
+        &self,
+        id: &QueryId,
+        token: i64,
+        outcome: &QueryOutcome,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
+    async fn cancel_query(&self, org: &OrganizationId, id: &QueryId, now: Timestamp)
+        -> Result<Query>;
+    async fn reap_queries(&self, now: Timestamp) -> Result<Vec<QueryId>>;
+    /// Writes (or rewrites) one task of a leased query.
+    async fn put_task(&self, task: &QueryTask, token: i64) -> Result<()>;
+    async fn list_tasks(&self, query: &QueryId) -> Result<Vec<QueryTask>>;
 }
 
 /// Opens the store a URL names: `sqlite://path/to/file.db` or

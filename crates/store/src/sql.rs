@@ -16,6 +16,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use crate::{LogQuery, MetadataStore, Result, StoreError};
 
 mod datalake;
+mod imports;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -51,10 +52,12 @@ impl Dialect {
             Dialect::Sqlite => &[
                 (1, include_str!("../migrations/sqlite/0001_core.sql")),
                 (2, include_str!("../migrations/sqlite/0002_datalake.sql")),
+                (3, include_str!("../migrations/sqlite/0003_imports.sql")),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
                 (2, include_str!("../migrations/postgres/0002_datalake.sql")),
+                (3, include_str!("../migrations/postgres/0003_imports.sql")),
             ],
         }
     }

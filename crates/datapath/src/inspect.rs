@@ -1,0 +1,71 @@
+//! Looking at a source without loading anything: its columns with their
+//! types, and a sample value of a column. Validation (a dry run) is built
+//! on these; nothing here writes.
+
+use crate::postgres::TableName;
+use crate::rows::{self, Kind};
+use crate::Result;
+
+/// What a column can stand for, as validation asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Time,
+    Number,
+    Bool,
+    Text,
+    Json,
+    Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceColumn {
+    pub name: String,
+    /// The type as the destination (PostgreSQL) spells it.
+    pub sql_type: String,
+    pub class: Class,
+}
+
+fn class(kind: Kind) -> Class {
+    match kind {
+        Kind::Date | Kind::Timestamp | Kind::TimestampTz => Class::Time,
+        Kind::SmallInt
+        | Kind::Int
+        | Kind::BigInt
+        | Kind::Real
+        | Kind::Double
+        | Kind::Numeric(_) => Class::Number,
+        Kind::Bool => Class::Bool,
+        Kind::Json => Class::Json,
+        Kind::Bytes => Class::Bytes,
+        Kind::Text | Kind::Time => Class::Text,
+    }
+}
+
+/// The columns of a source table; an empty list when it does not exist.
+pub async fn columns(url: &str, table: &str) -> Result<Vec<SourceColumn>> {
+    let t = TableName::parse(table)?;
+    let mut src = rows::open_source(url).await?;
+    Ok(src
+        .columns(&t)
+        .await?
+        .into_iter()
+        .map(|c| SourceColumn {
+            sql_type: c.kind.postgres(),
+            class: class(c.kind),
+            name: c.name,
+        })
+        .collect())
+}
+
+/// The first non-NULL value of a column, as text (for diagnostics).
+pub async fn sample(url: &str, table: &str, column: &str) -> Result<Option<String>> {
+    let t = TableName::parse(table)?;
+    let mut src = rows::open_source(url).await?;
+    src.sample(&t, column).await
+}
+
+/// Checks that a destination answers (and can be written later): connects,
+/// writes nothing.
+pub async fn destination(url: &str) -> Result<()> {
+    rows::open_dest(url).await.map(|_| ())
+}
