@@ -3,8 +3,11 @@
 //! - `sluice serve`: API, scheduler and a worker in one process (SQLite by
 //!   default; PostgreSQL with `--database-url postgres://…`).
 //! - `sluice worker`: a worker (and scheduler) joining a PostgreSQL-backed cluster.
+//! - `sluice import`, `sluice job …`: table imports, one-shot and persistent.
 //! - `sluice org create`, `sluice user create`, `sluice auth get-token`:
 //!   administration against the same store, safe while `serve` runs.
+
+mod job;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use serde_json::json;
 use sluice_engine::auth::Keys;
 use sluice_engine::blob::Blobs;
 use sluice_engine::control::{Control, Settings};
+use sluice_engine::importer::Importer;
 use sluice_engine::worker::Worker;
 use sluice_engine::{dispatcher, scheduler, EngineConfig, Wakers};
 use sluice_store::MetadataStore;
@@ -32,7 +36,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Where sluice keeps its SQLite metadata, objects and working folders.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
     data_dir: PathBuf,
@@ -50,6 +54,11 @@ impl StoreArgs {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sluice.db").display()))
     }
 
+    /// The embedded warehouse: the destination of jobs that name none.
+    fn warehouse(&self) -> String {
+        format!("sqlite://{}", self.data_dir.join("warehouse.db").display())
+    }
+
     async fn open(&self) -> anyhow::Result<Arc<dyn MetadataStore>> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data dir {}", self.data_dir.display()))?;
@@ -62,7 +71,7 @@ impl StoreArgs {
 }
 
 #[derive(Args, Clone)]
-struct EngineArgs {
+pub(crate) struct EngineArgs {
     /// Runs this process executes at once (default: 4 per core).
     #[arg(long, env = "SLUICE_WORKER_SLOTS")]
     worker_slots: Option<usize>,
@@ -96,7 +105,7 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn config(&self, data_dir: PathBuf) -> anyhow::Result<EngineConfig> {
+    pub(crate) fn config(&self, data_dir: PathBuf) -> anyhow::Result<EngineConfig> {
         let mut c = EngineConfig::new(data_dir);
         if let Some(url) = self.object_store.as_deref().filter(|u| !u.is_empty()) {
             c.blobs = Blobs::open(url).map_err(anyhow::Error::msg)?;
@@ -172,6 +181,12 @@ enum Command {
         #[command(subcommand)]
         command: TriggerCommand,
     },
+    /// Table import jobs: created from a job.toml, queried on their refresh
+    /// interval by `sluice serve`, or by hand.
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
 }
 
 #[derive(Args)]
@@ -232,9 +247,9 @@ fn rand_key() -> u64 {
 }
 
 /// Rows, rows/s and ETA on a terminal, redrawn in place.
-struct Bar {
-    started: Instant,
-    on_terminal: bool,
+pub(crate) struct Bar {
+    pub(crate) started: Instant,
+    pub(crate) on_terminal: bool,
 }
 
 impl sluice_datapath::Progress for Bar {
@@ -393,21 +408,9 @@ enum AuthCommand {
     },
 }
 
-/// Hides a password in a database URL.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+use sluice_engine::secrets::redact;
 
-async fn control(
+pub(crate) async fn control(
     store_args: &StoreArgs,
 ) -> anyhow::Result<(Arc<Control>, Arc<dyn MetadataStore>, Arc<Wakers>)> {
     let store = store_args.open().await?;
@@ -418,13 +421,16 @@ async fn control(
         store.clone(),
         blobs,
         keys,
-        Settings::default(),
+        Settings {
+            warehouse: store_args.warehouse(),
+            ..Settings::default()
+        },
         wakers.clone(),
     );
     Ok((Arc::new(control), store, wakers))
 }
 
-fn print_error(e: sluice_engine::control::ControlError) -> anyhow::Error {
+pub(crate) fn print_error(e: sluice_engine::control::ControlError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
@@ -457,8 +463,10 @@ async fn main() -> anyhow::Result<()> {
                 page_size: page_size.clamp(1, 1000),
                 log_page_size: log_page_size.clamp(1, 10_000),
                 max_file_bytes,
+                warehouse: store.warehouse(),
                 ..Settings::default()
             };
+            let sealer = keys.sealer();
             let control = Arc::new(Control::new(
                 db.clone(),
                 config.blobs.clone(),
@@ -469,6 +477,14 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
             if !no_worker {
+                let importer = Importer::new(
+                    db.clone(),
+                    sealer,
+                    &config,
+                    format!("serve-{}", std::process::id()),
+                    wakers.clone(),
+                );
+                tokio::spawn(Arc::new(importer).run());
                 let worker =
                     Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
                 tokio::spawn(worker.run());
@@ -498,8 +514,17 @@ async fn main() -> anyhow::Result<()> {
             let db = store.open().await?;
             let wakers = Arc::new(Wakers::default());
             let config = engine.config(store.data_dir.clone())?;
+            let keys = Keys::load(&store.data_dir).context("cannot load the server key")?;
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
+            let importer = Importer::new(
+                db.clone(),
+                keys.sealer(),
+                &config,
+                format!("worker-{}", std::process::id()),
+                wakers.clone(),
+            );
+            tokio::spawn(Arc::new(importer).run());
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
             tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
             worker.run().await;
@@ -557,6 +582,7 @@ async fn main() -> anyhow::Result<()> {
             println!("User token : {token}");
         }
         Command::Import(args) => import(args).await?,
+        Command::Job { command } => job::run(command).await?,
         Command::Trigger {
             command:
                 TriggerCommand::Events {

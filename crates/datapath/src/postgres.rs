@@ -315,7 +315,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         Mode::Incremental => {
             let changes = prepare_target(&mut tx, &target, &cols).await?;
             progress.stage(crate::StageEvent::Consolidated {
-                columns: cols.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect(),
+                columns: cols
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.sql_type))
+                    .collect(),
                 changes,
             });
             if let Some(cond) = &replace {
@@ -338,7 +341,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 .await
                 .map_err(db(format!("creating {}", fresh.quoted())))?;
             progress.stage(crate::StageEvent::Consolidated {
-                columns: cols.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect(),
+                columns: cols
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.sql_type))
+                    .collect(),
                 changes: vec![format!("{} is replaced by a new table", target.quoted())],
             });
             fresh
@@ -530,7 +536,7 @@ async fn stream_rows(
     let cols_sql = column_list(cols);
     let stage = spec.stage.clone();
     let format = if stage.is_some() { "text" } else { "binary" };
-    let (tx, mut rx) = mpsc::channel::<Batch>(BATCHES_IN_FLIGHT);
+    let (tx, mut rx) = mpsc::channel::<Option<Batch>>(BATCHES_IN_FLIGHT);
     let copy_out = format!("COPY ({select}) TO STDOUT (FORMAT {format})");
     let manifest_cols: Vec<(String, String)> = cols
         .iter()
@@ -571,12 +577,15 @@ async fn stream_rows(
                     object: object.clone(),
                 };
                 let len = b.bytes.len() as u64;
-                let open = tx.send(b).await.is_ok();
-                Ok::<_, ImportError>((open, object.map(|o| crate::stage::Staged {
-                    object: o,
-                    rows,
-                    bytes: len,
-                })))
+                let open = tx.send(Some(b)).await.is_ok();
+                Ok::<_, ImportError>((
+                    open,
+                    object.map(|o| crate::stage::Staged {
+                        object: o,
+                        rows,
+                        bytes: len,
+                    }),
+                ))
             }
         };
         while let Some(chunk) = stream.next().await {
@@ -609,6 +618,8 @@ async fn stream_rows(
             ),
             None => None,
         };
+        // The source is read: the loader hears it before it finishes.
+        let _ = tx.send(None).await;
         Ok::<_, ImportError>(Some((staged.len() as u64, manifest)))
     });
 
@@ -622,10 +633,18 @@ async fn stream_rows(
     let mut seen = 0u64;
     let mut batches = 0u64;
     let mut last = Instant::now();
+    let mut read_all = false;
     while let Some(batch) = rx.recv().await {
+        let Some(batch) = batch else {
+            read_all = true;
+            break;
+        };
         let (rows, bytes, object) = (batch.rows, batch.bytes.len() as u64, batch.object);
         let sent = match spec.check_cancel() {
-            Ok(()) => copy_in.send(batch.bytes).await.map_err(db(format!("loading {}", into.quoted()))),
+            Ok(()) => copy_in
+                .send(batch.bytes)
+                .await
+                .map_err(db(format!("loading {}", into.quoted()))),
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -648,7 +667,11 @@ async fn stream_rows(
         }
     }
     let manifest = match reader.await {
-        Ok(Ok(m)) => m.and_then(|(_, m)| m),
+        Ok(Ok(m)) if read_all => m.and_then(|(_, m)| m),
+        Ok(Ok(_)) => {
+            let _ = copy_in.abort("the source stopped").await;
+            return Err(invalid("the source reader stopped before the end"));
+        }
         Ok(Err(e)) => {
             let _ = copy_in.abort("the source failed").await;
             return Err(e);
@@ -658,15 +681,15 @@ async fn stream_rows(
             return Err(invalid(format!("the source reader stopped: {e}")));
         }
     };
+    progress.stage(crate::StageEvent::ExtractDone {
+        rows: seen,
+        batches,
+        manifest,
+    });
     let rows = copy_in
         .finish()
         .await
         .map_err(db(format!("loading {}", into.quoted())))?;
-    progress.stage(crate::StageEvent::ExtractDone {
-        rows,
-        batches,
-        manifest,
-    });
     progress.rows(rows, estimate);
     Ok(rows)
 }

@@ -38,8 +38,8 @@ fn invalid(msg: impl Into<String>) -> ImportError {
 /// | Numeric(p, s) | numeric(p,s) | TEXT (every digit kept) |
 /// | Text | text | TEXT |
 /// | Date, Time | date, time | TEXT (ISO 8601) |
-/// | Timestamp | timestamp | TEXT (ISO 8601) |
-/// | TimestampTz | timestamptz | TEXT (ISO 8601, UTC) |
+/// | Timestamp | timestamp | TEXT (`2026-01-01 09:30:00.000000`) |
+/// | TimestampTz | timestamptz | TEXT (`2026-01-01 09:30:00.000000`, UTC) |
 /// | Json | jsonb | TEXT |
 /// | Bytes | bytea | BLOB |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -981,9 +981,6 @@ async fn copy_rows(
         }
         return Err(e);
     }
-    if let Some(copy) = pg_copy {
-        total = copy.finish().await.map_err(db(format!("loading {into}")))?;
-    }
     let manifest = match &spec.stage {
         Some(stage) => {
             let columns: Vec<(String, String)> = cols
@@ -1006,6 +1003,9 @@ async fn copy_rows(
         batches: staged.len() as u64,
         manifest,
     });
+    if let Some(copy) = pg_copy {
+        total = copy.finish().await.map_err(db(format!("loading {into}")))?;
+    }
     progress.rows(total, None);
     Ok(total)
 }
@@ -1071,8 +1071,13 @@ async fn consolidate(
         .map_err(db(format!("adding column {} to {live}", c.name)))?;
         changes.push(format!("new column {} {ty}", c.name));
     }
-    for e in existing.iter().filter(|e| !cols.iter().any(|c| &c.name == *e)) {
-        changes.push(format!("column {e} is not in the source: its new rows hold NULL"));
+    for e in existing
+        .iter()
+        .filter(|e| !cols.iter().any(|c| &c.name == *e))
+    {
+        changes.push(format!(
+            "column {e} is not in the source: its new rows hold NULL"
+        ));
     }
     Ok(changes)
 }
@@ -1125,6 +1130,13 @@ async fn write_batch(
                         Ok(f) => query.bind(f),
                         Err(_) => query.bind(s.clone()),
                     },
+                    // One spelling of times, so that the warehouse compares
+                    // them as text correctly (windows run again by hand).
+                    (Val::Text(s), Kind::Timestamp | Kind::TimestampTz) => query.bind(
+                        crate::window::parse_time(s)
+                            .map(crate::window::format_time)
+                            .unwrap_or_else(|| s.clone()),
+                    ),
                     (Val::Text(s), _) => query.bind(s.clone()),
                 };
             }

@@ -254,7 +254,9 @@ async fn bad_imports_say_what_is_wrong_and_write_nothing() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("column at of \"orders\" is text but the source's is timestamp with time zone"),
+        err.contains(
+            "column at of \"orders\" is text but the source's is timestamp with time zone"
+        ),
         "{err}"
     );
     assert_eq!(
@@ -439,7 +441,9 @@ async fn staged_batches_and_manifest_hold_every_row_and_new_columns_are_added() 
         .unwrap();
     assert_eq!(changes, vec!["new column n integer".to_string()]);
     assert_eq!(
-        scalar(&dst, "SELECT count(n)::text FROM orders").await.as_deref(),
+        scalar(&dst, "SELECT count(n)::text FROM orders")
+            .await
+            .as_deref(),
         Some("100")
     );
 }

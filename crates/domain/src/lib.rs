@@ -21,9 +21,10 @@ pub mod run;
 pub mod time;
 
 pub use datalake::*;
-pub use import::*;
 pub use ids::{
-    ChannelId, DeploymentId, FileId, IdError, JobId, OrganizationId, QueryId, RunId, TriggerId, UserId, VersionId,
+    ChannelId, DeploymentId, FileId, IdError, JobId, OrganizationId, QueryId, RunId, TriggerId,
+    UserId, VersionId,
 };
+pub use import::*;
 pub use model::*;
 pub use run::{AttemptEnd, RetryPolicy, RunStatus, TransitionError};

@@ -54,7 +54,10 @@ pub mod wire {
 pub mod wire_opt {
     use serde::Serializer;
 
-    pub fn serialize<S: Serializer>(ts: &Option<super::Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        ts: &Option<super::Timestamp>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match ts {
             Some(t) => s.serialize_str(&super::format(t)),
             None => s.serialize_none(),

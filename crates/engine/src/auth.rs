@@ -84,6 +84,11 @@ impl Keys {
         Keys { secret }
     }
 
+    /// The sealer of connection secrets, derived from this key.
+    pub fn sealer(&self) -> crate::secrets::Sealer {
+        crate::secrets::Sealer::from_secret(&self.secret)
+    }
+
     /// `SLUICE_JWT_KEY`, else `<data_dir>/jwt.key` (made on first use).
     pub fn load(data_dir: &Path) -> std::io::Result<Keys> {
         if let Ok(k) = std::env::var("SLUICE_JWT_KEY") {

@@ -17,9 +17,11 @@ use crate::code;
 use crate::Wakers;
 
 mod datalake;
+mod imports;
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
 };
+pub use imports::{JobChange, NewJob, Validation};
 
 /// What went wrong, in the terms a face maps to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,9 @@ pub struct Settings {
     pub max_file_bytes: usize,
     pub upload_url_ttl_secs: i64,
     pub token_ttl_secs: i64,
+    /// The destination of import jobs that name none (the embedded
+    /// warehouse, `sqlite://<data_dir>/warehouse.db`); empty: none.
+    pub warehouse: String,
 }
 
 impl Default for Settings {
@@ -87,6 +92,7 @@ impl Default for Settings {
             max_file_bytes: 256 << 20,
             upload_url_ttl_secs: 3600,
             token_ttl_secs: 30 * 24 * 3600,
+            warehouse: String::new(),
         }
     }
 }
@@ -95,6 +101,7 @@ pub struct Control {
     store: Arc<dyn MetadataStore>,
     blobs: Blobs,
     keys: Keys,
+    sealer: crate::secrets::Sealer,
     settings: Settings,
     wakers: Arc<Wakers>,
 }
@@ -231,6 +238,7 @@ impl Control {
         Control {
             store,
             blobs,
+            sealer: keys.sealer(),
             keys,
             settings,
             wakers,

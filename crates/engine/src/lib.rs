@@ -5,6 +5,9 @@
 //! - [`dispatcher`]: turns each file arrival a trigger watches into its run.
 //! - [`scheduler`]: admits submitted runs, frees queues, reaps lost leases.
 //! - [`worker`]: claims runnable runs under a lease and runs their code.
+//! - [`importer`]: makes table import jobs' queries when they are due,
+//!   claims them under a lease and runs the data path.
+//! - [`secrets`]: connection URLs sealed at rest.
 //! - [`code`], [`blob`], [`auth`]: archives, object storage, credentials.
 //!
 //! In `sluice serve` the scheduler and a worker run beside the API in one
@@ -16,7 +19,9 @@ pub mod blob;
 pub mod code;
 pub mod control;
 pub mod dispatcher;
+pub mod importer;
 pub mod scheduler;
+pub mod secrets;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -33,6 +38,7 @@ pub struct Wakers {
     pub scheduler: Notify,
     pub workers: Notify,
     pub dispatcher: Notify,
+    pub importer: Notify,
 }
 
 /// The queue of a run with a `distribution`: runs whose values share a
@@ -63,6 +69,8 @@ pub struct EngineConfig {
     pub queues: u32,
     /// Where code archives and datalake files live.
     pub blobs: blob::Blobs,
+    /// Table import queries one process runs at once.
+    pub import_slots: usize,
 }
 
 impl EngineConfig {
@@ -81,6 +89,7 @@ impl EngineConfig {
             python: "python3".into(),
             queues: 8,
             blobs: blob::Blobs::local(data_dir.join("objects")),
+            import_slots: 2,
         }
     }
 }

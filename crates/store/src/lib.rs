@@ -362,8 +362,12 @@ pub trait ImportStore: Send + Sync + 'static {
         outcome: &QueryOutcome,
         now: Timestamp,
     ) -> Result<RunStatus>;
-    async fn cancel_query(&self, org: &OrganizationId, id: &QueryId, now: Timestamp)
-        -> Result<Query>;
+    async fn cancel_query(
+        &self,
+        org: &OrganizationId,
+        id: &QueryId,
+        now: Timestamp,
+    ) -> Result<Query>;
     async fn reap_queries(&self, now: Timestamp) -> Result<Vec<QueryId>>;
     /// Writes (or rewrites) one task of a leased query.
     async fn put_task(&self, task: &QueryTask, token: i64) -> Result<()>;

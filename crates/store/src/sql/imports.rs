@@ -209,7 +209,11 @@ impl ImportStore for SqlStore {
         let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
         let more = items.len() > page.limit as usize;
         items.truncate(page.limit as usize);
-        let next = if more { items.last().map(|j| j.seq) } else { None };
+        let next = if more {
+            items.last().map(|j| j.seq)
+        } else {
+            None
+        };
         Ok(Page { items, next })
     }
 
@@ -390,10 +394,17 @@ impl ImportStore for SqlStore {
             .bind(page.limit as i64 + 1)
             .fetch_all(&self.read)
             .await?;
-        let mut items = rows.iter().map(query_from_row).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(query_from_row)
+            .collect::<Result<Vec<_>>>()?;
         let more = items.len() > page.limit as usize;
         items.truncate(page.limit as usize);
-        let next = if more { items.last().map(|q| q.seq) } else { None };
+        let next = if more {
+            items.last().map(|q| q.seq)
+        } else {
+            None
+        };
         Ok(Page { items, next })
     }
 
@@ -445,7 +456,10 @@ impl ImportStore for SqlStore {
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
-        let mut claimed = rows.iter().map(query_from_row).collect::<Result<Vec<_>>>()?;
+        let mut claimed = rows
+            .iter()
+            .map(query_from_row)
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         claimed.sort_by_key(|q| q.seq);
         Ok(claimed)
@@ -518,12 +532,9 @@ impl ImportStore for SqlStore {
                 *records,
                 (window_start.clone(), window_end.clone()),
             ),
-            QueryOutcome::Failed { error } if q.status == RunStatus::Canceling => (
-                RunStatus::Cancelled,
-                Some(error.clone()),
-                0,
-                (None, None),
-            ),
+            QueryOutcome::Failed { error } if q.status == RunStatus::Canceling => {
+                (RunStatus::Cancelled, Some(error.clone()), 0, (None, None))
+            }
             QueryOutcome::Failed { error } => {
                 (RunStatus::Failed, Some(error.clone()), 0, (None, None))
             }

@@ -1,0 +1,548 @@
+//! The importer: table import jobs' scheduler and worker.
+//!
+//! Each turn it gives back the queries of lost workers, makes the queries
+//! of the jobs that are due (the store makes each once, however many
+//! importers share it), and claims RUNNABLE queries into its free slots.
+//! A query runs the data path with its window, the job's column mapping,
+//! its batches staged in object storage, and its four tasks — extract,
+//! consolidate, load, complete — written as they go. A heartbeat renews the
+//! lease; a cancel (CANCELING) or a lost lease stops the load, which then
+//! rolls back: the destination holds the window entirely or not at all.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sluice_datapath::{ImportError, ImportReport, ImportSpec, Progress, StageEvent, StageHandle};
+use sluice_domain::time::{self, Timestamp};
+use sluice_domain::*;
+use sluice_store::{MetadataStore, QueryOutcome, StoreError};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::blob::Blobs;
+use crate::secrets::Sealer;
+use crate::Wakers;
+
+pub struct Importer {
+    store: Arc<dyn MetadataStore>,
+    sealer: Sealer,
+    blobs: Blobs,
+    name: String,
+    slots: usize,
+    lease_ttl: Duration,
+    heartbeat: Duration,
+    poll: Duration,
+    wakers: Arc<Wakers>,
+}
+
+/// A stage over the engine's object storage, under one attempt's prefix.
+struct BlobStage {
+    blobs: Blobs,
+    prefix: String,
+}
+
+impl sluice_datapath::Stage for BlobStage {
+    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let key = format!("{}/{name}", self.prefix);
+            self.blobs
+                .put(&key, &bytes)
+                .await
+                .map_err(|e| format!("writing {key}: {e}"))?;
+            Ok(key)
+        })
+    }
+}
+
+impl Importer {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        sealer: Sealer,
+        config: &crate::EngineConfig,
+        name: String,
+        wakers: Arc<Wakers>,
+    ) -> Importer {
+        Importer {
+            store,
+            sealer,
+            blobs: config.blobs.clone(),
+            name,
+            slots: config.import_slots.max(1),
+            lease_ttl: config.lease_ttl,
+            heartbeat: config.heartbeat,
+            poll: config.poll.max(Duration::from_millis(500)),
+            wakers,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.slots));
+        loop {
+            let now = time::now();
+            if let Err(e) = self.store.reap_queries(now).await {
+                tracing::warn!("reaping lost queries: {e}");
+            }
+            match self.store.schedule_queries(now).await {
+                Ok(made) if !made.is_empty() => tracing::debug!("{} queries due", made.len()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("scheduling queries: {e}"),
+            }
+            let free = slots.available_permits();
+            if free > 0 {
+                match self
+                    .store
+                    .claim_queries(&self.name, free as u32, self.lease_ttl, time::now())
+                    .await
+                {
+                    Ok(claimed) => {
+                        for q in claimed {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                me.execute(q, &mut ()).await;
+                                drop(permit);
+                                me.wakers.importer.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!("claiming queries: {e}"),
+                }
+            }
+            tokio::select! {
+                _ = self.wakers.importer.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    /// Runs one claimed query to its end; answers its final status.
+    /// `rows` hears the row counts as they grow (a progress bar).
+    pub async fn execute(&self, q: Query, rows: &mut dyn Progress) -> RunStatus {
+        let token = q.lease_token;
+        match self.store.query_running(&q.id, token, time::now()).await {
+            Ok(RunStatus::Canceling) => {
+                return self
+                    .finish(
+                        &q,
+                        QueryOutcome::Failed {
+                            error: "cancelled before it started".into(),
+                        },
+                    )
+                    .await
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("query {} could not start: {e}", q.id);
+                return q.status;
+            }
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (store, id, ttl, every) = (
+                self.store.clone(),
+                q.id.clone(),
+                self.lease_ttl,
+                self.heartbeat,
+            );
+            let (cancel, lost) = (cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store.heartbeat_query(&id, token, ttl, time::now()).await {
+                        Ok(RunStatus::Canceling) => cancel.store(true, Ordering::Relaxed),
+                        Ok(_) => {}
+                        Err(StoreError::LeaseLost(_)) => {
+                            lost.store(true, Ordering::Relaxed);
+                            cancel.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => tracing::warn!("renewing the lease of query {id}: {e}"),
+                    }
+                }
+            })
+        };
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_tasks(self.store.clone(), q.clone(), rx));
+        let mut recorder = Recorder {
+            tx: tx.clone(),
+            rows,
+        };
+        let result = self.load(&q, cancel, &mut recorder).await;
+        heartbeat.abort();
+        let _ = tx.send(Note::Done(
+            result.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
+        ));
+        drop(recorder);
+        drop(tx);
+        let _ = writer.await;
+        if lost.load(Ordering::Relaxed) {
+            tracing::warn!("query {} lost its lease; another worker has it", q.id);
+            return q.status;
+        }
+        let outcome = match result {
+            Ok(report) => QueryOutcome::Succeeded {
+                records: report.rows as i64,
+                window_start: report.window_start,
+                window_end: report.window_end,
+            },
+            Err(e) => QueryOutcome::Failed {
+                error: e.to_string(),
+            },
+        };
+        self.finish(&q, outcome).await
+    }
+
+    async fn finish(&self, q: &Query, outcome: QueryOutcome) -> RunStatus {
+        match self
+            .store
+            .finish_query(&q.id, q.lease_token, &outcome, time::now())
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!("ending query {}: {e}", q.id);
+                q.status
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        q: &Query,
+        cancel: Arc<AtomicBool>,
+        progress: &mut dyn Progress,
+    ) -> Result<ImportReport, ImportError> {
+        let job = self
+            .store
+            .find_job(&q.job_id)
+            .await
+            .map_err(|e| ImportError::Invalid(e.to_string()))?;
+        let source = self
+            .sealer
+            .open(&job.source_sealed)
+            .map_err(ImportError::Invalid)?;
+        let dest = self
+            .sealer
+            .open(&job.destination_sealed)
+            .map_err(ImportError::Invalid)?;
+        let spec = &job.spec;
+        let columns = if spec.mapping.is_all() && spec.mapping.exclude.is_none() {
+            None
+        } else {
+            let names: Vec<String> = sluice_datapath::inspect::columns(&source, &spec.table)
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            Some(spec.mapping.select(&names).map_err(|problems| {
+                ImportError::Invalid(
+                    problems
+                        .into_iter()
+                        .map(|d| d.message)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?)
+        };
+        let window = match &q.requested {
+            Some((start, end)) => sluice_datapath::WindowRequest::Explicit {
+                start: start.clone(),
+                end: end.clone(),
+                key: q.id.to_string(),
+            },
+            None => sluice_datapath::WindowRequest::Next {
+                size: spec
+                    .ingestion
+                    .query_window_size_hours
+                    .filter(|h| *h > 0.0)
+                    .map(|h| Duration::from_secs_f64(h * 3600.0)),
+                row_limit: spec.ingestion.row_limit.filter(|n| *n > 0),
+            },
+        };
+        let import = ImportSpec {
+            source_url: source,
+            source_table: spec.table.clone(),
+            dest_url: dest,
+            target: spec.target.clone(),
+            mode: match spec.mode {
+                LoadMode::Incremental => sluice_datapath::Mode::Incremental,
+                LoadMode::Destructive => sluice_datapath::Mode::Destructive,
+            },
+            change_column: spec.change_column().map(str::to_owned),
+            job: Some(job.id.to_string()),
+            window,
+            columns,
+            stage: Some(StageHandle(Arc::new(BlobStage {
+                blobs: self.blobs.clone(),
+                prefix: format!("staging/{}/{}/attempt-{}", job.id, q.id, q.attempt),
+            }))),
+            cancel: Some(cancel),
+        };
+        sluice_datapath::import(&import, progress).await
+    }
+}
+
+/// What the recorder tells the task writer.
+enum Note {
+    Event(StageEvent),
+    Done(Result<ImportReport, String>),
+}
+
+struct Recorder<'a> {
+    tx: mpsc::UnboundedSender<Note>,
+    rows: &'a mut dyn Progress,
+}
+
+impl Progress for Recorder<'_> {
+    fn rows(&mut self, done: u64, estimate: Option<u64>) {
+        self.rows.rows(done, estimate);
+    }
+    fn stage(&mut self, event: StageEvent) {
+        let _ = self.tx.send(Note::Event(event));
+    }
+}
+
+/// At most this many messages a task keeps (batches beyond are summed up).
+const MESSAGES: usize = 40;
+
+struct Tasks {
+    q: Query,
+    tasks: Vec<QueryTask>,
+    dirty: [bool; 4],
+    /// The window, once known, not yet written.
+    window: Option<(Option<String>, Option<String>)>,
+}
+
+impl Tasks {
+    fn new(q: Query, source: String, target: String, now: Timestamp) -> Tasks {
+        let tasks = TASKS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| QueryTask {
+                query_id: q.id.clone(),
+                seq: i as i32 + 1,
+                name: (*name).to_owned(),
+                status: if i == 0 { "RUNNING" } else { "PENDING" }.into(),
+                table: if i == 0 {
+                    source.clone()
+                } else {
+                    target.clone()
+                },
+                records: 0,
+                messages: vec![],
+                started_at: now,
+                finished_at: None,
+            })
+            .collect();
+        Tasks {
+            q,
+            tasks,
+            dirty: [true, false, false, false],
+            window: None,
+        }
+    }
+
+    fn set(&mut self, i: usize, status: &str, now: Timestamp) {
+        let t = &mut self.tasks[i];
+        if t.status == "PENDING" {
+            t.started_at = now;
+        }
+        if t.status != status {
+            t.status = status.into();
+            if matches!(status, "SUCCEEDED" | "FAILED" | "SKIPPED") {
+                t.finished_at = Some(now);
+            }
+        }
+        self.dirty[i] = true;
+    }
+
+    fn say(&mut self, i: usize, message: String) {
+        let t = &mut self.tasks[i];
+        if t.messages.len() < MESSAGES {
+            t.messages.push(message);
+        } else if t.messages.len() == MESSAGES {
+            t.messages.push("… (more batches: see the manifest)".into());
+        }
+        self.dirty[i] = true;
+    }
+
+    fn apply(&mut self, event: StageEvent, now: Timestamp) {
+        match event {
+            StageEvent::Window { start, end } => {
+                let text = match (&start, &end) {
+                    (Some(a), Some(b)) => format!("window ({a}, {b}]"),
+                    (None, Some(b)) => format!("window from the first row up to {b}"),
+                    _ => "the whole table".into(),
+                };
+                self.say(0, text);
+                self.window = Some((start, end));
+            }
+            StageEvent::Consolidated { columns, changes } => {
+                self.set(1, "RUNNING", now);
+                self.say(
+                    1,
+                    format!("{} columns: {}", columns.len(), columns.join(", ")),
+                );
+                for c in changes {
+                    self.say(1, format!("schema change: {c}"));
+                }
+                self.set(1, "SUCCEEDED", now);
+                // Loading starts with the first batch: the stages overlap.
+                self.set(2, "RUNNING", now);
+            }
+            StageEvent::Extracted {
+                batch,
+                rows,
+                bytes,
+                object,
+            } => {
+                self.tasks[0].records += rows as i64;
+                let at = object.map(|o| format!(" → {o}")).unwrap_or_default();
+                self.say(0, format!("batch {batch}: {rows} rows, {bytes} bytes{at}"));
+                self.tasks[2].records = self.tasks[0].records;
+                self.dirty[2] = true;
+            }
+            StageEvent::ExtractDone {
+                rows,
+                batches,
+                manifest,
+            } => {
+                self.tasks[0].records = rows as i64;
+                let at = manifest
+                    .map(|m| format!("; manifest {m}"))
+                    .unwrap_or_default();
+                self.say(0, format!("{rows} rows in {batches} batches{at}"));
+                self.set(0, "SUCCEEDED", now);
+            }
+            StageEvent::Loaded { rows } => {
+                self.tasks[2].records = rows as i64;
+                self.say(2, format!("{rows} rows in the load's transaction"));
+                self.set(2, "SUCCEEDED", now);
+                self.set(3, "RUNNING", now);
+            }
+            StageEvent::Committed {
+                rows,
+                already_loaded,
+            } => {
+                self.tasks[3].records = rows as i64;
+                if already_loaded {
+                    self.say(
+                        3,
+                        "another attempt loaded this window already (the load ledger \
+                         says so): nothing loaded twice"
+                            .into(),
+                    );
+                } else {
+                    self.say(
+                        3,
+                        format!(
+                            "committed {rows} rows with the load-ledger row, in one transaction"
+                        ),
+                    );
+                }
+                self.set(3, "SUCCEEDED", now);
+            }
+        }
+    }
+
+    /// The tasks' end: what never ran is SKIPPED (or, on failure, what ran
+    /// FAILED with the error).
+    fn end(&mut self, result: Result<ImportReport, String>, now: Timestamp) {
+        match result {
+            Ok(report) => {
+                if self.tasks[0].status == "RUNNING" {
+                    self.say(0, "no new rows since the last window".into());
+                    self.set(0, "SUCCEEDED", now);
+                }
+                for i in 1..4 {
+                    if self.tasks[i].status == "PENDING" {
+                        self.say(i, "nothing to do".into());
+                        self.set(i, "SKIPPED", now);
+                    }
+                }
+                if self.tasks[3].status != "SUCCEEDED" && report.rows == 0 {
+                    self.set(3, "SUCCEEDED", now);
+                }
+            }
+            Err(error) => {
+                for i in 0..4 {
+                    match self.tasks[i].status.as_str() {
+                        "RUNNING" => {
+                            self.say(i, error.clone());
+                            self.set(i, "FAILED", now);
+                        }
+                        "PENDING" => self.set(i, "SKIPPED", now),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self, store: &dyn MetadataStore) {
+        if let Some((start, end)) = self.window.take() {
+            if let Err(e) = store
+                .set_query_window(
+                    &self.q.id,
+                    self.q.lease_token,
+                    start.as_deref(),
+                    end.as_deref(),
+                )
+                .await
+            {
+                tracing::debug!("recording the window of query {}: {e}", self.q.id);
+            }
+        }
+        for i in 0..4 {
+            if !self.dirty[i] || self.tasks[i].status == "PENDING" {
+                continue;
+            }
+            match store.put_task(&self.tasks[i], self.q.lease_token).await {
+                Ok(()) => self.dirty[i] = false,
+                Err(e) => tracing::debug!("recording a task of query {}: {e}", self.q.id),
+            }
+        }
+    }
+}
+
+/// Writes a query's tasks as its events arrive, a few at a time.
+async fn write_tasks(
+    store: Arc<dyn MetadataStore>,
+    q: Query,
+    mut rx: mpsc::UnboundedReceiver<Note>,
+) {
+    let (source, target) = match store.find_job(&q.job_id).await {
+        Ok(job) => (job.spec.table, job.spec.target),
+        Err(_) => (String::new(), String::new()),
+    };
+    let mut tasks = Tasks::new(q, source, target, time::now());
+    tasks.flush(store.as_ref()).await;
+    while let Some(note) = rx.recv().await {
+        let mut notes = vec![note];
+        while let Ok(more) = rx.try_recv() {
+            notes.push(more);
+        }
+        let now = time::now();
+        for note in notes {
+            match note {
+                Note::Event(e) => tasks.apply(e, now),
+                Note::Done(result) => tasks.end(result, now),
+            }
+        }
+        tasks.flush(store.as_ref()).await;
+    }
+}
