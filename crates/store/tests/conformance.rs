@@ -13,7 +13,10 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
-use sluice_store::{DatalakeStore, FileQuery, LogQuery, MetadataStore, SqlStore, StoreError};
+use sluice_store::{
+    DatalakeStore, FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome,
+    SqlStore, StoreError,
+};
 
 async fn sqlite_store() -> (SqlStore, tempdir::Dir) {
     let dir = tempdir::Dir::new();
@@ -116,6 +119,10 @@ suite!(
     deleting_a_trigger_skips_its_pending_events_at_once,
     files_page_by_keyset_and_channels_archive,
     a_run_output_is_stored_exactly_when_the_run_succeeds,
+    racing_schedulers_make_one_query_per_due_job,
+    paused_jobs_make_no_queries_and_cancel_waiting_ones,
+    a_lost_query_is_given_back_and_the_stale_worker_is_fenced,
+    jobs_page_by_keyset_with_search_and_count,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1185,4 +1192,241 @@ async fn a_run_output_is_stored_exactly_when_the_run_succeeds(store: Arc<SqlStor
         Err(StoreError::LeaseLost(_))
     ));
     assert!(store.get_file(&output, &stale.file_id).await.is_err());
+}
+
+fn import_job(org: &OrganizationId, name: &str, due: Option<Timestamp>) -> ImportJob {
+    let now = time::now();
+    ImportJob {
+        seq: 0,
+        id: JobId::generate(),
+        organization_id: org.clone(),
+        space: String::new(),
+        name: name.into(),
+        status: JobStatus::Active,
+        spec: JobSpec {
+            table: "orders".into(),
+            target: "orders".into(),
+            ..JobSpec::default()
+        },
+        source_sealed: "v1:x".into(),
+        destination_sealed: "v1:y".into(),
+        source_shown: "postgres://db/a".into(),
+        destination_shown: "postgres://db/b".into(),
+        next_query_at: due,
+        created_at: now,
+        modified_at: now,
+    }
+}
+
+fn manual_query(job: &ImportJob) -> Query {
+    Query {
+        seq: 0,
+        id: QueryId::generate(),
+        job_id: job.id.clone(),
+        organization_id: job.organization_id.clone(),
+        status: RunStatus::Runnable,
+        trigger: QueryTrigger::Manual,
+        requested: None,
+        window_start: None,
+        window_end: None,
+        records: 0,
+        error: None,
+        attempt: 0,
+        lease_owner: None,
+        lease_token: 0,
+        created_at: time::now(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+async fn racing_schedulers_make_one_query_per_due_job(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let now = time::now();
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let j = import_job(&f.org, &format!("job {i}"), Some(now));
+        store.create_job(&j).await.unwrap();
+        jobs.push(j);
+    }
+    let not_due = import_job(&f.org, "later", Some(later(3600)));
+    store.create_job(&not_due).await.unwrap();
+    let mut racers = Vec::new();
+    for _ in 0..4 {
+        let s = store.clone();
+        racers.push(tokio::spawn(async move {
+            s.schedule_queries(time::now()).await.unwrap()
+        }));
+    }
+    let mut made = Vec::new();
+    for r in racers {
+        made.extend(r.await.unwrap());
+    }
+    assert_eq!(
+        made.len(),
+        20,
+        "one query per due job, however many schedulers"
+    );
+    let jobs_with_query: HashSet<_> = made.iter().map(|q| q.job_id.clone()).collect();
+    assert_eq!(jobs_with_query.len(), 20);
+    assert!(!jobs_with_query.contains(&not_due.id));
+    // A job with an open query gets no second one, even when due again
+    // (only the job that was not due yet gets its first).
+    let next: Vec<_> = store
+        .schedule_queries(later(7200))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.job_id)
+        .collect();
+    assert_eq!(next, vec![not_due.id.clone()]);
+    // Each job's next query moved on by its refresh interval.
+    let j = store.find_job(&jobs[0].id).await.unwrap();
+    assert!(j.next_query_at.unwrap() > now + chrono::Duration::minutes(59));
+}
+
+async fn paused_jobs_make_no_queries_and_cancel_waiting_ones(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let mut job = import_job(&f.org, "paused", None);
+    store.create_job(&job).await.unwrap();
+    let waiting = store.create_query(&manual_query(&job), None).await.unwrap();
+    job.status = JobStatus::Paused;
+    job.next_query_at = Some(time::now());
+    store.update_job(&job).await.unwrap();
+    let q = store.get_query(&f.org, &waiting.id).await.unwrap();
+    assert_eq!(q.status, RunStatus::Cancelled);
+    assert!(store.schedule_queries(later(10)).await.unwrap().is_empty());
+    let refused = store
+        .create_query(&manual_query(&job), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Conflict(ref m) if m.contains("paused")),
+        "{refused}"
+    );
+    assert_eq!(store.query_counts(&job.id).await.unwrap(), (0, 0, 0));
+}
+
+async fn a_lost_query_is_given_back_and_the_stale_worker_is_fenced(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let job = import_job(&f.org, "lost", None);
+    store.create_job(&job).await.unwrap();
+    let q = store.create_query(&manual_query(&job), None).await.unwrap();
+    let now = time::now();
+    let mine = store.claim_queries("a", 10, TTL, now).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(store
+        .claim_queries("b", 10, TTL, now)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = &mine[0];
+    assert_eq!(
+        store
+            .query_running(&first.id, first.lease_token, now)
+            .await
+            .unwrap(),
+        RunStatus::Running
+    );
+    // Its lease runs out: the query goes back to the workers.
+    assert_eq!(
+        store.reap_queries(later(60)).await.unwrap(),
+        vec![q.id.clone()]
+    );
+    let again = store.claim_queries("b", 10, TTL, later(61)).await.unwrap();
+    assert_eq!((again.len(), again[0].attempt), (1, 2));
+    // The first worker's late writes are refused.
+    let late = store
+        .finish_query(
+            &q.id,
+            first.lease_token,
+            &QueryOutcome::Failed { error: "x".into() },
+            later(62),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(late, StoreError::LeaseLost(_)), "{late}");
+    let task = QueryTask {
+        query_id: q.id.clone(),
+        seq: 1,
+        name: "extract".into(),
+        status: "RUNNING".into(),
+        table: "orders".into(),
+        records: 0,
+        messages: vec![],
+        started_at: later(62),
+        finished_at: None,
+    };
+    assert!(store.put_task(&task, first.lease_token).await.is_err());
+    store.put_task(&task, again[0].lease_token).await.unwrap();
+    let done = store
+        .finish_query(
+            &q.id,
+            again[0].lease_token,
+            &QueryOutcome::Succeeded {
+                records: 5,
+                window_start: None,
+                window_end: Some("2026-01-01".into()),
+            },
+            later(63),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, RunStatus::Succeeded);
+    let q = store.get_query(&f.org, &q.id).await.unwrap();
+    assert_eq!(
+        (q.records, q.window_end.as_deref()),
+        (5, Some("2026-01-01"))
+    );
+    assert_eq!(store.list_tasks(&q.id).await.unwrap().len(), 1);
+    assert_eq!(store.query_counts(&job.id).await.unwrap(), (1, 0, 0));
+}
+
+async fn jobs_page_by_keyset_with_search_and_count(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let other = fixture(store.as_ref()).await;
+    for i in 0..25 {
+        store
+            .create_job(&import_job(&f.org, &format!("Orders {i}"), None))
+            .await
+            .unwrap();
+    }
+    store
+        .create_job(&import_job(&f.org, "customers", None))
+        .await
+        .unwrap();
+    store
+        .create_job(&import_job(&other.org, "orders elsewhere", None))
+        .await
+        .unwrap();
+    let filter = JobFilter {
+        organization: f.org.clone(),
+        space: None,
+        search: Some("ORDERS".into()),
+        include_deleted: false,
+    };
+    assert_eq!(store.count_jobs(&filter).await.unwrap(), 25);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_jobs(
+                &filter,
+                PageRequest {
+                    after,
+                    forward: true,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        seen.extend(page.items.into_iter().map(|j| j.name));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert_eq!(seen[0], "Orders 0");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 25);
 }
