@@ -17,7 +17,10 @@ destination database, then times, each `--repeat` times (median shown):
 - an incremental run that finds 10,000 new rows, and one that finds none
   (the time sluice reports for the work, and the whole command with its
   process start), without and then with an index on the change column;
-- `sling` too, when it is on PATH (pip install sling-linux-amd64).
+- `sling` too, when it is on PATH (pip install sling-linux-amd64);
+- a persistent job inside a running `sluice serve`: its first query (the
+  whole table, batches staged as files), one finding 10,000 new rows, and
+  ones finding none, each timed by its own record (claimed → ended).
 Every copy's row count and checksum over every column is compared with the
 source's and printed.
 """
@@ -157,8 +160,79 @@ def main():
                   f"{whole * 1000:.1f} ms with process start ({none[-1][1]['rows']} rows)")
             print(f"  source {checksum(src, 'bench')}")
             print(f"  {target:6} {checksum(dst, target)}")
+        first = job_figures(src, dst, first)
     finally:
         psql("postgres", f"DROP DATABASE IF EXISTS {src}", f"DROP DATABASE IF EXISTS {dst}")
+
+
+def job_figures(src, dst, first):
+    """A persistent job inside a running `sluice serve`: its first query
+    (the whole table, batches staged as files), then a query finding 10,000
+    new rows, then queries finding none; each query's own time in the
+    server (claimed → ended), from its record."""
+    import tempfile
+    import socket
+    data = tempfile.mkdtemp(prefix="sluice-bench-")
+    store = ["--data-dir", data]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", *store],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, SLUICE_POLL_MS="50"))
+    try:
+        def cli(*args):
+            out = subprocess.run([BIN, *args, *store, "--json"], check=True, capture_output=True, text=True)
+            return json.loads(out.stdout)
+        org = cli("org", "create", "bench")["organization_id"]
+        job_file = Path(data) / "job.toml"
+        job_file.write_text(f'source = "{BASE}/{src}"\ntable = "bench"\ndestination = "{BASE}/{dst}"\n'
+                            f'target = "job_copy"\nchange_column = "at"\n')
+        job = cli("job", "create", "--org", org, "--file", str(job_file))["job"]["id"]
+
+        def query_time(q):
+            from datetime import datetime
+            f = "%Y-%m-%dT%H:%M:%S.%fZ"
+            return (datetime.strptime(q["finished_at"], f) - datetime.strptime(q["started_at"], f)).total_seconds()
+
+        def ended(qid):
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                for q in cli("job", "queries", job, "--org", org, "--limit", "5"):
+                    if q["id"] == qid and q["finished_at"]:
+                        return q
+                time.sleep(0.05)
+            raise RuntimeError("the query did not end")
+
+        # The first query is made by the scheduler at once.
+        deadline = time.time() + 600
+        while True:
+            qs = cli("job", "queries", job, "--org", org, "--limit", "1")
+            if qs and qs[0]["finished_at"]:
+                break
+            if time.time() > deadline:
+                raise RuntimeError("the first query did not end")
+            time.sleep(0.1)
+        q = qs[0]
+        print(f"job in serve, first query (whole table, staged): {query_time(q):.2f} s, "
+              f"{q['records']} rows, {q['status']}")
+        add_rows(src, first + 1, first + 10_000)
+        first += 10_000
+        q = ended(cli("job", "run", job, "--org", org, "--detach")["id"])
+        print(f"job in serve, 10,000 new rows: {query_time(q) * 1000:.1f} ms ({q['records']} rows)")
+        times = []
+        for _ in range(5):
+            q = ended(cli("job", "run", job, "--org", org, "--detach")["id"])
+            times.append(query_time(q))
+        print(f"job in serve, no new rows: {statistics.median(times) * 1000:.1f} ms "
+              f"(median of 5; {q['records']} rows)")
+        print(f"  source   {checksum(src, 'bench')}")
+        print(f"  job_copy {checksum(dst, 'job_copy')}")
+    finally:
+        serve.terminate()
+        serve.wait()
+        shutil.rmtree(data, ignore_errors=True)
+    return first
 
 
 if __name__ == "__main__":
