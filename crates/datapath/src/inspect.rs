@@ -44,7 +44,7 @@ fn class(kind: Kind) -> Class {
 /// The columns of a source table; an empty list when it does not exist.
 pub async fn columns(url: &str, table: &str) -> Result<Vec<SourceColumn>> {
     let t = TableName::parse(table)?;
-    let mut src = rows::open_source(url).await?;
+    let mut src = rows::open_source(url, table).await?;
     Ok(src
         .columns(&t)
         .await?
@@ -60,7 +60,7 @@ pub async fn columns(url: &str, table: &str) -> Result<Vec<SourceColumn>> {
 /// The first non-NULL value of a column, as text (for diagnostics).
 pub async fn sample(url: &str, table: &str, column: &str) -> Result<Option<String>> {
     let t = TableName::parse(table)?;
-    let mut src = rows::open_source(url).await?;
+    let mut src = rows::open_source(url, table).await?;
     src.sample(&t, column).await
 }
 

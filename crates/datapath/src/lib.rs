@@ -17,6 +17,7 @@
 //! window collides on the ledger's key and loads nothing; a killed or
 //! failed attempt commits nothing and leaves the live table as it was.
 
+pub mod files;
 pub mod inspect;
 pub mod postgres;
 pub mod rows;

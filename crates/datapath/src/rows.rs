@@ -186,7 +186,7 @@ pub struct Col {
 /// One value on its way: as text (already in the destination's words), an
 /// integer, a float, or bytes.
 #[derive(Debug, Clone, PartialEq)]
-enum Val {
+pub(crate) enum Val {
     Null,
     Text(String),
     Int(i64),
@@ -198,6 +198,8 @@ pub(crate) enum Source {
     Postgres(PgConnection),
     MySql(MySqlConnection),
     Sqlite(SqliteConnection),
+    /// A CSV or JSONL file (`file:///folder`, the file as the table).
+    File(crate::files::FileSource),
 }
 
 pub(crate) enum Dest {
@@ -273,8 +275,15 @@ fn sqlite_url(url: &str) -> String {
     }
 }
 
-pub(crate) async fn open_source(url: &str) -> Result<Source> {
+pub(crate) async fn open_source(url: &str, table: &str) -> Result<Source> {
     let what = || db("cannot connect to the source database");
+    if url.starts_with("file://") {
+        let (url, table) = (url.to_owned(), table.to_owned());
+        return tokio::task::spawn_blocking(move || crate::files::FileSource::open(&url, &table))
+            .await
+            .map_err(|e| invalid(format!("reading the file stopped: {e}")))?
+            .map(Source::File);
+    }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Source::Postgres(
             PgConnection::connect(url).await.map_err(what())?,
@@ -293,7 +302,7 @@ pub(crate) async fn open_source(url: &str) -> Result<Source> {
         ))
     } else {
         Err(invalid(format!(
-            "unsupported source `{}`: expected postgres://, mysql:// (mariadb://) or sqlite://",
+            "unsupported source `{}`: expected postgres://, mysql:// (mariadb://), sqlite:// or file://",
             url.split("://").next().unwrap_or(url)
         )))
     }
@@ -327,6 +336,9 @@ impl Source {
     }
 
     fn table(&self, t: &TableName) -> String {
+        if let Source::File(_) = self {
+            return t.table.clone();
+        }
         let m = self.mysql();
         match &t.schema {
             Some(s) => format!("{}.{}", q(s, m), q(&t.table, m)),
@@ -337,6 +349,7 @@ impl Source {
     pub(crate) async fn columns(&mut self, t: &TableName) -> Result<Vec<Col>> {
         let what = || db(format!("reading the columns of {}", t.table));
         match self {
+            Source::File(f) => Ok(f.cols.clone()),
             Source::Postgres(c) => Ok(crate::postgres::columns(c, t)
                 .await?
                 .into_iter()
@@ -396,9 +409,27 @@ impl Source {
 
     /// The first non-NULL value of `column`, as text.
     pub(crate) async fn sample(&mut self, t: &TableName, column: &str) -> Result<Option<String>> {
+        if let Source::File(f) = self {
+            let col: Vec<Col> = f
+                .cols
+                .iter()
+                .filter(|c| c.name == column)
+                .cloned()
+                .collect();
+            let mut first = None;
+            f.read(&col, 1, |b| {
+                first = b.into_iter().find_map(|r| match r.into_iter().next() {
+                    Some(Val::Text(s)) => Some(s),
+                    _ => None,
+                });
+                first.is_none()
+            })?;
+            return Ok(first);
+        }
         let m = self.mysql();
         let n = q(column, m);
         let expr = match self {
+            Source::File(_) => n.clone(),
             Source::Postgres(_) => format!("{n}::text"),
             Source::MySql(_) => format!("CAST({n} AS CHAR CHARACTER SET utf8mb4)"),
             Source::Sqlite(_) => format!("CAST({n} AS TEXT)"),
@@ -424,6 +455,7 @@ impl Source {
                 .await
                 .map(Option::flatten)
                 .map_err(what()),
+            Source::File(_) => Ok(None),
         }
     }
 
@@ -438,7 +470,7 @@ impl Source {
             (Source::MySql(_), Kind::Bytes) => format!("HEX({n})"),
             (Source::MySql(_), Kind::Bool | Kind::BigInt) => format!("CAST({n} AS SIGNED)"),
             (Source::MySql(_), _) => format!("CAST({n} AS CHAR CHARACTER SET utf8mb4)"),
-            (Source::Sqlite(_), _) => n,
+            (Source::Sqlite(_) | Source::File(_), _) => n,
         }
     }
 }
@@ -487,13 +519,14 @@ impl crate::window::WindowSql for RowsWindow<'_> {
                 .await
                 .map(Option::flatten)
                 .map_err(what()),
+            Source::File(_) => Err(invalid("a file's windows are planned without SQL")),
         }
     }
     fn as_text(&self, expr: &str) -> String {
         match self.src {
             Source::Postgres(_) => format!("({expr})::text"),
             Source::MySql(_) => format!("CAST({expr} AS CHAR CHARACTER SET utf8mb4)"),
-            Source::Sqlite(_) => format!("CAST({expr} AS TEXT)"),
+            Source::Sqlite(_) | Source::File(_) => format!("CAST({expr} AS TEXT)"),
         }
     }
 }
@@ -650,7 +683,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let source = TableName::parse(&spec.source_table)?;
     let target = TableName::parse(&spec.target)?;
     let job = spec.job();
-    let mut src = open_source(&spec.source_url).await?;
+    let mut src = open_source(&spec.source_url, &spec.source_table).await?;
     let mut dst = open_dest(&spec.dest_url).await?;
     let all = src.columns(&source).await?;
     if all.is_empty() {
@@ -696,12 +729,18 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
             .text(crate::WATERMARK, &job)
             .await
             .map_err(db("reading the load ledger"))?;
-        let mut w = RowsWindow {
-            src: &mut src,
-            table: src_table.clone(),
-            col: c.clone(),
+        let planned = match &mut src {
+            Source::File(f) => f.plan(c, watermark.clone(), &spec.window)?,
+            other => {
+                let mut w = RowsWindow {
+                    src: other,
+                    table: src_table.clone(),
+                    col: c.clone(),
+                };
+                crate::window::plan(&mut w, watermark.clone(), &spec.window).await?
+            }
         };
-        let Some(plan) = crate::window::plan(&mut w, watermark.clone(), &spec.window).await? else {
+        let Some(plan) = planned else {
             report.window_start = watermark.clone();
             report.window_end = watermark;
             report.elapsed = started.elapsed();
@@ -758,7 +797,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         if claimed == 0 {
             return Ok(None);
         }
-        let changes = match spec.mode {
+        let mut changes = match spec.mode {
             Mode::Incremental => consolidate(&mut dst, &target, &load_into, &cols).await?,
             Mode::Destructive => {
                 let create = create_sql(&dst, &load_into, &cols);
@@ -768,6 +807,9 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 vec![format!("{live} is replaced by a new table")]
             }
         };
+        if let Some(Source::File(f)) = &source_conn {
+            changes.extend(f.changes.iter().cloned());
+        }
         progress.stage(crate::StageEvent::Consolidated {
             columns: cols
                 .iter()
@@ -875,6 +917,14 @@ fn spawn_reader(
             Source::Postgres(mut c) => drain!(&mut c, RowRef::Pg),
             Source::MySql(mut c) => drain!(&mut c, RowRef::My),
             Source::Sqlite(mut c) => drain!(&mut c, RowRef::Lite),
+            Source::File(f) => {
+                let tx = tx.clone();
+                return tokio::task::spawn_blocking(move || {
+                    f.read(&cols, BATCH_ROWS, |b| tx.blocking_send(b).is_ok())
+                })
+                .await
+                .map_err(|e| invalid(format!("reading the file stopped: {e}")))?;
+            }
         }
         if !batch.is_empty() {
             let _ = tx.send(batch).await;

@@ -347,3 +347,137 @@ async fn row_path_windows_by_limit_and_by_hand() {
     .await;
     assert_eq!(lite, mine, "the window's rows replaced, none doubled");
 }
+
+#[tokio::test]
+async fn csv_and_jsonl_files_load_with_kinds_read_from_their_values() {
+    use sluice_datapath::WindowRequest;
+    let dir = std::env::temp_dir().join(format!("sluice-files-{}", suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 25,000 rows: `score` is a whole number in the first batch and a
+    // fraction later (widened to double precision); `at` grows.
+    let mut csv = String::from("id,at,score,ok,name\n");
+    for i in 1..=25_000 {
+        let score = if i <= 10_000 {
+            format!("{i}")
+        } else {
+            format!("{i}.5")
+        };
+        let name = if i % 7 == 0 {
+            String::new()
+        } else {
+            format!("\"n, {i}\"")
+        };
+        csv.push_str(&format!(
+            "{i},2026-01-01T00:00:00Z,{score},{},{name}\n",
+            if i % 2 == 0 { "true" } else { "false" }
+        ));
+    }
+    // Every row's time is distinct: one second apart.
+    let csv: String = csv
+        .lines()
+        .enumerate()
+        .map(|(n, l)| {
+            if n == 0 {
+                return format!("{l}\n");
+            }
+            let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap()
+                + chrono::Duration::seconds(n as i64);
+            format!("{}\n", l.replace("2026-01-01T00:00:00Z", &t.to_rfc3339()))
+        })
+        .collect();
+    std::fs::write(dir.join("orders.csv"), &csv).unwrap();
+    let src = format!("file://{}", dir.display());
+    let pg = fresh_pg().await;
+    let spec = ImportSpec {
+        change_column: Some("at".into()),
+        mode: Mode::Incremental,
+        ..ImportSpec::new(&src, "orders.csv", &pg, "orders")
+    };
+    let r = import(&spec, &mut ()).await.unwrap();
+    assert_eq!(r.rows, 25_000);
+    let types = rows(
+        &pg,
+        "SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) \
+         FROM information_schema.columns WHERE table_name = 'orders'",
+    )
+    .await;
+    assert_eq!(
+        types[0][0].as_deref(),
+        Some(
+            "id bigint, at timestamp with time zone, score double precision, ok boolean, name text"
+        )
+    );
+    let check = rows(
+        &pg,
+        "SELECT count(*)::text, sum(score)::text, count(name)::text, \
+         count(*) FILTER (WHERE ok)::text FROM orders",
+    )
+    .await;
+    assert_eq!(
+        check[0],
+        vec![
+            Some("25000".into()),
+            Some(format!(
+                "{}",
+                (1..=25_000).sum::<i64>() as f64 + 15_000.0 * 0.5
+            )),
+            Some(format!("{}", 25_000 - 25_000 / 7)),
+            Some("12500".into())
+        ]
+    );
+    // Nothing new: nothing loaded. Rows appended to the file: only they load.
+    assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 0);
+    let mut more = csv.clone();
+    for i in 25_001..=25_010 {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap()
+            + chrono::Duration::seconds(i);
+        more.push_str(&format!("{i},{},1.5,true,late\n", t.to_rfc3339()));
+    }
+    std::fs::write(dir.join("orders.csv"), &more).unwrap();
+    assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 10);
+
+    // JSONL into the SQLite warehouse: nested values become JSON, a window
+    // by hand loads its rows again, once.
+    let mut jsonl = String::new();
+    for i in 1..=100 {
+        jsonl.push_str(&format!(
+            "{{\"id\": {i}, \"at\": \"2026-01-01 00:{:02}:00\", \"doc\": {{\"k\": {i}}}, \"tag\": null}}\n",
+            i % 60
+        ));
+    }
+    std::fs::write(dir.join("events.jsonl"), &jsonl).unwrap();
+    let lite = fresh_sqlite();
+    let mut spec = ImportSpec {
+        change_column: Some("at".into()),
+        mode: Mode::Incremental,
+        ..ImportSpec::new(&src, "events.jsonl", &lite, "events")
+    };
+    assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 100);
+    spec.window = WindowRequest::Explicit {
+        start: "2026-01-01T00:10:00Z".into(),
+        end: "2026-01-01T00:20:00Z".into(),
+        key: "again".into(),
+    };
+    assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 20);
+    let got = rows(
+        &lite,
+        "SELECT CAST(count(*) AS TEXT), CAST(count(DISTINCT id) AS TEXT), \
+         (SELECT doc FROM events WHERE id = 99), CAST(count(tag) AS TEXT) FROM events",
+    )
+    .await;
+    assert_eq!(
+        got[0],
+        vec![
+            Some("100".into()),
+            Some("100".into()),
+            Some("{\"k\":99}".into()),
+            Some("0".into())
+        ]
+    );
+    // A file that is missing, or of no known format, is a clear error.
+    let err = import(&ImportSpec::new(&src, "nope.txt", &lite, "x"), &mut ())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("neither .csv nor .jsonl"), "{err}");
+}

@@ -14,7 +14,8 @@ pub struct NewJob {
     pub name: String,
     /// Empty: the organization's default space.
     pub space: String,
-    /// The source's URL (postgres://, mysql:// or mariadb://, sqlite://).
+    /// The source's URL (postgres://, mysql:// or mariadb://, sqlite://,
+    /// or file:///folder for CSV and JSONL files).
     pub source: String,
     /// The destination's URL; None: the embedded warehouse.
     pub destination: Option<String>,
@@ -61,6 +62,7 @@ fn check_url(field: &str, url: &str, destination: bool) -> Option<Diagnostic> {
             "mysql://",
             "mariadb://",
             "sqlite:",
+            "file://",
         ]
         .iter()
         .any(|p| url.starts_with(p))
@@ -74,7 +76,7 @@ fn check_url(field: &str, url: &str, destination: bool) -> Option<Diagnostic> {
                 if destination {
                     "postgres:// or sqlite://"
                 } else {
-                    "postgres://, mysql:// (mariadb://) or sqlite://"
+                    "postgres://, mysql:// (mariadb://), sqlite:// or file:// (CSV, JSONL)"
                 }
             ),
         )
