@@ -6,6 +6,7 @@ SLUICE_TEST_POSTGRES_URL names the PostgreSQL server for the `postgres`
 backend (default postgres://postgres@127.0.0.1:5432/postgres); a test on
 that backend fails when the server does not answer.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,27 @@ BIN = os.environ.get("SLUICE_BIN") or str(
 PG_ADMIN = os.environ.get(
     "SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def psql(url, sql):
+    """Runs SQL with psql; answers its unaligned output."""
+    out = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@contextlib.contextmanager
+def postgres_databases(prefix, count=2):
+    """`count` fresh databases on the test server, dropped afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    names = [f"{prefix}_{i}_{tag}" for i in range(count)]
+    for n in names:
+        psql(PG_ADMIN, f"CREATE DATABASE {n}")
+    try:
+        yield [PG_ADMIN.rsplit("/", 1)[0] + "/" + n for n in names]
+    finally:
+        for n in names:
+            psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
 
 
 def free_port():

@@ -2,38 +2,20 @@
 new source rows arriving between the kills: the destination ends with every
 source row exactly once, and a killed destructive load leaves the live table
 as it was."""
-import os
 import random
 import signal
 import subprocess
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SLUICE_BIN") or str(
-    Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "sluice")
-ADMIN = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-BASE = ADMIN.rsplit("/", 1)[0]
-
-
-def psql(url, sql):
-    out = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
+from conftest import BIN, postgres_databases, psql
 
 
 @pytest.fixture
 def dbs():
-    tag = uuid.uuid4().hex[:10]
-    names = [f"sluice_crash_src_{tag}", f"sluice_crash_dst_{tag}"]
-    for n in names:
-        psql(ADMIN, f"CREATE DATABASE {n}")
-    yield [f"{BASE}/{n}" for n in names]
-    for n in names:
-        psql(ADMIN, f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+    with postgres_databases("sluice_crash") as urls:
+        yield urls
 
 
 def add_rows(src, first, last):

@@ -4,36 +4,21 @@ source and destination: dry runs, scheduled queries, pause and resume,
 windows run again by hand, delete; and `sluice job run` killed with SIGKILL
 during extraction and during load, then every row exactly once."""
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from conftest import BIN, Sluice, fresh_postgres_database, wait_for
+from conftest import BIN, Sluice, fresh_postgres_database, postgres_databases, psql, wait_for
 
-ADMIN = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-BASE = ADMIN.rsplit("/", 1)[0]
-
-
-def psql(url, sql):
-    out = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 @pytest.fixture
 def dbs():
-    tag = uuid.uuid4().hex[:10]
-    names = [f"sluice_job_src_{tag}", f"sluice_job_dst_{tag}"]
-    for n in names:
-        psql(ADMIN, f"CREATE DATABASE {n}")
-    yield [f"{BASE}/{n}" for n in names]
-    for n in names:
-        psql(ADMIN, f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+    with postgres_databases("sluice_job") as urls:
+        yield urls
 
 
 SOURCE = """CREATE TABLE preds (

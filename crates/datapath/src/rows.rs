@@ -438,24 +438,27 @@ impl Source {
             "SELECT {expr} FROM {} WHERE {n} IS NOT NULL LIMIT 1",
             self.table(t)
         );
-        let what = || db(format!("reading a value of {column}"));
+        self.text(&sql)
+            .await
+            .map_err(db(format!("reading a value of {column}")))
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    async fn text(&mut self, sql: &str) -> Result<Option<String>, sqlx::Error> {
         match self {
-            Source::Postgres(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+            Source::Postgres(c) => sqlx::query_scalar::<_, Option<String>>(sql)
                 .fetch_optional(c)
                 .await
-                .map(Option::flatten)
-                .map_err(what()),
-            Source::MySql(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .map(Option::flatten),
+            Source::MySql(c) => sqlx::query_scalar::<_, Option<String>>(sql)
                 .fetch_optional(c)
                 .await
-                .map(Option::flatten)
-                .map_err(what()),
-            Source::Sqlite(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
+                .map(Option::flatten),
+            Source::Sqlite(c) => sqlx::query_scalar::<_, Option<String>>(sql)
                 .fetch_optional(c)
                 .await
-                .map(Option::flatten)
-                .map_err(what()),
-            Source::File(_) => Ok(None),
+                .map(Option::flatten),
+            Source::File(_) => Err(sqlx::Error::Protocol("a file answers no SQL".into())),
         }
     }
 
@@ -502,25 +505,7 @@ impl crate::window::WindowSql for RowsWindow<'_> {
         )
     }
     async fn text(&mut self, sql: String) -> Result<Option<String>> {
-        let what = || db("planning the window");
-        match &mut *self.src {
-            Source::Postgres(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
-                .fetch_optional(c)
-                .await
-                .map(Option::flatten)
-                .map_err(what()),
-            Source::MySql(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
-                .fetch_optional(c)
-                .await
-                .map(Option::flatten)
-                .map_err(what()),
-            Source::Sqlite(c) => sqlx::query_scalar::<_, Option<String>>(&sql)
-                .fetch_optional(c)
-                .await
-                .map(Option::flatten)
-                .map_err(what()),
-            Source::File(_) => Err(invalid("a file's windows are planned without SQL")),
-        }
+        self.src.text(&sql).await.map_err(db("planning the window"))
     }
     fn as_text(&self, expr: &str) -> String {
         match self.src {

@@ -95,7 +95,7 @@ fn event_from_row(row: &AnyRow) -> Result<TriggerEvent> {
 }
 
 /// Keyset page bounds: comparison, order and the starting key.
-fn keyset(page: PageRequest) -> (&'static str, &'static str, i64) {
+pub(super) fn keyset(page: PageRequest) -> (&'static str, &'static str, i64) {
     if page.forward {
         (">", "ASC", page.after.unwrap_or(0))
     } else {
@@ -103,7 +103,7 @@ fn keyset(page: PageRequest) -> (&'static str, &'static str, i64) {
     }
 }
 
-fn into_page<T>(mut items: Vec<T>, limit: u32, seq: impl Fn(&T) -> i64) -> Page<T> {
+pub(super) fn into_page<T>(mut items: Vec<T>, limit: u32, seq: impl Fn(&T) -> i64) -> Page<T> {
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
     let next = if more { items.last().map(seq) } else { None };

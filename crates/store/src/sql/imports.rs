@@ -1,5 +1,6 @@
 //! [`ImportStore`] over SQL: table import jobs, their queries and tasks.
 
+use super::datalake::{into_page, keyset};
 use super::*;
 use crate::{ImportStore, JobFilter, QueryOutcome};
 
@@ -181,11 +182,7 @@ impl ImportStore for SqlStore {
     }
 
     async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<ImportJob>> {
-        let (cmp, order, after) = if page.forward {
-            (">", "ASC", page.after.unwrap_or(0))
-        } else {
-            ("<", "DESC", page.after.unwrap_or(i64::MAX))
-        };
+        let (cmp, order, after) = keyset(page);
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM import_jobs WHERE organization_id = $1 \
              AND ($2 IS NULL OR space = $2) AND ($3 = 1 OR status <> 'deleted') \
@@ -206,15 +203,8 @@ impl ImportStore for SqlStore {
             .bind(page.limit as i64 + 1)
             .fetch_all(&self.read)
             .await?;
-        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
-        let more = items.len() > page.limit as usize;
-        items.truncate(page.limit as usize);
-        let next = if more {
-            items.last().map(|j| j.seq)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(into_page(items, page.limit, |j| j.seq))
     }
 
     async fn count_jobs(&self, filter: &JobFilter) -> Result<i64> {
@@ -379,11 +369,7 @@ impl ImportStore for SqlStore {
     }
 
     async fn list_queries(&self, job: &JobId, page: PageRequest) -> Result<Page<Query>> {
-        let (cmp, order, after) = if page.forward {
-            (">", "ASC", page.after.unwrap_or(0))
-        } else {
-            ("<", "DESC", page.after.unwrap_or(i64::MAX))
-        };
+        let (cmp, order, after) = keyset(page);
         let sql = format!(
             "SELECT {QUERY_COLUMNS} FROM import_queries WHERE job_id = $1 AND seq {cmp} $2 \
              ORDER BY seq {order} LIMIT $3"
@@ -394,18 +380,11 @@ impl ImportStore for SqlStore {
             .bind(page.limit as i64 + 1)
             .fetch_all(&self.read)
             .await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(query_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let more = items.len() > page.limit as usize;
-        items.truncate(page.limit as usize);
-        let next = if more {
-            items.last().map(|q| q.seq)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(into_page(items, page.limit, |q| q.seq))
     }
 
     async fn query_counts(&self, job: &JobId) -> Result<(i64, i64, i64)> {
