@@ -177,12 +177,15 @@ def job_figures(src, dst, first):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    log = open(Path(data) / "serve.log", "w")
     serve = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", *store],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT,
                              env=dict(os.environ, SLUICE_POLL_MS="50"))
     try:
         def cli(*args):
-            out = subprocess.run([BIN, *args, *store, "--json"], check=True, capture_output=True, text=True)
+            out = subprocess.run([BIN, *args, *store, "--json"], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"sluice {' '.join(args)}: {out.stderr}")
             return json.loads(out.stdout)
         org = cli("org", "create", "bench")["organization_id"]
         job_file = Path(data) / "job.toml"
@@ -210,8 +213,8 @@ def job_figures(src, dst, first):
             qs = cli("job", "queries", job, "--org", org, "--limit", "1")
             if qs and qs[0]["finished_at"]:
                 break
-            if time.time() > deadline:
-                raise RuntimeError("the first query did not end")
+            if time.time() > deadline or serve.poll() is not None:
+                raise RuntimeError("the first query did not end: " + (Path(data) / "serve.log").read_text())
             time.sleep(0.1)
         q = qs[0]
         print(f"job in serve, first query (whole table, staged): {query_time(q):.2f} s, "

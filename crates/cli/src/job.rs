@@ -6,7 +6,7 @@
 //! table = "sales.orders"
 //! destination = "postgres://warehouse/analytics"         # default: the embedded warehouse
 //! target = "orders"
-//! mode = "incremental"                                   # or "destructive"
+//! mode = "incremental"                                   # or "merge" (with key), "destructive"
 //!
 //! [schema]                     # seed 000's mapping; leave out to load every column
 //! predictionId = "order_id"
@@ -155,6 +155,7 @@ struct JobFile {
     target: Option<String>,
     mode: Option<LoadMode>,
     change_column: Option<String>,
+    key: Option<String>,
     schema: Option<Mapping>,
     ingestion: Option<IngestionParams>,
     labels: Option<BTreeMap<String, Value>>,
@@ -197,6 +198,7 @@ fn job_json(job: &ImportJob, counts: (i64, i64, i64)) -> Value {
         "target": job.spec.target,
         "mode": job.spec.mode.as_str(),
         "change_column": job.spec.change_column(),
+        "key": job.spec.key(),
         "schema": job.spec.mapping,
         "ingestion": job.spec.ingestion,
         "labels": job.spec.labels,
@@ -309,6 +311,7 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
                 target: need(f.target, "target")?,
                 mode: f.mode.unwrap_or_default(),
                 change_column: f.change_column,
+                key: f.key,
                 mapping: f.schema.unwrap_or_default(),
                 ingestion: f.ingestion.unwrap_or_default(),
                 labels: f.labels.unwrap_or_default(),

@@ -204,14 +204,18 @@ struct ImportArgs {
     /// The destination table (made with the source's column types when missing).
     #[arg(long)]
     target: String,
-    /// incremental (append what passed the change column's watermark) or
-    /// destructive (load a new table and swap it in). Default: incremental
-    /// with --change-column, else destructive.
+    /// incremental (append what passed the change column's watermark),
+    /// merge (the same, each row replacing the target's row with its --key)
+    /// or destructive (load a new table and swap it in). Default:
+    /// incremental with --change-column, else destructive.
     #[arg(long)]
     mode: Option<sluice_datapath::Mode>,
     /// The column whose growth marks new rows.
     #[arg(long)]
     change_column: Option<String>,
+    /// The column that identifies a row (--mode merge).
+    #[arg(long)]
+    key: Option<String>,
     /// The ledger's name for this import (default: "<table> -> <target>").
     #[arg(long)]
     job: Option<String>,
@@ -308,6 +312,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         columns: None,
         stage: None,
         cancel: None,
+        key: args.key,
     };
     let mut bar = Bar {
         started: Instant::now(),

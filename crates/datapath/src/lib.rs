@@ -56,6 +56,18 @@ pub enum Mode {
     Incremental,
     /// Load the whole table into a new table and swap it in.
     Destructive,
+    /// Like incremental, but each row replaces the target's row with the
+    /// same key (`ImportSpec::key`): the window lands in a stage table,
+    /// then the target's rows with those keys are deleted and the stage's
+    /// rows inserted (the last of a key wins), in the load's transaction.
+    Merge,
+}
+
+impl Mode {
+    /// Whether runs of this mode load windows of the change column.
+    pub fn windowed(self) -> bool {
+        self != Mode::Destructive
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -64,8 +76,9 @@ impl std::str::FromStr for Mode {
         match s {
             "incremental" => Ok(Mode::Incremental),
             "destructive" | "full" => Ok(Mode::Destructive),
+            "merge" => Ok(Mode::Merge),
             other => Err(format!(
-                "mode must be incremental or destructive, got `{other}`"
+                "mode must be incremental, merge or destructive, got `{other}`"
             )),
         }
     }
@@ -94,6 +107,8 @@ pub struct ImportSpec {
     pub stage: Option<StageHandle>,
     /// Set to stop the import: it rolls back and answers [`ImportError::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The column whose value identifies a row (merge).
+    pub key: Option<String>,
 }
 
 impl ImportSpec {
@@ -111,6 +126,25 @@ impl ImportSpec {
             columns: None,
             stage: None,
             cancel: None,
+            key: None,
+        }
+    }
+
+    /// The merge key, checked against the loaded columns' names.
+    pub(crate) fn merge_key(&self, loaded: &[&str]) -> Result<Option<String>> {
+        if self.mode != Mode::Merge {
+            return Ok(None);
+        }
+        match &self.key {
+            Some(k) if loaded.contains(&k.as_str()) => Ok(Some(k.clone())),
+            Some(k) => Err(ImportError::Invalid(format!(
+                "merge key `{k}` is not a loaded column of {}: it has {}",
+                self.source_table,
+                loaded.join(", ")
+            ))),
+            None => Err(ImportError::Invalid(
+                "a merge import needs --key, the column that identifies a row".into(),
+            )),
         }
     }
 
@@ -153,8 +187,9 @@ pub(crate) fn change_column<'a, C>(
 ) -> Result<Option<&'a C>> {
     let Some(wanted) = &spec.change_column else {
         return match spec.mode {
-            Mode::Incremental => Err(ImportError::Invalid(
-                "an incremental import needs --change-column (or use --mode destructive)".into(),
+            Mode::Incremental | Mode::Merge => Err(ImportError::Invalid(
+                "an incremental or merge import needs --change-column (or use --mode destructive)"
+                    .into(),
             )),
             Mode::Destructive => Ok(None),
         };
@@ -172,6 +207,41 @@ pub(crate) fn change_column<'a, C>(
         )));
     }
     Ok(Some(c))
+}
+
+/// The statements that merge `stage` into `target` (both quoted), `cols`
+/// (quoted, joined) keyed by `key` (quoted): the target's rows with the
+/// stage's keys go, then the stage's rows come in — the last row of a key
+/// wins; rows without a key are appended.
+pub(crate) fn merge_sql(
+    postgres: bool,
+    target: &str,
+    stage: &str,
+    cols: &str,
+    key: &str,
+) -> Vec<String> {
+    let (delete, latest) = if postgres {
+        (
+            format!("DELETE FROM {target} t USING {stage} s WHERE t.{key} = s.{key}"),
+            format!(
+                "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} \
+                 WHERE {key} IS NOT NULL ORDER BY {key}, ctid DESC"
+            ),
+        )
+    } else {
+        (
+            format!("DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM {stage})"),
+            format!(
+                "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE rowid IN \
+                 (SELECT max(rowid) FROM {stage} WHERE {key} IS NOT NULL GROUP BY {key})"
+            ),
+        )
+    };
+    vec![
+        delete,
+        latest,
+        format!("INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE {key} IS NULL"),
+    ]
 }
 
 /// The watermark: where the job's last regular window ended. Windows asked

@@ -252,7 +252,9 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let mut select = format!("SELECT {cols_sql} FROM {}", source.quoted());
     let mut replace = None;
     let mut window_key = format!("full:{:016x}", rand::random::<u64>());
-    if let (Some(c), Mode::Incremental) = (&change, spec.mode) {
+    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    let key = spec.merge_key(&names)?;
+    if let (Some(c), true) = (&change, spec.mode.windowed()) {
         let watermark: Option<String> = sqlx::query_scalar(crate::WATERMARK)
             .bind(&job)
             .fetch_optional(&mut dst)
@@ -312,7 +314,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     }
 
     let load_into = match spec.mode {
-        Mode::Incremental => {
+        Mode::Incremental | Mode::Merge => {
             let changes = prepare_target(&mut tx, &target, &cols).await?;
             progress.stage(crate::StageEvent::Consolidated {
                 columns: cols
@@ -328,7 +330,23 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                     .await
                     .map_err(db(format!("clearing the window in {}", target.quoted())))?;
             }
-            target.clone()
+            if spec.mode == Mode::Merge {
+                let stage = TableName {
+                    schema: None,
+                    table: format!("sluice_stage_{:08x}", rand::random::<u32>()),
+                };
+                sqlx::query(&format!(
+                    "CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP",
+                    stage.quoted(),
+                    target.quoted()
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("creating the merge's stage table"))?;
+                stage
+            } else {
+                target.clone()
+            }
         }
         Mode::Destructive => {
             let fresh = target.sibling(format!(
@@ -357,6 +375,20 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     .await?;
     spec.check_cancel()?;
 
+    if let Some(key) = &key {
+        for stmt in crate::merge_sql(
+            true,
+            &target.quoted(),
+            &load_into.quoted(),
+            &column_list(&cols),
+            &quote_ident(key),
+        ) {
+            sqlx::query(&stmt)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format!("merging into {}", target.quoted())))?;
+        }
+    }
     if spec.mode == Mode::Destructive {
         sqlx::query(&format!("DROP TABLE IF EXISTS {}", target.quoted()))
             .execute(&mut *tx)

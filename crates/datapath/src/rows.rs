@@ -709,7 +709,9 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let mut select = format!("SELECT {exprs} FROM {src_table}");
     let mut replace = None;
     let mut window_key = format!("full:{:016x}", rand::random::<u64>());
-    if let (Some(c), Mode::Incremental) = (&change, spec.mode) {
+    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    let key = spec.merge_key(&names)?;
+    if let (Some(c), true) = (&change, spec.mode.windowed()) {
         let watermark = dst
             .text(crate::WATERMARK, &job)
             .await
@@ -751,6 +753,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let live = dest_table(&target);
     let load_into = match spec.mode {
         Mode::Incremental => live.clone(),
+        Mode::Merge => q(
+            &format!("sluice_stage_{:08x}", rand::random::<u32>()),
+            false,
+        ),
         Mode::Destructive => dest_table(&TableName {
             schema: target.schema.clone(),
             table: format!("{}__sluice_{:08x}", target.table, rand::random::<u32>()),
@@ -784,6 +790,21 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         }
         let mut changes = match spec.mode {
             Mode::Incremental => consolidate(&mut dst, &target, &load_into, &cols).await?,
+            Mode::Merge => {
+                let changes = consolidate(&mut dst, &target, &live, &cols).await?;
+                let stage = match &dst {
+                    Dest::Postgres(_) => {
+                        format!("CREATE TEMP TABLE {load_into} (LIKE {live}) ON COMMIT DROP")
+                    }
+                    Dest::Sqlite(_) => {
+                        format!("CREATE TEMP TABLE {load_into} AS SELECT * FROM {live} WHERE 0")
+                    }
+                };
+                dst.raw(&stage)
+                    .await
+                    .map_err(db("creating the merge's stage table"))?;
+                changes
+            }
             Mode::Destructive => {
                 let create = create_sql(&dst, &load_into, &cols);
                 dst.raw(&create)
@@ -807,9 +828,9 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         });
         if let Some(cond) = &replace {
             // A window run again replaces what the target holds there.
-            dst.raw(&format!("DELETE FROM {load_into} WHERE {cond}"))
+            dst.raw(&format!("DELETE FROM {live} WHERE {cond}"))
                 .await
-                .map_err(db(format!("clearing the window in {load_into}")))?;
+                .map_err(db(format!("clearing the window in {live}")))?;
         }
         let rows = copy_rows(
             source_conn
@@ -825,6 +846,24 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         )
         .await?;
         spec.check_cancel()?;
+        if let Some(key) = &key {
+            let names = cols
+                .iter()
+                .map(|c| q(&c.name, false))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let pg = matches!(dst, Dest::Postgres(_));
+            for stmt in crate::merge_sql(pg, &live, &load_into, &names, &q(key, false)) {
+                dst.raw(&stmt)
+                    .await
+                    .map_err(db(format!("merging into {live}")))?;
+            }
+            if !pg {
+                dst.raw(&format!("DROP TABLE {load_into}"))
+                    .await
+                    .map_err(db("dropping the merge's stage table"))?;
+            }
+        }
         if spec.mode == Mode::Destructive {
             let swap = format!(
                 "DROP TABLE IF EXISTS {live}; ALTER TABLE {load_into} RENAME TO {}",

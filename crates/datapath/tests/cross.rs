@@ -163,6 +163,7 @@ async fn mariadb_to_postgres_full_then_incremental() {
         columns: None,
         stage: None,
         cancel: None,
+        key: None,
     };
     let first = import(&spec, &mut ()).await.unwrap();
     assert_eq!(first.rows, 3000);
@@ -214,6 +215,7 @@ async fn mariadb_to_the_sqlite_warehouse() {
         columns: None,
         stage: None,
         cancel: None,
+        key: None,
     };
     assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 1000);
     assert_eq!(
@@ -253,6 +255,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         columns: None,
         stage: None,
         cancel: None,
+        key: None,
     };
     assert_eq!(import(&to_pg, &mut ()).await.unwrap().rows, 2000);
     let src = rows(
@@ -281,6 +284,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         columns: None,
         stage: None,
         cancel: None,
+        key: None,
     };
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 2000);
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 0);
@@ -314,6 +318,7 @@ async fn row_path_windows_by_limit_and_by_hand() {
         columns: None,
         stage: None,
         cancel: None,
+        key: None,
     };
     let mut loads = Vec::new();
     loop {

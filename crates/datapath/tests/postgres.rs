@@ -94,6 +94,7 @@ fn spec(src: &str, dst: &str, target: &str, mode: Mode, change: Option<&str>) ->
         columns: None,
         stage: None,
         cancel: None,
+        key: None,
     }
 }
 
@@ -481,4 +482,69 @@ async fn a_cancelled_import_leaves_the_target_as_it_was() {
         fingerprint(&dst, "orders").await,
         fingerprint(&src, "sales.orders").await
     );
+}
+
+#[tokio::test]
+async fn merge_replaces_changed_rows_by_key_in_postgres_and_sqlite() {
+    let (src, dst) = (fresh_db().await, fresh_db().await);
+    exec(
+        &src,
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(8,2), \
+         updated_at timestamptz NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g, g / 10.0, \
+         timestamptz '2026-01-01' + g * interval '1 s' FROM generate_series(1, 1000) g",
+    )
+    .await;
+    let lite_dir =
+        std::env::temp_dir().join(format!("sluice-merge-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&lite_dir).unwrap();
+    let lite = format!("sqlite://{}/w.db", lite_dir.display());
+    let spec_for = |dest: &str| ImportSpec {
+        mode: Mode::Merge,
+        change_column: Some("updated_at".into()),
+        key: Some("id".into()),
+        ..ImportSpec::new(&src, "items", dest, "items")
+    };
+    for dest in [&dst, &lite] {
+        assert_eq!(import(&spec_for(dest), &mut ()).await.unwrap().rows, 1000);
+    }
+    // 100 rows change (their updated_at moves on), 50 are new.
+    exec(
+        &src,
+        "UPDATE items SET name = name || ' v2', price = price + 1, \
+         updated_at = timestamptz '2026-02-01' + id * interval '1 s' WHERE id % 10 = 0;
+         INSERT INTO items SELECT g, 'item ' || g, g / 10.0, \
+         timestamptz '2026-03-01' + g * interval '1 s' FROM generate_series(1001, 1050) g",
+    )
+    .await;
+    for dest in [&dst, &lite] {
+        assert_eq!(import(&spec_for(dest), &mut ()).await.unwrap().rows, 150);
+    }
+    let want = scalar(
+        &src,
+        "SELECT count(*) || ':' || md5(string_agg(id || '|' || name || '|' || price, ',' ORDER BY id)) FROM items",
+    )
+    .await;
+    let got = scalar(
+        &dst,
+        "SELECT count(*) || ':' || md5(string_agg(id || '|' || name || '|' || price, ',' ORDER BY id)) FROM items",
+    )
+    .await;
+    assert_eq!(got, want, "PostgreSQL: every row once, at its latest");
+    let mut c = sqlx::SqliteConnection::connect(&lite).await.unwrap();
+    let (n, distinct, v2): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id), sum(name LIKE '% v2') FROM items")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        (n, distinct, v2),
+        (1050, 1050, 100),
+        "SQLite: every row once, at its latest"
+    );
+    // A merge without a key says so.
+    let mut no_key = spec_for(&dst);
+    no_key.key = None;
+    let err = import(&no_key, &mut ()).await.unwrap_err().to_string();
+    assert!(err.contains("needs --key"), "{err}");
 }

@@ -53,6 +53,9 @@ pub enum LoadMode {
     Incremental,
     /// Load the whole table into a new table and swap it in.
     Destructive,
+    /// Like incremental, but a row replaces the target's row with the same
+    /// key ([`JobSpec::key`], else the mapping's `predictionId`).
+    Merge,
 }
 
 impl LoadMode {
@@ -60,6 +63,7 @@ impl LoadMode {
         match self {
             LoadMode::Incremental => "incremental",
             LoadMode::Destructive => "destructive",
+            LoadMode::Merge => "merge",
         }
     }
 }
@@ -321,6 +325,10 @@ pub struct JobSpec {
     /// `changeTimestamp` when it names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_column: Option<String>,
+    /// The column that identifies a row (merge); the mapping's
+    /// `predictionId` when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(default)]
     pub mapping: Mapping,
     #[serde(default)]
@@ -332,6 +340,13 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    pub fn key(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .or(self.mapping.prediction_id.as_deref())
+            .filter(|c| !c.is_empty())
+    }
+
     pub fn change_column(&self) -> Option<&str> {
         self.mapping
             .change_timestamp

@@ -281,6 +281,7 @@ impl Importer {
             mode: match spec.mode {
                 LoadMode::Incremental => sluice_datapath::Mode::Incremental,
                 LoadMode::Destructive => sluice_datapath::Mode::Destructive,
+                LoadMode::Merge => sluice_datapath::Mode::Merge,
             },
             change_column: spec.change_column().map(str::to_owned),
             job: Some(job.id.to_string()),
@@ -291,6 +292,7 @@ impl Importer {
                 prefix: format!("staging/{}/{}/attempt-{}", job.id, q.id, q.attempt),
             }))),
             cancel: Some(cancel),
+            key: spec.key().map(str::to_owned),
         };
         sluice_datapath::import(&import, progress).await
     }

@@ -196,7 +196,7 @@ impl Control {
                 &[Class::Time],
                 "a timestamp or a date",
             ));
-        } else if spec.mode == LoadMode::Incremental {
+        } else if spec.mode != LoadMode::Destructive {
             typed_problems.extend(typed(
                 "changeColumn",
                 spec.change_column.as_deref(),
@@ -220,7 +220,24 @@ impl Control {
             };
             found.push(d);
         }
-        if spec.mode == LoadMode::Incremental && spec.change_column().is_none() {
+        if spec.mode == LoadMode::Merge {
+            match spec.key() {
+                None => found.push(diagnostic(
+                    "missing_key",
+                    "a merge job needs `key` (or schema.predictionId): the column that \
+                     identifies a row",
+                )),
+                Some(k) if !selected.is_empty() && !selected.iter().any(|s| s == k) => {
+                    found.push(Diagnostic::new(
+                        "column_not_found",
+                        format!("key: column `{k}` is not a loaded column of the source table"),
+                        Some(k),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if spec.mode != LoadMode::Destructive && spec.change_column().is_none() {
             found.push(diagnostic(
                 "missing_change_column",
                 "an incremental job needs schema.changeTimestamp (or change_column); \
