@@ -376,8 +376,28 @@ pub trait ImportStore: Send + Sync + 'static {
 
 /// Opens the store a URL names: `sqlite://path/to/file.db` or
 /// `postgres://user@host/db`, and brings its schema up to date.
+///
+/// Two processes opening one new SQLite file at once (say `sluice serve`
+/// and an admin command) may find it locked while the other switches it to
+/// WAL or migrates it, a moment SQLite's busy wait does not cover: opening
+/// tries again for up to ten seconds.
 pub async fn open(url: &str) -> Result<SqlStore> {
-    let store = SqlStore::connect(url).await?;
-    store.migrate().await?;
-    Ok(store)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let opened = async {
+            let store = SqlStore::connect(url).await?;
+            store.migrate().await?;
+            Ok::<_, StoreError>(store)
+        }
+        .await;
+        match opened {
+            Err(StoreError::Database(e))
+                if e.to_string().contains("database is locked")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }

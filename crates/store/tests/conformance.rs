@@ -1430,3 +1430,28 @@ async fn jobs_page_by_keyset_with_search_and_count(store: Arc<SqlStore>) {
     assert_eq!(seen[0], "Orders 0");
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 25);
 }
+
+/// Processes opening one new SQLite file at once (`serve` and an admin
+/// command) all get it, migrated once.
+#[test]
+fn many_openers_of_a_new_sqlite_file_all_succeed() {
+    let dir = tempdir::Dir::new();
+    let url = format!("sqlite://{}/meta.db", dir.path());
+    // Each opener on a thread and runtime of its own, as separate processes.
+    let openers: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async { sluice_store::open(&url).await.map(|s| s.dialect()) })
+            })
+        })
+        .collect();
+    for o in openers {
+        let dialect = o.join().unwrap().expect("every opener gets the store");
+        assert_eq!(dialect, sluice_store::Dialect::Sqlite);
+    }
+}
