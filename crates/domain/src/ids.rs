@@ -8,6 +8,7 @@
 //! | trigger | `tri-` + 16 digits | `tri-3333333333333333` |
 //! | import job | `job-` + 16 digits | `job-4444444444444444` |
 //! | import query | `qry-` + 16 digits | `qry-5555555555555555` |
+//! | space, model, API key | `spc-`, `mdl-`, `key-` + 16 digits | `spc-6666666666666666` |
 //! | datalake channel | 13 digits | `2222222222222` |
 //! | datalake file | upload time + `-` + UUID | `20180101T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c` |
 //!
@@ -153,6 +154,19 @@ id_type!(
 id_type!(
     /// One query (run) of a table import job.
     QueryId, "query", "qry-", Body::Digits(16), "`qry-` followed by 16 digits"
+);
+
+id_type!(
+    /// A space of an organization (seed 000).
+    SpaceId, "space", "spc-", Body::Digits(16), "`spc-` followed by 16 digits"
+);
+id_type!(
+    /// A model of a space (seed 000).
+    ModelId, "model", "mdl-", Body::Digits(16), "`mdl-` followed by 16 digits"
+);
+id_type!(
+    /// An API key (its id; the key itself is a secret).
+    ApiKeyId, "api key", "key-", Body::Digits(16), "`key-` followed by 16 digits"
 );
 
 id_type!(

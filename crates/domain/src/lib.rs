@@ -9,6 +9,7 @@
 //!   file's arrival into a run.
 //! - [`import`]: table import jobs, their queries (runs) and tasks, and
 //!   the seed's column mapping.
+//! - [`space`]: spaces, their models, API keys (seed 000's GraphQL face).
 //! - [`time`]: the one timestamp format of the wire.
 //!
 //! This crate is pure: no I/O, no async, no SQL, no HTTP.
@@ -18,13 +19,15 @@ pub mod ids;
 pub mod import;
 pub mod model;
 pub mod run;
+pub mod space;
 pub mod time;
 
 pub use datalake::*;
 pub use ids::{
-    ChannelId, DeploymentId, FileId, IdError, JobId, OrganizationId, QueryId, RunId, TriggerId,
-    UserId, VersionId,
+    ApiKeyId, ChannelId, DeploymentId, FileId, IdError, JobId, ModelId, OrganizationId, QueryId,
+    RunId, SpaceId, TriggerId, UserId, VersionId,
 };
 pub use import::*;
 pub use model::*;
 pub use run::{AttemptEnd, RetryPolicy, RunStatus, TransitionError};
+pub use space::{ApiKey, Model, Space, MODEL_TYPES};

@@ -59,7 +59,7 @@ pub struct LogQuery {
 /// The metadata store's contract: everything sluice keeps, scoped by
 /// organization, and the run engine's claim/lease/finish steps.
 #[async_trait]
-pub trait MetadataStore: DatalakeStore + ImportStore + Send + Sync + 'static {
+pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync + 'static {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
 
@@ -372,6 +372,41 @@ pub trait ImportStore: Send + Sync + 'static {
     /// Writes (or rewrites) one task of a leased query.
     async fn put_task(&self, task: &QueryTask, token: i64) -> Result<()>;
     async fn list_tasks(&self, query: &QueryId) -> Result<Vec<QueryTask>>;
+}
+
+/// Spaces, their models and API keys (seed 000's GraphQL face).
+#[async_trait]
+pub trait SpaceStore: Send + Sync + 'static {
+    /// Stores a space; a name taken in the organization is a Conflict.
+    async fn create_space(&self, space: &Space) -> Result<()>;
+    /// The organization's default space, made on first need.
+    async fn default_space(&self, org: &OrganizationId, now: Timestamp) -> Result<Space>;
+    async fn get_space(&self, id: &SpaceId) -> Result<Space>;
+    /// An organization's spaces whose name contains `search` (any case).
+    async fn list_spaces(
+        &self,
+        org: &OrganizationId,
+        search: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Space>>;
+    /// The model named `name` in a space, made with `model_type` when new.
+    async fn model_for(
+        &self,
+        org: &OrganizationId,
+        space: &SpaceId,
+        name: &str,
+        model_type: &str,
+        now: Timestamp,
+    ) -> Result<Model>;
+    async fn get_model(&self, id: &ModelId) -> Result<Model>;
+    async fn list_models(
+        &self,
+        space: &SpaceId,
+        search: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Model>>;
+    async fn create_api_key(&self, key: &ApiKey) -> Result<()>;
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>>;
 }
 
 /// Opens the store a URL names: `sqlite://path/to/file.db` or

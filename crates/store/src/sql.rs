@@ -17,6 +17,7 @@ use crate::{LogQuery, MetadataStore, Result, StoreError};
 
 mod datalake;
 mod imports;
+mod spaces;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -53,11 +54,13 @@ impl Dialect {
                 (1, include_str!("../migrations/sqlite/0001_core.sql")),
                 (2, include_str!("../migrations/sqlite/0002_datalake.sql")),
                 (3, include_str!("../migrations/sqlite/0003_imports.sql")),
+                (4, include_str!("../migrations/sqlite/0004_spaces.sql")),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
                 (2, include_str!("../migrations/postgres/0002_datalake.sql")),
                 (3, include_str!("../migrations/postgres/0003_imports.sql")),
+                (4, include_str!("../migrations/postgres/0004_spaces.sql")),
             ],
         }
     }

@@ -15,7 +15,7 @@ use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
 use sluice_store::{
     DatalakeStore, FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome,
-    SqlStore, StoreError,
+    SpaceStore, SqlStore, StoreError,
 };
 
 async fn sqlite_store() -> (SqlStore, tempdir::Dir) {
@@ -123,6 +123,7 @@ suite!(
     paused_jobs_make_no_queries_and_cancel_waiting_ones,
     a_lost_query_is_given_back_and_the_stale_worker_is_fenced,
     jobs_page_by_keyset_with_search_and_count,
+    an_organization_has_one_default_space_and_models_are_made_once,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1454,4 +1455,77 @@ fn many_openers_of_a_new_sqlite_file_all_succeed() {
         let dialect = o.join().unwrap().expect("every opener gets the store");
         assert_eq!(dialect, sluice_store::Dialect::Sqlite);
     }
+}
+
+async fn an_organization_has_one_default_space_and_models_are_made_once(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let mut racers = Vec::new();
+    for _ in 0..6 {
+        let (s, org) = (store.clone(), f.org.clone());
+        racers.push(tokio::spawn(async move {
+            s.default_space(&org, time::now()).await.unwrap().id
+        }));
+    }
+    let mut ids = HashSet::new();
+    for r in racers {
+        ids.insert(r.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "one default space however many ask at once");
+    let default = store.get_space(ids.iter().next().unwrap()).await.unwrap();
+    assert!(default.is_default);
+    let other = Space {
+        seq: 0,
+        id: SpaceId::generate(),
+        organization_id: f.org.clone(),
+        name: "Fraud team".into(),
+        description: String::new(),
+        private: true,
+        is_default: false,
+        created_at: time::now(),
+    };
+    store.create_space(&other).await.unwrap();
+    let again = Space {
+        id: SpaceId::generate(),
+        ..other.clone()
+    };
+    assert!(matches!(
+        store.create_space(&again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let page = store
+        .list_spaces(&f.org, Some("FRAUD"), forward(10))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].name, "Fraud team");
+
+    let a = store
+        .model_for(&f.org, &other.id, "churn", "score_categorical", time::now())
+        .await
+        .unwrap();
+    let b = store
+        .model_for(&f.org, &other.id, "churn", "numeric", time::now())
+        .await
+        .unwrap();
+    assert_eq!(a, b, "a model is made once; its type is its first");
+    assert_eq!(
+        store.get_model(&a.id).await.unwrap().model_type,
+        "score_categorical"
+    );
+    let models = store
+        .list_models(&other.id, None, forward(10))
+        .await
+        .unwrap();
+    assert_eq!(models.items.len(), 1);
+
+    let key = ApiKey {
+        id: ApiKeyId::generate(),
+        organization_id: f.org.clone(),
+        space_id: Some(other.id.clone()),
+        key_hash: "abc".into(),
+        created_at: time::now(),
+    };
+    store.create_api_key(&key).await.unwrap();
+    assert_eq!(store.find_api_key("abc").await.unwrap(), Some(key));
+    assert_eq!(store.find_api_key("nope").await.unwrap(), None);
 }
