@@ -8,6 +8,7 @@
 //!   administration against the same store, safe while `serve` runs.
 
 mod job;
+mod space;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -186,6 +187,16 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: job::JobCommand,
+    },
+    /// Spaces of an organization (seed 000).
+    Space {
+        #[command(subcommand)]
+        command: space::SpaceCommand,
+    },
+    /// API keys for the GraphQL face (`x-api-key`).
+    Apikey {
+        #[command(subcommand)]
+        command: space::ApiKeyCommand,
     },
 }
 
@@ -588,6 +599,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Import(args) => import(args).await?,
         Command::Job { command } => job::run(command).await?,
+        Command::Space { command } => space::space(command).await?,
+        Command::Apikey { command } => space::apikey(command).await?,
         Command::Trigger {
             command:
                 TriggerCommand::Events {

@@ -18,10 +18,12 @@ use crate::Wakers;
 
 mod datalake;
 mod imports;
+mod spaces;
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
 };
 pub use imports::{JobChange, NewJob, Validation};
+pub use spaces::KeyHolder;
 
 /// What went wrong, in the terms a face maps to a status code.
 #[derive(Debug, thiserror::Error)]
