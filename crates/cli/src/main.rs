@@ -149,7 +149,8 @@ enum Command {
         /// The largest file a datalake channel accepts, in bytes.
         #[arg(long, env = "SLUICE_MAX_FILE_BYTES", default_value_t = 256 << 20)]
         max_file_bytes: usize,
-        /// Serve the API and schedule, but run no code in this process.
+        /// Serve the API and schedule runs, but run no code and no import
+        /// query in this process (another `serve` or `worker` does).
         #[arg(long)]
         no_worker: bool,
     },
