@@ -21,6 +21,7 @@
 //! | GET | P`/runs/{run}/attempts` | sluice: every attempt of a run |
 //! | PUT | `/uploads/{token}` | pre-signed: the version's code, no credentials |
 //! | GET | `/downloads/{token}` | pre-signed: the version's code |
+//! | POST, GET | `/graphql` | seed 000's GraphQL face (`sluice-graphql`; GET: GraphiQL) |
 
 pub mod error;
 mod rest;
@@ -44,7 +45,8 @@ pub struct ApiState {
 
 /// The whole HTTP API, with trailing slashes ignored (`/runs/` is `/runs`).
 pub fn app(state: ApiState) -> tower::util::MapRequest<Router, fn(Request) -> Request> {
-    let router: Router = rest::routes(state);
+    let graphql = sluice_graphql::router(state.control.clone());
+    let router: Router = rest::routes(state).merge(graphql);
     tower::util::MapRequest::new(router, trim_trailing_slash as fn(Request) -> Request)
 }
 

@@ -34,6 +34,9 @@ impl Control {
         if name.is_empty() {
             return Err(bad("a space needs a name"));
         }
+        // The default space comes first in every list: it is made before
+        // any other.
+        self.store.default_space(&org, time::now()).await?;
         let space = Space {
             seq: 0,
             id: SpaceId::generate(),
