@@ -5,7 +5,7 @@ import pytest
 import requests
 from arize_toolkit import Client
 
-from conftest import Sluice, fresh_postgres_database, postgres_databases, psql
+from conftest import Sluice, fresh_postgres_database, postgres_databases, psql, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -114,3 +114,369 @@ def test_arize_toolkit_finds_its_organization_and_spaces(server):
     scoped = server.cli_json("apikey", "create", "--org", org, "--space", space)["api_key"]
     only = Client(arize_developer_key=scoped, arize_app_url=server.url)
     assert only.space == "Fraud team" and only.space_id == fraud["id"]
+
+
+def space_of(s, key):
+    _, body = gql(s, key, "{ account { organizations { edges { node { spaces { edges { node { id } } } } } } } }")
+    return body["data"]["account"]["organizations"]["edges"][0]["node"]["spaces"]["edges"][0]["node"]["id"]
+
+
+def jobs_of(s, key, space):
+    _, body = gql(s, key, """query ($s: ID!) { node(id: $s) { ... on Space { tableJobs(first: 50) {
+        totalCount edges { node { id jobId jobStatus modelName tableStore } } } } } }""", {"s": space})
+    return body["data"]["node"]["tableJobs"]
+
+
+BIGQUERY_INPUT = {
+    "spaceId": "space_id", "modelName": "My Test Model", "modelType": "score_categorical",
+    "modelEnvironmentName": "production", "tableStore": "BigQuery",
+    "bigQueryTableConfig": {"projectId": "test-project-id", "dataset": "test-dataset", "tableName": "test-table"},
+    "schema": {"predictionId": "prediction_id", "predictionLabel": "prediction", "timestamp": "prediction_ts",
+               "features": "feature_", "actualLabel": "actual", "version": "model_version", "tags": "tag_",
+               "changeTimestamp": "partition_timestamp"},
+}
+
+SCHEMA_INLINE = """schema : {
+predictionId : "prediction_id" ,
+predictionLabel : "prediction" ,
+timestamp : "prediction_ts" ,
+features : "feature_" ,
+actualLabel : "actual" ,
+version : "model_version" ,
+tags : "tag_" ,
+changeTimestamp : "partition_timestamp"
+}"""
+
+INLINE_CREATE = """mutation {
+createTableImportJob(input: {
+spaceId : "space_id" ,
+modelName : "My Test Model" ,
+modelType : score_categorical,
+modelEnvironmentName : production,
+tableStore : BigQuery,
+bigQueryTableConfig : {
+projectId : "test-project-id" ,
+dataset : "test-dataset" ,
+tableName : "test-table"
+},
+""" + SCHEMA_INLINE
+
+
+def test_seed_000_operations_as_written(server):
+    """Every operation of seed 000, as the document shows it (ids replaced)."""
+    org = server.new_org()[0]
+    key = server.cli_json("apikey", "create", "--org", org)["api_key"]
+    space = space_of(server, key)
+
+    # Dry runs (variables, then inline): validated, nothing stored. BigQuery
+    # tables cannot be read yet, and the answer says so.
+    dry = """mutation dryRunTableImportJob ($input: CreateTableImportJobInput ! ) {
+createTableImportJob(input: $input) {
+validationResult {
+validationStatus
+error {
+message
+}
+}
+}
+}"""
+    _, body = gql(server, key, dry, {"input": dict(BIGQUERY_INPUT, spaceId=space, dryRun=True)})
+    assert "errors" not in body, body
+    result = body["data"]["createTableImportJob"]["validationResult"]
+    assert result["validationStatus"] == "FAILURE" and "BigQuery" in result["error"]["message"], body
+    _, body = gql(server, key, (INLINE_CREATE + ",\ndryRun : true\n}){\nvalidationResult {\nvalidationStatus\n"
+                                "error {\nmessage\n}\n}\n}\n}").replace("space_id", space))
+    assert body["data"]["createTableImportJob"]["validationResult"]["validationStatus"] == "FAILURE", body
+    assert jobs_of(server, key, space)["totalCount"] == 0
+
+    # Create, with variables and inline (the seed's empty selection set too).
+    create = """mutation createTableImportJob ($input: CreateTableImportJobInput ! ) {
+createTableImportJob(input: $input) {
+tableImportJob {
+id
+}
+}
+}"""
+    _, body = gql(server, key, create, {"input": dict(BIGQUERY_INPUT, spaceId=space)})
+    first = body["data"]["createTableImportJob"]["tableImportJob"]["id"]
+    _, body = gql(server, key, (INLINE_CREATE + "\n}){\ntableImportJob {\n}\n}\n}").replace("space_id", space))
+    assert "errors" not in body, body
+    listed = """query {
+node(id: "space_id" ) {
+... on Space {
+tableJobs(first: 50 ) {
+edges {
+node {
+id
+modelName
+jobStatus
+totalQueriesFailedCount
+totalQueriesSuccessCount
+}
+}
+}
+}
+}
+}""".replace("space_id", space)
+    _, body = gql(server, key, listed)
+    nodes = [e["node"] for e in body["data"]["node"]["tableJobs"]["edges"]]
+    assert len(nodes) == 2 and {n["modelName"] for n in nodes} == {"My Test Model"}, body
+
+    # Queries of a job, pause, resume (by global id and by plain jobId).
+    _, body = gql(server, key, """query {
+node(id: "ID" ) {
+... on TableImportJob {
+queries(first: 10 ) {
+totalCount
+edges{
+node {
+queryId
+createdAt
+recordsProcessedCount
+windowStartTimestamp
+windowEndTimestamp
+}
+}
+}
+}
+}
+}""".replace("ID", first))
+    assert "totalCount" in body["data"]["node"]["queries"], body
+    for op, want in [("pauseTableImportJob", "inactive"), ("startTableImportJob", "active")]:
+        _, body = gql(server, key, f"""mutation {{
+{op}(input: {{ jobId : "ID" }}) {{
+tableImportJob {{
+jobStatus
+}}
+}}
+}}""".replace("ID", first))
+        assert body["data"][op]["tableImportJob"]["jobStatus"] == want, body
+
+    # Ingestion parameters: inputs in minutes and hours, reads in seconds.
+    plain = nodes[0]["id"] if nodes[0]["id"] != first else nodes[1]["id"]
+    _, body = gql(server, key, """query ($id: ID!) { node(id: $id) { ... on TableImportJob { jobId } } }""",
+                  {"id": plain})
+    plain_job_id = body["data"]["node"]["jobId"]
+    _, body = gql(server, key, """mutation {
+updateTableIngestionParameters(input: {
+jobId : "job_id" ,
+tableIngestionParameters : {
+rowLimit : 50000 ,
+refreshIntervalMinutes : 60 ,
+queryWindowSizeHours : 24
+}
+}) {
+tableImportJob {
+id
+}
+}
+}""".replace("job_id", plain_job_id))
+    assert body["data"]["updateTableIngestionParameters"]["tableImportJob"]["id"] == plain, body
+    _, body = gql(server, key, """query ($id: ID!) { node(id: $id) { ... on TableImportJob {
+        tableIngestionParameters { refreshIntervalSeconds queryWindowSizeSeconds } } } }""", {"id": plain})
+    assert body["data"]["node"]["tableIngestionParameters"] == {
+        "refreshIntervalSeconds": 3600, "queryWindowSizeSeconds": 86400}
+
+    # The schema, through variables.
+    _, body = gql(server, key, """mutation updateTableImportJob (
+$jobId: ID ! ,
+$schema: TableImportSchemaInputType ! ,
+$tableIngestionParameters: TableIngestionParametersInputType !
+) {
+updateTableImportJob(input: {
+jobId : $jobId,
+schema : $schema,
+tableIngestionParameters : $tableIngestionParameters
+}) {
+tableImportJob {
+id
+}
+}
+}""", {"jobId": plain, "schema": dict(BIGQUERY_INPUT["schema"], tags="labels_"),
+       "tableIngestionParameters": {"refreshIntervalMinutes": 30}})
+    assert "errors" not in body, body
+
+    # Event-based: a triggered job on Snowflake, its id, a window run.
+    _, body = gql(server, key, """mutation CreateTableJob {
+createTriggeredOngoingTableImportJob(input: {
+spaceId : "space_id" ,
+modelName : "model-name" ,
+modelType : score_categorical,
+modelEnvironmentName : production,
+tableStore : Snowflake,
+snowflakeTableConfig : {
+accountID : "snowflake-account-id" ,
+schema : "snowflake-schema" ,
+database : "database-name" ,
+tableName : "table-name"
+},
+schema : {
+predictionId : "PRED_ID" ,
+predictionLabel : "PRED_LABEL"
+timestamp : "TIMESTAMP" ,
+featuresList : [],
+tagsList : [],
+changeTimestamp : "CHANGE_TIMESTAMP" ,
+}
+}) {
+tableImportJob{
+jobId
+jobStatus
+}
+space{
+id
+}
+validationResult{
+error {
+code
+message
+}
+validationStatus
+}
+}
+}""".replace("space_id", space))
+    made = body["data"]["createTriggeredOngoingTableImportJob"]
+    assert made["tableImportJob"]["jobStatus"] == "active" and made["space"]["id"] == space, body
+    assert made["validationResult"]["error"]["code"] == "table_store_not_supported"
+    _, body = gql(server, key, """query queryTableJobId {
+node(id: "spaceId" ) {
+... on Space {
+tableJobs(first: 1 ){
+edges{
+node{
+id
+jobId
+}
+}
+}
+}
+}
+}""".replace("spaceId", space))
+    assert body["data"]["node"]["tableJobs"]["edges"][0]["node"]["id"]
+    _, body = gql(server, key, """mutation TriggerTableRun {
+createTriggeredOngoingTableRun(input: {
+jobId : "<ID from above query>" ,
+queryStart : "2024-08-20T01:00:00Z" , #desired start time for query
+queryEnd : "2024-08-20T23:00:00Z" , #desired end time for query
+}) {
+clientMutationId
+}
+}""".replace("<ID from above query>", made["tableImportJob"]["jobId"]))
+    assert "errors" not in body, body
+
+    # Delete.
+    _, body = gql(server, key, """mutation {
+deleteTableImportJob(input: { jobId : "ID" }) {
+tableImportJob {
+jobStatus
+}
+}
+}""".replace("ID", first))
+    assert body["data"]["deleteTableImportJob"]["tableImportJob"]["jobStatus"] == "deleted"
+    assert jobs_of(server, key, space)["totalCount"] == 2
+
+    # Errors say what and where, with a code: unknown job, wrong enum,
+    # missing config for the chosen store.
+    _, body = gql(server, key, 'mutation { pauseTableImportJob(input: {jobId: "job-0000000000000000"}) '
+                               '{ tableImportJob { jobStatus } } }')
+    assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND", body
+    _, body = gql(server, key, create, {"input": dict(BIGQUERY_INPUT, spaceId=space, modelType="tabular")})
+    assert "tabular" in body["errors"][0]["message"], body
+    bad = dict(BIGQUERY_INPUT, spaceId=space, tableStore="Databricks")
+    _, body = gql(server, key, create, {"input": bad})
+    assert "databricksTableConfig is required" in body["errors"][0]["message"], body
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+def test_arize_toolkit_creates_reads_updates_and_deletes_jobs(server):
+    org = server.new_org()[0]
+    key = server.cli_json("apikey", "create", "--org", org)["api_key"]
+    client = Client(arize_developer_key=key, arize_app_url=server.url)
+    schema = {"predictionId": "prediction_id", "timestamp": "prediction_ts", "predictionLabel": "prediction",
+              "features": "feature_", "changeTimestamp": "partition_timestamp"}
+    made = []
+    for i in range(12):
+        job = client.create_table_import_job(
+            table_store="BigQuery", model_name=f"model {i}", model_type="score_categorical",
+            model_schema=schema,
+            bigquery_table_config={"projectId": "p", "dataset": "d", "tableName": f"t{i}"})
+        assert job["jobStatus"] == "active"
+        made.append(job["jobId"])
+    every = client.get_all_table_import_jobs()
+    assert sorted(j["jobId"] for j in every) == sorted(made), "twelve, across two pages of ten"
+    one = client.get_table_import_job(made[3])
+    assert (one["jobId"], one["tableStore"], one["projectId"], one["dataset"]) == (made[3], "BigQuery", "p", "d")
+    assert one["schema"]["predictionId"] == "prediction_id"
+    updated = client.update_table_import_job(made[3], job_status="inactive", refresh_interval=15)
+    assert updated["jobStatus"] == "inactive"
+    again = client.get_table_import_job(made[3])
+    assert again["tableIngestionParameters"]["refreshIntervalSeconds"] == 900
+    assert client.delete_table_import_job(made[3]) is True
+    assert len(client.get_all_table_import_jobs()) == 11
+
+
+def test_a_postgres_job_over_graphql_runs_pauses_starts_reruns_a_window_and_is_deleted(server, tmp_path):
+    import time
+    with postgres_databases("sluice_gql_e2e", count=1) as (src,):
+        psql(src, "CREATE TABLE preds (prediction_id bigint, prediction_ts timestamptz, prediction text, "
+                  "feature_a int, changed_at timestamptz)")
+        psql(src, "INSERT INTO preds SELECT g, timestamptz '2026-01-01' + g * interval '1 min', 'yes', g, "
+                  "timestamptz '2026-01-01' + g * interval '1 min' FROM generate_series(1, 500) g")
+        org = server.new_org()[0]
+        key = server.cli_json("apikey", "create", "--org", org)["api_key"]
+        space = space_of(server, key)
+        create = """mutation ($input: CreateTableImportJobInput!) { createTableImportJob(input: $input) {
+            tableImportJob { id jobId tableStore } validationResult { validationStatus error { code message } } } }"""
+        inp = {"spaceId": space, "modelName": "Churn", "modelType": "score_categorical",
+               "modelEnvironmentName": "production", "tableStore": "PostgreSQL",
+               "postgresTableConfig": {"url": src, "tableName": "preds"},
+               "schema": {"predictionId": "prediction_id", "timestamp": "prediction_ts",
+                          "predictionLabel": "prediction", "features": "feature_",
+                          "changeTimestamp": "changed_at"},
+               "tableIngestionParameters": {"rowLimit": 300}}
+        _, body = gql(server, key, create, {"input": dict(inp, dryRun=True)})
+        assert body["data"]["createTableImportJob"]["validationResult"]["validationStatus"] == "SUCCESS", body
+        assert body["data"]["createTableImportJob"]["tableImportJob"] is None
+        _, body = gql(server, key, create, {"input": dict(inp, schema=dict(inp["schema"], actualLabel="nope"),
+                                                          dryRun=True)})
+        assert body["data"]["createTableImportJob"]["validationResult"]["error"]["code"] == "column_not_found"
+        _, body = gql(server, key, create, {"input": inp})
+        job = body["data"]["createTableImportJob"]["tableImportJob"]
+        assert job["tableStore"] == "PostgreSQL", body
+
+        def queries():
+            _, b = gql(server, key, """query ($id: ID!) { node(id: $id) { ... on TableImportJob {
+                totalQueriesSuccessCount queries(first: 50) { totalCount edges { node {
+                queryId status recordsProcessedCount windowStartTimestamp windowEndTimestamp } } } } } }""",
+                       {"id": job["id"]})
+            return b["data"]["node"]
+
+        # The scheduler's first query (300 rows: the row limit).
+        first = wait_for(lambda: queries()["totalQueriesSuccessCount"] == 1 and queries(), "the first query")
+        q = first["queries"]["edges"][0]["node"]
+        assert (q["status"], q["recordsProcessedCount"]) == ("SUCCEEDED", 300) and q["windowEndTimestamp"]
+        assert psql(src.rsplit("/", 1)[0] + "/postgres", "SELECT 1") == "1"
+        # Paused: no query for a while, even when resumed later it picks up.
+        gql(server, key, 'mutation ($j: ID!) { pauseTableImportJob(input: {jobId: $j}) { tableImportJob { jobStatus } } }',
+            {"j": job["jobId"]})
+        time.sleep(1.5)
+        assert queries()["queries"]["totalCount"] == 1
+        _, body = gql(server, key, 'mutation ($j: ID!) { startTableImportJob(input: {jobId: $j}) '
+                                   '{ tableImportJob { jobStatus } } }', {"j": job["id"]})
+        assert body["data"]["startTableImportJob"]["tableImportJob"]["jobStatus"] == "active"
+        wait_for(lambda: queries()["totalQueriesSuccessCount"] == 2, "the query after start")
+        assert queries()["queries"]["edges"][0]["node"]["recordsProcessedCount"] == 200
+        # A window run by hand.
+        _, body = gql(server, key, """mutation ($j: ID!) { createTriggeredOngoingTableRun(input: {jobId: $j,
+            queryStart: "2026-01-01T01:00:00Z", queryEnd: "2026-01-01T02:00:00Z"}) { queryId } }""",
+                      {"j": job["jobId"]})
+        assert "errors" not in body, body
+        wait_for(lambda: queries()["totalQueriesSuccessCount"] == 3, "the window run")
+        assert queries()["queries"]["edges"][0]["node"]["recordsProcessedCount"] == 60
+        warehouse = server.data_dir / "warehouse.db"
+        import sqlite3
+        n = sqlite3.connect(warehouse).execute("SELECT count(*), count(DISTINCT prediction_id) FROM churn").fetchone()
+        assert n == (500, 500)
+        _, body = gql(server, key, 'mutation ($j: ID!) { deleteTableImportJob(input: {jobId: $j}) '
+                                   '{ tableImportJob { jobStatus jobId } } }', {"j": job["id"]})
+        assert body["data"]["deleteTableImportJob"]["tableImportJob"]["jobStatus"] == "deleted"

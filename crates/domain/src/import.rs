@@ -340,6 +340,12 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// A job that queries only the windows asked for, never on a schedule
+    /// (seed 000's triggered ongoing jobs): the label `triggered`.
+    pub fn triggered(&self) -> bool {
+        self.labels.get("triggered") == Some(&Value::Bool(true))
+    }
+
     pub fn key(&self) -> Option<&str> {
         self.key
             .as_deref()

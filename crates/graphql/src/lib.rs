@@ -4,18 +4,19 @@
 //! `x-api-key`. This face holds no business rules: every field and
 //! mutation translates onto `engine::control`.
 //!
-//! Built so far: `account { organizations }`, `node(id:)` for
-//! organizations, spaces, models and table import jobs, with Relay
-//! connections (`edges { node }`, `pageInfo { hasNextPage endCursor }`,
-//! `first`/`after`, `totalCount`, `search`). The mutations are not built yet.
+//! `account { organizations }`, `node(id:)` for organizations, spaces,
+//! models and table import jobs, with Relay connections (`edges { node }`,
+//! `pageInfo { hasNextPage endCursor }`, `first`/`after`, `totalCount`,
+//! `search`), and seed 000's mutations.
 
 mod ids;
+mod mutations;
 mod objects;
 
 use std::sync::Arc;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{EmptyMutation, EmptySubscription, Schema};
+use async_graphql::{EmptySubscription, Schema};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -24,16 +25,17 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sluice_engine::control::{Control, ControlError};
 
+pub use mutations::MutationRoot;
 pub use objects::QueryRoot;
 
-pub type SluiceSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type SluiceSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Queries deeper than this, or costlier, are refused before they run.
 const MAX_DEPTH: usize = 12;
 const MAX_COMPLEXITY: usize = 5_000;
 
 pub fn schema() -> SluiceSchema {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -97,9 +99,9 @@ async fn execute(
             "BAD_REQUEST",
         );
     };
-    let mut request = async_graphql::Request::new(query);
+    let mut request = async_graphql::Request::new(fill_empty_selections(query));
     if let Some(vars) = body.get("variables").filter(|v| v.is_object()) {
-        request = request.variables(async_graphql::Variables::from_json(vars.clone()));
+        request = request.variables(async_graphql::Variables::from_json(lift_input(vars)));
     }
     if let Some(op) = body.get("operationName").and_then(Value::as_str) {
         request = request.operation_name(op);
@@ -109,8 +111,78 @@ async fn execute(
     Json(serde_json::to_value(&response).unwrap_or(Value::Null)).into_response()
 }
 
+/// Two compatibility rules for seed 000's text, applied outside string
+/// literals: it shows a mutation whose payload selects nothing
+/// (`tableImportJob { }`), which GraphQL's grammar refuses — an empty
+/// selection set is read as `{ __typename }`; and it writes non-null types
+/// with a space (`CreateTableImportJobInput ! `), which GraphQL allows but
+/// the parser sluice uses does not — the space before `!` is dropped.
+fn fill_empty_selections(query: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    let mut chars = query.char_indices().peekable();
+    let mut in_string = false;
+    while let Some((i, c)) = chars.next() {
+        if c == '!' && !in_string {
+            out.truncate(out.trim_end().len());
+        }
+        out.push(c);
+        match c {
+            '"' if !query[..i].ends_with('\\') => in_string = !in_string,
+            '{' if !in_string => {
+                let rest = &query[i + 1..];
+                let body = rest.len() - rest.trim_start().len();
+                if rest.trim_start().starts_with('}') {
+                    out.push_str(" __typename ");
+                    for _ in 0..body {
+                        chars.next();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A compatibility rule: `arize-toolkit` sends the variables of its update
+/// and delete mutations inside `variables.input`, though the operations
+/// declare them at the top (`$jobId`, `$modelSchema`, `$id`). The members
+/// of an `input` object are also offered as top-level variables (never
+/// replacing one that is there); `input` itself stays for operations that
+/// declare `$input`. Variables an operation does not declare are ignored.
+fn lift_input(vars: &Value) -> Value {
+    let mut out = vars.clone();
+    if let (Some(Value::Object(input)), Some(top)) = (vars.get("input"), out.as_object_mut()) {
+        for (k, v) in input {
+            top.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn empty_selections_select_the_typename() {
+        assert_eq!(
+            super::fill_empty_selections("mutation { a(x: \"{ }\") { j {\n} } }"),
+            "mutation { a(x: \"{ }\") { j { __typename } } }"
+        );
+        assert_eq!(
+            super::fill_empty_selections("query ($a: In ! , $b: [X !] !) { f(s: \"a !\") }"),
+            "query ($a: In! , $b: [X!]!) { f(s: \"a !\") }"
+        );
+    }
+
+    #[test]
+    fn input_members_are_lifted_without_replacing() {
+        let v = serde_json::json!({"input": {"id": "a", "x": 1}, "x": 2});
+        assert_eq!(
+            super::lift_input(&v),
+            serde_json::json!({"input": {"id": "a", "x": 1}, "x": 2, "id": "a"})
+        );
+    }
+
     /// docs/graphql.sdl is the schema as served; regenerate it with
     /// `SLUICE_WRITE_SDL=1 cargo test -p sluice-graphql`.
     #[test]

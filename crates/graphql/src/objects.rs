@@ -29,11 +29,11 @@ fn store_err(e: sluice_store::StoreError) -> async_graphql::Error {
     gql(e.into())
 }
 
-fn control<'a>(ctx: &Context<'a>) -> &'a Arc<Control> {
+pub(crate) fn control<'a>(ctx: &Context<'a>) -> &'a Arc<Control> {
     ctx.data_unchecked::<Arc<Control>>()
 }
 
-fn holder<'a>(ctx: &Context<'a>) -> &'a KeyHolder {
+pub(crate) fn holder<'a>(ctx: &Context<'a>) -> &'a KeyHolder {
     ctx.data_unchecked::<KeyHolder>()
 }
 
@@ -89,7 +89,7 @@ fn connection<T: async_graphql::OutputType, S>(
 
 pub struct QueryRoot;
 
-#[Object]
+#[Object(name = "Query")]
 impl QueryRoot {
     /// The account the API key belongs to.
     async fn account(&self) -> Account {
@@ -330,6 +330,17 @@ pub enum ModelType {
 }
 
 impl ModelType {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ModelType::ScoreCategorical => "score_categorical",
+            ModelType::Numeric => "numeric",
+            ModelType::Ranking => "ranking",
+            ModelType::MultiClass => "multi_class",
+            ModelType::ObjectDetection => "object_detection",
+            ModelType::GenerativeLlm => "generative_llm",
+        }
+    }
+
     fn parse(s: &str) -> ModelType {
         match s {
             "numeric" => ModelType::Numeric,
@@ -351,8 +362,20 @@ pub enum ModelEnvironment {
     Tracing,
 }
 
+impl ModelEnvironment {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ModelEnvironment::Production => "production",
+            ModelEnvironment::Validation => "validation",
+            ModelEnvironment::Training => "training",
+            ModelEnvironment::Tracing => "tracing",
+        }
+    }
+}
+
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(rename_items = "lowercase")]
+#[graphql(name = "JobStatus")]
 pub enum JobStatusEnum {
     Active,
     Inactive,
@@ -616,7 +639,7 @@ impl TableImportJob {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Page<TableQuery>> {
+    ) -> Result<Page<TableImportJobQuery>> {
         let mut p = page(first, after)?;
         p.forward = false;
         let c = control(ctx);
@@ -630,7 +653,7 @@ impl TableImportJob {
             found.next,
             ok + failed + pending,
             |q| q.seq,
-            TableQuery,
+            TableImportJobQuery,
         ))
     }
 }
@@ -642,10 +665,10 @@ impl TableImportJob {
 }
 
 /// One query (run) of a job.
-pub struct TableQuery(Query);
+pub struct TableImportJobQuery(Query);
 
 #[Object]
-impl TableQuery {
+impl TableImportJobQuery {
     async fn query_id(&self) -> &str {
         self.0.id.as_str()
     }

@@ -63,6 +63,9 @@ fn check_url(field: &str, url: &str, destination: bool) -> Option<Diagnostic> {
             "mariadb://",
             "sqlite:",
             "file://",
+            "bigquery://",
+            "snowflake://",
+            "databricks://",
         ]
         .iter()
         .any(|p| url.starts_with(p))
@@ -81,6 +84,18 @@ fn check_url(field: &str, url: &str, destination: bool) -> Option<Diagnostic> {
             ),
         )
     })
+}
+
+/// The seed's warehouses, whose connectors sluice does not have yet.
+fn warehouse(source: &str) -> Option<&'static str> {
+    [
+        ("bigquery://", "BigQuery"),
+        ("snowflake://", "Snowflake"),
+        ("databricks://", "Databricks"),
+    ]
+    .into_iter()
+    .find(|(scheme, _)| source.starts_with(scheme))
+    .map(|(_, name)| name)
 }
 
 impl Control {
@@ -121,6 +136,15 @@ impl Control {
         }
         found.extend(check_url("source", source, false));
         found.extend(check_url("destination", destination, true));
+        if let Some(store) = warehouse(source) {
+            found.push(diagnostic(
+                "table_store_not_supported",
+                format!(
+                    "sluice cannot read {store} tables yet: the job can be stored, but its \
+                     queries will fail until a {store} connector exists"
+                ),
+            ));
+        }
         if !found.is_empty() {
             return Validation {
                 diagnostics: found,
@@ -295,10 +319,18 @@ impl Control {
         let validation = self
             .validate_job(&new.source, &destination, &new.spec)
             .await;
-        if dry_run || !validation.ok() {
+        // A job on a warehouse sluice cannot read yet is accepted as it is
+        // (its shape was checked): it is stored, and says so when it runs.
+        let only_unsupported = warehouse(&new.source).is_some()
+            && validation
+                .diagnostics
+                .iter()
+                .all(|d| d.code == "table_store_not_supported");
+        if dry_run || !(validation.ok() || only_unsupported) {
             return Ok((None, validation));
         }
         let now = time::now();
+        let scheduled = !new.spec.triggered();
         let job = ImportJob {
             seq: 0,
             id: JobId::generate(),
@@ -311,7 +343,7 @@ impl Control {
             destination_sealed: self.sealer.seal(&destination),
             source_shown: redact(&new.source),
             destination_shown: redact(&destination),
-            next_query_at: Some(now),
+            next_query_at: scheduled.then_some(now),
             created_at: now,
             modified_at: now,
         };
@@ -378,7 +410,12 @@ impl Control {
                 .sealer
                 .open(&job.destination_sealed)
                 .map_err(ControlError::Internal)?;
-            let v = self.validate_job(&source, &dest, &spec).await;
+            let mut v = self.validate_job(&source, &dest, &spec).await;
+            // A warehouse sluice cannot read yet was accepted as it is.
+            if warehouse(&source).is_some() {
+                v.diagnostics
+                    .retain(|d| d.code != "table_store_not_supported");
+            }
             if !v.ok() {
                 return Ok((job, v));
             }
@@ -423,7 +460,7 @@ impl Control {
             return Ok(job);
         }
         let now = time::now();
-        job.next_query_at = (status == JobStatus::Active).then_some(now);
+        job.next_query_at = (status == JobStatus::Active && !job.spec.triggered()).then_some(now);
         job.status = status;
         job.modified_at = now;
         self.store.update_job(&job).await?;

@@ -1,0 +1,695 @@
+//! Seed 000's mutations, each translated onto `engine::control`.
+
+use std::collections::BTreeMap;
+
+use async_graphql::{Context, Enum, InputObject, Object, Result, SimpleObject, ID};
+use serde_json::Value;
+use sluice_domain::*;
+use sluice_engine::control::{ControlError, JobChange, NewJob, Validation};
+
+use crate::ids;
+use crate::objects::{
+    control, gql, holder, JobStatusEnum, ModelEnvironment, ModelType, SpaceObj, TableImportJob,
+    TableStore,
+};
+
+#[derive(InputObject, Default, Clone)]
+#[graphql(name = "TableImportSchemaInputType")]
+pub struct SchemaInput {
+    prediction_id: Option<String>,
+    timestamp: Option<String>,
+    prediction_label: Option<String>,
+    prediction_score: Option<String>,
+    prediction_scores: Option<String>,
+    actual_label: Option<String>,
+    actual_score: Option<String>,
+    actual_scores: Option<String>,
+    threshold_scores: Option<String>,
+    prediction_group_id: Option<String>,
+    rank: Option<String>,
+    relevance_score: Option<String>,
+    relevance_label: Option<String>,
+    version: Option<String>,
+    batch_id: Option<String>,
+    change_timestamp: Option<String>,
+    features: Option<String>,
+    features_list: Option<Vec<String>>,
+    tags: Option<String>,
+    tags_list: Option<Vec<String>>,
+    shap_values: Option<String>,
+    exclude: Option<Vec<String>>,
+    embedding_features: Option<Vec<EmbeddingFeatureInput>>,
+    prediction_object_detection: Option<ObjectDetectionInput>,
+    actual_object_detection: Option<ObjectDetectionInput>,
+}
+
+#[derive(InputObject, Clone)]
+pub struct EmbeddingFeatureInput {
+    feature_name: String,
+    vector_col: String,
+    raw_data_col: Option<String>,
+    link_to_data_col: Option<String>,
+}
+
+#[derive(InputObject, Clone)]
+pub struct ObjectDetectionInput {
+    bounding_boxes_coordinates_column_name: String,
+    bounding_boxes_categories_column_name: String,
+    bounding_boxes_scores_column_name: Option<String>,
+}
+
+impl SchemaInput {
+    fn mapping(self) -> Result<Mapping> {
+        let unsupported = [
+            ("predictionScores", self.prediction_scores.is_some()),
+            ("actualScores", self.actual_scores.is_some()),
+            ("thresholdScores", self.threshold_scores.is_some()),
+            (
+                "embeddingFeatures",
+                self.embedding_features
+                    .as_ref()
+                    .is_some_and(|e| !e.is_empty()),
+            ),
+            (
+                "predictionObjectDetection",
+                self.prediction_object_detection.is_some(),
+            ),
+            (
+                "actualObjectDetection",
+                self.actual_object_detection.is_some(),
+            ),
+        ];
+        for (field, v) in unsupported {
+            if v {
+                return Err(gql(ControlError::BadRequest(format!(
+                    "schema.{field} is not supported by sluice's table imports yet"
+                ))));
+            }
+        }
+        Ok(Mapping {
+            prediction_id: self.prediction_id,
+            timestamp: self.timestamp,
+            prediction_label: self.prediction_label,
+            prediction_score: self.prediction_score,
+            actual_label: self.actual_label,
+            actual_score: self.actual_score,
+            prediction_group_id: self.prediction_group_id,
+            rank: self.rank,
+            relevance_score: self.relevance_score,
+            relevance_label: self.relevance_label,
+            version: self.version,
+            batch_id: self.batch_id,
+            change_timestamp: self.change_timestamp,
+            features: self.features,
+            features_list: self.features_list,
+            tags: self.tags,
+            tags_list: self.tags_list,
+            shap_values: self.shap_values,
+            exclude: self.exclude,
+        })
+    }
+}
+
+#[derive(InputObject, Default, Clone)]
+#[graphql(name = "TableIngestionParametersInputType")]
+pub struct IngestionInput {
+    row_limit: Option<i64>,
+    refresh_interval_minutes: Option<i64>,
+    query_window_size_hours: Option<i64>,
+}
+
+impl IngestionInput {
+    fn params(self, base: &IngestionParams) -> Result<IngestionParams> {
+        let non_negative = |field: &str, v: Option<i64>| -> Result<Option<u64>> {
+            match v {
+                Some(n) if n < 0 => Err(gql(ControlError::BadRequest(format!(
+                    "tableIngestionParameters.{field} must be 0 or more, got {n}"
+                )))),
+                Some(n) => Ok(Some(n as u64)),
+                None => Ok(None),
+            }
+        };
+        let p = IngestionParams {
+            row_limit: non_negative("rowLimit", self.row_limit)?.or(base.row_limit),
+            refresh_interval_minutes: non_negative(
+                "refreshIntervalMinutes",
+                self.refresh_interval_minutes,
+            )?
+            .or(base.refresh_interval_minutes),
+            query_window_size_hours: non_negative(
+                "queryWindowSizeHours",
+                self.query_window_size_hours,
+            )?
+            .map(|h| h as f64)
+            .or(base.query_window_size_hours),
+        };
+        p.check().map_err(|m| gql(ControlError::BadRequest(m)))?;
+        Ok(p)
+    }
+}
+
+#[derive(InputObject)]
+pub struct BigQueryTableConfig {
+    project_id: String,
+    dataset: String,
+    table_name: String,
+}
+
+#[derive(InputObject)]
+pub struct SnowflakeTableConfig {
+    #[graphql(name = "accountID")]
+    account_id: String,
+    schema: String,
+    database: String,
+    table_name: String,
+}
+
+#[derive(InputObject)]
+pub struct DatabricksTableConfig {
+    host_name: String,
+    endpoint: String,
+    port: String,
+    token: Option<String>,
+    azure_resource_id: Option<String>,
+    azure_tenant_id: Option<String>,
+    catalog: String,
+    databricks_schema: String,
+    table_name: String,
+}
+
+/// A table in one of sluice's own stores: `url` is the database's
+/// (`postgres://…`, `mysql://…`, `sqlite://…`) or the folder's
+/// (`file:///…`); the password in it is sealed at rest.
+#[derive(InputObject)]
+pub struct SluiceTableConfig {
+    url: String,
+    table_name: String,
+}
+
+#[derive(InputObject)]
+pub struct CreateTableImportJobInput {
+    space_id: ID,
+    model_name: String,
+    model_version: Option<String>,
+    model_type: ModelType,
+    model_environment_name: ModelEnvironment,
+    table_store: TableStore,
+    big_query_table_config: Option<BigQueryTableConfig>,
+    snowflake_table_config: Option<SnowflakeTableConfig>,
+    databricks_table_config: Option<DatabricksTableConfig>,
+    postgres_table_config: Option<SluiceTableConfig>,
+    mysql_table_config: Option<SluiceTableConfig>,
+    sqlite_table_config: Option<SluiceTableConfig>,
+    file_table_config: Option<SluiceTableConfig>,
+    schema: SchemaInput,
+    batch_id: Option<String>,
+    table_ingestion_parameters: Option<IngestionInput>,
+    dry_run: Option<bool>,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum ValidationStatus {
+    #[graphql(name = "SUCCESS")]
+    Success,
+    #[graphql(name = "FAILURE")]
+    Failure,
+}
+
+#[derive(SimpleObject)]
+pub struct ValidationError {
+    code: String,
+    message: String,
+    column: Option<String>,
+    sample: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct ValidationResult {
+    validation_status: ValidationStatus,
+    /// The first problem found (null when valid).
+    error: Option<ValidationError>,
+    /// Every problem found.
+    errors: Vec<ValidationError>,
+}
+
+fn validation_result(v: &Validation) -> ValidationResult {
+    let errors: Vec<ValidationError> = v
+        .diagnostics
+        .iter()
+        .map(|d| ValidationError {
+            code: d.code.clone(),
+            message: d.message.clone(),
+            column: d.column.clone(),
+            sample: d.sample.clone(),
+        })
+        .collect();
+    ValidationResult {
+        validation_status: if errors.is_empty() {
+            ValidationStatus::Success
+        } else {
+            ValidationStatus::Failure
+        },
+        error: errors.first().map(|e| ValidationError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            column: e.column.clone(),
+            sample: e.sample.clone(),
+        }),
+        errors,
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct CreateTableImportJobPayload {
+    table_import_job: Option<TableImportJob>,
+    space: Option<SpaceObj>,
+    validation_result: ValidationResult,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct TableImportJobPayload {
+    table_import_job: TableImportJob,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct JobIdInput {
+    job_id: ID,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateTableIngestionParametersInput {
+    job_id: ID,
+    table_ingestion_parameters: IngestionInput,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateTableImportJobInput {
+    job_id: ID,
+    job_status: Option<JobStatusEnum>,
+    model_version: Option<String>,
+    schema: Option<SchemaInput>,
+    table_ingestion_parameters: Option<IngestionInput>,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateTriggeredOngoingTableRunInput {
+    job_id: ID,
+    query_start: String,
+    query_end: String,
+    client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct CreateTriggeredOngoingTableRunPayload {
+    /// The query made for the window.
+    query_id: String,
+    client_mutation_id: Option<String>,
+}
+
+/// A job id as the seed and the client send it: the global node id or
+/// the plain `jobId`.
+fn job_id(id: &ID) -> String {
+    match ids::parse(id) {
+        Some((kind, raw)) if kind == "TableImportJob" => raw,
+        _ => id.to_string(),
+    }
+}
+
+fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_matches('_').to_owned();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("model_{s}")
+    } else {
+        s
+    }
+}
+
+fn bad(m: impl Into<String>) -> async_graphql::Error {
+    gql(ControlError::BadRequest(m.into()))
+}
+
+fn need(field: &str, v: &str) -> Result<()> {
+    if v.trim().is_empty() {
+        return Err(bad(format!("{field} must not be empty")));
+    }
+    Ok(())
+}
+
+/// The source URL, table and labels a create input names.
+fn source_of(
+    input: &mut CreateTableImportJobInput,
+    labels: &mut BTreeMap<String, Value>,
+) -> Result<(String, String)> {
+    let store = input.table_store;
+    let missing =
+        |field: &str, store: &str| bad(format!("{field} is required when tableStore is {store}"));
+    let sluice = |cfg: Option<SluiceTableConfig>, field: &str, store: &str, schemes: &[&str]| {
+        let cfg = cfg.ok_or_else(|| missing(field, store))?;
+        need(&format!("{field}.url"), &cfg.url)?;
+        need(&format!("{field}.tableName"), &cfg.table_name)?;
+        if !schemes.iter().any(|s| cfg.url.starts_with(s)) {
+            return Err(bad(format!(
+                "{field}.url must start with {}",
+                schemes.join(" or ")
+            )));
+        }
+        Ok((cfg.url, cfg.table_name))
+    };
+    match store {
+        TableStore::BigQuery => {
+            let c = input
+                .big_query_table_config
+                .take()
+                .ok_or_else(|| missing("bigQueryTableConfig", "BigQuery"))?;
+            need("bigQueryTableConfig.projectId", &c.project_id)?;
+            need("bigQueryTableConfig.dataset", &c.dataset)?;
+            need("bigQueryTableConfig.tableName", &c.table_name)?;
+            labels.insert("tableStore".into(), "BigQuery".into());
+            labels.insert("projectId".into(), c.project_id.clone().into());
+            labels.insert("dataset".into(), c.dataset.clone().into());
+            Ok((
+                format!("bigquery://{}/{}", c.project_id, c.dataset),
+                c.table_name,
+            ))
+        }
+        TableStore::Snowflake => {
+            let c = input
+                .snowflake_table_config
+                .take()
+                .ok_or_else(|| missing("snowflakeTableConfig", "Snowflake"))?;
+            need("snowflakeTableConfig.accountID", &c.account_id)?;
+            need("snowflakeTableConfig.database", &c.database)?;
+            need("snowflakeTableConfig.schema", &c.schema)?;
+            need("snowflakeTableConfig.tableName", &c.table_name)?;
+            labels.insert("tableStore".into(), "Snowflake".into());
+            labels.insert(
+                "dataset".into(),
+                format!("{}.{}", c.database, c.schema).into(),
+            );
+            Ok((
+                format!("snowflake://{}/{}/{}", c.account_id, c.database, c.schema),
+                c.table_name,
+            ))
+        }
+        TableStore::Databricks => {
+            let c = input
+                .databricks_table_config
+                .take()
+                .ok_or_else(|| missing("databricksTableConfig", "Databricks"))?;
+            need("databricksTableConfig.hostName", &c.host_name)?;
+            need("databricksTableConfig.endpoint", &c.endpoint)?;
+            need("databricksTableConfig.catalog", &c.catalog)?;
+            need(
+                "databricksTableConfig.databricksSchema",
+                &c.databricks_schema,
+            )?;
+            need("databricksTableConfig.tableName", &c.table_name)?;
+            if c.port.parse::<u16>().is_err() {
+                return Err(bad(format!(
+                    "databricksTableConfig.port must be a port number, got `{}`",
+                    c.port
+                )));
+            }
+            let _ = (&c.azure_resource_id, &c.azure_tenant_id);
+            labels.insert("tableStore".into(), "Databricks".into());
+            labels.insert(
+                "dataset".into(),
+                format!("{}.{}", c.catalog, c.databricks_schema).into(),
+            );
+            let token = c.token.map(|t| format!("token:{t}@")).unwrap_or_default();
+            Ok((
+                format!(
+                    "databricks://{token}{}:{}{}?catalog={}&schema={}",
+                    c.host_name, c.port, c.endpoint, c.catalog, c.databricks_schema
+                ),
+                c.table_name,
+            ))
+        }
+        TableStore::PostgreSQL => sluice(
+            input.postgres_table_config.take(),
+            "postgresTableConfig",
+            "PostgreSQL",
+            &["postgres://", "postgresql://"],
+        ),
+        TableStore::MySQL => sluice(
+            input.mysql_table_config.take(),
+            "mysqlTableConfig",
+            "MySQL",
+            &["mysql://", "mariadb://"],
+        ),
+        TableStore::SQLite => sluice(
+            input.sqlite_table_config.take(),
+            "sqliteTableConfig",
+            "SQLite",
+            &["sqlite:"],
+        ),
+        TableStore::Files => sluice(
+            input.file_table_config.take(),
+            "fileTableConfig",
+            "Files",
+            &["file://"],
+        ),
+    }
+}
+
+async fn create(
+    ctx: &Context<'_>,
+    mut input: CreateTableImportJobInput,
+    triggered: bool,
+) -> Result<CreateTableImportJobPayload> {
+    let c = control(ctx);
+    let who = holder(ctx);
+    let space_raw = match ids::parse(&input.space_id) {
+        Some((kind, raw)) if kind == "Space" => raw,
+        _ => input.space_id.to_string(),
+    };
+    let space = c.space_for(who, &space_raw).await.map_err(gql)?;
+    need("modelName", &input.model_name)?;
+    let mut labels = BTreeMap::new();
+    let (source, table) = source_of(&mut input, &mut labels)?;
+    labels.insert("modelName".into(), input.model_name.clone().into());
+    labels.insert("modelType".into(), input.model_type.as_str().into());
+    labels.insert(
+        "modelEnvironmentName".into(),
+        input.model_environment_name.as_str().into(),
+    );
+    if let Some(v) = &input.model_version {
+        labels.insert("modelVersion".into(), v.clone().into());
+    }
+    if let Some(b) = &input.batch_id {
+        labels.insert("batchId".into(), b.clone().into());
+    }
+    if triggered {
+        labels.insert("triggered".into(), true.into());
+    }
+    let mapping = input.schema.clone().mapping()?;
+    let ingestion = input
+        .table_ingestion_parameters
+        .take()
+        .unwrap_or_default()
+        .params(&IngestionParams::default())?;
+    let spec = JobSpec {
+        table,
+        target: slug(&input.model_name),
+        mode: if mapping.change_timestamp.is_some() {
+            LoadMode::Incremental
+        } else {
+            LoadMode::Destructive
+        },
+        change_column: None,
+        key: None,
+        mapping,
+        ingestion,
+        labels,
+    };
+    let new = NewJob {
+        name: input.model_name.clone(),
+        space: if space.is_default {
+            String::new()
+        } else {
+            space.id.to_string()
+        },
+        source,
+        destination: None,
+        spec,
+    };
+    let (job, validation) = c
+        .create_job(&who.organization, new, input.dry_run.unwrap_or(false))
+        .await
+        .map_err(gql)?;
+    Ok(CreateTableImportJobPayload {
+        table_import_job: job.map(|j| TableImportJob(Box::new(j))),
+        space: Some(SpaceObj(space)),
+        validation_result: validation_result(&validation),
+        client_mutation_id: input.client_mutation_id,
+    })
+}
+
+pub struct MutationRoot;
+
+#[Object(name = "Mutation")]
+impl MutationRoot {
+    /// Validates a job and, unless `dryRun`, creates it (active; its first
+    /// query is due at once).
+    async fn create_table_import_job(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTableImportJobInput,
+    ) -> Result<CreateTableImportJobPayload> {
+        create(ctx, input, false).await
+    }
+
+    /// A job that queries only the windows asked for
+    /// (`createTriggeredOngoingTableRun`), never on a schedule.
+    async fn create_triggered_ongoing_table_import_job(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTableImportJobInput,
+    ) -> Result<CreateTableImportJobPayload> {
+        create(ctx, input, true).await
+    }
+
+    /// A query of the window [queryStart, queryEnd) (its rows are replaced).
+    async fn create_triggered_ongoing_table_run(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTriggeredOngoingTableRunInput,
+    ) -> Result<CreateTriggeredOngoingTableRunPayload> {
+        let q = control(ctx)
+            .run_job(
+                &holder(ctx).organization,
+                &job_id(&input.job_id),
+                Some((input.query_start, input.query_end)),
+                None,
+            )
+            .await
+            .map_err(gql)?;
+        Ok(CreateTriggeredOngoingTableRunPayload {
+            query_id: q.id.to_string(),
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+
+    async fn pause_table_import_job(
+        &self,
+        ctx: &Context<'_>,
+        input: JobIdInput,
+    ) -> Result<TableImportJobPayload> {
+        status(ctx, input, JobStatus::Paused).await
+    }
+
+    async fn start_table_import_job(
+        &self,
+        ctx: &Context<'_>,
+        input: JobIdInput,
+    ) -> Result<TableImportJobPayload> {
+        status(ctx, input, JobStatus::Active).await
+    }
+
+    async fn delete_table_import_job(
+        &self,
+        ctx: &Context<'_>,
+        input: JobIdInput,
+    ) -> Result<TableImportJobPayload> {
+        status(ctx, input, JobStatus::Deleted).await
+    }
+
+    async fn update_table_ingestion_parameters(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateTableIngestionParametersInput,
+    ) -> Result<TableImportJobPayload> {
+        let c = control(ctx);
+        let org = &holder(ctx).organization;
+        let id = job_id(&input.job_id);
+        let job = c.get_job(org, &id).await.map_err(gql)?;
+        let params = input
+            .table_ingestion_parameters
+            .params(&job.spec.ingestion)?;
+        let change = JobChange {
+            ingestion: Some(params),
+            ..JobChange::default()
+        };
+        let (job, _) = c.update_job(org, &id, change).await.map_err(gql)?;
+        Ok(TableImportJobPayload {
+            table_import_job: TableImportJob(Box::new(job)),
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+
+    /// Changes a job's status, model version, schema and ingestion
+    /// parameters; a new schema is validated against the table first.
+    async fn update_table_import_job(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateTableImportJobInput,
+    ) -> Result<TableImportJobPayload> {
+        let c = control(ctx);
+        let org = &holder(ctx).organization;
+        let id = job_id(&input.job_id);
+        let job = c.get_job(org, &id).await.map_err(gql)?;
+        let mut labels = job.spec.labels.clone();
+        if let Some(v) = &input.model_version {
+            labels.insert("modelVersion".into(), v.clone().into());
+        }
+        let change = JobChange {
+            mapping: input.schema.map(SchemaInput::mapping).transpose()?,
+            ingestion: input
+                .table_ingestion_parameters
+                .map(|p| p.params(&job.spec.ingestion))
+                .transpose()?,
+            labels: Some(labels),
+            ..JobChange::default()
+        };
+        let (mut job, v) = c.update_job(org, &id, change).await.map_err(gql)?;
+        if let Some(d) = v.diagnostics.first() {
+            return Err(bad(format!(
+                "the new schema does not validate: {}",
+                d.message
+            )));
+        }
+        if let Some(s) = input.job_status {
+            let status = match s {
+                JobStatusEnum::Active => JobStatus::Active,
+                JobStatusEnum::Inactive => JobStatus::Paused,
+                JobStatusEnum::Deleted => JobStatus::Deleted,
+            };
+            job = c.set_job_status(org, &id, status).await.map_err(gql)?;
+        }
+        Ok(TableImportJobPayload {
+            table_import_job: TableImportJob(Box::new(job)),
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+}
+
+async fn status(
+    ctx: &Context<'_>,
+    input: JobIdInput,
+    status: JobStatus,
+) -> Result<TableImportJobPayload> {
+    let job = control(ctx)
+        .set_job_status(&holder(ctx).organization, &job_id(&input.job_id), status)
+        .await
+        .map_err(gql)?;
+    Ok(TableImportJobPayload {
+        table_import_job: TableImportJob(Box::new(job)),
+        client_mutation_id: input.client_mutation_id,
+    })
+}
