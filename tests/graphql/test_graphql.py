@@ -84,7 +84,12 @@ def test_a_key_reads_its_organization_spaces_and_jobs(server, source, tmp_path):
     status, body = gql(server, other_key, "query ($id: ID!) { node(id: $id) { id } }", {"id": space_id})
     assert body["data"]["node"] is None
 
-    # Bad input is a GraphQL error, never a 5xx.
+    # The core's Bearer token acts for its organization too.
+    r = requests.post(server.url + "/graphql", json={"query": "{ account { organizations { edges { node { name } } } } }"},
+                      headers={"Authorization": "Bearer " + server.jwt(org)}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["data"]["account"]["organizations"]["edges"]) == 1, r.text
+
+    # Bad input is a GraphQL error with a code, never a 5xx.
     for q, v in [("{ node(id: 5) { id } }", None),
                  ("query ($s: ID!) { node(id: $s) { ... on Space { tableJobs(first: -1) { totalCount } } } }",
                   {"s": space_id}),
@@ -93,6 +98,7 @@ def test_a_key_reads_its_organization_spaces_and_jobs(server, source, tmp_path):
                  ("{ account { organizations { edges { node { id " + "name " * 20000 + "} } } } }", None)]:
         status, body = gql(server, key, q, v)
         assert status == 200 and body.get("errors"), (q[:80], status, body)
+        assert all(e["extensions"]["code"] for e in body["errors"]), body
 
 
 def test_arize_toolkit_finds_its_organization_and_spaces(server):

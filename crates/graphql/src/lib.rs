@@ -1,7 +1,7 @@
 //! sluice's GraphQL face: seed 000's table importer API.
 //!
 //! `POST /graphql` (and GraphiQL on `GET /graphql`), authenticated with an
-//! `x-api-key`. This face holds no business rules: every field and
+//! `x-api-key` or the core's `Authorization` (Bearer JWT or user token). This face holds no business rules: every field and
 //! mutation translates onto `engine::control`.
 //!
 //! `account { organizations }`, `node(id:)` for organizations, spaces,
@@ -23,7 +23,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use sluice_engine::control::{Control, ControlError};
+use sluice_engine::control::{Control, ControlError, KeyHolder};
 
 pub use mutations::MutationRoot;
 pub use objects::QueryRoot;
@@ -75,7 +75,24 @@ async fn execute(
     body: axum::body::Bytes,
 ) -> Response {
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    let holder = match face.control.authenticate_api_key(key).await {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| key.is_none());
+    let who = match bearer {
+        // The core's credentials (a JWT or a user's token) act for their
+        // organization, every space of it.
+        Some(header) => face
+            .control
+            .authenticate(Some(header))
+            .await
+            .map(|p| KeyHolder {
+                organization: p.organization,
+                space: None,
+            }),
+        None => face.control.authenticate_api_key(key).await,
+    };
+    let holder = match who {
         Ok(h) => h,
         Err(ControlError::Unauthorized(m)) => {
             return error(StatusCode::UNAUTHORIZED, m, "UNAUTHENTICATED")
@@ -108,7 +125,19 @@ async fn execute(
     }
     let request = request.data(face.control.clone()).data(holder);
     let response = face.schema.execute(request).await;
-    Json(serde_json::to_value(&response).unwrap_or(Value::Null)).into_response()
+    let mut out = serde_json::to_value(&response).unwrap_or(Value::Null);
+    // Every error carries a code: the schema's own (a parse or validation
+    // error, a wrong type or enum value) say GRAPHQL_VALIDATION_FAILED.
+    if let Some(Value::Array(errors)) = out.get_mut("errors") {
+        for e in errors.iter_mut().filter_map(Value::as_object_mut) {
+            let ext = e.entry("extensions").or_insert_with(|| json!({}));
+            if let Some(ext) = ext.as_object_mut() {
+                ext.entry("code")
+                    .or_insert_with(|| json!("GRAPHQL_VALIDATION_FAILED"));
+            }
+        }
+    }
+    Json(out).into_response()
 }
 
 /// Two compatibility rules for seed 000's text, applied outside string
