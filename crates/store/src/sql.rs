@@ -125,12 +125,22 @@ impl SqlStore {
 
     /// Applies the dialect's migrations that are not yet applied.
     pub async fn migrate(&self) -> Result<()> {
+        // Under the migration lock: two first starts racing to create the
+        // table would otherwise collide in PostgreSQL's catalog.
+        let mut tx = self.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
              (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         for &(version, sql) in self.dialect.migrations() {
             let mut tx = self.begin().await?;
             if self.dialect == Dialect::Postgres {

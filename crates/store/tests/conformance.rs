@@ -1432,6 +1432,35 @@ async fn jobs_page_by_keyset_with_search_and_count(store: Arc<SqlStore>) {
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 25);
 }
 
+/// Processes opening one new PostgreSQL database at once all get it,
+/// migrated once.
+#[test]
+fn many_openers_of_a_new_postgres_database_all_succeed() {
+    let admin = std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(tempdir::fresh_postgres_database(&admin));
+    let openers: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async { sluice_store::open(&url).await.map(|s| s.dialect()) })
+            })
+        })
+        .collect();
+    for o in openers {
+        let dialect = o.join().unwrap().expect("every opener gets the store");
+        assert_eq!(dialect, sluice_store::Dialect::Postgres);
+    }
+}
+
 /// Processes opening one new SQLite file at once (`serve` and an admin
 /// command) all get it, migrated once.
 #[test]
