@@ -322,6 +322,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             },
         },
         columns: None,
+        mapping: None,
         stage: None,
         cancel: None,
         key: args.key,

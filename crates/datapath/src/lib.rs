@@ -102,6 +102,9 @@ pub struct ImportSpec {
     pub window: WindowRequest,
     /// The source columns to load, in the source's order (None: all).
     pub columns: Option<Vec<String>>,
+    /// A job's column mapping (seed 000's `schema`), resolved against the
+    /// source's columns as the import reads them (None: every column).
+    pub mapping: Option<sluice_domain::Mapping>,
     /// Where extracted batches and their manifest are written (None: the
     /// rows stream straight from source to destination).
     pub stage: Option<StageHandle>,
@@ -124,6 +127,7 @@ impl ImportSpec {
             job: None,
             window: WindowRequest::default(),
             columns: None,
+            mapping: None,
             stage: None,
             cancel: None,
             key: None,
@@ -159,8 +163,23 @@ impl ImportSpec {
     /// The columns to load of `all`, checked: every selected column must
     /// be one of the source's.
     pub(crate) fn select<C: Clone>(&self, all: &[C], name: impl Fn(&C) -> &str) -> Result<Vec<C>> {
-        let Some(wanted) = &self.columns else {
-            return Ok(all.to_vec());
+        let mapped;
+        let wanted = match (&self.columns, &self.mapping) {
+            (Some(w), _) => w,
+            (None, Some(m)) => {
+                let names: Vec<String> = all.iter().map(|c| name(c).to_owned()).collect();
+                mapped = m.select(&names).map_err(|problems| {
+                    ImportError::Invalid(
+                        problems
+                            .into_iter()
+                            .map(|d| d.message)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                })?;
+                &mapped
+            }
+            (None, None) => return Ok(all.to_vec()),
         };
         if let Some(missing) = wanted.iter().find(|w| !all.iter().any(|c| name(c) == *w)) {
             return Err(ImportError::Invalid(format!(

@@ -92,6 +92,7 @@ fn spec(src: &str, dst: &str, target: &str, mode: Mode, change: Option<&str>) ->
         job: None,
         window: Default::default(),
         columns: None,
+        mapping: None,
         stage: None,
         cancel: None,
         key: None,

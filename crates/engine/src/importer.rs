@@ -148,6 +148,14 @@ impl Importer {
                 return q.status;
             }
         }
+        // The job is read once: the load and the task writer share it.
+        let job = match self.store.find_job(&q.job_id).await {
+            Ok(job) => job,
+            Err(e) => {
+                let error = e.to_string();
+                return self.finish(&q, QueryOutcome::Failed { error }).await;
+            }
+        };
         let cancel = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = {
@@ -176,12 +184,17 @@ impl Importer {
         };
 
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_tasks(self.store.clone(), q.clone(), rx));
+        let writer = tokio::spawn(write_tasks(
+            self.store.clone(),
+            q.clone(),
+            (job.spec.table.clone(), job.spec.target.clone()),
+            rx,
+        ));
         let mut recorder = Recorder {
             tx: tx.clone(),
             rows,
         };
-        let result = self.load(&q, cancel, &mut recorder).await;
+        let result = self.load(&job, &q, cancel, &mut recorder).await;
         heartbeat.abort();
         let _ = tx.send(Note::Done(
             result.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
@@ -222,15 +235,11 @@ impl Importer {
 
     async fn load(
         &self,
+        job: &ImportJob,
         q: &Query,
         cancel: Arc<AtomicBool>,
         progress: &mut dyn Progress,
     ) -> Result<ImportReport, ImportError> {
-        let job = self
-            .store
-            .find_job(&q.job_id)
-            .await
-            .map_err(|e| ImportError::Invalid(e.to_string()))?;
         let source = self
             .sealer
             .open(&job.source_sealed)
@@ -240,24 +249,6 @@ impl Importer {
             .open(&job.destination_sealed)
             .map_err(ImportError::Invalid)?;
         let spec = &job.spec;
-        let columns = if spec.mapping.is_all() && spec.mapping.exclude.is_none() {
-            None
-        } else {
-            let names: Vec<String> = sluice_datapath::inspect::columns(&source, &spec.table)
-                .await?
-                .into_iter()
-                .map(|c| c.name)
-                .collect();
-            Some(spec.mapping.select(&names).map_err(|problems| {
-                ImportError::Invalid(
-                    problems
-                        .into_iter()
-                        .map(|d| d.message)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?)
-        };
         let window = match &q.requested {
             Some((start, end)) => sluice_datapath::WindowRequest::Explicit {
                 start: start.clone(),
@@ -286,7 +277,10 @@ impl Importer {
             change_column: spec.change_column().map(str::to_owned),
             job: Some(job.id.to_string()),
             window,
-            columns,
+            columns: None,
+            // Resolved against the columns the import reads anyway: no
+            // second look at the source.
+            mapping: Some(spec.mapping.clone()),
             stage: Some(StageHandle(Arc::new(BlobStage {
                 blobs: self.blobs.clone(),
                 prefix: format!("staging/{}/{}/attempt-{}", job.id, q.id, q.attempt),
@@ -525,12 +519,9 @@ impl Tasks {
 async fn write_tasks(
     store: Arc<dyn MetadataStore>,
     q: Query,
+    (source, target): (String, String),
     mut rx: mpsc::UnboundedReceiver<Note>,
 ) {
-    let (source, target) = match store.find_job(&q.job_id).await {
-        Ok(job) => (job.spec.table, job.spec.target),
-        Err(_) => (String::new(), String::new()),
-    };
     let mut tasks = Tasks::new(q, source, target, time::now());
     tasks.flush(store.as_ref()).await;
     while let Some(note) = rx.recv().await {
