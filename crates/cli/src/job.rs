@@ -345,10 +345,19 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
             }
             if !v.ok() {
                 if !common.json {
-                    eprintln!("the job does not validate (nothing was stored):");
+                    eprintln!(
+                        "{}",
+                        if job.is_some() {
+                            "the job is stored, but:"
+                        } else {
+                            "the job does not validate (nothing was stored):"
+                        }
+                    );
                     print_diagnostics(&v);
                 }
-                std::process::exit(1);
+                if job.is_none() {
+                    std::process::exit(1);
+                }
             }
         }
         JobCommand::List { all, common } => {
@@ -425,7 +434,7 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
                 .update_job(&org, &id, change)
                 .await
                 .map_err(print_error)?;
-            if !v.ok() {
+            if !v.accepts() {
                 if common.json {
                     println!("{}", validation_json(&v));
                 } else {

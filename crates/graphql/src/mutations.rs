@@ -658,7 +658,7 @@ impl MutationRoot {
             ..JobChange::default()
         };
         let (mut job, v) = c.update_job(org, &id, change).await.map_err(gql)?;
-        if let Some(d) = v.diagnostics.first() {
+        if let Some(d) = v.blocking().next() {
             return Err(bad(format!(
                 "the new schema does not validate: {}",
                 d.message

@@ -30,9 +30,27 @@ pub struct Validation {
     pub columns: Vec<String>,
 }
 
+/// Findings that do not stop a job from being stored: a job on a
+/// warehouse sluice cannot read yet is accepted as it is (its shape was
+/// checked) and says so when it runs.
+const NOT_BLOCKING: [&str; 1] = ["table_store_not_supported"];
+
 impl Validation {
+    /// Nothing at all was found.
     pub fn ok(&self) -> bool {
         self.diagnostics.is_empty()
+    }
+
+    /// The findings that keep a job (or a change to one) from being stored.
+    pub fn blocking(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| !NOT_BLOCKING.contains(&d.code.as_str()))
+    }
+
+    /// Whether the job (or the change) may be stored.
+    pub fn accepts(&self) -> bool {
+        self.blocking().next().is_none()
     }
 }
 
@@ -319,14 +337,7 @@ impl Control {
         let validation = self
             .validate_job(&new.source, &destination, &new.spec)
             .await;
-        // A job on a warehouse sluice cannot read yet is accepted as it is
-        // (its shape was checked): it is stored, and says so when it runs.
-        let only_unsupported = warehouse(&new.source).is_some()
-            && validation
-                .diagnostics
-                .iter()
-                .all(|d| d.code == "table_store_not_supported");
-        if dry_run || !(validation.ok() || only_unsupported) {
+        if dry_run || !validation.accepts() {
             return Ok((None, validation));
         }
         let now = time::now();
@@ -410,13 +421,8 @@ impl Control {
                 .sealer
                 .open(&job.destination_sealed)
                 .map_err(ControlError::Internal)?;
-            let mut v = self.validate_job(&source, &dest, &spec).await;
-            // A warehouse sluice cannot read yet was accepted as it is.
-            if warehouse(&source).is_some() {
-                v.diagnostics
-                    .retain(|d| d.code != "table_store_not_supported");
-            }
-            if !v.ok() {
+            let v = self.validate_job(&source, &dest, &spec).await;
+            if !v.accepts() {
                 return Ok((job, v));
             }
             v
