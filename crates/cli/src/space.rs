@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 use sluice_domain::time;
 use sluice_domain::*;
 
+use sluice_engine::control::KeyHolder;
+
 use crate::{print_error, StoreArgs};
 
 #[derive(Subcommand)]
@@ -89,14 +91,16 @@ pub async fn space(command: SpaceCommand) -> anyhow::Result<()> {
             let (control, _, _) = crate::control(&store).await?;
             let org = OrganizationId::parse(&org)?;
             control.store().get_organization(&org).await?;
-            let default = control.default_space(&org).await.map_err(print_error)?;
-            let mut spaces = vec![default.clone()];
+            let all = KeyHolder {
+                organization: org,
+                space: None,
+            };
+            let mut spaces = Vec::new();
             let mut after = None;
             loop {
                 let page = control
-                    .store()
-                    .list_spaces(
-                        &org,
+                    .spaces(
+                        &all,
                         None,
                         PageRequest {
                             after,
@@ -104,8 +108,9 @@ pub async fn space(command: SpaceCommand) -> anyhow::Result<()> {
                             limit: 500,
                         },
                     )
-                    .await?;
-                spaces.extend(page.items.into_iter().filter(|s| s.id != default.id));
+                    .await
+                    .map_err(print_error)?;
+                spaces.extend(page.items);
                 match page.next {
                     Some(n) => after = Some(n),
                     None => break,

@@ -384,6 +384,33 @@ pub struct ImportJob {
     pub modified_at: Timestamp,
 }
 
+impl ImportJob {
+    /// The kind of store the job reads: the seed's warehouse its labels
+    /// name (`tableStore`), else the source's own — `PostgreSQL`, `MySQL`,
+    /// `SQLite` or `Files`.
+    pub fn store_name(&self) -> &str {
+        if let Some(store) = self
+            .spec
+            .labels
+            .get("tableStore")
+            .and_then(Value::as_str)
+            .filter(|s| ["BigQuery", "Snowflake", "Databricks"].contains(s))
+        {
+            return store;
+        }
+        let s = &self.source_shown;
+        if s.starts_with("postgres") {
+            "PostgreSQL"
+        } else if s.starts_with("mysql") || s.starts_with("mariadb") {
+            "MySQL"
+        } else if s.starts_with("sqlite") {
+            "SQLite"
+        } else {
+            "Files"
+        }
+    }
+}
+
 /// What made a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

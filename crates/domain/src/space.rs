@@ -20,6 +20,18 @@ pub struct Space {
     pub created_at: Timestamp,
 }
 
+impl Space {
+    /// How a job names this space: jobs of the default space name none
+    /// (the CLI's jobs, which name no space, live there).
+    pub fn job_key(&self) -> String {
+        if self.is_default {
+            String::new()
+        } else {
+            self.id.to_string()
+        }
+    }
+}
+
 /// A model a job feeds: made when the first job names it in its space.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {

@@ -520,11 +520,7 @@ async fn create(
     };
     let new = NewJob {
         name: input.model_name.clone(),
-        space: if space.is_default {
-            String::new()
-        } else {
-            space.id.to_string()
-        },
+        space: space.job_key(),
         source,
         destination: None,
         spec,
@@ -534,7 +530,7 @@ async fn create(
         .await
         .map_err(gql)?;
     Ok(CreateTableImportJobPayload {
-        table_import_job: job.map(|j| TableImportJob(Box::new(j))),
+        table_import_job: job.map(TableImportJob::new),
         space: Some(SpaceObj(space)),
         validation_result: validation_result(&validation),
         client_mutation_id: input.client_mutation_id,
@@ -628,7 +624,7 @@ impl MutationRoot {
         };
         let (job, _) = c.update_job(org, &id, change).await.map_err(gql)?;
         Ok(TableImportJobPayload {
-            table_import_job: TableImportJob(Box::new(job)),
+            table_import_job: TableImportJob::new(job),
             client_mutation_id: input.client_mutation_id,
         })
     }
@@ -673,7 +669,7 @@ impl MutationRoot {
             job = c.set_job_status(org, &id, status).await.map_err(gql)?;
         }
         Ok(TableImportJobPayload {
-            table_import_job: TableImportJob(Box::new(job)),
+            table_import_job: TableImportJob::new(job),
             client_mutation_id: input.client_mutation_id,
         })
     }
@@ -689,7 +685,7 @@ async fn status(
         .await
         .map_err(gql)?;
     Ok(TableImportJobPayload {
-        table_import_job: TableImportJob(Box::new(job)),
+        table_import_job: TableImportJob::new(job),
         client_mutation_id: input.client_mutation_id,
     })
 }

@@ -7,7 +7,7 @@ use async_graphql::{Context, Enum, ErrorExtensions, Interface, Object, Result, S
 use sluice_domain::time;
 use sluice_domain::*;
 use sluice_engine::control::{Control, ControlError, KeyHolder};
-use sluice_store::JobFilter;
+use tokio::sync::OnceCell;
 
 use crate::ids;
 
@@ -23,10 +23,6 @@ pub(crate) fn gql(e: ControlError) -> async_graphql::Error {
         ControlError::Internal(_) => "INTERNAL_SERVER_ERROR",
     };
     async_graphql::Error::new(e.to_string()).extend_with(|_, x| x.set("code", code))
-}
-
-fn store_err(e: sluice_store::StoreError) -> async_graphql::Error {
-    gql(e.into())
 }
 
 pub(crate) fn control<'a>(ctx: &Context<'a>) -> &'a Arc<Control> {
@@ -76,7 +72,7 @@ fn connection<T: async_graphql::OutputType, S>(
     next: Option<i64>,
     total: i64,
     seq: impl Fn(&S) -> i64,
-    node: impl Fn(S) -> T,
+    mut node: impl FnMut(S) -> T,
 ) -> Page<T> {
     let mut c =
         Connection::with_additional_fields(false, next.is_some(), Total { total_count: total });
@@ -111,7 +107,7 @@ impl QueryRoot {
                 let org = OrganizationId::parse(&raw).ok();
                 match org {
                     Some(o) if o == who.organization => {
-                        let org = c.store().get_organization(&o).await.map_err(store_err)?;
+                        let org = c.organization_of(who).await.map_err(gql)?;
                         Some(Node::AccountOrganization(AccountOrganization(org)))
                     }
                     _ => None,
@@ -122,17 +118,13 @@ impl QueryRoot {
                 Err(ControlError::NotFound(_)) => None,
                 Err(e) => return Err(gql(e)),
             },
-            "Model" => match ModelId::parse(&raw) {
-                Ok(m) => match c.store().get_model(&m).await {
-                    Ok(m) if m.organization_id == who.organization => {
-                        Some(Node::Model(ModelObj(m)))
-                    }
-                    _ => None,
-                },
-                Err(_) => None,
-            },
+            "Model" => c
+                .model(who, &raw)
+                .await
+                .map_err(gql)?
+                .map(|m| Node::Model(ModelObj(m))),
             "TableImportJob" => match c.get_job(&who.organization, &raw).await {
-                Ok(j) => Some(Node::TableImportJob(TableImportJob(Box::new(j)))),
+                Ok(j) => Some(Node::TableImportJob(TableImportJob::new(j))),
                 Err(ControlError::NotFound(_)) => None,
                 Err(e) => return Err(gql(e)),
             },
@@ -164,11 +156,7 @@ impl Account {
     ) -> Result<Page<AccountOrganization>> {
         let p = page(first, after)?;
         let who = holder(ctx);
-        let org = control(ctx)
-            .store()
-            .get_organization(&who.organization)
-            .await
-            .map_err(store_err)?;
+        let org = control(ctx).organization_of(who).await.map_err(gql)?;
         let matches = search
             .filter(|s| !s.is_empty())
             .is_none_or(|s| org.name.to_lowercase().contains(&s.to_lowercase()));
@@ -209,18 +197,18 @@ impl AccountOrganization {
         after: Option<String>,
     ) -> Result<Page<SpaceObj>> {
         let p = page(first, after)?;
-        let c = control(ctx);
-        let who = holder(ctx);
-        // The default space exists from the first look.
-        c.default_space(&self.0.id).await.map_err(gql)?;
-        let found = c
-            .store()
-            .list_spaces(&self.0.id, search.as_deref(), p)
+        let found = control(ctx)
+            .spaces(holder(ctx), search.as_deref(), p)
             .await
-            .map_err(store_err)?;
-        let items: Vec<Space> = found.items.into_iter().filter(|s| who.may_use(s)).collect();
-        let total = items.len() as i64;
-        Ok(connection(items, found.next, total, |s| s.seq, SpaceObj))
+            .map_err(gql)?;
+        let total = found.items.len() as i64;
+        Ok(connection(
+            found.items,
+            found.next,
+            total,
+            |s| s.seq,
+            SpaceObj,
+        ))
     }
 }
 
@@ -252,10 +240,9 @@ impl SpaceObj {
     ) -> Result<Page<ModelObj>> {
         let p = page(first, after)?;
         let found = control(ctx)
-            .store()
-            .list_models(&self.0.id, search.as_deref(), p)
+            .models(&self.0, search.as_deref(), p)
             .await
-            .map_err(store_err)?;
+            .map_err(gql)?;
         let total = found.items.len() as i64;
         Ok(connection(
             found.items,
@@ -275,24 +262,19 @@ impl SpaceObj {
     ) -> Result<Page<TableImportJob>> {
         let p = page(first, after)?;
         let c = control(ctx);
-        let filter = JobFilter {
-            organization: self.0.organization_id.clone(),
-            space: Some(if self.0.is_default {
-                String::new()
-            } else {
-                self.0.id.to_string()
-            }),
-            search: search.filter(|s| !s.is_empty()),
-            include_deleted: false,
-        };
-        let found = c.list_jobs(&filter, p).await.map_err(gql)?;
-        let total = c.count_jobs(&filter).await.map_err(gql)?;
+        let (found, total) = c.space_jobs(&self.0, search, p).await.map_err(gql)?;
+        // The page's query counts in one look, not three a job.
+        let ids: Vec<JobId> = found.items.iter().map(|j| j.id.clone()).collect();
+        let mut counts = c.query_counts_of(&ids).await.map_err(gql)?;
         Ok(connection(
             found.items,
             found.next,
             total,
             |j| j.seq,
-            |j| TableImportJob(Box::new(j)),
+            |j| {
+                let n = counts.remove(&j.id).unwrap_or_default();
+                TableImportJob::with_counts(j, n)
+            },
         ))
     }
 }
@@ -402,9 +384,19 @@ pub enum TableStore {
     Files,
 }
 
-pub struct TableImportJob(pub Box<ImportJob>);
+/// A job, with its query counts once they are known (a list page reads
+/// them for all its jobs at once).
+pub struct TableImportJob(Box<ImportJob>, OnceCell<(i64, i64, i64)>);
 
 impl TableImportJob {
+    pub(crate) fn new(job: ImportJob) -> TableImportJob {
+        TableImportJob(Box::new(job), OnceCell::new())
+    }
+
+    fn with_counts(job: ImportJob, counts: (i64, i64, i64)) -> TableImportJob {
+        TableImportJob(Box::new(job), OnceCell::new_with(Some(counts)))
+    }
+
     fn label(&self, key: &str) -> Option<&str> {
         self.0.spec.labels.get(key).and_then(|v| v.as_str())
     }
@@ -542,27 +534,7 @@ impl TableImportJob {
         self.label("modelName").unwrap_or(&self.0.name)
     }
     async fn model_id(&self, ctx: &Context<'_>) -> Result<ID> {
-        let c = control(ctx);
-        let space = match SpaceId::parse(&self.0.space) {
-            Ok(s) => s,
-            Err(_) => {
-                c.default_space(&self.0.organization_id)
-                    .await
-                    .map_err(gql)?
-                    .id
-            }
-        };
-        let m = c
-            .store()
-            .model_for(
-                &self.0.organization_id,
-                &space,
-                self.label("modelName").unwrap_or(&self.0.name),
-                self.label("modelType").unwrap_or("score_categorical"),
-                time::now(),
-            )
-            .await
-            .map_err(store_err)?;
+        let m = control(ctx).job_model(&self.0).await.map_err(gql)?;
         Ok(ID(ids::global("Model", m.id.as_str())))
     }
     async fn model_version(&self) -> Option<&str> {
@@ -590,22 +562,14 @@ impl TableImportJob {
         &self.0.spec.table
     }
     async fn table_store(&self) -> TableStore {
-        match self.label("tableStore") {
-            Some("BigQuery") => TableStore::BigQuery,
-            Some("Snowflake") => TableStore::Snowflake,
-            Some("Databricks") => TableStore::Databricks,
-            _ => {
-                let s = &self.0.source_shown;
-                if s.starts_with("postgres") {
-                    TableStore::PostgreSQL
-                } else if s.starts_with("mysql") || s.starts_with("mariadb") {
-                    TableStore::MySQL
-                } else if s.starts_with("sqlite") {
-                    TableStore::SQLite
-                } else {
-                    TableStore::Files
-                }
-            }
+        match self.0.store_name() {
+            "BigQuery" => TableStore::BigQuery,
+            "Snowflake" => TableStore::Snowflake,
+            "Databricks" => TableStore::Databricks,
+            "PostgreSQL" => TableStore::PostgreSQL,
+            "MySQL" => TableStore::MySQL,
+            "SQLite" => TableStore::SQLite,
+            _ => TableStore::Files,
         }
     }
     /// BigQuery's project (empty for other stores).
@@ -659,8 +623,13 @@ impl TableImportJob {
 }
 
 impl TableImportJob {
+    /// (succeeded, failed, not yet ended) queries: read once per job.
     async fn counts(&self, ctx: &Context<'_>) -> Result<(i64, i64, i64)> {
-        control(ctx).query_counts(&self.0.id).await.map_err(gql)
+        self.1
+            .get_or_try_init(|| async { control(ctx).query_counts(&self.0.id).await })
+            .await
+            .copied()
+            .map_err(gql)
     }
 }
 

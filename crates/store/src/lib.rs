@@ -329,7 +329,16 @@ pub trait ImportStore: Send + Sync + 'static {
     async fn get_query(&self, org: &OrganizationId, id: &QueryId) -> Result<Query>;
     async fn list_queries(&self, job: &JobId, page: PageRequest) -> Result<Page<Query>>;
     /// (succeeded, failed, not yet ended) queries of a job.
-    async fn query_counts(&self, job: &JobId) -> Result<(i64, i64, i64)>;
+    async fn query_counts(&self, job: &JobId) -> Result<(i64, i64, i64)> {
+        let mut counts = self.query_counts_of(std::slice::from_ref(job)).await?;
+        Ok(counts.remove(job).unwrap_or_default())
+    }
+    /// The same for several jobs in one look (a page of a list); a job
+    /// without queries is absent.
+    async fn query_counts_of(
+        &self,
+        jobs: &[JobId],
+    ) -> Result<std::collections::HashMap<JobId, (i64, i64, i64)>>;
     async fn claim_queries(
         &self,
         worker: &str,

@@ -340,6 +340,16 @@ impl Control {
         if dry_run || !validation.accepts() {
             return Ok((None, validation));
         }
+        let mut new = new;
+        if new.spec.labels.contains_key("modelName") {
+            // The model the job feeds, made with the job (not on a read).
+            let model = self
+                .model_for_job(org, &new.space, &name, &new.spec)
+                .await?;
+            new.spec
+                .labels
+                .insert("modelId".into(), Value::String(model.id.to_string()));
+        }
         let now = time::now();
         let scheduled = !new.spec.triggered();
         let job = ImportJob {
@@ -550,6 +560,14 @@ impl Control {
     /// (succeeded, failed, not yet ended) queries of a job.
     pub async fn query_counts(&self, job: &JobId) -> Result<(i64, i64, i64)> {
         Ok(self.store.query_counts(job).await?)
+    }
+
+    /// The same for a page of jobs, in one look.
+    pub async fn query_counts_of(
+        &self,
+        jobs: &[JobId],
+    ) -> Result<std::collections::HashMap<JobId, (i64, i64, i64)>> {
+        Ok(self.store.query_counts_of(jobs).await?)
     }
 
     pub async fn get_query(&self, org: &OrganizationId, id: &str) -> Result<Query> {

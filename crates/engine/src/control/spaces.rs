@@ -61,6 +61,108 @@ impl Control {
         Ok(self.store.default_space(org, time::now()).await?)
     }
 
+    /// The key's organization.
+    pub async fn organization_of(&self, who: &KeyHolder) -> Result<Organization> {
+        Ok(self.store.get_organization(&who.organization).await?)
+    }
+
+    /// The spaces of the key's organization it may act on, the default
+    /// space first (it is made before any other, at the latest now).
+    pub async fn spaces(
+        &self,
+        who: &KeyHolder,
+        search: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Space>> {
+        self.default_space(&who.organization).await?;
+        let mut found = self
+            .store
+            .list_spaces(&who.organization, search, page)
+            .await?;
+        found.items.retain(|s| who.may_use(s));
+        Ok(found)
+    }
+
+    /// A space's models.
+    pub async fn models(
+        &self,
+        space: &Space,
+        search: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<Model>> {
+        Ok(self.store.list_models(&space.id, search, page).await?)
+    }
+
+    /// A model of the key's organization (None: not there).
+    pub async fn model(&self, who: &KeyHolder, id: &str) -> Result<Option<Model>> {
+        let Ok(id) = ModelId::parse(id) else {
+            return Ok(None);
+        };
+        match self.store.get_model(&id).await {
+            Ok(m) if m.organization_id == who.organization => Ok(Some(m)),
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The model a job feeds: the one recorded when it was made (label
+    /// `modelId`), else the model its name and type make in its space.
+    pub async fn job_model(&self, job: &ImportJob) -> Result<Model> {
+        if let Some(id) = job.spec.labels.get("modelId").and_then(|v| v.as_str()) {
+            if let Ok(id) = ModelId::parse(id) {
+                return Ok(self.store.get_model(&id).await?);
+            }
+        }
+        self.model_for_job(&job.organization_id, &job.space, &job.name, &job.spec)
+            .await
+    }
+
+    /// The model named by a job's labels (`modelName`, `modelType`; else
+    /// its name, `score_categorical`), made when new, in the job's space.
+    pub(super) async fn model_for_job(
+        &self,
+        org: &OrganizationId,
+        space: &str,
+        name: &str,
+        spec: &JobSpec,
+    ) -> Result<Model> {
+        let space = match SpaceId::parse(space) {
+            Ok(s) => s,
+            Err(_) => self.default_space(org).await?.id,
+        };
+        let label = |k: &str| spec.labels.get(k).and_then(|v| v.as_str());
+        Ok(self
+            .store
+            .model_for(
+                org,
+                &space,
+                label("modelName").unwrap_or(name),
+                label("modelType").unwrap_or("score_categorical"),
+                time::now(),
+            )
+            .await?)
+    }
+
+    /// A space's jobs (not deleted) whose name or id contains `search`,
+    /// and how many there are.
+    pub async fn space_jobs(
+        &self,
+        space: &Space,
+        search: Option<String>,
+        page: PageRequest,
+    ) -> Result<(Page<ImportJob>, i64)> {
+        let filter = sluice_store::JobFilter {
+            organization: space.organization_id.clone(),
+            space: Some(space.job_key()),
+            search: search.filter(|s| !s.is_empty()),
+            include_deleted: false,
+        };
+        Ok((
+            self.store.list_jobs(&filter, page).await?,
+            self.store.count_jobs(&filter).await?,
+        ))
+    }
+
     /// A space the key may act on; another organization's is not found.
     pub async fn space_for(&self, who: &KeyHolder, id: &str) -> Result<Space> {
         let not_found = || ControlError::NotFound(format!("space `{id}` not found"));

@@ -387,25 +387,39 @@ impl ImportStore for SqlStore {
         Ok(into_page(items, page.limit, |q| q.seq))
     }
 
-    async fn query_counts(&self, job: &JobId) -> Result<(i64, i64, i64)> {
-        let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM import_queries WHERE job_id = $1 GROUP BY status",
-        )
-        .bind(job.as_str())
-        .fetch_all(&self.read)
-        .await?;
-        let (mut ok, mut failed, mut pending) = (0, 0, 0);
-        for row in &rows {
+    async fn query_counts_of(
+        &self,
+        jobs: &[JobId],
+    ) -> Result<std::collections::HashMap<JobId, (i64, i64, i64)>> {
+        let mut counts = std::collections::HashMap::new();
+        if jobs.is_empty() {
+            return Ok(counts);
+        }
+        let marks = (1..=jobs.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT job_id, status, COUNT(*) AS n FROM import_queries \
+             WHERE job_id IN ({marks}) GROUP BY job_id, status"
+        );
+        let mut query = sqlx::query(&sql);
+        for j in jobs {
+            query = query.bind(j.as_str());
+        }
+        for row in &query.fetch_all(&self.read).await? {
+            let job = JobId::parse(&row.try_get::<String, _>("job_id")?)?;
             let status: String = row.try_get("status")?;
             let n: i64 = row.try_get("n")?;
+            let c: &mut (i64, i64, i64) = counts.entry(job).or_default();
             match status.as_str() {
-                "SUCCEEDED" => ok += n,
-                "FAILED" | "REJECTED" => failed += n,
+                "SUCCEEDED" => c.0 += n,
+                "FAILED" | "REJECTED" => c.1 += n,
                 "CANCELLED" => {}
-                _ => pending += n,
+                _ => c.2 += n,
             }
         }
-        Ok((ok, failed, pending))
+        Ok(counts)
     }
 
     async fn claim_queries(
