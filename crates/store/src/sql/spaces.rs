@@ -40,7 +40,37 @@ fn like(search: Option<&str>) -> Option<String> {
         .map(|s| format!("%{}%", s.to_lowercase()))
 }
 
+/// A keyset page of `table`'s rows owned by `$1` whose name contains `$2`.
+fn named_page(table: &str, columns: &str, owner: &str, page: PageRequest) -> String {
+    let (cmp, order, _) = keyset(page);
+    format!(
+        "SELECT {columns} FROM {table} WHERE {owner} = $1 \
+         AND ($2 IS NULL OR lower(name) LIKE $2) AND seq {cmp} $3 ORDER BY seq {order} LIMIT $4"
+    )
+}
+
 impl SqlStore {
+    /// Runs a [`named_page`] query.
+    async fn named_page<T>(
+        &self,
+        sql: &str,
+        owner: &str,
+        search: Option<&str>,
+        page: PageRequest,
+        from_row: fn(&AnyRow) -> Result<T>,
+        seq: fn(&T) -> i64,
+    ) -> Result<Page<T>> {
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(like(search))
+            .bind(keyset(page).2)
+            .bind(page.limit as i64 + 1)
+            .fetch_all(&self.read)
+            .await?;
+        let items = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        Ok(into_page(items, page.limit, seq))
+    }
+
     async fn one_space(&self, sql: &str, key: &str) -> Result<Option<Space>> {
         let row = sqlx::query(sql)
             .bind(key)
@@ -109,23 +139,9 @@ impl SpaceStore for SqlStore {
         search: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<Space>> {
-        let (cmp, order, after) = keyset(page);
-        let sql = format!(
-            "SELECT {SPACE_COLUMNS} FROM spaces WHERE organization_id = $1 \
-             AND ($2 IS NULL OR lower(name) LIKE $2) AND seq {cmp} $3 ORDER BY seq {order} LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(org.as_str())
-            .bind(like(search))
-            .bind(after)
-            .bind(page.limit as i64 + 1)
-            .fetch_all(&self.read)
-            .await?;
-        let items = rows
-            .iter()
-            .map(space_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(into_page(items, page.limit, |s| s.seq))
+        let sql = named_page("spaces", SPACE_COLUMNS, "organization_id", page);
+        self.named_page(&sql, org.as_str(), search, page, space_from_row, |s| s.seq)
+            .await
     }
 
     async fn model_for(
@@ -185,23 +201,11 @@ impl SpaceStore for SqlStore {
         search: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<Model>> {
-        let (cmp, order, after) = keyset(page);
-        let sql = format!(
-            "SELECT {MODEL_COLUMNS} FROM models WHERE space_id = $1 \
-             AND ($2 IS NULL OR lower(name) LIKE $2) AND seq {cmp} $3 ORDER BY seq {order} LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(space.as_str())
-            .bind(like(search))
-            .bind(after)
-            .bind(page.limit as i64 + 1)
-            .fetch_all(&self.read)
-            .await?;
-        let items = rows
-            .iter()
-            .map(model_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(into_page(items, page.limit, |m| m.seq))
+        let sql = named_page("models", MODEL_COLUMNS, "space_id", page);
+        self.named_page(&sql, space.as_str(), search, page, model_from_row, |m| {
+            m.seq
+        })
+        .await
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
