@@ -278,7 +278,7 @@ impl ImportSpec {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ImportReport {
     pub rows: u64,
     /// The window loaded: after `window_start` (exclusive; `None`: from the
@@ -288,6 +288,31 @@ pub struct ImportReport {
     /// True when another attempt had loaded this window already.
     pub already_loaded: bool,
     pub elapsed: Duration,
+}
+
+impl ImportReport {
+    /// Records a run's planned window (telling `progress`) and hands it
+    /// back. Without a plan (nothing new since the watermark) the report
+    /// says so and the run is over: None.
+    pub(crate) fn take_window(
+        &mut self,
+        plan: Option<window::Plan>,
+        watermark: Option<String>,
+        progress: &mut dyn Progress,
+    ) -> Option<window::Plan> {
+        let Some(plan) = plan else {
+            self.window_start = watermark.clone();
+            self.window_end = watermark;
+            return None;
+        };
+        self.window_start = plan.start.clone();
+        self.window_end = plan.end.clone();
+        progress.stage(StageEvent::Window {
+            start: self.window_start.clone(),
+            end: self.window_end.clone(),
+        });
+        Some(plan)
+    }
 }
 
 /// What an import tells as it goes through its stages.

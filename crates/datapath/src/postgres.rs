@@ -241,13 +241,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     .cloned();
     ensure_ledger(&mut dst).await?;
 
-    let mut report = ImportReport {
-        rows: 0,
-        window_start: None,
-        window_end: None,
-        already_loaded: false,
-        elapsed: Default::default(),
-    };
+    let mut report = ImportReport::default();
     let cols_sql = column_list(&cols);
     let mut select = format!("SELECT {cols_sql} FROM {}", source.quoted());
     let mut replace = None;
@@ -265,21 +259,13 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
             table: source.quoted(),
             col: c.clone(),
         };
-        let Some(plan) = crate::window::plan(&mut w, watermark.clone(), &spec.window).await? else {
-            // Nothing new since the last load.
-            report.window_start = watermark.clone();
-            report.window_end = watermark;
+        let plan = crate::window::plan(&mut w, watermark.clone(), &spec.window).await?;
+        let Some(plan) = report.take_window(plan, watermark, progress) else {
             report.elapsed = started.elapsed();
             return Ok(report);
         };
         select = format!("{select} WHERE {}", plan.condition);
-        report.window_start = plan.start;
-        report.window_end = plan.end;
         window_key = plan.ledger_key;
-        progress.stage(crate::StageEvent::Window {
-            start: report.window_start.clone(),
-            end: report.window_end.clone(),
-        });
         replace = plan.replace.map(|(a, b)| {
             let col = quote_ident(&c.name);
             let lit = |v: &str| format!("{}::{}", quote_literal(v), c.sql_type);

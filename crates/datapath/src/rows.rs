@@ -693,13 +693,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         .await
         .map_err(db("creating the load ledger"))?;
 
-    let mut report = ImportReport {
-        rows: 0,
-        window_start: None,
-        window_end: None,
-        already_loaded: false,
-        elapsed: Default::default(),
-    };
+    let mut report = ImportReport::default();
     let src_table = src.table(&source);
     let exprs = cols
         .iter()
@@ -727,20 +721,12 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 crate::window::plan(&mut w, watermark.clone(), &spec.window).await?
             }
         };
-        let Some(plan) = planned else {
-            report.window_start = watermark.clone();
-            report.window_end = watermark;
+        let Some(plan) = report.take_window(planned, watermark, progress) else {
             report.elapsed = started.elapsed();
             return Ok(report);
         };
         select = format!("{select} WHERE {}", plan.condition);
-        report.window_start = plan.start;
-        report.window_end = plan.end;
         window_key = plan.ledger_key;
-        progress.stage(crate::StageEvent::Window {
-            start: report.window_start.clone(),
-            end: report.window_end.clone(),
-        });
         replace = plan.replace.map(|(a, b)| {
             let n = q(&c.name, false);
             let lit = |v: &str| match &dst {
