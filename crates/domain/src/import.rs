@@ -384,22 +384,30 @@ pub struct ImportJob {
     pub modified_at: Timestamp,
 }
 
+/// The seed's warehouses by the scheme of a job's source: sluice stores
+/// their jobs but has no connector for them yet.
+pub const WAREHOUSES: [(&str, &str); 3] = [
+    ("bigquery://", "BigQuery"),
+    ("snowflake://", "Snowflake"),
+    ("databricks://", "Databricks"),
+];
+
+/// The warehouse a source URL names, if it names one.
+pub fn warehouse_of(source: &str) -> Option<&'static str> {
+    WAREHOUSES
+        .iter()
+        .find(|(scheme, _)| source.starts_with(scheme))
+        .map(|(_, name)| *name)
+}
+
 impl ImportJob {
-    /// The kind of store the job reads: the seed's warehouse its labels
-    /// name (`tableStore`), else the source's own — `PostgreSQL`, `MySQL`,
-    /// `SQLite` or `Files`.
-    pub fn store_name(&self) -> &str {
-        if let Some(store) = self
-            .spec
-            .labels
-            .get("tableStore")
-            .and_then(Value::as_str)
-            .filter(|s| ["BigQuery", "Snowflake", "Databricks"].contains(s))
-        {
-            return store;
-        }
+    /// The kind of store the job reads: one of the seed's warehouses, or
+    /// sluice's own — `PostgreSQL`, `MySQL`, `SQLite` or `Files`.
+    pub fn store_name(&self) -> &'static str {
         let s = &self.source_shown;
-        if s.starts_with("postgres") {
+        if let Some(w) = warehouse_of(s) {
+            w
+        } else if s.starts_with("postgres") {
             "PostgreSQL"
         } else if s.starts_with("mysql") || s.starts_with("mariadb") {
             "MySQL"

@@ -380,7 +380,6 @@ fn source_of(
             need("bigQueryTableConfig.projectId", &c.project_id)?;
             need("bigQueryTableConfig.dataset", &c.dataset)?;
             need("bigQueryTableConfig.tableName", &c.table_name)?;
-            labels.insert("tableStore".into(), "BigQuery".into());
             labels.insert("projectId".into(), c.project_id.clone().into());
             labels.insert("dataset".into(), c.dataset.clone().into());
             Ok((
@@ -397,7 +396,6 @@ fn source_of(
             need("snowflakeTableConfig.database", &c.database)?;
             need("snowflakeTableConfig.schema", &c.schema)?;
             need("snowflakeTableConfig.tableName", &c.table_name)?;
-            labels.insert("tableStore".into(), "Snowflake".into());
             labels.insert(
                 "dataset".into(),
                 format!("{}.{}", c.database, c.schema).into(),
@@ -427,7 +425,6 @@ fn source_of(
                 )));
             }
             let _ = (&c.azure_resource_id, &c.azure_tenant_id);
-            labels.insert("tableStore".into(), "Databricks".into());
             labels.insert(
                 "dataset".into(),
                 format!("{}.{}", c.catalog, c.databricks_schema).into(),

@@ -81,12 +81,10 @@ fn check_url(field: &str, url: &str, destination: bool) -> Option<Diagnostic> {
             "mariadb://",
             "sqlite:",
             "file://",
-            "bigquery://",
-            "snowflake://",
-            "databricks://",
         ]
         .iter()
         .any(|p| url.starts_with(p))
+            || warehouse_of(url).is_some()
     };
     (!ok).then(|| {
         diagnostic(
@@ -102,18 +100,6 @@ fn check_url(field: &str, url: &str, destination: bool) -> Option<Diagnostic> {
             ),
         )
     })
-}
-
-/// The seed's warehouses, whose connectors sluice does not have yet.
-fn warehouse(source: &str) -> Option<&'static str> {
-    [
-        ("bigquery://", "BigQuery"),
-        ("snowflake://", "Snowflake"),
-        ("databricks://", "Databricks"),
-    ]
-    .into_iter()
-    .find(|(scheme, _)| source.starts_with(scheme))
-    .map(|(_, name)| name)
 }
 
 impl Control {
@@ -154,7 +140,7 @@ impl Control {
         }
         found.extend(check_url("source", source, false));
         found.extend(check_url("destination", destination, true));
-        if let Some(store) = warehouse(source) {
+        if let Some(store) = warehouse_of(source) {
             found.push(diagnostic(
                 "table_store_not_supported",
                 format!(
