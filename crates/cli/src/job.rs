@@ -301,10 +301,11 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
                 v.filter(|s| !s.trim().is_empty())
                     .ok_or_else(|| anyhow::anyhow!("{}: `{what}` is missing", file.display()))
             };
-            let source = expand("source", &need(f.source, "source")?)?;
+            // Paths in URLs mean what they mean here, stored absolute.
+            let source = crate::absolute_url(&expand("source", &need(f.source, "source")?)?)?;
             let destination = f
                 .destination
-                .map(|d| expand("destination", &d))
+                .map(|d| crate::absolute_url(&expand("destination", &d)?))
                 .transpose()?;
             let spec = JobSpec {
                 table: need(f.table, "table")?,
@@ -472,9 +473,10 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let config = engine.config(common.store.data_dir.clone())?;
-            let keys = sluice_engine::auth::Keys::load(&common.store.data_dir)
-                .context("cannot load the server key")?;
+            let data_dir = crate::absolute(&common.store.data_dir)?;
+            let config = engine.config(data_dir.clone())?;
+            let keys =
+                sluice_engine::auth::Keys::load(&data_dir).context("cannot load the server key")?;
             let importer = Importer::new(
                 control.store().clone(),
                 keys.sealer(),

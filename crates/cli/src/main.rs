@@ -47,6 +47,9 @@ pub(crate) struct StoreArgs {
     database_url: Option<String>,
 }
 
+/// The store this process opened, named in every "not found" it prints.
+static STORE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl StoreArgs {
     fn url(&self) -> String {
         self.database_url
@@ -60,15 +63,91 @@ impl StoreArgs {
         format!("sqlite://{}", self.data_dir.join("warehouse.db").display())
     }
 
-    async fn open(&self) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    /// Makes every configured path absolute, once, against the folder the
+    /// command started in: user code runs in folders of its own, and a
+    /// path stored in a job must mean the same thing to the server.
+    fn resolved(mut self) -> anyhow::Result<StoreArgs> {
+        self.data_dir = absolute(&self.data_dir)?;
+        if let Some(url) = &self.database_url {
+            self.database_url = Some(absolute_sqlite_url(url)?);
+        }
+        Ok(self)
+    }
+
+    /// Opens the store, creating it when it does not exist: for the roles
+    /// (`serve`, `worker`).
+    async fn create_or_open(&self) -> anyhow::Result<Arc<dyn MetadataStore>> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data dir {}", self.data_dir.display()))?;
+        self.open_store(true).await
+    }
+
+    /// Opens a store that exists: admin commands never make a new empty
+    /// one (in the wrong folder, that would only answer "not found").
+    async fn open(&self) -> anyhow::Result<Arc<dyn MetadataStore>> {
+        self.open_store(false).await
+    }
+
+    async fn open_store(&self, create: bool) -> anyhow::Result<Arc<dyn MetadataStore>> {
         let url = self.url();
-        let store = sluice_store::open(&url)
-            .await
-            .with_context(|| format!("cannot open the metadata store {}", redact(&url)))?;
+        let _ = STORE_NAME.set(redact(&url));
+        let store = if create {
+            sluice_store::open(&url).await
+        } else {
+            sluice_store::open_existing(&url).await
+        };
+        let store = store.with_context(|| {
+            format!(
+                "cannot open the metadata store {}{}",
+                redact(&url),
+                if create {
+                    ""
+                } else {
+                    " (start `sluice serve` once to create it, or point --data-dir / \
+                     SLUICE_DATA_DIR or --database-url at the server's)"
+                }
+            )
+        })?;
         Ok(Arc::new(store))
     }
+}
+
+/// `path` made absolute against the current folder (it need not exist).
+pub(crate) fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("cannot resolve the path {}", path.display()))?;
+    // Drop `.` parts so the path prints as a user expects.
+    Ok(abs.components().collect())
+}
+
+/// A `sqlite://` or `file://` URL with its path made absolute; any other
+/// URL unchanged.
+pub(crate) fn absolute_url(url: &str) -> anyhow::Result<String> {
+    match url.strip_prefix("file://") {
+        Some(path) if !path.is_empty() => Ok(format!(
+            "file://{}",
+            absolute(std::path::Path::new(path))?.display()
+        )),
+        _ => absolute_sqlite_url(url),
+    }
+}
+
+/// A `sqlite://` URL with its file made absolute; any other URL unchanged.
+pub(crate) fn absolute_sqlite_url(url: &str) -> anyhow::Result<String> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Ok(url.to_owned());
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((f, q)) => (f, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    if file.is_empty() || file == ":memory:" {
+        return Ok(url.to_owned());
+    }
+    Ok(format!(
+        "sqlite://{}{query}",
+        absolute(std::path::Path::new(file))?.display()
+    ))
 }
 
 #[derive(Args, Clone)]
@@ -109,7 +188,11 @@ impl EngineArgs {
     pub(crate) fn config(&self, data_dir: PathBuf) -> anyhow::Result<EngineConfig> {
         let mut c = EngineConfig::new(data_dir);
         if let Some(url) = self.object_store.as_deref().filter(|u| !u.is_empty()) {
-            c.blobs = Blobs::open(url).map_err(anyhow::Error::msg)?;
+            let url = match url.strip_prefix("file://") {
+                Some(path) => format!("file://{}", absolute(std::path::Path::new(path))?.display()),
+                None => url.to_owned(),
+            };
+            c.blobs = Blobs::open(&url).map_err(anyhow::Error::msg)?;
         }
         if let Some(n) = self.worker_slots {
             c.worker_slots = n.max(1);
@@ -211,8 +294,12 @@ struct ImportArgs {
     #[arg(long)]
     table: String,
     /// The destination database: postgres://user@host/db or sqlite://path
+    /// (default: the embedded warehouse of the data dir).
     #[arg(long = "to")]
-    to: String,
+    to: Option<String>,
+    /// The data dir whose embedded warehouse is the default destination.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
+    data_dir: PathBuf,
     /// The destination table (made with the source's column types when missing).
     #[arg(long)]
     target: String,
@@ -242,6 +329,20 @@ struct ImportArgs {
     /// what the target holds there (e.g. 2024-08-20T01:00:00Z).
     #[arg(long, requires = "end")]
     start: Option<String>,
+    /// Rows whose change column is NULL: fail (the default: the import is
+    /// refused, naming their count), exclude (left out, counted) or include
+    /// (loaded with every window; --mode merge).
+    #[arg(long, default_value = "fail")]
+    null_change: sluice_datapath::NullChange,
+    /// Start each window this many minutes before the watermark, for rows
+    /// that arrive late with older change values (--mode merge).
+    #[arg(long)]
+    lookback_minutes: Option<u64>,
+    /// Let --mode destructive replace an existing table that sluice did
+    /// not make for this import.
+    #[arg(long)]
+    replace_existing: bool,
+    /// The end (exclusive) of the window --start begins.
     #[arg(long, requires = "start")]
     end: Option<String>,
     /// Print the outcome as JSON.
@@ -291,15 +392,27 @@ impl sluice_datapath::Progress for Bar {
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    if args.start.is_some() && args.change_column.is_none() {
+        bail!("--start/--end name a window of the change column: give --change-column too");
+    }
+    let dest_url = match args.to {
+        Some(to) => absolute_url(&to)?,
+        None => {
+            let dir = absolute(&args.data_dir)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+            format!("sqlite://{}", dir.join("warehouse.db").display())
+        }
+    };
     let mode = args.mode.unwrap_or(if args.change_column.is_some() {
         sluice_datapath::Mode::Incremental
     } else {
         sluice_datapath::Mode::Destructive
     });
     let spec = sluice_datapath::ImportSpec {
-        source_url: args.from,
+        source_url: absolute_url(&args.from)?,
         source_table: args.table,
-        dest_url: args.to,
+        dest_url,
         target: args.target,
         mode,
         change_column: args.change_column,
@@ -326,6 +439,12 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         stage: None,
         cancel: None,
         key: args.key,
+        null_change: args.null_change,
+        lookback: args
+            .lookback_minutes
+            .filter(|m| *m > 0)
+            .map(|m| Duration::from_secs(m * 60)),
+        replace_existing: args.replace_existing,
     };
     let mut bar = Bar {
         started: Instant::now(),
@@ -344,14 +463,45 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
                 "rows": report.rows,
                 "window_start": report.window_start,
                 "window_end": report.window_end,
+                "window": report.window_text(),
                 "already_loaded": report.already_loaded,
+                "nothing_new": report.nothing_new,
+                "reloaded": report.reloaded,
+                "null_change_rows": report.null_change_rows,
                 "seconds": secs,
             })
         );
-    } else if report.already_loaded {
+        return Ok(());
+    }
+    if let Some(why) = &report.reloaded {
+        println!("{why}");
+    }
+    if report.null_change_rows > 0 {
+        println!(
+            "{} source rows have no change value ({})",
+            report.null_change_rows,
+            if spec.null_change == sluice_datapath::NullChange::Include {
+                "loaded with the window"
+            } else {
+                "left out"
+            }
+        );
+    }
+    if report.already_loaded {
         println!(
             "{} -> {}: this window was loaded already; nothing loaded",
             spec.source_table, spec.target
+        );
+    } else if report.nothing_new {
+        println!(
+            "{} -> {}: nothing new{}; nothing loaded",
+            spec.source_table,
+            spec.target,
+            report
+                .window_end
+                .as_ref()
+                .map(|w| format!(" since {w}"))
+                .unwrap_or_default()
         );
     } else {
         println!(
@@ -361,11 +511,10 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             report.rows,
             secs,
             report.rows as f64 / secs.max(1e-6),
-            match (&report.window_start, &report.window_end) {
-                (_, None) => String::new(),
-                (None, Some(end)) => format!(", window up to {end}"),
-                (Some(start), Some(end)) => format!(", window ({start}, {end}]"),
-            }
+            report
+                .window_text()
+                .map(|w| format!(", window {w}"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -431,6 +580,7 @@ use sluice_engine::secrets::redact;
 pub(crate) async fn control(
     store_args: &StoreArgs,
 ) -> anyhow::Result<(Arc<Control>, Arc<dyn MetadataStore>, Arc<Wakers>)> {
+    let store_args = &store_args.clone().resolved()?;
     let store = store_args.open().await?;
     let keys = Keys::load(&store_args.data_dir).context("cannot load the signing key")?;
     let wakers = Arc::new(Wakers::default());
@@ -448,13 +598,38 @@ pub(crate) async fn control(
     Ok((Arc::new(control), store, wakers))
 }
 
+/// A use case's error as the CLI prints it: a "not found" names the store
+/// it looked in, so a command run against the wrong data dir says so.
 pub(crate) fn print_error(e: sluice_engine::control::ControlError) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
+    match (&e, STORE_NAME.get()) {
+        (sluice_engine::control::ControlError::NotFound(_), Some(store)) => {
+            anyhow::anyhow!("{e} (in the store {store})")
+        }
+        _ => anyhow::anyhow!("{e}"),
+    }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let started = Instant::now();
+async fn main() -> std::process::ExitCode {
+    match run(Instant::now()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A message, never a backtrace: these are the user's errors.
+            // Causes a message already spells out are not repeated.
+            let mut text = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text = format!("{text}: {cause}");
+                }
+            }
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(started: Instant) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -473,7 +648,8 @@ async fn main() -> anyhow::Result<()> {
             max_file_bytes,
             no_worker,
         } => {
-            let db = store.open().await?;
+            let store = store.resolved()?;
+            let db = store.create_or_open().await?;
             let keys = Keys::load(&store.data_dir).context("cannot load the signing key")?;
             let wakers = Arc::new(Wakers::default());
             let config = engine.config(store.data_dir.clone())?;
@@ -526,10 +702,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Worker { store, engine } => {
+            let store = store.resolved()?;
             if !store.url().starts_with("postgres") {
                 bail!("`sluice worker` joins a PostgreSQL-backed cluster: give --database-url postgres://…");
             }
-            let db = store.open().await?;
+            let db = store.create_or_open().await?;
             let wakers = Arc::new(Wakers::default());
             let config = engine.config(store.data_dir.clone())?;
             let keys = Keys::load(&store.data_dir).context("cannot load the server key")?;

@@ -45,10 +45,12 @@ pub(crate) struct FileSource {
 
 #[derive(Debug, Clone)]
 enum Filter {
+    /// `[from, upto]`, and the rows with no value when `nulls`.
     After {
         column: usize,
-        after: Option<String>,
+        from: Option<String>,
         upto: String,
+        nulls: bool,
     },
     Between {
         column: usize,
@@ -327,9 +329,11 @@ impl FileSource {
     pub(crate) fn plan(
         &mut self,
         change: &Col,
-        watermark: Option<String>,
+        watermark: Option<crate::window::Watermark>,
         request: &crate::WindowRequest,
+        shape: crate::window::Shape,
     ) -> Result<Option<crate::window::Plan>> {
+        use crate::window::{Plan, Replace};
         let column = self
             .cols
             .iter()
@@ -343,49 +347,84 @@ impl FileSource {
                 from: from.clone(),
                 to: to.clone(),
             });
-            return Ok(Some(crate::window::Plan {
+            return Ok(Some(Plan {
                 condition: String::new(),
                 start: Some(from.clone()),
                 end: Some(to.clone()),
+                end_exclusive: true,
                 ledger_key: format!("explicit:{from}|{to}|{key}"),
-                replace: Some((from, to)),
+                replace: Some(Replace::Range(from, to)),
+                boundary_rows: None,
+                null_rows: 0,
             }));
         }
+        if shape.lookback.is_some() {
+            return Err(invalid(
+                "a lookback is not offered for files: every run reads the whole file anyway",
+            ));
+        }
+        // One pass: the largest value at or past the watermark, how many
+        // rows hold it and the watermark's value, and the rows with none.
+        let from = watermark.as_ref().map(|w| Self::spelled(kind, &w.end));
         let mut rows = Rows::open(&self.path, self.format)?;
-        let mut upper: Option<String> = None;
+        let (mut upper, mut at_upper, mut at_from, mut nulls) = (None::<String>, 0i64, 0i64, 0u64);
         while let Some(row) = rows.next(&self.path)? {
             let Some(v) = row
                 .into_iter()
                 .find(|(c, _)| *c == change.name)
                 .and_then(|(_, v)| v)
             else {
+                nulls += 1;
                 continue;
             };
-            let past = watermark
+            if from
                 .as_ref()
-                .is_none_or(|w| Self::compare(kind, &v, w).is_gt());
-            if past
-                && upper
-                    .as_ref()
-                    .is_none_or(|u| Self::compare(kind, &v, u).is_gt())
+                .is_some_and(|f| Self::compare(kind, &v, f).is_eq())
             {
-                upper = Some(v);
+                at_from += 1;
+            }
+            if from
+                .as_ref()
+                .is_some_and(|f| Self::compare(kind, &v, f).is_lt())
+            {
+                continue;
+            }
+            match upper.as_ref().map(|u| Self::compare(kind, &v, u)) {
+                None | Some(std::cmp::Ordering::Greater) => {
+                    upper = Some(v);
+                    at_upper = 1;
+                }
+                Some(std::cmp::Ordering::Equal) => at_upper += 1,
+                Some(std::cmp::Ordering::Less) => {}
             }
         }
+        let with_nulls = crate::window::null_rows_rule(shape.nulls, nulls, &change.name)?;
         let Some(upto) = upper.map(|u| Self::spelled(kind, &u)) else {
             return Ok(None);
         };
+        if let (Some(w), Some(f)) = (&watermark, &from) {
+            if &upto == f && w.boundary_rows == Some(at_from) {
+                return Ok(None);
+            }
+        }
         self.filter = Some(Filter::After {
             column,
-            after: watermark.clone(),
+            from: from.clone(),
             upto: upto.clone(),
+            nulls: with_nulls.is_some(),
         });
-        Ok(Some(crate::window::Plan {
+        Ok(Some(Plan {
             condition: String::new(),
-            start: watermark.clone(),
+            start: from.clone(),
             end: Some(upto),
-            ledger_key: watermark.unwrap_or_default(),
-            replace: None,
+            end_exclusive: false,
+            ledger_key: watermark
+                .as_ref()
+                .map(|w| format!("{}#{}", w.end, w.boundary_rows.unwrap_or(-1)))
+                .unwrap_or_default(),
+            replace: from.map(Replace::At),
+            boundary_rows: Some(at_upper),
+            null_rows: nulls,
         }))
     }
 
@@ -408,25 +447,33 @@ impl FileSource {
                     .and_then(|(_, v)| v.clone())
             };
             if let Some(f) = &self.filter {
-                let (column, keep): (usize, &dyn Fn(&str) -> bool) = match f {
+                let (column, keep, keep_null): (usize, &dyn Fn(&str) -> bool, bool) = match f {
                     Filter::After {
                         column,
-                        after,
+                        from,
                         upto,
-                    } => (*column, &move |v: &str| {
-                        let k = kinds[*column];
-                        after
-                            .as_ref()
-                            .is_none_or(|a| Self::compare(k, v, a).is_gt())
-                            && Self::compare(k, v, upto).is_le()
-                    }),
-                    Filter::Between { column, from, to } => (*column, &move |v: &str| {
-                        let k = kinds[*column];
-                        Self::compare(k, v, from).is_ge() && Self::compare(k, v, to).is_lt()
-                    }),
+                        nulls,
+                    } => (
+                        *column,
+                        &move |v: &str| {
+                            let k = kinds[*column];
+                            from.as_ref().is_none_or(|a| Self::compare(k, v, a).is_ge())
+                                && Self::compare(k, v, upto).is_le()
+                        },
+                        *nulls,
+                    ),
+                    Filter::Between { column, from, to } => (
+                        *column,
+                        &move |v: &str| {
+                            let k = kinds[*column];
+                            Self::compare(k, v, from).is_ge() && Self::compare(k, v, to).is_lt()
+                        },
+                        false,
+                    ),
                 };
                 match value(&self.cols[column].name) {
                     Some(v) if keep(&v) => {}
+                    None if keep_null => {}
                     _ => continue,
                 }
             }

@@ -19,13 +19,14 @@
 
 pub mod files;
 pub mod inspect;
+mod ledger;
 pub mod postgres;
 pub mod rows;
 pub mod stage;
 pub mod window;
 
 pub use stage::{Stage, StageHandle};
-pub use window::WindowRequest;
+pub use window::{NullChange, WindowRequest};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -112,6 +113,12 @@ pub struct ImportSpec {
     pub cancel: Option<Arc<AtomicBool>>,
     /// The column whose value identifies a row (merge).
     pub key: Option<String>,
+    /// What to do with rows whose change value is NULL.
+    pub null_change: NullChange,
+    /// Read this long before the watermark again (merge only).
+    pub lookback: Option<Duration>,
+    /// Let a destructive load replace a table sluice did not make for it.
+    pub replace_existing: bool,
 }
 
 impl ImportSpec {
@@ -131,7 +138,33 @@ impl ImportSpec {
             stage: None,
             cancel: None,
             key: None,
+            null_change: NullChange::Fail,
+            lookback: None,
+            replace_existing: false,
         }
+    }
+
+    /// The window's shape, checked: a lookback reads rows again, and
+    /// included NULL rows come with every window, so both need a merge.
+    pub(crate) fn shape(&self) -> Result<window::Shape> {
+        if self.lookback.is_some() && self.mode != Mode::Merge {
+            return Err(ImportError::Invalid(
+                "a lookback reads rows that were loaded already: it needs --mode merge with a \
+                 --key, so that they replace themselves"
+                    .into(),
+            ));
+        }
+        if self.null_change == NullChange::Include && self.mode != Mode::Merge {
+            return Err(ImportError::Invalid(
+                "rows with no change value included come with every window: that needs \
+                 --mode merge with a --key, so that they replace themselves"
+                    .into(),
+            ));
+        }
+        Ok(window::Shape {
+            nulls: self.null_change,
+            lookback: self.lookback,
+        })
     }
 
     /// The merge key, checked against the loaded columns' names.
@@ -263,12 +296,6 @@ pub(crate) fn merge_sql(
     ]
 }
 
-/// The watermark: where the job's last regular window ended. Windows asked
-/// for by hand (`explicit:`) and full loads do not move it.
-pub(crate) const WATERMARK: &str = "SELECT window_end FROM sluice_load_ledger WHERE job = $1 \
-     AND window_end IS NOT NULL AND window_start NOT LIKE 'explicit:%' \
-     ORDER BY seq DESC LIMIT 1";
-
 impl ImportSpec {
     pub fn job(&self) -> String {
         self.job
@@ -281,35 +308,80 @@ impl ImportSpec {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ImportReport {
     pub rows: u64,
-    /// The window loaded: after `window_start` (exclusive; `None`: from the
-    /// beginning) up to `window_end` (inclusive), as the source prints them.
+    /// The window loaded: from `window_start` (inclusive; `None`: from the
+    /// beginning) up to `window_end` — inclusive for a regular window,
+    /// exclusive for one asked for by hand (`end_exclusive`) — as the
+    /// source prints them.
     pub window_start: Option<String>,
     pub window_end: Option<String>,
+    pub end_exclusive: bool,
+    /// Why the ledger was not trusted and the load started from the
+    /// beginning (the target was dropped or emptied by hand).
+    pub reloaded: Option<String>,
+    /// Source rows with no change value (left out, or loaded with the
+    /// window, as the import says).
+    pub null_change_rows: u64,
     /// True when another attempt had loaded this window already.
     pub already_loaded: bool,
+    /// True when the source held nothing past the watermark.
+    pub nothing_new: bool,
     pub elapsed: Duration,
 }
 
 impl ImportReport {
+    /// The window as a reader should see it: `[start, end]` (a regular
+    /// window) or `[start, end)` (one asked for by hand).
+    pub fn window_text(&self) -> Option<String> {
+        if self.nothing_new {
+            return None;
+        }
+        let end = self.window_end.as_deref()?;
+        let close = if self.end_exclusive { ')' } else { ']' };
+        Some(match self.window_start.as_deref() {
+            Some(start) => format!("[{start}, {end}{close}"),
+            None => format!("[first row, {end}{close}"),
+        })
+    }
+
     /// Records a run's planned window (telling `progress`) and hands it
     /// back. Without a plan (nothing new since the watermark) the report
     /// says so and the run is over: None.
     pub(crate) fn take_window(
         &mut self,
         plan: Option<window::Plan>,
-        watermark: Option<String>,
+        watermark: Option<window::Watermark>,
         progress: &mut dyn Progress,
     ) -> Option<window::Plan> {
+        if let Some(why) = &self.reloaded {
+            progress.stage(StageEvent::Notice(why.clone()));
+        }
+        if let Some(n) = plan.as_ref().map(|p| p.null_rows).filter(|n| *n > 0) {
+            progress.stage(StageEvent::Notice(format!(
+                "{n} source rows have no change value ({})",
+                if plan
+                    .as_ref()
+                    .is_some_and(|p| p.condition.contains("IS NULL"))
+                {
+                    "loaded with this window"
+                } else {
+                    "left out"
+                }
+            )));
+        }
         let Some(plan) = plan else {
-            self.window_start = watermark.clone();
-            self.window_end = watermark;
+            self.nothing_new = true;
+            self.window_start = watermark.as_ref().map(|w| w.end.clone());
+            self.window_end = watermark.map(|w| w.end);
             return None;
         };
         self.window_start = plan.start.clone();
         self.window_end = plan.end.clone();
+        self.end_exclusive = plan.end_exclusive;
+        self.null_change_rows = plan.null_rows;
         progress.stage(StageEvent::Window {
             start: self.window_start.clone(),
             end: self.window_end.clone(),
+            end_exclusive: self.end_exclusive,
         });
         Some(plan)
     }
@@ -325,11 +397,16 @@ pub enum StageEvent {
         columns: Vec<String>,
         changes: Vec<String>,
     },
-    /// The window this run loads.
+    /// The window this run loads: `[start, end]`, or `[start, end)` when
+    /// `end_exclusive` (a window asked for by hand).
     Window {
         start: Option<String>,
         end: Option<String>,
+        end_exclusive: bool,
     },
+    /// Something the run's reader should know: why it loads from the
+    /// start, how many rows had no change value.
+    Notice(String),
     /// One batch read from the source (and staged at `object`).
     Extracted {
         batch: u64,

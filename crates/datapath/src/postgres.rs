@@ -7,22 +7,13 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 
-use crate::{ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
+use crate::window::Replace;
+use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
 
 /// Bytes gathered before one write to the destination.
 const BATCH_BYTES: usize = 1 << 20;
 /// Batches in flight between the two connections.
 const BATCHES_IN_FLIGHT: usize = 4;
-
-const LEDGER: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
-    seq           BIGSERIAL,
-    job           TEXT NOT NULL,
-    window_start  TEXT NOT NULL,
-    window_end    TEXT,
-    rows          BIGINT NOT NULL,
-    loaded_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (job, window_start)
-)";
 
 fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> ImportError {
     let what = what.into();
@@ -239,56 +230,67 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         |c| (!orderable(&c.sql_type)).then(|| c.sql_type.clone()),
     )?
     .cloned();
-    ensure_ledger(&mut dst).await?;
+    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    let key = spec.merge_key(&names)?;
+    let shape = spec.shape()?;
+    let (owned, verdict) = {
+        let mut conn = ledger::Conn::Postgres(&mut dst);
+        ledger::ensure(&mut conn).await?;
+        let owned = ledger::Target::inspect(&mut conn, &target, &job).await?;
+        let verdict = owned.check(spec, &job, &names)?;
+        (owned, verdict)
+    };
 
-    let mut report = ImportReport::default();
+    let mut report = ImportReport {
+        reloaded: verdict.reload.clone(),
+        ..ImportReport::default()
+    };
     let cols_sql = column_list(&cols);
     let mut select = format!("SELECT {cols_sql} FROM {}", source.quoted());
     let mut replace = None;
     let mut window_key = format!("full:{:016x}", rand::random::<u64>());
-    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-    let key = spec.merge_key(&names)?;
+    let mut boundary_rows = None;
     if let (Some(c), true) = (&change, spec.mode.windowed()) {
-        let watermark: Option<String> = sqlx::query_scalar(crate::WATERMARK)
-            .bind(&job)
-            .fetch_optional(&mut dst)
-            .await
-            .map_err(db("reading the load ledger"))?;
+        let watermark = match verdict.reload {
+            Some(_) => None,
+            None => ledger::watermark(&mut ledger::Conn::Postgres(&mut dst), &job).await?,
+        };
         let mut w = PgWindow {
             conn: &mut src,
             table: source.quoted(),
             col: c.clone(),
         };
-        let plan = crate::window::plan(&mut w, watermark.clone(), &spec.window).await?;
+        let plan = crate::window::plan(&mut w, watermark.clone(), &spec.window, shape).await?;
         let Some(plan) = report.take_window(plan, watermark, progress) else {
             report.elapsed = started.elapsed();
             return Ok(report);
         };
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
-        replace = plan.replace.map(|(a, b)| {
+        boundary_rows = plan.boundary_rows;
+        replace = plan.replace.map(|r| {
             let col = quote_ident(&c.name);
             let lit = |v: &str| format!("{}::{}", quote_literal(v), c.sql_type);
-            format!("{col} >= {} AND {col} < {}", lit(&a), lit(&b))
+            match r {
+                Replace::Range(a, b) => format!("{col} >= {} AND {col} < {}", lit(&a), lit(&b)),
+                Replace::At(v) => format!("{col} = {}", lit(&v)),
+            }
         });
     }
     let estimate = estimate(&mut src, &source).await;
 
     let mut tx = dst.begin().await.map_err(db("beginning the load"))?;
-    // The ledger row first: a second attempt at this window waits here for
-    // the first to end, then finds the key taken.
-    let claimed = sqlx::query(
-        "INSERT INTO sluice_load_ledger (job, window_start, window_end, rows) \
-         VALUES ($1, $2, $3, 0) ON CONFLICT (job, window_start) DO NOTHING",
+    let claimed = ledger::claim(
+        &mut ledger::Conn::Postgres(&mut tx),
+        &job,
+        &owned.name,
+        &verdict,
+        &window_key,
+        report.window_end.as_deref(),
+        boundary_rows,
     )
-    .bind(&job)
-    .bind(&window_key)
-    .bind(&report.window_end)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("writing the load ledger"))?
-    .rows_affected();
-    if claimed == 0 {
+    .await?;
+    if !claimed {
         tx.rollback().await.map_err(db("ending the load"))?;
         report.already_loaded = true;
         report.elapsed = started.elapsed();
@@ -389,13 +391,13 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         .await
         .map_err(db(format!("replacing {}", target.quoted())))?;
     }
-    sqlx::query("UPDATE sluice_load_ledger SET rows = $1 WHERE job = $2 AND window_start = $3")
-        .bind(rows as i64)
-        .bind(&job)
-        .bind(&window_key)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("writing the load ledger"))?;
+    ledger::record(
+        &mut ledger::Conn::Postgres(&mut tx),
+        &job,
+        &window_key,
+        rows,
+    )
+    .await?;
     progress.stage(crate::StageEvent::Loaded { rows });
     spec.check_cancel()?;
     tx.commit().await.map_err(db("committing the load"))?;
@@ -406,18 +408,6 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     report.rows = rows;
     report.elapsed = started.elapsed();
     Ok(report)
-}
-
-async fn ensure_ledger(dst: &mut PgConnection) -> Result<()> {
-    // Two first loads may race to create it; the loser finds it made.
-    for attempt in 0..2 {
-        match sqlx::query(LEDGER).execute(&mut *dst).await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt == 0 => tracing::debug!("creating the load ledger: {e}; again"),
-            Err(e) => return Err(db("creating the load ledger")(e)),
-        }
-    }
-    Ok(())
 }
 
 /// Makes the target when it is missing, or brings an existing one to the

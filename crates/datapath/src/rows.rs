@@ -13,7 +13,8 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row, ValueRef};
 
 use crate::postgres::TableName;
-use crate::{ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
+use crate::window::Replace;
+use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
 
 /// Rows per write to the destination.
 const BATCH_ROWS: usize = 2000;
@@ -207,50 +208,19 @@ pub(crate) enum Dest {
     Sqlite(SqliteConnection),
 }
 
-/// A value bound to a destination statement.
-enum Bind<'a> {
-    Text(Option<&'a str>),
-    Int(i64),
-}
-
 impl Dest {
+    /// The connection as the ledger and owners' bookkeeping use it.
+    fn bookkeeping(&mut self) -> ledger::Conn<'_> {
+        match self {
+            Dest::Postgres(c) => ledger::Conn::Postgres(c),
+            Dest::Sqlite(c) => ledger::Conn::Sqlite(c),
+        }
+    }
+
     async fn raw(&mut self, sql: &str) -> Result<(), sqlx::Error> {
         match self {
             Dest::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
             Dest::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
-        }
-    }
-
-    /// Runs a statement; answers the rows it changed.
-    async fn exec(&mut self, sql: &str, binds: &[Bind<'_>]) -> Result<u64, sqlx::Error> {
-        match self {
-            Dest::Postgres(c) => {
-                let mut q = sqlx::query(sql);
-                for b in binds {
-                    q = match b {
-                        Bind::Text(t) => q.bind(t.map(str::to_owned)),
-                        Bind::Int(i) => q.bind(*i),
-                    };
-                }
-                q.execute(c).await.map(|r| r.rows_affected())
-            }
-            Dest::Sqlite(c) => {
-                let mut q = sqlx::query(sql);
-                for b in binds {
-                    q = match b {
-                        Bind::Text(t) => q.bind(t.map(str::to_owned)),
-                        Bind::Int(i) => q.bind(*i),
-                    };
-                }
-                q.execute(c).await.map(|r| r.rows_affected())
-            }
-        }
-    }
-
-    async fn text(&mut self, sql: &str, job: &str) -> Result<Option<String>, sqlx::Error> {
-        match self {
-            Dest::Postgres(c) => sqlx::query_scalar(sql).bind(job).fetch_optional(c).await,
-            Dest::Sqlite(c) => sqlx::query_scalar(sql).bind(job).fetch_optional(c).await,
         }
     }
 }
@@ -489,9 +459,17 @@ impl crate::window::WindowSql for RowsWindow<'_> {
     fn column(&self) -> String {
         q(&self.col.name, self.src.mysql())
     }
+    fn compared(&self) -> String {
+        match self.src {
+            Source::Sqlite(_) if self.is_time() => format!("julianday({})", self.column()),
+            _ => self.column(),
+        }
+    }
     fn literal(&self, value: &str) -> String {
         match self.src {
             Source::Postgres(_) => format!("{}::{}", lit(value), self.col.kind.postgres()),
+            // SQLite keeps times as text in any spelling: compared as days.
+            Source::Sqlite(_) if self.is_time() => format!("julianday({})", lit(value)),
             _ => lit(value),
         }
     }
@@ -627,16 +605,6 @@ enum RowRef<'a> {
     Lite(&'a sqlx::sqlite::SqliteRow),
 }
 
-const PG_LEDGER: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
-    seq BIGSERIAL, job TEXT NOT NULL, window_start TEXT NOT NULL, window_end TEXT,
-    rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (job, window_start))";
-const SQLITE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, window_start TEXT NOT NULL,
-    window_end TEXT, rows INTEGER NOT NULL,
-    loaded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    UNIQUE (job, window_start))";
-
 fn dest_table(t: &TableName) -> String {
     match &t.schema {
         Some(s) => format!("{}.{}", q(s, false), q(&t.table, false)),
@@ -685,15 +653,21 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         |c| (!c.kind.orderable()).then(|| format!("{:?}", c.kind)),
     )?
     .cloned();
-    let ledger_ddl = match &dst {
-        Dest::Postgres(_) => PG_LEDGER,
-        Dest::Sqlite(_) => SQLITE_LEDGER,
+    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    let key = spec.merge_key(&names)?;
+    let shape = spec.shape()?;
+    let (owned, verdict) = {
+        let mut conn = dst.bookkeeping();
+        ledger::ensure(&mut conn).await?;
+        let owned = ledger::Target::inspect(&mut conn, &target, &job).await?;
+        let verdict = owned.check(spec, &job, &names)?;
+        (owned, verdict)
     };
-    dst.raw(ledger_ddl)
-        .await
-        .map_err(db("creating the load ledger"))?;
 
-    let mut report = ImportReport::default();
+    let mut report = ImportReport {
+        reloaded: verdict.reload.clone(),
+        ..ImportReport::default()
+    };
     let src_table = src.table(&source);
     let exprs = cols
         .iter()
@@ -703,22 +677,21 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let mut select = format!("SELECT {exprs} FROM {src_table}");
     let mut replace = None;
     let mut window_key = format!("full:{:016x}", rand::random::<u64>());
-    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-    let key = spec.merge_key(&names)?;
+    let mut boundary_rows = None;
     if let (Some(c), true) = (&change, spec.mode.windowed()) {
-        let watermark = dst
-            .text(crate::WATERMARK, &job)
-            .await
-            .map_err(db("reading the load ledger"))?;
+        let watermark = match verdict.reload {
+            Some(_) => None,
+            None => ledger::watermark(&mut dst.bookkeeping(), &job).await?,
+        };
         let planned = match &mut src {
-            Source::File(f) => f.plan(c, watermark.clone(), &spec.window)?,
+            Source::File(f) => f.plan(c, watermark.clone(), &spec.window, shape)?,
             other => {
                 let mut w = RowsWindow {
                     src: other,
                     table: src_table.clone(),
                     col: c.clone(),
                 };
-                crate::window::plan(&mut w, watermark.clone(), &spec.window).await?
+                crate::window::plan(&mut w, watermark.clone(), &spec.window, shape).await?
             }
         };
         let Some(plan) = report.take_window(planned, watermark, progress) else {
@@ -727,13 +700,23 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         };
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
-        replace = plan.replace.map(|(a, b)| {
+        boundary_rows = plan.boundary_rows;
+        replace = plan.replace.map(|r| {
             let n = q(&c.name, false);
             let lit = |v: &str| match &dst {
                 Dest::Postgres(_) => format!("{}::{}", lit(v), c.kind.postgres()),
-                Dest::Sqlite(_) => lit(v),
+                // The warehouse keeps times in one spelling (see write_batch).
+                Dest::Sqlite(_) => lit(&match c.kind {
+                    Kind::Timestamp | Kind::TimestampTz => crate::window::parse_time(v)
+                        .map(crate::window::format_time)
+                        .unwrap_or_else(|| v.to_owned()),
+                    _ => v.to_owned(),
+                }),
             };
-            format!("{n} >= {} AND {n} < {}", lit(&a), lit(&b))
+            match r {
+                Replace::Range(a, b) => format!("{n} >= {} AND {n} < {}", lit(&a), lit(&b)),
+                Replace::At(v) => format!("{n} = {}", lit(&v)),
+            }
         });
     }
     let live = dest_table(&target);
@@ -755,23 +738,20 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         Dest::Postgres(_) => "BEGIN",
         Dest::Sqlite(_) => "BEGIN IMMEDIATE",
     };
-    let ledger = "INSERT INTO sluice_load_ledger (job, window_start, window_end, rows) \
-                  VALUES ($1, $2, $3, 0) ON CONFLICT (job, window_start) DO NOTHING";
     dst.raw(begin).await.map_err(db("beginning the load"))?;
-    let claimed = dst
-        .exec(
-            ledger,
-            &[
-                Bind::Text(Some(&job)),
-                Bind::Text(Some(&window_key)),
-                Bind::Text(report.window_end.as_deref()),
-            ],
-        )
-        .await
-        .map_err(db("writing the load ledger"))?;
+    let claimed = ledger::claim(
+        &mut dst.bookkeeping(),
+        &job,
+        &owned.name,
+        &verdict,
+        &window_key,
+        report.window_end.as_deref(),
+        boundary_rows,
+    )
+    .await;
     let mut source_conn = Some(src);
     let outcome = async {
-        if claimed == 0 {
+        if !claimed? {
             return Ok(None);
         }
         let mut changes = match spec.mode {
@@ -859,17 +839,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 .await
                 .map_err(db(format!("replacing {live}")))?;
         }
-        let done = "UPDATE sluice_load_ledger SET rows = $1 WHERE job = $2 AND window_start = $3";
-        dst.exec(
-            done,
-            &[
-                Bind::Int(rows as i64),
-                Bind::Text(Some(&job)),
-                Bind::Text(Some(&window_key)),
-            ],
-        )
-        .await
-        .map_err(db("writing the load ledger"))?;
+        ledger::record(&mut dst.bookkeeping(), &job, &window_key, rows).await?;
         progress.stage(crate::StageEvent::Loaded { rows });
         spec.check_cancel()?;
         Ok::<_, ImportError>(Some(rows))

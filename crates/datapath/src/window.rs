@@ -2,20 +2,35 @@
 //!
 //! - **Next** (a job's regular run): the window starts at the watermark —
 //!   the end of the last window the job loaded, kept in the destination's
-//!   ledger — exclusive, or at the table's first row. It ends at the
-//!   change column's current maximum, or sooner: at start + `size` (for
-//!   timestamp and date columns) and at the `row_limit`-th row (rows that
-//!   share that row's change value come along, so no value is ever split
-//!   between two windows). Its end becomes the next watermark.
+//!   ledger — *inclusive*, or at the table's first row. Rows that share the
+//!   watermark's value may arrive after it was loaded (a batch insert
+//!   shares one `now()`), so the boundary is read again: the target's rows
+//!   at the watermark are replaced by the source's, in the load's
+//!   transaction, and each boundary row lands once. The ledger keeps how
+//!   many source rows had the window's end value (`boundary_rows`); a run
+//!   that finds no row past the watermark and the same count there loads
+//!   nothing. The window ends at the change column's current maximum, or
+//!   sooner: at start + `size` (for timestamp and date columns) and at the
+//!   `row_limit`-th row past the watermark (rows that share that row's
+//!   change value come along, so no value is ever split between two
+//!   windows). Its end becomes the next watermark. A `lookback` starts the
+//!   window that long before the watermark (merge by key only: the rows
+//!   read again replace themselves), for rows that arrive late with older
+//!   change values.
 //! - **Explicit** `[start, end)` (a window asked for by hand, or a recorded
 //!   one run again): the target's rows in that range are deleted and the
 //!   range is loaded again, in the load's one transaction.
+//!
+//! Rows whose change value is NULL belong to no window: an import fails
+//! naming their count unless its [`NullChange`] says to exclude them (they
+//! are counted and reported) or to include them in every window (merge by
+//! key, so they replace themselves).
 
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime};
 
-use crate::Result;
+use crate::{ImportError, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowRequest {
@@ -40,6 +55,50 @@ impl Default for WindowRequest {
     }
 }
 
+/// What an import does with source rows whose change value is NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NullChange {
+    /// Refuse the window, naming how many rows have no change value.
+    #[default]
+    Fail,
+    /// Leave them out (and report how many were left out).
+    Exclude,
+    /// Load them with every window (merge by key only).
+    Include,
+}
+
+impl std::str::FromStr for NullChange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NullChange, String> {
+        match s {
+            "fail" => Ok(NullChange::Fail),
+            "exclude" => Ok(NullChange::Exclude),
+            "include" => Ok(NullChange::Include),
+            other => Err(format!(
+                "null change must be fail, exclude or include, got `{other}`"
+            )),
+        }
+    }
+}
+
+/// Where the job's last regular window ended, read from the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermark {
+    pub end: String,
+    /// How many source rows had the change value `end` when it was loaded
+    /// (None: a ledger row written before sluice counted them).
+    pub boundary_rows: Option<i64>,
+}
+
+/// The target rows a window replaces, deleted in the load's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replace {
+    /// `[start, end)`: a window run again by hand.
+    Range(String, String),
+    /// The rows whose change value is the watermark: read again with it.
+    At(String),
+}
+
 /// A window, ready to load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -47,15 +106,36 @@ pub struct Plan {
     pub condition: String,
     pub start: Option<String>,
     pub end: Option<String>,
+    /// Whether the window's end is excluded (`[start, end)`, by hand) or
+    /// included (`[start, end]`, a regular window).
+    pub end_exclusive: bool,
     pub ledger_key: String,
-    /// Target rows to delete first (explicit windows).
-    pub replace: Option<(String, String)>,
+    /// Target rows to delete first.
+    pub replace: Option<Replace>,
+    /// Source rows at the window's end value, for the ledger.
+    pub boundary_rows: Option<i64>,
+    /// Source rows with no change value (counted when the import excludes
+    /// or includes them).
+    pub null_rows: u64,
+}
+
+/// How a regular window is shaped beyond its request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shape {
+    pub nulls: NullChange,
+    /// Read again this long before the watermark (time columns, merge).
+    pub lookback: Option<Duration>,
 }
 
 /// What the planner needs of a source: SQL spelled its way.
 pub trait WindowSql {
     /// The change column, quoted.
     fn column(&self) -> String;
+    /// The change column as conditions compare it with [`Self::literal`]s
+    /// (a SQLite text time is compared as a time, whatever its spelling).
+    fn compared(&self) -> String {
+        self.column()
+    }
     /// A literal of the change column's type.
     fn literal(&self, value: &str) -> String;
     /// The source table, quoted.
@@ -91,19 +171,50 @@ pub fn format_time(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
+/// Counts the rows of `sql`'s `count(*)` through the text channel.
+async fn count<S: WindowSql>(s: &mut S, condition: &str) -> Result<i64> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {condition}",
+        s.as_text("count(*)"),
+        s.table()
+    );
+    let n = s.text(sql).await?.unwrap_or_default();
+    n.trim()
+        .parse()
+        .map_err(|_| ImportError::Invalid(format!("the source counted `{n}` rows")))
+}
+
+/// The rows with no change value: refused, or counted and excluded or
+/// included as `nulls` says. Answers the count and the condition that
+/// brings them into the window (include).
+pub(crate) fn null_rows_rule(nulls: NullChange, n: u64, column: &str) -> Result<Option<String>> {
+    match nulls {
+        _ if n == 0 => Ok(None),
+        NullChange::Fail => Err(ImportError::Invalid(format!(
+            "{n} source rows have no change value ({column} IS NULL) and belong to no window: \
+             set null_change = \"exclude\" to leave them out (counted in every report) or \
+             \"include\" to load them with every window (merge mode with a key)"
+        ))),
+        NullChange::Exclude => Ok(None),
+        NullChange::Include => Ok(Some(format!("{column} IS NULL"))),
+    }
+}
+
 pub async fn plan<S: WindowSql>(
     s: &mut S,
-    watermark: Option<String>,
+    watermark: Option<Watermark>,
     request: &WindowRequest,
+    shape: Shape,
 ) -> Result<Option<Plan>> {
-    let col = s.column();
+    // `col` is selected and ordered; `cmp` is compared with literals.
+    let (col, cmp) = (s.column(), s.compared());
     match request {
         WindowRequest::Explicit { start, end, key } => {
             let (start, end) = if s.is_time() {
                 match (parse_time(start), parse_time(end)) {
                     (Some(a), Some(b)) if a < b => (format_time(a), format_time(b)),
                     _ => {
-                        return Err(crate::ImportError::Invalid(format!(
+                        return Err(ImportError::Invalid(format!(
                             "window [{start}, {end}) is not two times, the first before the \
                              second, such as 2024-08-20T01:00:00Z"
                         )))
@@ -114,19 +225,22 @@ pub async fn plan<S: WindowSql>(
             };
             let (a, b) = (s.literal(&start), s.literal(&end));
             Ok(Some(Plan {
-                condition: format!("{col} >= {a} AND {col} < {b}"),
+                condition: format!("{cmp} >= {a} AND {cmp} < {b}"),
                 start: Some(start.clone()),
                 end: Some(end.clone()),
+                end_exclusive: true,
                 ledger_key: format!("explicit:{start}|{end}|{key}"),
-                replace: Some((start.clone(), end.clone())),
+                replace: Some(Replace::Range(start, end)),
+                boundary_rows: None,
+                null_rows: 0,
             }))
         }
         WindowRequest::Next { size, row_limit } => {
             let table = s.table();
-            let lower = watermark
+            let at_or_after = watermark
                 .as_ref()
-                .map(|w| format!("{col} > {}", s.literal(w)));
-            let where_lower = lower
+                .map(|w| format!("{cmp} >= {}", s.literal(&w.end)));
+            let where_lower = at_or_after
                 .as_ref()
                 .map(|l| format!(" WHERE {l}"))
                 .unwrap_or_default();
@@ -136,12 +250,22 @@ pub async fn plan<S: WindowSql>(
                     s.as_text(&format!("max({col})"))
                 ))
                 .await?;
+            let null_rows = count(s, &format!("{col} IS NULL")).await?.max(0) as u64;
+            let with_nulls = null_rows_rule(shape.nulls, null_rows, &col)?;
             let Some(mut upper) = max else {
                 return Ok(None);
             };
+            if let Some(w) = &watermark {
+                if upper == w.end && shape.lookback.is_none() {
+                    let at = count(s, &format!("{cmp} = {}", s.literal(&w.end))).await?;
+                    if Some(at) == w.boundary_rows {
+                        return Ok(None);
+                    }
+                }
+            }
             if let (Some(size), true) = (size, s.is_time()) {
                 let base = match &watermark {
-                    Some(w) => Some(w.clone()),
+                    Some(w) => Some(w.end.clone()),
                     None => {
                         s.text(format!(
                             "SELECT {} FROM {table}",
@@ -160,8 +284,13 @@ pub async fn plan<S: WindowSql>(
                 }
             }
             if let Some(limit) = row_limit.filter(|l| *l > 0) {
-                let mut cond = vec![format!("{col} <= {}", s.literal(&upper))];
-                cond.extend(lower.clone());
+                // Counted past the watermark: its boundary rows come anyway.
+                let mut cond = vec![format!("{cmp} <= {}", s.literal(&upper))];
+                cond.extend(
+                    watermark
+                        .as_ref()
+                        .map(|w| format!("{cmp} > {}", s.literal(&w.end))),
+                );
                 let nth = s
                     .text(format!(
                         "SELECT {} FROM {table} WHERE {} ORDER BY {col} LIMIT 1 OFFSET {}",
@@ -174,14 +303,45 @@ pub async fn plan<S: WindowSql>(
                     upper = nth;
                 }
             }
-            let mut cond = vec![format!("{col} <= {}", s.literal(&upper))];
+            let boundary_rows = count(s, &format!("{cmp} = {}", s.literal(&upper))).await?;
+            let lower = match (&watermark, shape.lookback) {
+                (Some(w), Some(back)) => {
+                    let from = parse_time(&w.end).filter(|_| s.is_time()).ok_or_else(|| {
+                        ImportError::Invalid(format!(
+                            "a lookback needs a timestamp or date change column; {col} is not"
+                        ))
+                    })? - chrono::Duration::from_std(back).unwrap_or_default();
+                    Some(format!("{cmp} >= {}", s.literal(&format_time(from))))
+                }
+                _ => at_or_after,
+            };
+            let mut cond = vec![format!("{cmp} <= {}", s.literal(&upper))];
             cond.extend(lower);
+            let mut condition = cond.join(" AND ");
+            if let Some(nulls) = with_nulls {
+                condition = format!("({condition}) OR {nulls}");
+            }
+            let ledger_key = match &watermark {
+                None => String::new(),
+                Some(w) => {
+                    let key = format!("{}#{}", w.end, w.boundary_rows.unwrap_or(-1));
+                    match shape.lookback {
+                        // Every run reads the lookback again (it replaces
+                        // by key): no two runs share a key.
+                        Some(_) => format!("{key}#{:016x}", rand::random::<u64>()),
+                        None => key,
+                    }
+                }
+            };
             Ok(Some(Plan {
-                condition: cond.join(" AND "),
-                start: watermark.clone(),
+                condition,
+                start: watermark.as_ref().map(|w| w.end.clone()),
                 end: Some(upper),
-                ledger_key: watermark.unwrap_or_default(),
-                replace: None,
+                end_exclusive: false,
+                ledger_key,
+                replace: watermark.map(|w| Replace::At(w.end)),
+                boundary_rows: Some(boundary_rows),
+                null_rows,
             }))
         }
     }

@@ -279,6 +279,29 @@ pub struct IngestionParams {
     /// A window ends at its start + this; None or 0: at now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_window_size_hours: Option<f64>,
+    /// Each window starts this long before the watermark, for rows that
+    /// arrive late with older change values (merge by key only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookback_minutes: Option<u64>,
+    /// What a query does with source rows whose change value is NULL
+    /// (default: fail, naming their count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_change: Option<NullChange>,
+}
+
+/// What a query does with source rows whose change value is NULL: they
+/// belong to no window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NullChange {
+    /// The query fails, naming how many rows have no change value.
+    #[default]
+    Fail,
+    /// They are left out, and counted in every query's report.
+    Exclude,
+    /// They load with every window (merge by key, so they replace
+    /// themselves).
+    Include,
 }
 
 impl IngestionParams {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use sluice_datapath::{ImportError, ImportReport, ImportSpec, Progress, StageEvent, StageHandle};
 use sluice_domain::time::{self, Timestamp};
+use sluice_domain::NullChange;
 use sluice_domain::*;
 use sluice_store::{MetadataStore, QueryOutcome, StoreError};
 use tokio::sync::{mpsc, Semaphore};
@@ -287,6 +288,19 @@ impl Importer {
             }))),
             cancel: Some(cancel),
             key: spec.key().map(str::to_owned),
+            null_change: match spec.ingestion.null_change.unwrap_or_default() {
+                NullChange::Fail => sluice_datapath::NullChange::Fail,
+                NullChange::Exclude => sluice_datapath::NullChange::Exclude,
+                NullChange::Include => sluice_datapath::NullChange::Include,
+            },
+            lookback: spec
+                .ingestion
+                .lookback_minutes
+                .filter(|m| *m > 0)
+                .map(|m| Duration::from_secs(m * 60)),
+            // A job's destination table is its own (the job is refused
+            // when another job names it).
+            replace_existing: false,
         };
         sluice_datapath::import(&import, progress).await
     }
@@ -378,9 +392,15 @@ impl Tasks {
 
     fn apply(&mut self, event: StageEvent, now: Timestamp) {
         match event {
-            StageEvent::Window { start, end } => {
+            StageEvent::Notice(text) => self.say(0, text),
+            StageEvent::Window {
+                start,
+                end,
+                end_exclusive,
+            } => {
+                let close = if end_exclusive { ')' } else { ']' };
                 let text = match (&start, &end) {
-                    (Some(a), Some(b)) => format!("window ({a}, {b}]"),
+                    (Some(a), Some(b)) => format!("window [{a}, {b}{close}"),
                     (None, Some(b)) => format!("window from the first row up to {b}"),
                     _ => "the whole table".into(),
                 };

@@ -142,6 +142,7 @@ impl IngestionInput {
             )?
             .map(|h| h as f64)
             .or(base.query_window_size_hours),
+            ..base.clone()
         };
         p.check().map_err(|m| gql(ControlError::BadRequest(m)))?;
         Ok(p)

@@ -17,6 +17,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL `{0}`: expected sqlite://… or postgres://…")]
     UnsupportedUrl(String),
+    /// A command that must not create a store found none.
+    #[error("{0}")]
+    NoStore(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }

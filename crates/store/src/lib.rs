@@ -445,3 +445,27 @@ pub async fn open(url: &str) -> Result<SqlStore> {
         }
     }
 }
+
+/// Opens a store that already exists, as [`open`] does, but never makes a
+/// new one: a SQLite file that is not there, or a PostgreSQL database
+/// without sluice's tables, is [`StoreError::NoStore`].
+pub async fn open_existing(url: &str) -> Result<SqlStore> {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))
+    {
+        let file = rest.split('?').next().unwrap_or_default();
+        if file != ":memory:" && !std::path::Path::new(file).exists() {
+            return Err(StoreError::NoStore(format!("no sluice store at {file}")));
+        }
+        return open(url).await;
+    }
+    let store = SqlStore::connect(url).await?;
+    if !store.is_initialized().await? {
+        return Err(StoreError::NoStore(
+            "no sluice store in this database (it has no sluice tables)".into(),
+        ));
+    }
+    store.migrate().await?;
+    Ok(store)
+}

@@ -123,6 +123,21 @@ impl SqlStore {
         })
     }
 
+    /// Whether sluice's schema was ever made here.
+    pub async fn is_initialized(&self) -> Result<bool> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            }
+            Dialect::Postgres => {
+                "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'schema_migrations' \
+                 AND schemaname = current_schema()"
+            }
+        };
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&self.read).await?;
+        Ok(n > 0)
+    }
+
     /// Applies the dialect's migrations that are not yet applied.
     pub async fn migrate(&self) -> Result<()> {
         // Under the migration lock: two first starts racing to create the

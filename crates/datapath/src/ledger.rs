@@ -1,0 +1,413 @@
+//! The destination's bookkeeping, written once for both load paths: the
+//! load ledger (which windows a job loaded, in the load's transaction) and
+//! the table owners (which job's imports made a destination table).
+//!
+//! Before a load the [`Target`] is inspected and checked against the
+//! ledger ([`Target::check`]):
+//!
+//! - a table that another job's imports made is never written;
+//! - a table sluice did not make (no owner, no ledger row of this job) is
+//!   loaded into only when its columns are exactly the import's, and is
+//!   replaced by a destructive load only when the import says so
+//!   (`replace_existing`);
+//! - a table the ledger says was loaded but that is now missing, or empty
+//!   though rows were loaded, is not trusted to the ledger: the job's
+//!   ledger rows are cleared in the load's transaction and the load starts
+//!   from the beginning, saying why.
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Row;
+
+use crate::postgres::TableName;
+use crate::window::Watermark;
+use crate::{ImportError, ImportSpec, Mode, Result};
+
+const POSTGRES_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
+    seq           BIGSERIAL,
+    job           TEXT NOT NULL,
+    window_start  TEXT NOT NULL,
+    window_end    TEXT,
+    rows          BIGINT NOT NULL,
+    loaded_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    boundary_rows BIGINT,
+    PRIMARY KEY (job, window_start));
+ALTER TABLE sluice_load_ledger ADD COLUMN IF NOT EXISTS boundary_rows BIGINT;
+CREATE TABLE IF NOT EXISTS sluice_table_owners (
+    target      TEXT PRIMARY KEY,
+    job         TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now())";
+
+const SQLITE_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, window_start TEXT NOT NULL,
+    window_end TEXT, rows INTEGER NOT NULL,
+    loaded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    boundary_rows INTEGER,
+    UNIQUE (job, window_start));
+CREATE TABLE IF NOT EXISTS sluice_table_owners (
+    target TEXT PRIMARY KEY, job TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
+
+/// The watermark: where the job's last regular window ended. Windows asked
+/// for by hand (`explicit:`) and full loads do not move it.
+const WATERMARK: &str = "SELECT window_end, boundary_rows FROM sluice_load_ledger WHERE job = $1 \
+     AND window_end IS NOT NULL AND window_start NOT LIKE 'explicit:%' \
+     ORDER BY seq DESC LIMIT 1";
+
+fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> ImportError {
+    let what = what.into();
+    move |source| ImportError::Database { what, source }
+}
+
+/// A destination connection, as the bookkeeping needs it.
+pub(crate) enum Conn<'a> {
+    Postgres(&'a mut PgConnection),
+    Sqlite(&'a mut SqliteConnection),
+}
+
+/// A value bound to a bookkeeping statement.
+pub(crate) enum Bind<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+}
+
+macro_rules! bound {
+    ($sql:expr, $binds:expr) => {{
+        let mut q = sqlx::query($sql);
+        for b in $binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t.map(str::to_owned)),
+                Bind::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }};
+}
+
+impl Conn<'_> {
+    // Boxed as Send: the PostgreSQL path's future must be Send, and rustc
+    // cannot prove it through sqlx's generic executors in an async fn.
+    fn exec<'a>(
+        &'a mut self,
+        sql: &'a str,
+        binds: &'a [Bind<'a>],
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        match self {
+            Conn::Postgres(c) => Box::pin(async move {
+                bound!(sql, binds)
+                    .execute(&mut **c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }),
+            Conn::Sqlite(c) => Box::pin(async move {
+                bound!(sql, binds)
+                    .execute(&mut **c)
+                    .await
+                    .map(|r| r.rows_affected())
+            }),
+        }
+    }
+
+    /// The first row of `sql` as texts (SQL NULL: None), if any.
+    fn row<'a>(
+        &'a mut self,
+        sql: &'a str,
+        binds: &'a [Bind<'a>],
+    ) -> BoxFuture<'a, Result<Option<Vec<Option<String>>>>> {
+        fn texts<R: Row>(r: &R) -> Result<Vec<Option<String>>>
+        where
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            usize: sqlx::ColumnIndex<R>,
+        {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("reading the destination's bookkeeping"))
+        }
+        let what = db("reading the destination's bookkeeping");
+        match self {
+            Conn::Postgres(c) => Box::pin(async move {
+                let row = bound!(sql, binds)
+                    .fetch_optional(&mut **c)
+                    .await
+                    .map_err(what)?;
+                row.as_ref().map(texts).transpose()
+            }),
+            Conn::Sqlite(c) => Box::pin(async move {
+                let row = bound!(sql, binds)
+                    .fetch_optional(&mut **c)
+                    .await
+                    .map_err(what)?;
+                row.as_ref().map(texts).transpose()
+            }),
+        }
+    }
+
+    /// The column names of `t` (none: it does not exist).
+    fn columns<'a>(&'a mut self, t: &'a TableName) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            match self {
+                Conn::Postgres(c) => Ok(crate::postgres::columns(c, t)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect()),
+                Conn::Sqlite(c) => {
+                    let rows = sqlx::query("SELECT name FROM pragma_table_info(?)")
+                        .bind(&t.table)
+                        .fetch_all(&mut **c)
+                        .await
+                        .map_err(db(format!("reading the columns of {}", t.quoted())))?;
+                    rows.iter()
+                        .map(|r| r.try_get::<String, _>(0))
+                        .collect::<Result<_, _>>()
+                        .map_err(db(format!("reading the columns of {}", t.quoted())))
+                }
+            }
+        })
+    }
+}
+
+/// Makes the ledger and the owners' table (and brings an older ledger up
+/// to date). Two first loads may race to create them; the loser finds them
+/// made.
+pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        for attempt in 0..2 {
+            let ddl = match conn {
+                Conn::Postgres(_) => POSTGRES_DDL,
+                Conn::Sqlite(_) => SQLITE_DDL,
+            };
+            let mut made = Ok(());
+            for stmt in ddl.split(';') {
+                if let Err(e) = conn.exec(stmt, &[]).await {
+                    made = Err(e);
+                    break;
+                }
+            }
+            match made {
+                Ok(()) => break,
+                Err(e) if attempt == 0 => tracing::debug!("creating the load ledger: {e}; again"),
+                Err(e) => return Err(db("creating the load ledger")(e)),
+            }
+        }
+        if let Conn::Sqlite(_) = conn {
+            // A ledger from before sluice counted boundary rows.
+            let has = conn
+                .row(
+                    "SELECT name FROM pragma_table_info('sluice_load_ledger') \
+                     WHERE name = 'boundary_rows'",
+                    &[],
+                )
+                .await?;
+            if has.is_none() {
+                conn.exec(
+                    "ALTER TABLE sluice_load_ledger ADD COLUMN boundary_rows INTEGER",
+                    &[],
+                )
+                .await
+                .map_err(db("updating the load ledger"))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Where the job's last regular window ended.
+pub(crate) async fn watermark(conn: &mut Conn<'_>, job: &str) -> Result<Option<Watermark>> {
+    let sql = "SELECT CAST(window_end AS TEXT), CAST(boundary_rows AS TEXT) FROM (".to_owned()
+        + WATERMARK
+        + ") w";
+    let Some(row) = conn.row(&sql, &[Bind::Text(Some(job))]).await? else {
+        return Ok(None);
+    };
+    Ok(row.first().cloned().flatten().map(|end| Watermark {
+        end,
+        boundary_rows: row.get(1).cloned().flatten().and_then(|n| n.parse().ok()),
+    }))
+}
+
+/// What the destination holds of a target before a load.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Target {
+    /// How the owners' table names it.
+    pub name: String,
+    pub columns: Vec<String>,
+    pub has_rows: bool,
+    /// The job whose imports made it, when sluice made it.
+    pub owner: Option<String>,
+    /// The job's ledger rows, and the rows they say were loaded.
+    pub loads: i64,
+    pub loaded_rows: i64,
+}
+
+/// What a load must do before its rows go in.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Verdict {
+    /// Why the job's ledger is not trusted: cleared, loaded from the start.
+    pub reload: Option<String>,
+}
+
+impl Target {
+    pub(crate) async fn inspect(conn: &mut Conn<'_>, t: &TableName, job: &str) -> Result<Target> {
+        let name = t.quoted();
+        let columns = conn.columns(t).await?;
+        let has_rows = !columns.is_empty()
+            && conn
+                .row(&format!("SELECT 'x' FROM {name} LIMIT 1"), &[])
+                .await?
+                .is_some();
+        let owner = conn
+            .row(
+                "SELECT job FROM sluice_table_owners WHERE target = $1",
+                &[Bind::Text(Some(&name))],
+            )
+            .await?
+            .and_then(|r| r.into_iter().next().flatten());
+        let ledger = conn
+            .row(
+                "SELECT CAST(count(*) AS TEXT), CAST(coalesce(sum(rows), 0) AS TEXT) \
+                 FROM sluice_load_ledger WHERE job = $1",
+                &[Bind::Text(Some(job))],
+            )
+            .await?
+            .unwrap_or_default();
+        let num = |i: usize| {
+            ledger
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(Target {
+            name,
+            columns,
+            has_rows,
+            owner,
+            loads: num(0),
+            loaded_rows: num(1),
+        })
+    }
+
+    /// Whether `spec`'s job may load into this table loading `loaded`
+    /// (column names), and whether its ledger is still to be trusted.
+    pub(crate) fn check(&self, spec: &ImportSpec, job: &str, loaded: &[&str]) -> Result<Verdict> {
+        let exists = !self.columns.is_empty();
+        if let Some(owner) = self.owner.as_deref().filter(|o| *o != job) {
+            return Err(ImportError::Invalid(format!(
+                "{} belongs to another import (`{owner}`): a destination table is loaded by \
+                 one job only; choose another target",
+                self.name
+            )));
+        }
+        let ours = self.owner.is_some() || self.loads > 0;
+        if exists && !ours {
+            if spec.mode == Mode::Destructive && !spec.replace_existing {
+                return Err(ImportError::Invalid(format!(
+                    "{} exists and sluice did not make it for this import: a destructive load \
+                     replaces only its own tables (pass --replace-existing to replace it)",
+                    self.name
+                )));
+            }
+            let mut have: Vec<&str> = self.columns.iter().map(String::as_str).collect();
+            let mut want = loaded.to_vec();
+            have.sort_unstable();
+            want.sort_unstable();
+            if spec.mode != Mode::Destructive && have != want {
+                return Err(ImportError::Invalid(format!(
+                    "{} exists with other columns than this import loads; sluice loads into a \
+                     table it did not make only when the columns are the same, and nothing \
+                     was written. The table has: {}. The import loads: {}",
+                    self.name,
+                    self.columns.join(", "),
+                    loaded.join(", ")
+                )));
+            }
+        }
+        let windowed = spec.mode.windowed();
+        let reload = if !windowed || self.loads == 0 {
+            None
+        } else if !exists {
+            Some(format!(
+                "{} is missing, though the ledger holds {} load(s) of this import: loading \
+                 from the start",
+                self.name, self.loads
+            ))
+        } else if !self.has_rows && self.loaded_rows > 0 {
+            Some(format!(
+                "{} is empty, though the ledger says {} rows were loaded: loading from the start",
+                self.name, self.loaded_rows
+            ))
+        } else {
+            None
+        };
+        Ok(Verdict { reload })
+    }
+}
+
+/// In the load's transaction, before its rows: clears the job's ledger
+/// when it is not trusted, records the job as the target's owner, and
+/// claims the window's ledger row. False: another attempt loaded it.
+pub(crate) async fn claim(
+    conn: &mut Conn<'_>,
+    job: &str,
+    target: &str,
+    verdict: &Verdict,
+    window_key: &str,
+    window_end: Option<&str>,
+    boundary_rows: Option<i64>,
+) -> Result<bool> {
+    if verdict.reload.is_some() {
+        conn.exec(
+            "DELETE FROM sluice_load_ledger WHERE job = $1",
+            &[Bind::Text(Some(job))],
+        )
+        .await
+        .map_err(db("clearing the load ledger"))?;
+    }
+    conn.exec(
+        "INSERT INTO sluice_table_owners (target, job) VALUES ($1, $2) \
+         ON CONFLICT (target) DO NOTHING",
+        &[Bind::Text(Some(target)), Bind::Text(Some(job))],
+    )
+    .await
+    .map_err(db("recording the table's owner"))?;
+    // The ledger row first: a second attempt at this window waits here for
+    // the first to end, then finds the key taken.
+    let claimed = conn
+        .exec(
+            "INSERT INTO sluice_load_ledger (job, window_start, window_end, rows, boundary_rows) \
+             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (job, window_start) DO NOTHING",
+            &[
+                Bind::Text(Some(job)),
+                Bind::Text(Some(window_key)),
+                Bind::Text(window_end),
+                Bind::Int(boundary_rows),
+            ],
+        )
+        .await
+        .map_err(db("writing the load ledger"))?;
+    Ok(claimed > 0)
+}
+
+/// In the load's transaction, after its rows: the count the window loaded.
+pub(crate) async fn record(
+    conn: &mut Conn<'_>,
+    job: &str,
+    window_key: &str,
+    rows: u64,
+) -> Result<()> {
+    conn.exec(
+        "UPDATE sluice_load_ledger SET rows = $1 WHERE job = $2 AND window_start = $3",
+        &[
+            Bind::Int(Some(rows as i64)),
+            Bind::Text(Some(job)),
+            Bind::Text(Some(window_key)),
+        ],
+    )
+    .await
+    .map_err(db("writing the load ledger"))?;
+    Ok(())
+}
