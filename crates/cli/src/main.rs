@@ -58,9 +58,9 @@ impl StoreArgs {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sluice.db").display()))
     }
 
-    /// The embedded warehouse: the destination of jobs that name none.
-    fn warehouse(&self) -> String {
-        format!("sqlite://{}", self.data_dir.join("warehouse.db").display())
+    /// The embedded warehouse's folder: each organization's file is in it.
+    fn warehouse(&self) -> Option<PathBuf> {
+        Some(self.data_dir.join("warehouse"))
     }
 
     /// Makes every configured path absolute, once, against the folder the
@@ -294,10 +294,14 @@ struct ImportArgs {
     #[arg(long)]
     table: String,
     /// The destination database: postgres://user@host/db or sqlite://path
-    /// (default: the embedded warehouse of the data dir).
-    #[arg(long = "to")]
+    /// (default with --org: that organization's embedded warehouse).
+    #[arg(long = "to", required_unless_present = "org")]
     to: Option<String>,
-    /// The data dir whose embedded warehouse is the default destination.
+    /// Load into this organization's embedded warehouse (when --to is not
+    /// given): the file its jobs load into by default.
+    #[arg(long, env = "SLUICE_ORG")]
+    org: Option<String>,
+    /// The data dir whose embedded warehouse --org names.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
     data_dir: PathBuf,
     /// The destination table (made with the source's column types when missing).
@@ -398,10 +402,14 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let dest_url = match args.to {
         Some(to) => absolute_url(&to)?,
         None => {
-            let dir = absolute(&args.data_dir)?;
+            let org = sluice_domain::OrganizationId::parse(args.org.as_deref().unwrap_or(""))?;
+            let dir = absolute(&args.data_dir)?.join("warehouse");
             std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
-            format!("sqlite://{}", dir.join("warehouse.db").display())
+                .with_context(|| format!("cannot create the warehouse {}", dir.display()))?;
+            format!(
+                "sqlite://{}",
+                dir.join(format!("{}.db", org.as_str())).display()
+            )
         }
     };
     let mode = args.mode.unwrap_or(if args.change_column.is_some() {

@@ -33,7 +33,6 @@ const POSTGRES_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_load_ledger (
     loaded_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     boundary_rows BIGINT,
     PRIMARY KEY (job, window_start));
-ALTER TABLE sluice_load_ledger ADD COLUMN IF NOT EXISTS boundary_rows BIGINT;
 CREATE TABLE IF NOT EXISTS sluice_table_owners (
     target      TEXT PRIMARY KEY,
     job         TEXT NOT NULL,
@@ -174,41 +173,48 @@ impl Conn<'_> {
 /// made.
 pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        for attempt in 0..2 {
-            let ddl = match conn {
-                Conn::Postgres(_) => POSTGRES_DDL,
-                Conn::Sqlite(_) => SQLITE_DDL,
-            };
-            let mut made = Ok(());
+        let ddl = match conn {
+            Conn::Postgres(_) => POSTGRES_DDL,
+            Conn::Sqlite(_) => SQLITE_DDL,
+        };
+        // One maker at a time: concurrent first loads would collide in
+        // PostgreSQL's catalog (SQLite's writers queue on its lock anyway).
+        let (begin, lock) = match conn {
+            Conn::Postgres(_) => ("BEGIN", "SELECT pg_advisory_xact_lock(7330115912)"),
+            Conn::Sqlite(_) => ("BEGIN IMMEDIATE", "SELECT 1"),
+        };
+        let made = async {
+            conn.exec(begin, &[]).await?;
+            conn.exec(lock, &[]).await?;
             for stmt in ddl.split(';') {
-                if let Err(e) = conn.exec(stmt, &[]).await {
-                    made = Err(e);
-                    break;
-                }
+                conn.exec(stmt, &[]).await?;
             }
-            match made {
-                Ok(()) => break,
-                Err(e) if attempt == 0 => tracing::debug!("creating the load ledger: {e}; again"),
-                Err(e) => return Err(db("creating the load ledger")(e)),
-            }
+            conn.exec("COMMIT", &[]).await
         }
-        if let Conn::Sqlite(_) = conn {
-            // A ledger from before sluice counted boundary rows.
-            let has = conn
-                .row(
-                    "SELECT name FROM pragma_table_info('sluice_load_ledger') \
-                     WHERE name = 'boundary_rows'",
-                    &[],
-                )
-                .await?;
-            if has.is_none() {
-                conn.exec(
-                    "ALTER TABLE sluice_load_ledger ADD COLUMN boundary_rows INTEGER",
-                    &[],
-                )
+        .await;
+        if let Err(e) = made {
+            let _ = conn.exec("ROLLBACK", &[]).await;
+            return Err(db("creating the load ledger")(e));
+        }
+        // A ledger from before sluice counted boundary rows. (Looked up
+        // first: an ALTER would wait on every load in flight.)
+        let (has_column, add_column) = match conn {
+            Conn::Postgres(_) => (
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_name = 'sluice_load_ledger' AND column_name = 'boundary_rows' \
+                 AND table_schema = current_schema()",
+                "ALTER TABLE sluice_load_ledger ADD COLUMN IF NOT EXISTS boundary_rows BIGINT",
+            ),
+            Conn::Sqlite(_) => (
+                "SELECT name FROM pragma_table_info('sluice_load_ledger') \
+                 WHERE name = 'boundary_rows'",
+                "ALTER TABLE sluice_load_ledger ADD COLUMN boundary_rows INTEGER",
+            ),
+        };
+        if conn.row(has_column, &[]).await?.is_none() {
+            conn.exec(add_column, &[])
                 .await
                 .map_err(db("updating the load ledger"))?;
-            }
         }
         Ok(())
     })

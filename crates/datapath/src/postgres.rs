@@ -268,17 +268,24 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
         boundary_rows = plan.boundary_rows;
-        replace = plan.replace.map(|r| {
+        // A merge replaces the watermark's rows by their key anyway.
+        let boundary_by_key = |r: &Replace| spec.mode == Mode::Merge && matches!(r, Replace::At(_));
+        replace = plan.replace.filter(|r| !boundary_by_key(r)).map(|r| {
             let col = quote_ident(&c.name);
             let lit = |v: &str| format!("{}::{}", quote_literal(v), c.sql_type);
             match r {
-                Replace::Range(a, b) => format!("{col} >= {} AND {col} < {}", lit(&a), lit(&b)),
-                Replace::At(v) => format!("{col} = {}", lit(&v)),
+                Replace::Range(a, b) => (
+                    format!("{col} >= {} AND {col} < {}", lit(&a), lit(&b)),
+                    false,
+                ),
+                Replace::At(v) => (format!("{col} = {}", lit(&v)), true),
             }
         });
     }
     let estimate = estimate(&mut src, &source).await;
 
+    // Rows at the watermark loaded before and read again: not new rows.
+    let mut reread = 0;
     let mut tx = dst.begin().await.map_err(db("beginning the load"))?;
     let claimed = ledger::claim(
         &mut ledger::Conn::Postgres(&mut tx),
@@ -311,12 +318,17 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                     .collect(),
                 changes,
             });
-            if let Some(cond) = &replace {
-                // A window run again replaces what the target holds there.
-                sqlx::query(&format!("DELETE FROM {} WHERE {cond}", target.quoted()))
+            if let Some((cond, boundary)) = &replace {
+                // A window run again, or the watermark's rows read again,
+                // replace what the target holds there.
+                let gone = sqlx::query(&format!("DELETE FROM {} WHERE {cond}", target.quoted()))
                     .execute(&mut *tx)
                     .await
-                    .map_err(db(format!("clearing the window in {}", target.quoted())))?;
+                    .map_err(db(format!("clearing the window in {}", target.quoted())))?
+                    .rows_affected();
+                if *boundary {
+                    reread = gone;
+                }
             }
             if spec.mode == Mode::Merge {
                 let stage = TableName {
@@ -360,7 +372,8 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let rows = stream_rows(
         src, &mut tx, &select, &load_into, &cols, estimate, spec, progress,
     )
-    .await?;
+    .await?
+    .saturating_sub(reread);
     spec.check_cancel()?;
 
     if let Some(key) = &key {

@@ -217,6 +217,14 @@ impl Dest {
         }
     }
 
+    /// Runs a DELETE; answers how many rows it took.
+    async fn delete(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            Dest::Postgres(c) => sqlx::query(sql).execute(c).await.map(|r| r.rows_affected()),
+            Dest::Sqlite(c) => sqlx::query(sql).execute(c).await.map(|r| r.rows_affected()),
+        }
+    }
+
     async fn raw(&mut self, sql: &str) -> Result<(), sqlx::Error> {
         match self {
             Dest::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
@@ -701,7 +709,9 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
         boundary_rows = plan.boundary_rows;
-        replace = plan.replace.map(|r| {
+        // A merge replaces the watermark's rows by their key anyway.
+        let boundary_by_key = |r: &Replace| spec.mode == Mode::Merge && matches!(r, Replace::At(_));
+        replace = plan.replace.filter(|r| !boundary_by_key(r)).map(|r| {
             let n = q(&c.name, false);
             let lit = |v: &str| match &dst {
                 Dest::Postgres(_) => format!("{}::{}", lit(v), c.kind.postgres()),
@@ -714,8 +724,10 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 }),
             };
             match r {
-                Replace::Range(a, b) => format!("{n} >= {} AND {n} < {}", lit(&a), lit(&b)),
-                Replace::At(v) => format!("{n} = {}", lit(&v)),
+                Replace::Range(a, b) => {
+                    (format!("{n} >= {} AND {n} < {}", lit(&a), lit(&b)), false)
+                }
+                Replace::At(v) => (format!("{n} = {}", lit(&v)), true),
             }
         });
     }
@@ -792,11 +804,18 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
                 .collect(),
             changes,
         });
-        if let Some(cond) = &replace {
-            // A window run again replaces what the target holds there.
-            dst.raw(&format!("DELETE FROM {live} WHERE {cond}"))
+        // Rows at the watermark loaded before and read again: not new rows.
+        let mut reread = 0;
+        if let Some((cond, boundary)) = &replace {
+            // A window run again, or the watermark's rows read again,
+            // replace what the target holds there.
+            let gone = dst
+                .delete(&format!("DELETE FROM {live} WHERE {cond}"))
                 .await
                 .map_err(db(format!("clearing the window in {live}")))?;
+            if *boundary {
+                reread = gone;
+            }
         }
         let rows = copy_rows(
             source_conn
@@ -810,7 +829,8 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
             spec,
             progress,
         )
-        .await?;
+        .await?
+        .saturating_sub(reread);
         spec.check_cancel()?;
         if let Some(key) = &key {
             let names = cols

@@ -165,6 +165,7 @@ async fn mariadb_to_postgres_full_then_incremental() {
         stage: None,
         cancel: None,
         key: None,
+        ..ImportSpec::new("", "", "", "")
     };
     let first = import(&spec, &mut ()).await.unwrap();
     assert_eq!(first.rows, 3000);
@@ -218,6 +219,7 @@ async fn mariadb_to_the_sqlite_warehouse() {
         stage: None,
         cancel: None,
         key: None,
+        ..ImportSpec::new("", "", "", "")
     };
     assert_eq!(import(&spec, &mut ()).await.unwrap().rows, 1000);
     assert_eq!(
@@ -259,6 +261,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         stage: None,
         cancel: None,
         key: None,
+        ..ImportSpec::new("", "", "", "")
     };
     assert_eq!(import(&to_pg, &mut ()).await.unwrap().rows, 2000);
     let src = rows(
@@ -289,6 +292,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         stage: None,
         cancel: None,
         key: None,
+        ..ImportSpec::new("", "", "", "")
     };
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 2000);
     assert_eq!(import(&to_lite, &mut ()).await.unwrap().rows, 0);
@@ -324,6 +328,7 @@ async fn row_path_windows_by_limit_and_by_hand() {
         stage: None,
         cancel: None,
         key: None,
+        ..ImportSpec::new("", "", "", "")
     };
     let mut loads = Vec::new();
     loop {

@@ -96,6 +96,7 @@ fn spec(src: &str, dst: &str, target: &str, mode: Mode, change: Option<&str>) ->
         stage: None,
         cancel: None,
         key: None,
+        ..ImportSpec::new("", "", "", "")
     }
 }
 
@@ -241,8 +242,9 @@ async fn bad_imports_say_what_is_wrong_and_write_nothing() {
         "nothing written"
     );
 
-    // A target whose column types differ (not a widening) is refused, and
-    // left as it was.
+    // A table sluice did not make, with other columns, is refused with
+    // both lists, and left as it was; a destructive load does not replace
+    // it either unless told to.
     exec(
         &dst,
         "CREATE TABLE orders (id bigint, at text); INSERT INTO orders VALUES (1, 'x')",
@@ -256,18 +258,44 @@ async fn bad_imports_say_what_is_wrong_and_write_nothing() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains(
-            "column at of \"orders\" is text but the source's is timestamp with time zone"
-        ),
+        err.contains("The table has: id, at.") && err.contains("The import loads: id, at, name"),
         "{err}"
     );
+    let err = import(
+        &spec(&src, &dst, "orders", Mode::Destructive, None),
+        &mut (),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--replace-existing"), "{err}");
     assert_eq!(
-        scalar(&dst, "SELECT count(*)::text FROM orders").await,
-        Some("1".into())
+        scalar(
+            &dst,
+            "SELECT count(*)::text || ' ' || string_agg(at, ',') FROM orders"
+        )
+        .await,
+        Some("1 x".into())
     );
     assert_eq!(
         scalar(&dst, "SELECT count(*)::text FROM sluice_load_ledger").await,
         Some("0".into())
+    );
+
+    // sluice's own table whose column type was changed by hand (not a
+    // widening) is refused, and left as it was.
+    let mine = spec(&src, &dst, "mine", Mode::Incremental, Some("at"));
+    assert_eq!(import(&mine, &mut ()).await.unwrap().rows, 10);
+    exec(&dst, "ALTER TABLE mine ALTER COLUMN at TYPE text").await;
+    add_rows(&src, 11, 20).await;
+    let err = import(&mine, &mut ()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("column at of \"mine\" is text but the source's is timestamp with time zone"),
+        "{err}"
+    );
+    assert_eq!(
+        scalar(&dst, "SELECT count(*)::text FROM mine").await,
+        Some("10".into())
     );
 }
 
@@ -442,11 +470,12 @@ async fn staged_batches_and_manifest_hold_every_row_and_new_columns_are_added() 
         })
         .unwrap();
     assert_eq!(changes, vec!["new column n integer".to_string()]);
+    // The 100 new rows, and the row at the watermark read again with them.
     assert_eq!(
         scalar(&dst, "SELECT count(n)::text FROM orders")
             .await
             .as_deref(),
-        Some("100")
+        Some("101")
     );
 }
 

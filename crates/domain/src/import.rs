@@ -401,6 +401,9 @@ pub struct ImportJob {
     /// The URLs with their passwords taken out, for showing.
     pub source_shown: String,
     pub destination_shown: String,
+    /// Names the destination table (see the control layer): no two live
+    /// jobs share one. None for jobs made before sluice kept it.
+    pub destination_key: Option<String>,
     /// When the scheduler makes the next query (None: not scheduled).
     pub next_query_at: Option<Timestamp>,
     pub created_at: Timestamp,

@@ -79,9 +79,11 @@ pub struct Settings {
     pub max_file_bytes: usize,
     pub upload_url_ttl_secs: i64,
     pub token_ttl_secs: i64,
-    /// The destination of import jobs that name none (the embedded
-    /// warehouse, `sqlite://<data_dir>/warehouse.db`); empty: none.
-    pub warehouse: String,
+    /// The folder of the embedded warehouse (`<data_dir>/warehouse`): each
+    /// organization's jobs that name no destination load into its own file
+    /// there, `<org id>.db`, so no name can reach another organization's
+    /// tables. None: no embedded warehouse.
+    pub warehouse: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -94,7 +96,7 @@ impl Default for Settings {
             max_file_bytes: 256 << 20,
             upload_url_ttl_secs: 3600,
             token_ttl_secs: 30 * 24 * 3600,
-            warehouse: String::new(),
+            warehouse: None,
         }
     }
 }

@@ -311,7 +311,12 @@ pub enum QueryOutcome {
 /// here.
 #[async_trait]
 pub trait ImportStore: Send + Sync + 'static {
+    /// Stores a job; another live job with its `destination_key` is a
+    /// [`StoreError::Conflict`] naming that job.
     async fn create_job(&self, job: &ImportJob) -> Result<()>;
+    /// The live (not deleted) job that loads the table `destination_key`
+    /// names, if any.
+    async fn job_loading(&self, destination_key: &str) -> Result<Option<ImportJob>>;
     /// A job by id, deleted or not; the caller checks its organization.
     async fn find_job(&self, id: &JobId) -> Result<ImportJob>;
     async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<ImportJob>>;

@@ -55,12 +55,17 @@ impl Dialect {
                 (2, include_str!("../migrations/sqlite/0002_datalake.sql")),
                 (3, include_str!("../migrations/sqlite/0003_imports.sql")),
                 (4, include_str!("../migrations/sqlite/0004_spaces.sql")),
+                (5, include_str!("../migrations/sqlite/0005_job_tables.sql")),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
                 (2, include_str!("../migrations/postgres/0002_datalake.sql")),
                 (3, include_str!("../migrations/postgres/0003_imports.sql")),
                 (4, include_str!("../migrations/postgres/0004_spaces.sql")),
+                (
+                    5,
+                    include_str!("../migrations/postgres/0005_job_tables.sql"),
+                ),
             ],
         }
     }

@@ -123,6 +123,7 @@ suite!(
     paused_jobs_make_no_queries_and_cancel_waiting_ones,
     a_lost_query_is_given_back_and_the_stale_worker_is_fenced,
     jobs_page_by_keyset_with_search_and_count,
+    a_destination_table_belongs_to_one_live_job,
     an_organization_has_one_default_space_and_models_are_made_once,
 );
 
@@ -1213,6 +1214,8 @@ fn import_job(org: &OrganizationId, name: &str, due: Option<Timestamp>) -> Impor
         destination_sealed: "v1:y".into(),
         source_shown: "postgres://db/a".into(),
         destination_shown: "postgres://db/b".into(),
+        // Each its own table, unless a test says otherwise.
+        destination_key: Some(format!("table-{}", rand_suffix())),
         next_query_at: due,
         created_at: now,
         modified_at: now,
@@ -1557,4 +1560,43 @@ async fn an_organization_has_one_default_space_and_models_are_made_once(store: A
     store.create_api_key(&key).await.unwrap();
     assert_eq!(store.find_api_key("abc").await.unwrap(), Some(key));
     assert_eq!(store.find_api_key("nope").await.unwrap(), None);
+}
+
+fn rand_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+async fn a_destination_table_belongs_to_one_live_job(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let mut first = import_job(&f.org, "first", None);
+    first.destination_key = Some("shared-table".into());
+    store.create_job(&first).await.unwrap();
+    let mut second = import_job(&f.org, "second", None);
+    second.destination_key = Some("shared-table".into());
+    let refused = store.create_job(&second).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Conflict(m) if m.contains(first.id.as_str())),
+        "the refusal names the owner: {refused}"
+    );
+    assert_eq!(
+        store
+            .job_loading("shared-table")
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(first.id.clone())
+    );
+    // A deleted job gives its table up.
+    first.status = JobStatus::Deleted;
+    store.update_job(&first).await.unwrap();
+    assert!(store.job_loading("shared-table").await.unwrap().is_none());
+    store.create_job(&second).await.unwrap();
+    assert_eq!(
+        store
+            .job_loading("shared-table")
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(second.id)
+    );
 }

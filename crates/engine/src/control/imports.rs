@@ -296,14 +296,54 @@ impl Control {
         }
     }
 
-    fn destination_of(&self, asked: Option<&str>) -> Result<String> {
-        match asked.filter(|d| !d.trim().is_empty()) {
-            Some(d) => Ok(d.to_owned()),
-            None if !self.settings.warehouse.is_empty() => Ok(self.settings.warehouse.clone()),
-            None => Err(bad(
+    fn destination_of(&self, org: &OrganizationId, asked: Option<&str>) -> Result<String> {
+        match (
+            asked.filter(|d| !d.trim().is_empty()),
+            &self.settings.warehouse,
+        ) {
+            (Some(d), _) => Ok(d.to_owned()),
+            (None, Some(folder)) => {
+                std::fs::create_dir_all(folder).map_err(|e| {
+                    ControlError::Internal(format!("cannot make the embedded warehouse: {e}"))
+                })?;
+                Ok(format!(
+                    "sqlite://{}",
+                    folder.join(format!("{}.db", org.as_str())).display()
+                ))
+            }
+            (None, None) => Err(bad(
                 "the job names no destination and this server has no embedded warehouse",
             )),
         }
+    }
+
+    /// Refuses a job whose destination table another live job loads: a
+    /// table belongs to one job (two would load the same rows twice).
+    async fn check_table_free(
+        &self,
+        org: &OrganizationId,
+        destination: &str,
+        target: &str,
+    ) -> Result<String> {
+        let key = destination_key(destination, target);
+        if let Some(owner) = self.store.job_loading(&key).await? {
+            return Err(ControlError::Conflict(if &owner.organization_id == org {
+                format!(
+                    "table {target} of {} is loaded by job {} ({}) already: a destination \
+                     table belongs to one job; choose another target, or delete that job",
+                    redact(destination),
+                    owner.id,
+                    owner.name
+                )
+            } else {
+                format!(
+                    "table {target} of {} is loaded by a job of another organization: \
+                     choose another target",
+                    redact(destination)
+                )
+            }));
+        }
+        Ok(key)
     }
 
     /// Validates a job and, unless `dry_run`, stores it (active, its first
@@ -314,7 +354,10 @@ impl Control {
         new: NewJob,
         dry_run: bool,
     ) -> Result<(Option<ImportJob>, Validation)> {
-        let destination = self.destination_of(new.destination.as_deref())?;
+        let destination = self.destination_of(org, new.destination.as_deref())?;
+        let destination_key = self
+            .check_table_free(org, &destination, &new.spec.target)
+            .await?;
         let name = if new.name.trim().is_empty() {
             format!("{} -> {}", new.spec.table, new.spec.target)
         } else {
@@ -350,6 +393,7 @@ impl Control {
             destination_sealed: self.sealer.seal(&destination),
             source_shown: redact(&new.source),
             destination_shown: redact(&destination),
+            destination_key: Some(destination_key),
             next_query_at: scheduled.then_some(now),
             created_at: now,
             modified_at: now,
@@ -570,4 +614,14 @@ impl Control {
         let q = self.get_query(org, id).await?;
         Ok(self.store.cancel_query(org, &q.id, time::now()).await?)
     }
+}
+
+/// Names a destination table whatever the password in its URL: the
+/// URL without its secret, and the table (PostgreSQL's `public.` left out).
+fn destination_key(destination: &str, target: &str) -> String {
+    use sha2::Digest;
+    let target = target.strip_prefix("public.").unwrap_or(target);
+    hex::encode(sha2::Sha256::digest(
+        format!("{}\n{target}", redact(destination)).as_bytes(),
+    ))
 }

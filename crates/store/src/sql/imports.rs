@@ -5,7 +5,8 @@ use super::*;
 use crate::{ImportStore, JobFilter, QueryOutcome};
 
 const JOB_COLUMNS: &str = "seq, id, organization_id, space, name, status, spec, source_sealed, \
-     destination_sealed, source_shown, destination_shown, next_query_at, created_at, modified_at";
+     destination_sealed, source_shown, destination_shown, destination_key, next_query_at, \
+     created_at, modified_at";
 
 fn job_from_row(row: &AnyRow) -> Result<ImportJob> {
     let status: String = row.try_get("status")?;
@@ -23,6 +24,7 @@ fn job_from_row(row: &AnyRow) -> Result<ImportJob> {
         destination_sealed: row.try_get("destination_sealed")?,
         source_shown: row.try_get("source_shown")?,
         destination_shown: row.try_get("destination_shown")?,
+        destination_key: row.try_get("destination_key")?,
         next_query_at: opt_ts(row, "next_query_at")?,
         created_at: ts(row, "created_at")?,
         modified_at: ts(row, "modified_at")?,
@@ -145,11 +147,11 @@ impl SqlStore {
 #[async_trait]
 impl ImportStore for SqlStore {
     async fn create_job(&self, job: &ImportJob) -> Result<()> {
-        sqlx::query(
+        let made = sqlx::query(
             "INSERT INTO import_jobs (id, organization_id, space, name, status, spec, \
              source_sealed, destination_sealed, source_shown, destination_shown, next_query_at, \
-             created_at, modified_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             created_at, modified_at, destination_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(job.id.as_str())
         .bind(job.organization_id.as_str())
@@ -164,9 +166,36 @@ impl ImportStore for SqlStore {
         .bind(job.next_query_at.map(micros))
         .bind(micros(job.created_at))
         .bind(micros(job.modified_at))
+        .bind(job.destination_key.as_deref())
         .execute(&self.write)
-        .await?;
-        Ok(())
+        .await
+        .map_err(StoreError::from);
+        match made {
+            // Raced by another job for the same table: name it.
+            Err(StoreError::Conflict(m)) => match &job.destination_key {
+                Some(key) => match self.job_loading(key).await? {
+                    Some(owner) => Err(StoreError::Conflict(format!(
+                        "the destination table is loaded by job {} already",
+                        owner.id
+                    ))),
+                    None => Err(StoreError::Conflict(m)),
+                },
+                None => Err(StoreError::Conflict(m)),
+            },
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn job_loading(&self, destination_key: &str) -> Result<Option<ImportJob>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM import_jobs WHERE destination_key = $1 \
+             AND status <> 'deleted'"
+        );
+        let row = sqlx::query(&sql)
+            .bind(destination_key)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
     }
 
     async fn find_job(&self, id: &JobId) -> Result<ImportJob> {
