@@ -479,7 +479,7 @@ def test_a_postgres_job_over_graphql_runs_pauses_starts_reruns_a_window_and_is_d
         assert "errors" not in body, body
         wait_for(lambda: queries()["totalQueriesSuccessCount"] == 3, "the window run")
         assert queries()["queries"]["edges"][0]["node"]["recordsProcessedCount"] == 60
-        warehouse = server.data_dir / "warehouse.db"
+        warehouse = server.data_dir / "warehouse" / f"{org}.db"
         import sqlite3
         n = sqlite3.connect(warehouse).execute("SELECT count(*), count(DISTINCT prediction_id) FROM churn").fetchone()
         assert n == (500, 500)

@@ -44,6 +44,7 @@ pub enum JobCommand {
     /// Create a job from a job.toml (validated against the source first;
     /// nothing is stored when it does not validate).
     Create {
+        /// The job.toml to read.
         #[arg(long)]
         file: PathBuf,
         /// Validate only: connect, check the table, the mapping and the
@@ -71,6 +72,7 @@ pub enum JobCommand {
     /// job.toml (its connections and tables stay).
     Update {
         id: String,
+        /// The job.toml to read.
         #[arg(long)]
         file: PathBuf,
         #[command(flatten)]
@@ -80,10 +82,14 @@ pub enum JobCommand {
     /// rows there are replaced). With --detach, leave it to the server.
     Run {
         id: String,
+        /// The start of a window to load again by hand, [START, END)
+        /// (e.g. 2024-08-20T01:00:00Z): its rows in the target are replaced.
         #[arg(long, requires = "end")]
         start: Option<String>,
+        /// The end (exclusive) of the window --start begins.
         #[arg(long, requires = "start")]
         end: Option<String>,
+        /// Queue the query for the server instead of running it here.
         #[arg(long)]
         detach: bool,
         #[command(flatten)]
@@ -136,6 +142,7 @@ pub struct Common {
     /// The organization the job belongs to.
     #[arg(long, env = "SLUICE_ORG")]
     org: String,
+    /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

@@ -537,6 +537,7 @@ enum TriggerCommand {
         /// Continue after this event (the `next_page_token` of the last page).
         #[arg(long)]
         after: Option<String>,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -549,6 +550,7 @@ enum OrgCommand {
     /// Create an organization.
     Create {
         name: String,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -560,9 +562,12 @@ enum OrgCommand {
 enum UserCommand {
     /// Create a user and its personal access token (shown once).
     Create {
-        #[arg(long)]
+        /// The organization the user belongs to.
+        #[arg(long, env = "SLUICE_ORG")]
         org: String,
+        /// The user's e-mail address.
         email: String,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -574,8 +579,10 @@ enum UserCommand {
 enum AuthCommand {
     /// Print a JWT for an organization (and user): `User token : <jwt>`.
     GetToken {
-        #[arg(long)]
+        /// The organization the token acts for.
+        #[arg(long, env = "SLUICE_ORG")]
         org: String,
+        /// The user the token is for (default: the organization's first).
         #[arg(long)]
         user: Option<String>,
         #[command(flatten)]

@@ -15,13 +15,17 @@ pub enum SpaceCommand {
     /// Create a space in an organization (every organization also has a
     /// default space).
     Create {
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
         name: String,
+        /// What the space is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// Mark the space private (shown as such to GraphQL clients).
         #[arg(long)]
         private: bool,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -29,8 +33,10 @@ pub enum SpaceCommand {
     },
     /// An organization's spaces, the default one first.
     List {
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -43,10 +49,13 @@ pub enum ApiKeyCommand {
     /// Create an API key (shown once) for an organization, or for one of
     /// its spaces only.
     Create {
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
+        /// Limit the key to this space (default: the whole organization).
         #[arg(long)]
         space: Option<String>,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

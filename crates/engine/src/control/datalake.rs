@@ -764,6 +764,8 @@ impl Control {
         forward: bool,
         next_page_token: Option<&str>,
     ) -> Result<EventsPage> {
+        // An unknown trigger is "not found", not an empty ledger.
+        self.store.find_trigger(trigger).await?;
         let after = next_page_token
             .filter(|t| !t.is_empty())
             .map(|t| parse_token("next_page_token", 'e', t))

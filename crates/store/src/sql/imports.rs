@@ -369,6 +369,13 @@ impl ImportStore for SqlStore {
         match status.as_deref() {
             None => return Err(not_found("job", &query.job_id)),
             Some("active") => {}
+            Some("deleted") => {
+                return Err(StoreError::Conflict(format!(
+                    "job {} is deleted: it starts no query (a deleted job stays deleted; \
+                     create a new job for its table)",
+                    query.job_id
+                )))
+            }
             Some(other) => {
                 return Err(StoreError::Conflict(format!(
                     "job {} is {other}: it starts no query (resume it first)",
