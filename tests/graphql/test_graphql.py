@@ -195,7 +195,7 @@ message
     assert body["data"]["createTableImportJob"]["validationResult"]["validationStatus"] == "FAILURE", body
     assert jobs_of(server, key, space)["totalCount"] == 0
 
-    # Create, with variables and inline (the seed's empty selection set too).
+    # Create, with variables and inline, as the seed writes them.
     create = """mutation createTableImportJob ($input: CreateTableImportJobInput ! ) {
 createTableImportJob(input: $input) {
 tableImportJob {
@@ -205,8 +205,10 @@ id
 }"""
     _, body = gql(server, key, create, {"input": dict(BIGQUERY_INPUT, spaceId=space)})
     first = body["data"]["createTableImportJob"]["tableImportJob"]["id"]
-    _, body = gql(server, key, (INLINE_CREATE + "\n}){\ntableImportJob {\n}\n}\n}").replace("space_id", space))
+    _, body = gql(server, key, (INLINE_CREATE + "\n}){\ntableImportJob {\nid\n}\n}\n}").replace("space_id", space))
     assert "errors" not in body, body
+    second = body["data"]["createTableImportJob"]["tableImportJob"]["id"]
+    assert second != first
     listed = """query {
 node(id: "space_id" ) {
 ... on Space {

@@ -29,6 +29,29 @@ def fingerprint(url, table):
                      f"md5(string_agg(md5(x::text), '' ORDER BY id)) FROM {table} x")
 
 
+def copying(dst):
+    """Whether a COPY into the destination database is running right now."""
+    return int(psql(dst, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND state = 'active' AND query ILIKE 'COPY %'")) > 0
+
+
+def kill_while_copying(p, dst, linger=0.0):
+    """SIGKILLs `p` once its COPY into `dst` is running (after `linger`
+    more seconds); answers whether it was killed mid-COPY (False: it ended
+    first)."""
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        if copying(dst):
+            time.sleep(linger)
+            if p.poll() is None and copying(dst):
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                return True
+        time.sleep(0.005)
+    p.wait()
+    return False
+
+
 def run_import(src, dst, *extra):
     return subprocess.Popen([BIN, "import", "--from", src, "--table", "events", "--to", dst,
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -44,19 +67,19 @@ def test_kill_nine_twenty_times_then_every_row_exactly_once(dbs):
     rng = random.Random(7)
     killed, finished, last = 0, 0, 200_000
     for i in range(20):
+        loads_before = psql(dst, "SELECT count(*) FROM sluice_load_ledger")
         p = run_import(src, dst, "--target", "events", "--change-column", "at")
-        time.sleep(rng.uniform(0.02, 0.8))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
+        if kill_while_copying(p, dst, linger=rng.uniform(0, 0.05)):
             killed += 1
+            # Killed mid-flight: its window's ledger row never committed.
+            assert psql(dst, "SELECT count(*) FROM sluice_load_ledger") == loads_before
         else:
             assert p.returncode == 0, p.stderr.read().decode()
             finished += 1
-        p.wait()
         # New rows keep arriving.
         add_rows(src, last + 1, last + 40_000)
         last += 40_000
-    assert killed >= 5, f"only {killed} of 20 runs were killed mid-stream"
+    assert killed >= 5, f"only {killed} of 20 runs were killed while their COPY ran"
     done = run_import(src, dst, "--target", "events", "--change-column", "at")
     out, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
@@ -77,10 +100,7 @@ def test_a_killed_full_load_leaves_the_live_table_as_it_was(dbs):
     before = fingerprint(dst, "live")
     add_rows(src, 1_001, 400_000)
     p = run_import(src, dst, "--target", "live", "--mode", "destructive")
-    time.sleep(0.3)
-    assert p.poll() is None, "the load ended before it could be killed"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    assert kill_while_copying(p, dst, linger=0.1), "the load ended before its COPY could be killed"
     assert fingerprint(dst, "live") == before
     tmp = psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live__sluice_%'")
     assert tmp == "0", "the half-loaded table went with its transaction"

@@ -102,13 +102,19 @@ def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
 
     wait_for(all_done, "1,000 runs to succeed", timeout=600, interval=1)
 
-    executions = collections.Counter(line[0] for line in ledger_lines(ledger))
+    lines = ledger_lines(ledger)
+    executions = collections.Counter(line[0] for line in lines)
     assert set(executions) == set(run_ids)
-    twice = [r for r, n in executions.items() if n > 1]
-    # Any run that ran more than once must show each execution as a recorded attempt.
-    for run_id in twice:
+    # What the handlers recorded decides: a run may run again only after an
+    # attempt that ended LOST or FAILED, so it ran at most once more than
+    # those; and no attempt number ran twice (a double claim would).
+    assert len({(l[0], l[1]) for l in lines}) == len(lines), "an attempt ran twice"
+    for run_id, n in executions.items():
+        if n == 1:
+            continue
         attempts = session.get(f"{dep_url}/runs/{run_id}/attempts").json()["entries"]
-        assert len(attempts) == executions[run_id], (run_id, attempts)
+        ended_badly = sum(1 for a in attempts if a["outcome"] in ("LOST", "FAILED"))
+        assert n <= 1 + ended_badly, (run_id, n, attempts)
     workers = collections.Counter()
     for run_id in run_ids[:100]:
         for a in session.get(f"{dep_url}/runs/{run_id}/attempts").json()["entries"]:

@@ -331,6 +331,7 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
                 source,
                 destination,
                 spec,
+                number_taken_target: false,
             };
             let (job, v) = control
                 .create_job(&org, new, dry_run)

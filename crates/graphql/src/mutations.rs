@@ -522,6 +522,8 @@ async fn create(
         source,
         destination: None,
         spec,
+        // A model may be fed by several jobs: each loads its own table.
+        number_taken_target: true,
     };
     let (job, validation) = c
         .create_job(&who.organization, new, input.dry_run.unwrap_or(false))

@@ -20,6 +20,10 @@ pub struct NewJob {
     /// The destination's URL; None: the embedded warehouse.
     pub destination: Option<String>,
     pub spec: JobSpec,
+    /// When another job loads the target already, load `<target>_2` (or
+    /// the first free number) instead of refusing: for faces whose jobs
+    /// name a model, not a table (several jobs may feed one model).
+    pub number_taken_target: bool,
 }
 
 /// What a dry run (and every create) found.
@@ -317,6 +321,24 @@ impl Control {
         }
     }
 
+    /// `target`, or the first of `target_2`, `target_3`, … that no live
+    /// job loads.
+    async fn free_target(&self, destination: &str, target: &str) -> Result<String> {
+        for n in 1..1000 {
+            let candidate = match n {
+                1 => target.to_owned(),
+                n => format!("{target}_{n}"),
+            };
+            let key = destination_key(destination, &candidate);
+            if self.store.job_loading(&key).await?.is_none() {
+                return Ok(candidate);
+            }
+        }
+        Err(ControlError::Conflict(format!(
+            "{target} and its 998 numbered siblings are all loaded by other jobs"
+        )))
+    }
+
     /// Refuses a job whose destination table another live job loads: a
     /// table belongs to one job (two would load the same rows twice).
     async fn check_table_free(
@@ -355,6 +377,10 @@ impl Control {
         dry_run: bool,
     ) -> Result<(Option<ImportJob>, Validation)> {
         let destination = self.destination_of(org, new.destination.as_deref())?;
+        let mut new = new;
+        if new.number_taken_target {
+            new.spec.target = self.free_target(&destination, &new.spec.target).await?;
+        }
         let destination_key = self
             .check_table_free(org, &destination, &new.spec.target)
             .await?;
@@ -369,7 +395,6 @@ impl Control {
         if dry_run || !validation.accepts() {
             return Ok((None, validation));
         }
-        let mut new = new;
         if new.spec.labels.contains_key("modelName") {
             // The model the job feeds, made with the job (not on a read).
             let model = self
