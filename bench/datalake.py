@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Datalake trigger benchmark: prints figures, asserts nothing.
+"""Datalake trigger benchmark: prints figures; fails when a file started no run.
 
     .venv/bin/python bench/datalake.py [--files 300] [--rate 10]
                                        [--backends sqlite,postgres]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from engine import BIN, NOOP, cli, code_archive, fresh_postgres_database, percentile, start
+from engine import BIN, NOOP, cli, code_archive, ensure_built, fresh_postgres_database, percentile, start
 
 
 def rows(data_dir, database_url, trigger):
@@ -93,10 +93,12 @@ def main():
     ap.add_argument("--rate", type=float, default=10)
     ap.add_argument("--backends", default="sqlite,postgres")
     a = ap.parse_args()
-    print(f"binary: {BIN}")
+    ensure_built()
     print(f"{'backend':10} {'upload→RUNNING p50':>19} {'p99':>9} {'upload p50':>11} {'runs':>6}")
     for name in a.backends.split(","):
         r = bench_backend(name, a.files, a.rate)
+        if r["runs"] != a.files:
+            raise SystemExit(f"{name}: {r['runs']} of {a.files} files started a run")
         print(f"{name:10} {r['p50']:>17.2f}ms {r['p99']:>7.2f}ms {r['upload_p50']:>9.2f}ms "
               f"{r['runs']:>6}", flush=True)
     print(f"({a.files} files of 100 bytes at {a.rate}/s; latency from the store's timestamps)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run-engine benchmark: prints figures, asserts nothing.
+"""Run-engine benchmark: prints figures; fails when a run did not succeed.
 
     .venv/bin/python bench/engine.py [--runs 10000] [--paced 300] [--rate 20]
                                      [--backends sqlite,postgres]
@@ -35,12 +35,8 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "sdk"))
+from common import BIN, ROOT, ensure_built  # noqa: E402  (puts tests/ on the path)
 from conftest import code_archive, free_port, fresh_postgres_database  # noqa: E402
-
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-BIN = str(TARGET / "release" / "sluice")
 NOOP = "def handler(request, context):\n    pass\n"
 
 
@@ -202,15 +198,18 @@ def main():
     ap.add_argument("--paced", type=int, default=300)
     ap.add_argument("--rate", type=float, default=20)
     ap.add_argument("--backends", default="sqlite,postgres")
+    ap.add_argument("--cold-starts", type=int, default=10)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "sluice"], cwd=ROOT, check=True)
+    ensure_built()
 
-    p50, worst, rss = cold_start()
+    p50, worst, rss = cold_start(args.cold_starts)
     print(f"sluice serve: cold start median {p50:.1f} ms (max {worst:.1f} ms), idle RSS {rss:.1f} MiB")
     print(f"{'backend':10} {'paced p50':>10} {'paced p99':>10} {'submit/s':>9} {'claim/s':>8} "
           f"{'burst p50':>10} {'burst p99':>10}")
     for name in args.backends.split(","):
         r = bench_backend(name, args.runs, args.paced, args.rate)
+        if r["statuses"].get("SUCCEEDED", 0) != args.runs:
+            raise SystemExit(f"{name}: not every run succeeded: {r['statuses']}")
         print(f"{name:10} {r['paced_p50']:8.2f}ms {r['paced_p99']:8.2f}ms {r['submit_rate']:9.0f} "
               f"{r['claim_rate']:8.1f} {r['burst_p50']:8.0f}ms {r['burst_p99']:8.0f}ms  {r['statuses']}", flush=True)
     print(f"(paced: {args.paced} runs at {args.rate}/s; burst: {args.runs} runs; latency is submit → RUNNING)")

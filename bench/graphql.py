@@ -26,9 +26,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-BIN = str(TARGET / "release" / "sluice")
+from common import BIN, ensure_built
 
 PAGE = """query ($s: ID!, $after: String) { node(id: $s) { ... on Space {
   tableJobs(first: 50, after: $after) { totalCount pageInfo { hasNextPage endCursor }
@@ -47,6 +45,7 @@ def main():
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--database-url")
     a = ap.parse_args()
+    ensure_built()
     data = tempfile.mkdtemp(prefix="sluice-gql-bench-")
     store = ["--data-dir", data] + (["--database-url", a.database_url] if a.database_url else [])
     with socket.socket() as s:
@@ -56,6 +55,17 @@ def main():
     serve = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", *store],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                if requests.get(url.replace("/graphql", "/healthz"), timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline or serve.poll() is not None:
+                raise RuntimeError("sluice serve did not start")
+            time.sleep(0.02)
+
         def cli(*args):
             out = subprocess.run([BIN, *args, *store, "--json"], check=True, capture_output=True, text=True)
             return json.loads(out.stdout)

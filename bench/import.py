@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Table import benchmark: sluice against the psql COPY pipe, side by side.
-Prints figures, asserts nothing.
+"""Table import benchmark: sluice against the psql COPY pipes, side by side.
+Prints figures; fails when any copy differs from the source.
 
     .venv/bin/python bench/import.py [--rows 1000000] [--repeat 3]
 
@@ -8,21 +8,24 @@ On the local PostgreSQL (SLUICE_TEST_POSTGRES_URL, default
 postgres://postgres@127.0.0.1:5432/postgres) it makes a source database
 with a table of `--rows` rows and ten columns (bigint, timestamptz, text,
 int, double, boolean, jsonb, nullable text, numeric(12,2), date) and a
-destination database, then times, each `--repeat` times (median shown):
+destination database, then times, each `--repeat` times (median shown; the tools take turns going first, so
+no tool always meets a cold or a warm cache):
 
-- the pipe: psql -c "\\copy (select …) to stdout" | psql -c "\\copy … from stdin"
-  into an empty table of the same shape;
+- the pipes: psql -c "\\copy (select …) to stdout" | psql -c "\\copy … from
+  stdin" into an empty table of the same shape, in text format and in
+  binary format;
 - `sluice import --mode destructive` (release build) of the same table;
   its peak RSS (from wait4);
 - an incremental run that finds 10,000 new rows, and one that finds none
   (the time sluice reports for the work, and the whole command with its
   process start), without and then with an index on the change column;
-- `sling` too, when it is on PATH (pip install sling-linux-amd64);
+- `sling` too, when it is on PATH (pip install sling-linux-amd64), as many
+  times, its copy checked the same way;
 - a persistent job inside a running `sluice serve`: its first query (the
   whole table, batches staged as files), one finding 10,000 new rows, and
   ones finding none, each timed by its own record (claimed → ended).
 Every copy's row count and checksum over every column is compared with the
-source's and printed.
+source's: a difference fails the benchmark.
 """
 import argparse
 import json
@@ -35,9 +38,8 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-BIN = str(TARGET / "release" / "sluice")
+from common import BIN, ensure_built, median
+
 ADMIN = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 BASE = ADMIN.rsplit("/", 1)[0]
 
@@ -73,9 +75,16 @@ def add_rows(db, first, last):
         FROM generate_series({first}, {last}) g""")
 
 
-def timed(cmd, shell=False):
+def same(what, want, got):
+    """Fails the benchmark when a copy differs from its source."""
+    print(f"  {what:10} {got}")
+    if got != want:
+        raise SystemExit(f"{what}: the copy differs from the source ({got} vs {want})")
+
+
+def timed(cmd, shell=False, env=None):
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - t
     out = proc.stdout.read().decode()
@@ -90,6 +99,7 @@ def main():
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
+    ensure_built()
     tag = uuid.uuid4().hex[:8]
     src, dst = f"bench_src_{tag}", f"bench_dst_{tag}"
     psql("postgres", f"CREATE DATABASE {src}", f"CREATE DATABASE {dst}")
@@ -104,33 +114,50 @@ def main():
                           "AND a.attnum > 0")
         select = "SELECT * FROM bench"
 
-        pipe, sluice, rss = [], [], []
-        for i in range(a.repeat):
-            psql(dst, "DROP TABLE IF EXISTS pipe", f"CREATE TABLE pipe ({shape})")
-            took, _, _ = timed(
-                f"psql {BASE}/{src} -qc \"\\copy ({select}) to stdout\" | "
-                f"psql {BASE}/{dst} -qc \"\\copy pipe from stdin\"", shell=True)
-            pipe.append(took)
-            took, peak, _ = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
-                                   "--to", f"{BASE}/{dst}", "--target", "copied",
-                                   "--mode", "destructive", "--job", f"full-{i}"])
-            sluice.append(took)
-            rss.append(peak)
-        p, s = statistics.median(pipe), statistics.median(sluice)
-        print(f"{'tool':12} {'seconds':>8} {'× pipe':>7} {'peak RSS':>9}")
-        print(f"{'psql pipe':12} {p:>8.2f} {1.0:>7.2f}")
-        print(f"{'sluice':12} {s:>8.2f} {s / p:>7.2f} {max(rss):>7.1f}MB")
+        pipe_text = (f"psql {BASE}/{src} -qc \"\\copy ({select}) to stdout\" | "
+                     f"psql {BASE}/{dst} -qc \"\\copy pipe from stdin\"")
+        pipe_binary = (f"psql {BASE}/{src} -qc \"\\copy ({select}) to stdout with (format binary)\" | "
+                       f"psql {BASE}/{dst} -qc \"\\copy pipe_binary from stdin with (format binary)\"")
+        env = dict(os.environ, SRC=f"{BASE}/{src}", DST=f"{BASE}/{dst}")
+        tools = {
+            "psql pipe": (lambda: psql(dst, "DROP TABLE IF EXISTS pipe", f"CREATE TABLE pipe ({shape})"),
+                          lambda: timed(pipe_text, shell=True), "pipe"),
+            "psql binary": (lambda: psql(dst, "DROP TABLE IF EXISTS pipe_binary",
+                                         f"CREATE TABLE pipe_binary ({shape})"),
+                            lambda: timed(pipe_binary, shell=True), "pipe_binary"),
+            # The same job each time: a destructive load replaces its own table.
+            "sluice": (lambda: None,
+                       lambda: timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+                                      "--to", f"{BASE}/{dst}", "--target", "copied",
+                                      "--mode", "destructive", "--job", "full"]), "copied"),
+        }
         if shutil.which("sling"):
-            env = dict(os.environ, SRC=f"{BASE}/{src}", DST=f"{BASE}/{dst}")
-            t = time.perf_counter()
-            subprocess.run(["sling", "run", "--src-conn", "SRC", "--src-stream", "public.bench",
-                            "--tgt-conn", "DST", "--tgt-object", "public.slung", "--mode", "full-refresh"],
-                           env=env, check=True, capture_output=True)
-            took = time.perf_counter() - t
-            print(f"{'sling':12} {took:>8.2f} {took / p:>7.2f}")
-        print(f"source   {want}")
-        print(f"pipe     {checksum(dst, 'pipe')}")
-        print(f"sluice   {checksum(dst, 'copied')}")
+            tools["sling"] = (lambda: None,
+                              lambda: timed(["sling", "run", "--src-conn", "SRC", "--src-stream", "public.bench",
+                                             "--tgt-conn", "DST", "--tgt-object", "public.slung",
+                                             "--mode", "full-refresh"], env=env), "slung")
+        times = {name: [] for name in tools}
+        peaks = {name: [] for name in tools}
+        names = list(tools)
+        for i in range(a.repeat):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                prepare, run, _ = tools[name]
+                prepare()
+                took, peak, _ = run()
+                times[name].append(took)
+                peaks[name].append(peak)
+        base = median(times["psql pipe"])
+        print(f"{'tool':12} {'seconds':>8} {'× pipe':>7} {'peak RSS':>9}   (median of {a.repeat})")
+        for name in names:
+            t = median(times[name])
+            rss = f"{max(peaks[name]):>7.1f}MB" if name in ("sluice", "sling") else ""
+            print(f"{name:12} {t:>8.2f} {t / base:>7.2f} {rss:>9}")
+        if "sling" not in tools:
+            print("(sling is not installed here: not measured)")
+        print("every copy against the source:")
+        print(f"  {'source':10} {want}")
+        for name in names:
+            same(name, want, checksum(dst, tools[name][2]))
         print("sluice's types: " + psql(dst, "SELECT string_agg(format_type(a.atttypid, a.atttypmod), ', ' "
                                              "ORDER BY a.attnum) FROM pg_attribute a WHERE "
                                              "a.attrelid = 'copied'::regclass AND a.attnum > 0"))
@@ -148,18 +175,25 @@ def main():
             if target == "inc_indexed":
                 psql(src, "CREATE INDEX bench_at ON bench (at)", "ANALYZE bench")
             incremental(target)
-            add_rows(src, first + 1, first + 10_000)
-            first += 10_000
-            whole, r = incremental(target)
-            print(f"{label}: incremental, 10,000 new rows: {r['seconds'] * 1000:.1f} ms of work, "
-                  f"{whole * 1000:.1f} ms with process start ({r['rows']} rows)")
-            none = [incremental(target) for _ in range(5)]
-            work = statistics.median(r["seconds"] for _, r in none)
-            whole = statistics.median(t for t, _ in none)
+            new = []
+            for _ in range(a.repeat):
+                add_rows(src, first + 1, first + 10_000)
+                first += 10_000
+                new.append(incremental(target))
+                if new[-1][1]["rows"] != 10_000:
+                    raise SystemExit(f"{target}: loaded {new[-1][1]['rows']} rows of 10,000 new ones")
+            work = median([r["seconds"] for _, r in new])
+            whole = median([t for t, _ in new])
+            print(f"{label}: incremental, 10,000 new rows: {work * 1000:.1f} ms of work, "
+                  f"{whole * 1000:.1f} ms with process start (median of {a.repeat})")
+            none = [incremental(target) for _ in range(max(5, a.repeat))]
+            if any(r["rows"] for _, r in none):
+                raise SystemExit(f"{target}: a run with no new rows loaded some")
+            work = median([r["seconds"] for _, r in none])
+            whole = median([t for t, _ in none])
             print(f"{label}: incremental, no new rows:     {work * 1000:.1f} ms of work, "
-                  f"{whole * 1000:.1f} ms with process start ({none[-1][1]['rows']} rows)")
-            print(f"  source {checksum(src, 'bench')}")
-            print(f"  {target:6} {checksum(dst, target)}")
+                  f"{whole * 1000:.1f} ms with process start (median of {len(none)})")
+            same(target, checksum(src, "bench"), checksum(dst, target))
         first = job_figures(src, dst, first)
     finally:
         psql("postgres", f"DROP DATABASE IF EXISTS {src}", f"DROP DATABASE IF EXISTS {dst}")
@@ -182,6 +216,17 @@ def job_figures(src, dst, first):
                              stdout=log, stderr=subprocess.STDOUT,
                              env=dict(os.environ, SLUICE_POLL_MS="50"))
     try:
+        import urllib.request
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or serve.poll() is not None:
+                    raise RuntimeError("sluice serve did not start: " + (Path(data) / "serve.log").read_text())
+                time.sleep(0.02)
+
         def cli(*args):
             out = subprocess.run([BIN, *args, *store, "--json"], capture_output=True, text=True)
             if out.returncode != 0:
@@ -227,10 +272,10 @@ def job_figures(src, dst, first):
         for _ in range(5):
             q = ended(cli("job", "run", job, "--org", org, "--detach")["id"])
             times.append(query_time(q))
-        print(f"job in serve, no new rows: {statistics.median(times) * 1000:.1f} ms "
-              f"(median of 5; {q['records']} rows)")
-        print(f"  source   {checksum(src, 'bench')}")
-        print(f"  job_copy {checksum(dst, 'job_copy')}")
+            if q["records"] != 0:
+                raise SystemExit(f"a query with no new rows loaded {q['records']}")
+        print(f"job in serve, no new rows: {statistics.median(times) * 1000:.1f} ms (median of 5)")
+        same("job_copy", checksum(src, "bench"), checksum(dst, "job_copy"))
     finally:
         serve.terminate()
         serve.wait()

@@ -96,6 +96,20 @@ class Sluice:
             args += ["--database-url", self.database_url]
         return args
 
+    def store_sql(self, sql):
+        """Runs SQL on the server's metadata store (SQLite or PostgreSQL):
+        for tests that must put the store in a state no command makes."""
+        if self.database_url:
+            return psql(self.database_url, sql)
+        import sqlite3
+        db = sqlite3.connect(self.data_dir / "sluice.db", timeout=30)
+        try:
+            rows = db.execute(sql).fetchall()
+            db.commit()
+            return "\n".join("|".join(str(v) for v in r) for r in rows)
+        finally:
+            db.close()
+
     def cli(self, *args):
         out = subprocess.run([BIN, *args, *self.store_args()], env=self.env, check=True,
                              capture_output=True, text=True)

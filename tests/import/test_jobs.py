@@ -157,8 +157,12 @@ def test_a_job_runs_on_schedule_pauses_resumes_reruns_a_window_and_is_deleted(se
     p = cli(server, "job", "run", jid, "--org", org, check=False)
     assert p.returncode != 0 and "paused" in p.stderr, p.stderr
     before = len(queries())
+    # Due (its next query long past) while paused: ten scheduler polls
+    # later it still made none.
+    server.store_sql(f"UPDATE import_jobs SET next_query_at = 1 WHERE id = '{jid}'")
     time.sleep(2)
     assert len(queries()) == before, "a paused job made a query"
+    assert server.store_sql(f"SELECT next_query_at FROM import_jobs WHERE id = '{jid}'") == "1"
 
     # Resumed: the next query is due at once and loads the new rows.
     assert cli_json(server, "job", "resume", jid, "--org", org)["status"] == "active"

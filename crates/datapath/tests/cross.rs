@@ -7,15 +7,6 @@
 use sluice_datapath::{import, ImportSpec, Mode};
 use sqlx::{AnyConnection, Connection, Row};
 
-fn pg_admin() -> String {
-    std::env::var("SLUICE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn mysql_admin() -> String {
-    std::env::var("SLUICE_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
-}
-
 fn suffix() -> String {
     format!("{:012x}", rand::random::<u64>() >> 16)
 }
@@ -32,20 +23,12 @@ async fn exec(url: &str, sql: &str) {
     sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
 }
 
-async fn fresh_pg() -> String {
-    let name = format!("sluice_x_{}", suffix());
-    exec(&pg_admin(), &format!("CREATE DATABASE {name}")).await;
-    format!("{}/{name}", pg_admin().rsplit_once('/').unwrap().0)
+async fn fresh_pg() -> sluice_testkit::TempDb {
+    sluice_testkit::TempDb::postgres("sluice_x").await
 }
 
-async fn fresh_mysql() -> String {
-    let name = format!("sluice_x_{}", suffix());
-    exec(
-        &format!("{}/test", mysql_admin()),
-        &format!("CREATE DATABASE {name}"),
-    )
-    .await;
-    format!("{}/{name}", mysql_admin())
+async fn fresh_mysql() -> sluice_testkit::TempDb {
+    sluice_testkit::TempDb::mysql("sluice_x").await
 }
 
 fn fresh_sqlite() -> String {
@@ -154,7 +137,7 @@ async fn mariadb_to_postgres_full_then_incremental() {
     let spec = ImportSpec {
         source_url: src.replacen("mysql://", "mariadb://", 1),
         source_table: "orders".into(),
-        dest_url: dst.clone(),
+        dest_url: dst.to_string(),
         target: "orders".into(),
         mode: Mode::Incremental,
         change_column: Some("at".into()),
@@ -206,9 +189,9 @@ async fn mariadb_to_the_sqlite_warehouse() {
     exec(&src, MYSQL_TABLE).await;
     mysql_rows(&src, 1, 1000).await;
     let spec = ImportSpec {
-        source_url: src.clone(),
+        source_url: src.to_string(),
         source_table: "orders".into(),
-        dest_url: dst.clone(),
+        dest_url: dst.to_string(),
         target: "orders".into(),
         mode: Mode::Destructive,
         change_column: None,
@@ -250,7 +233,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
     let to_pg = ImportSpec {
         source_url: lite.clone(),
         source_table: "readings".into(),
-        dest_url: pg.clone(),
+        dest_url: pg.to_string(),
         target: "readings".into(),
         mode: Mode::Incremental,
         change_column: Some("at".into()),
@@ -279,7 +262,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
     assert_same("itfbsxd", &src, &dst);
 
     let to_lite = ImportSpec {
-        source_url: pg.clone(),
+        source_url: pg.to_string(),
         source_table: "readings".into(),
         dest_url: back.clone(),
         target: "readings".into(),
@@ -312,9 +295,9 @@ async fn row_path_windows_by_limit_and_by_hand() {
     exec(&src, MYSQL_TABLE).await;
     mysql_rows(&src, 1, 2500).await;
     let mut spec = ImportSpec {
-        source_url: src.clone(),
+        source_url: src.to_string(),
         source_table: "orders".into(),
-        dest_url: dst.clone(),
+        dest_url: dst.to_string(),
         target: "orders".into(),
         mode: Mode::Incremental,
         change_column: Some("at".into()),

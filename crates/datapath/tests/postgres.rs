@@ -5,22 +5,8 @@
 use sluice_datapath::{import, ImportError, ImportSpec, Mode};
 use sqlx::{Connection, PgConnection};
 
-fn admin() -> String {
-    std::env::var("SLUICE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn fresh_db() -> String {
-    let admin = admin();
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must answer at {admin}: {e}"));
-    let name = format!("sluice_dp_{:016x}", rand::random::<u64>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+async fn fresh_db() -> sluice_testkit::TempDb {
+    sluice_testkit::TempDb::postgres("sluice_dp").await
 }
 
 async fn exec(url: &str, sql: &str) {
@@ -535,7 +521,7 @@ async fn merge_replaces_changed_rows_by_key_in_postgres_and_sqlite() {
         key: Some("id".into()),
         ..ImportSpec::new(&src, "items", dest, "items")
     };
-    for dest in [&dst, &lite] {
+    for dest in [dst.url(), lite.as_str()] {
         assert_eq!(import(&spec_for(dest), &mut ()).await.unwrap().rows, 1000);
     }
     // 100 rows change (their updated_at moves on), 50 are new.
@@ -547,7 +533,7 @@ async fn merge_replaces_changed_rows_by_key_in_postgres_and_sqlite() {
          timestamptz '2026-03-01' + g * interval '1 s' FROM generate_series(1001, 1050) g",
     )
     .await;
-    for dest in [&dst, &lite] {
+    for dest in [dst.url(), lite.as_str()] {
         assert_eq!(import(&spec_for(dest), &mut ()).await.unwrap().rows, 150);
     }
     let want = scalar(

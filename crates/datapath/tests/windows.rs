@@ -19,29 +19,21 @@ struct Ends {
     src: String,
     dst: String,
     pg: bool,
+    /// The databases, dropped with the ends.
+    _keep: Vec<sluice_testkit::TempDb>,
     _dir: Option<std::path::PathBuf>,
 }
 
 async fn postgres() -> Ends {
-    let admin = std::env::var("SLUICE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must answer at {admin}: {e}"));
-    let base = admin.rsplit_once('/').unwrap().0.to_owned();
-    let mut urls = Vec::new();
-    for _ in 0..2 {
-        let name = format!("sluice_win_{:016x}", rand::random::<u64>());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        urls.push(format!("{base}/{name}"));
-    }
+    let (src, dst) = (
+        sluice_testkit::TempDb::postgres("sluice_win").await,
+        sluice_testkit::TempDb::postgres("sluice_win").await,
+    );
     Ends {
-        dst: urls.pop().unwrap(),
-        src: urls.pop().unwrap(),
+        src: src.to_string(),
+        dst: dst.to_string(),
         pg: true,
+        _keep: vec![src, dst],
         _dir: None,
     }
 }
@@ -53,6 +45,7 @@ fn sqlite() -> Ends {
         src: format!("sqlite://{}/src.db?mode=rwc", dir.display()),
         dst: format!("sqlite://{}/dst.db", dir.display()),
         pg: false,
+        _keep: vec![],
         _dir: Some(dir),
     }
 }

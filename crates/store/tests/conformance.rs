@@ -18,24 +18,25 @@ use sluice_store::{
     SpaceStore, SqlStore, StoreError,
 };
 
-async fn sqlite_store() -> (SqlStore, tempdir::Dir) {
+/// A store, and what must live as long as it (removed after the test).
+async fn sqlite_store() -> (SqlStore, Box<dyn std::any::Any>) {
     let dir = tempdir::Dir::new();
     let url = format!("sqlite://{}/meta.db", dir.path());
-    (sluice_store::open(&url).await.expect("open sqlite"), dir)
+    (
+        sluice_store::open(&url).await.expect("open sqlite"),
+        Box::new(dir),
+    )
 }
 
-async fn postgres_store() -> (SqlStore, tempdir::Dir) {
-    let admin = std::env::var("SLUICE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let url = tempdir::fresh_postgres_database(&admin).await;
+async fn postgres_store() -> (SqlStore, Box<dyn std::any::Any>) {
+    let db = sluice_testkit::TempDb::postgres("sluice_test").await;
     (
-        sluice_store::open(&url).await.expect("open postgres"),
-        tempdir::Dir::new(),
+        sluice_store::open(&db).await.expect("open postgres"),
+        Box::new(db),
     )
 }
 
 mod tempdir {
-    use sqlx::Connection;
 
     /// A directory removed when dropped.
     pub struct Dir(std::path::PathBuf);
@@ -60,21 +61,6 @@ mod tempdir {
     fn rand_suffix() -> String {
         use rand::Rng;
         format!("{:016x}", rand::thread_rng().gen::<u64>())
-    }
-
-    pub async fn fresh_postgres_database(admin: &str) -> String {
-        let mut conn = sqlx::PgConnection::connect(admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("PostgreSQL must answer at {admin} for the store tests: {e}")
-            });
-        let name = format!("sluice_test_{}", rand_suffix());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-        format!("{base}/{name}")
     }
 }
 
@@ -227,11 +213,14 @@ async fn tenants_see_only_their_own_deployments(store: Arc<SqlStore>) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert_eq!(store.list_deployments(&a.org).await.unwrap().len(), 1);
     let run = submit(&*store, &a).await;
-    assert!(store.get_run(&b.org, &run.id).await.is_err());
-    assert!(store
-        .request_cancel(&b.org, &run.id, time::now())
-        .await
-        .is_err());
+    assert!(matches!(
+        store.get_run(&b.org, &run.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.request_cancel(&b.org, &run.id, time::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(
         store.get_run(&a.org, &run.id).await.unwrap().status,
         RunStatus::Submitted
@@ -245,8 +234,14 @@ async fn tenants_see_only_their_own_deployments(store: Arc<SqlStore>) {
     assert_eq!(got.name, "renamed");
     assert_eq!(got.default_environment["K"], "V");
     store.delete_deployment(&a.org, &a.dep).await.unwrap();
-    assert!(store.get_deployment(&a.org, &a.dep).await.is_err());
-    assert!(store.get_version(&a.org, &a.dep, &a.ver).await.is_err());
+    assert!(matches!(
+        store.get_deployment(&a.org, &a.dep).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.get_version(&a.org, &a.dep, &a.ver).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn versions_are_unique_per_deployment(store: Arc<SqlStore>) {
@@ -968,6 +963,7 @@ async fn racing_dispatchers_make_one_run_per_event(store: Arc<SqlStore>) {
         .unwrap();
     assert_eq!(runs.items.len(), 20);
     let dispatched = store.list_trigger_events(&t, forward(100)).await.unwrap();
+    assert_eq!(dispatched.items.len(), 20, "one event per file");
     for e in &dispatched.items {
         assert_eq!(e.state, EventState::Dispatched);
         let run = store
@@ -1193,7 +1189,10 @@ async fn a_run_output_is_stored_exactly_when_the_run_succeeds(store: Arc<SqlStor
             .await,
         Err(StoreError::LeaseLost(_))
     ));
-    assert!(store.get_file(&output, &stale.file_id).await.is_err());
+    assert!(matches!(
+        store.get_file(&output, &stale.file_id).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 fn import_job(org: &OrganizationId, name: &str, due: Option<Timestamp>) -> ImportJob {
@@ -1361,7 +1360,10 @@ async fn a_lost_query_is_given_back_and_the_stale_worker_is_fenced(store: Arc<Sq
         started_at: later(62),
         finished_at: None,
     };
-    assert!(store.put_task(&task, first.lease_token).await.is_err());
+    assert!(matches!(
+        store.put_task(&task, first.lease_token).await,
+        Err(StoreError::LeaseLost(_))
+    ));
     store.put_task(&task, again[0].lease_token).await.unwrap();
     let done = store
         .finish_query(
@@ -1439,13 +1441,12 @@ async fn jobs_page_by_keyset_with_search_and_count(store: Arc<SqlStore>) {
 /// migrated once.
 #[test]
 fn many_openers_of_a_new_postgres_database_all_succeed() {
-    let admin = std::env::var("SLUICE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let url = tokio::runtime::Builder::new_current_thread()
+    let db = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(tempdir::fresh_postgres_database(&admin));
+        .block_on(sluice_testkit::TempDb::postgres("sluice_test"));
+    let url = db.to_string();
     let openers: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
