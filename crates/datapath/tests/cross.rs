@@ -479,3 +479,60 @@ async fn csv_and_jsonl_files_load_with_kinds_read_from_their_values() {
         .to_string();
     assert!(err.contains("neither .csv nor .jsonl"), "{err}");
 }
+
+/// The row path raced: four attempts at one window of a MariaDB table, into
+/// the SQLite warehouse and into PostgreSQL (text COPY), load it once.
+#[tokio::test]
+async fn racing_attempts_on_the_row_path_load_a_window_once() {
+    let src = fresh_mysql().await;
+    exec(&src, MYSQL_TABLE).await;
+    mysql_rows(&src, 1, 10_000).await;
+    let pg = fresh_pg().await;
+    let lite = fresh_sqlite();
+    for dest in [lite.clone(), pg.to_string()] {
+        let spec = ImportSpec {
+            mode: Mode::Incremental,
+            change_column: Some("at".into()),
+            ..ImportSpec::new(
+                &src.replacen("mysql://", "mariadb://", 1),
+                "orders",
+                &dest,
+                "orders",
+            )
+        };
+        let attempts: Vec<_> = (0..4)
+            .map(|_| {
+                let s = spec.clone();
+                tokio::spawn(async move { import(&s, &mut ()).await })
+            })
+            .collect();
+        let mut loaded = Vec::new();
+        for a in attempts {
+            loaded.push(a.await.unwrap().unwrap());
+        }
+        let rows: u64 = loaded.iter().map(|r| r.rows).sum();
+        assert_eq!(rows, 10_000, "{dest}: one attempt loaded the window");
+        assert_eq!(
+            loaded.iter().filter(|r| r.already_loaded).count(),
+            3,
+            "{dest}: three found it loaded"
+        );
+        let counted = rows_of(&dest, "SELECT count(*), count(DISTINCT id) FROM orders").await;
+        assert_eq!(
+            counted,
+            vec![vec![Some("10000".to_string()), Some("10000".to_string())]]
+        );
+    }
+}
+
+/// The rows of `sql` as text, on PostgreSQL or SQLite.
+async fn rows_of(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    let sql = if url.starts_with("sqlite") {
+        sql.replace("count(*)", "CAST(count(*) AS TEXT)")
+            .replace("count(DISTINCT id)", "CAST(count(DISTINCT id) AS TEXT)")
+    } else {
+        sql.replace("count(*)", "count(*)::text")
+            .replace("count(DISTINCT id)", "count(DISTINCT id)::text")
+    };
+    rows(url, &sql).await
+}
