@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GraphQL face benchmark: p50/p99 latency of seed 000's `tableJobs` list page
+"""GraphQL face benchmark: p50/p99 latency of the Arize-style importer's `tableJobs` list page
 (`first: 50`) on a space holding 10,000 table import jobs. Prints figures,
 asserts nothing.
 

@@ -1,4 +1,4 @@
-"""The GraphQL face (seed 000) read side, against a running `sluice serve`
+"""The GraphQL face (Arize-style) read side, against a running `sluice serve`
 on SQLite and PostgreSQL metadata: raw requests for the shapes, and the
 public `arize-toolkit` client finding its organization and spaces."""
 import pytest
@@ -169,7 +169,7 @@ tableName : "test-table"
 
 
 def test_seed_000_operations_as_written(server):
-    """Every operation of seed 000, as the document shows it (ids replaced)."""
+    """Every operation of the Arize-style table importer, as the document shows it (ids replaced)."""
     org = server.new_org()[0]
     key = server.cli_json("apikey", "create", "--org", org)["api_key"]
     space = space_of(server, key)

@@ -1,4 +1,4 @@
-"""Datalake channels and triggers (seed 001) as the official abeja-sdk sees
+"""Datalake channels and triggers (ABEJA Platform's API) as the official abeja-sdk sees
 them: a file arriving in a channel starts exactly one run, whose output
 lands in another channel; on SQLite and on PostgreSQL."""
 import json

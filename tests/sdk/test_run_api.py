@@ -1,4 +1,4 @@
-"""The Run/Deployment API (seeds 001/002) as the official abeja-sdk sees it,
+"""The Run/Deployment API (ABEJA Platform) as the official abeja-sdk sees it,
 against a real sluice on SQLite and on PostgreSQL."""
 import requests
 import pytest

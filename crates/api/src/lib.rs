@@ -1,4 +1,4 @@
-//! sluice's HTTP face for the Run/Deployment API of seeds 001/002.
+//! sluice's HTTP face for the Run/Deployment API of ABEJA Platform.
 //!
 //! Handlers parse the wire format, call one [`Control`] function and map the
 //! result; [`error`] turns every failure into `{"error", "error_description"}`
@@ -21,7 +21,7 @@
 //! | GET | P`/runs/{run}/attempts` | sluice: every attempt of a run |
 //! | PUT | `/uploads/{token}` | pre-signed: the version's code, no credentials |
 //! | GET | `/downloads/{token}` | pre-signed: the version's code |
-//! | POST, GET | `/graphql` | seed 000's GraphQL face (`sluice-graphql`; GET: GraphiQL) |
+//! | POST, GET | `/graphql` | the Arize-style importer's GraphQL face (`sluice-graphql`; GET: GraphiQL) |
 
 pub mod error;
 mod rest;

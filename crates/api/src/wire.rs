@@ -1,4 +1,4 @@
-//! The Run/Deployment API's wire shapes (seeds 001/002), apart from the
+//! The Run/Deployment API's wire shapes (ABEJA Platform), apart from the
 //! handlers that fill them.
 
 use serde::Deserialize;

@@ -8,7 +8,7 @@
 //! target = "orders"
 //! mode = "incremental"                                   # or "merge" (with key), "destructive"
 //!
-//! [schema]                     # seed 000's mapping; leave out to load every column
+//! [schema]                     # the Arize-style importer's mapping; leave out to load every column
 //! predictionId = "order_id"
 //! timestamp = "ordered_at"
 //! features = "feature_"        # a prefix: every column starting with it

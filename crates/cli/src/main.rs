@@ -272,7 +272,7 @@ enum Command {
         #[command(subcommand)]
         command: job::JobCommand,
     },
-    /// Spaces of an organization (seed 000).
+    /// Spaces of an organization (Arize-style).
     Space {
         #[command(subcommand)]
         command: space::SpaceCommand,

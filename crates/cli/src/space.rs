@@ -1,4 +1,4 @@
-//! `sluice space …` and `sluice apikey create`: seed 000's spaces and the
+//! `sluice space …` and `sluice apikey create`: the Arize-style importer's spaces and the
 //! API keys its GraphQL face takes (`x-api-key`).
 
 use clap::Subcommand;

@@ -103,7 +103,7 @@ pub struct ImportSpec {
     pub window: WindowRequest,
     /// The source columns to load, in the source's order (None: all).
     pub columns: Option<Vec<String>>,
-    /// A job's column mapping (seed 000's `schema`), resolved against the
+    /// A job's column mapping (the Arize-style importer's `schema`), resolved against the
     /// source's columns as the import reads them (None: every column).
     pub mapping: Option<sluice_domain::Mapping>,
     /// Where extracted batches and their manifest are written (None: the

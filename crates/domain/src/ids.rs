@@ -1,4 +1,4 @@
-//! Identifiers in the formats of the seed APIs.
+//! Identifiers in the formats of the APIs sluice is compatible with.
 //!
 //! | id | format | example |
 //! |---|---|---|
@@ -157,11 +157,11 @@ id_type!(
 );
 
 id_type!(
-    /// A space of an organization (seed 000).
+    /// A space of an organization (Arize-style).
     SpaceId, "space", "spc-", Body::Digits(16), "`spc-` followed by 16 digits"
 );
 id_type!(
-    /// A model of a space (seed 000).
+    /// A model of a space (Arize-style).
     ModelId, "model", "mdl-", Body::Digits(16), "`mdl-` followed by 16 digits"
 );
 id_type!(

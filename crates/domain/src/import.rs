@@ -1,7 +1,7 @@
 //! Table import jobs: a source table, a column mapping and a destination
 //! table, queried again and again in windows of the change column.
 //!
-//! A job's runs are its **queries** (the seed's word): each loads one window
+//! A job's runs are its **queries** (Arize's word): each loads one window
 //! and records when it was made, the window, how many records it loaded, its
 //! status (a [`RunStatus`]: queries move through the one run state machine)
 //! and its error. A query is made of **tasks** — extract, consolidate, load,
@@ -68,7 +68,7 @@ impl LoadMode {
     }
 }
 
-/// Which source columns a job loads, in the words of seed 000's `schema`.
+/// Which source columns a job loads, in the words of the Arize-style importer's `schema`.
 /// Single fields name one column each; `features`, `tags` and `shapValues`
 /// are prefixes selecting every column that starts with them; the `…List`
 /// fields name columns one by one; `exclude` drops columns a prefix chose.
@@ -141,7 +141,7 @@ impl Diagnostic {
 }
 
 impl Mapping {
-    /// The single-column fields, by their seed names.
+    /// The single-column fields, by their Arize names.
     pub fn fields(&self) -> Vec<(&'static str, &str)> {
         [
             ("predictionId", &self.prediction_id),
@@ -356,7 +356,7 @@ pub struct JobSpec {
     pub mapping: Mapping,
     #[serde(default)]
     pub ingestion: IngestionParams,
-    /// Free-form labels a face keeps with the job (seed 000: model name,
+    /// Free-form labels a face keeps with the job (the Arize-style table importer: model name,
     /// model type, environment, table store and its config).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, Value>,
@@ -364,7 +364,7 @@ pub struct JobSpec {
 
 impl JobSpec {
     /// A job that queries only the windows asked for, never on a schedule
-    /// (seed 000's triggered ongoing jobs): the label `triggered`.
+    /// (the Arize-style importer's triggered ongoing jobs): the label `triggered`.
     pub fn triggered(&self) -> bool {
         self.labels.get("triggered") == Some(&Value::Bool(true))
     }
@@ -390,7 +390,7 @@ pub struct ImportJob {
     pub seq: i64,
     pub id: JobId,
     pub organization_id: OrganizationId,
-    /// The space (seed 000) the job belongs to; empty: the default space.
+    /// The space (Arize-style) the job belongs to; empty: the default space.
     pub space: String,
     pub name: String,
     pub status: JobStatus,
@@ -410,7 +410,7 @@ pub struct ImportJob {
     pub modified_at: Timestamp,
 }
 
-/// The seed's warehouses by the scheme of a job's source: sluice stores
+/// Arize's warehouses by the scheme of a job's source: sluice stores
 /// their jobs but has no connector for them yet.
 pub const WAREHOUSES: [(&str, &str); 3] = [
     ("bigquery://", "BigQuery"),
@@ -427,7 +427,7 @@ pub fn warehouse_of(source: &str) -> Option<&'static str> {
 }
 
 impl ImportJob {
-    /// The kind of store the job reads: one of the seed's warehouses, or
+    /// The kind of store the job reads: one of Arize's warehouses, or
     /// sluice's own — `PostgreSQL`, `MySQL`, `SQLite` or `Files`.
     pub fn store_name(&self) -> &'static str {
         let s = &self.source_shown;

@@ -1,15 +1,15 @@
 //! sluice's domain: the words every other crate speaks.
 //!
 //! - [`ids`]: the identifiers of organizations, users, deployments, versions,
-//!   runs and triggers, in the formats the seed APIs use.
+//!   runs and triggers, in the formats the APIs sluice is compatible with use.
 //! - [`run`]: the ONE run state machine. Every other crate asks
 //!   [`run::RunStatus::transition`] before it moves a run; nothing else decides.
 //! - [`model`]: the records the store keeps and the faces show.
 //! - [`datalake`]: channels, their files, and the triggers that turn a
 //!   file's arrival into a run.
 //! - [`import`]: table import jobs, their queries (runs) and tasks, and
-//!   the seed's column mapping.
-//! - [`space`]: spaces, their models, API keys (seed 000's GraphQL face).
+//!   Arize's column mapping.
+//! - [`space`]: spaces, their models, API keys (the Arize-style importer's GraphQL face).
 //! - [`time`]: the one timestamp format of the wire.
 //!
 //! This crate is pure: no I/O, no async, no SQL, no HTTP.

@@ -1,4 +1,4 @@
-//! Spaces, the models of a space, and API keys: the words of seed 000's
+//! Spaces, the models of a space, and API keys: the words of the Arize-style importer's
 //! GraphQL face. An organization has spaces (one of them its default);
 //! table import jobs live in a space and feed a model of it, named by the
 //! job (`modelName`, `modelType`). An API key (`x-api-key`) acts for its
@@ -46,7 +46,7 @@ pub struct Model {
     pub created_at: Timestamp,
 }
 
-/// The model types of seed 000.
+/// The model types of the Arize-style table importer.
 pub const MODEL_TYPES: [&str; 6] = [
     "score_categorical",
     "numeric",

@@ -1,4 +1,4 @@
-//! sluice's GraphQL face: seed 000's table importer API.
+//! sluice's GraphQL face: the Arize-style table importer API.
 //!
 //! `POST /graphql` (and GraphiQL on `GET /graphql`), authenticated with an
 //! `x-api-key` or the core's `Authorization` (Bearer JWT or user token). This face holds no business rules: every field and
@@ -7,7 +7,7 @@
 //! `account { organizations }`, `node(id:)` for organizations, spaces,
 //! models and table import jobs, with Relay connections (`edges { node }`,
 //! `pageInfo { hasNextPage endCursor }`, `first`/`after`, `totalCount`,
-//! `search`), and seed 000's mutations.
+//! `search`), and the Arize-style importer's mutations.
 
 mod ids;
 mod mutations;
@@ -140,7 +140,7 @@ async fn execute(
     Json(out).into_response()
 }
 
-/// Two compatibility rules for seed 000's text, applied outside string
+/// Two compatibility rules for the Arize-style importer's text, applied outside string
 /// literals: it shows a mutation whose payload selects nothing
 /// (`tableImportJob { }`), which GraphQL's grammar refuses — an empty
 /// selection set is read as `{ __typename }`; and it writes non-null types

@@ -1,4 +1,4 @@
-//! Seed 000's mutations, each translated onto `engine::control`.
+//! The Arize-style importer's mutations, each translated onto `engine::control`.
 
 use std::collections::BTreeMap;
 
@@ -313,7 +313,7 @@ pub struct CreateTriggeredOngoingTableRunPayload {
     client_mutation_id: Option<String>,
 }
 
-/// A job id as the seed and the client send it: the global node id or
+/// A job id as Arize's documents and client send it: the global node id or
 /// the plain `jobId`.
 fn job_id(id: &ID) -> String {
     match ids::parse(id) {

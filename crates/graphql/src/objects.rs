@@ -364,7 +364,7 @@ pub enum JobStatusEnum {
     Deleted,
 }
 
-/// Where a job's table lives: the seed's warehouses (stored; their
+/// Where a job's table lives: Arize's warehouses (stored; their
 /// connectors are not built) and sluice's own stores, which run.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 pub enum TableStore {
@@ -424,7 +424,7 @@ pub struct ObjectDetection {
     bounding_boxes_scores_column_name: Option<String>,
 }
 
-/// A job's column mapping, as seed 000 names its fields.
+/// A job's column mapping, as the Arize-style table importer names its fields.
 pub struct TableImportSchema(Mapping);
 
 #[Object]

@@ -388,7 +388,7 @@ pub trait ImportStore: Send + Sync + 'static {
     async fn list_tasks(&self, query: &QueryId) -> Result<Vec<QueryTask>>;
 }
 
-/// Spaces, their models and API keys (seed 000's GraphQL face).
+/// Spaces, their models and API keys (the Arize-style importer's GraphQL face).
 #[async_trait]
 pub trait SpaceStore: Send + Sync + 'static {
     /// Stores a space; a name taken in the organization is a Conflict.
