@@ -447,7 +447,8 @@ impl FileSource {
                     .and_then(|(_, v)| v.clone())
             };
             if let Some(f) = &self.filter {
-                let (column, keep, keep_null): (usize, &dyn Fn(&str) -> bool, bool) = match f {
+                type Keep<'k> = (usize, &'k dyn Fn(&str) -> bool, bool);
+                let (column, keep, keep_null): Keep = match f {
                     Filter::After {
                         column,
                         from,
