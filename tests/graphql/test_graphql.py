@@ -510,3 +510,17 @@ def test_a_postgres_job_over_graphql_runs_pauses_starts_reruns_a_window_and_is_d
         _, body = gql(server, key, 'mutation ($j: ID!) { deleteTableImportJob(input: {jobId: $j}) '
                                    '{ tableImportJob { jobStatus jobId } } }', {"j": job["id"]})
         assert body["data"]["deleteTableImportJob"]["tableImportJob"]["jobStatus"] == "deleted"
+
+
+def test_graphiql_is_served_whole_from_the_binary(server):
+    page = requests.get(server.url + "/graphql", timeout=10)
+    assert page.status_code == 200 and "GraphiQL" in page.text
+    assert "https://" not in page.text and "http://" not in page.text, "nothing from a CDN"
+    import re
+    assets = re.findall(r'(?:src|href)="(/graphql/assets/[^"]+)"', page.text)
+    assert len(assets) == 4, assets
+    for a in assets:
+        r = requests.get(server.url + a, timeout=10)
+        assert r.status_code == 200 and len(r.content) > 1000, a
+    assert "GraphiQL" in requests.get(server.url + "/graphql/assets/graphiql.min.js", timeout=10).text
+    assert requests.get(server.url + "/graphql/assets/nope.js", timeout=10).status_code == 404

@@ -512,10 +512,15 @@ async fn racing_attempts_on_the_row_path_load_a_window_once() {
         }
         let rows: u64 = loaded.iter().map(|r| r.rows).sum();
         assert_eq!(rows, 10_000, "{dest}: one attempt loaded the window");
+        // The others found the window loaded (raced at the ledger) or,
+        // starting after it committed, nothing new.
         assert_eq!(
-            loaded.iter().filter(|r| r.already_loaded).count(),
+            loaded
+                .iter()
+                .filter(|r| r.already_loaded || r.nothing_new)
+                .count(),
             3,
-            "{dest}: three found it loaded"
+            "{dest}: {loaded:?}"
         );
         let counted = rows_of(&dest, "SELECT count(*), count(DISTINCT id) FROM orders").await;
         assert_eq!(

@@ -15,9 +15,8 @@ mod objects;
 
 use std::sync::Arc;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{EmptySubscription, Schema};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -51,14 +50,87 @@ struct Face {
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(execute))
+        .route("/graphql/assets/{name}", get(asset))
         .with_state(Face {
             control,
             schema: schema(),
         })
 }
 
-async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+/// GraphiQL's scripts and styles, served from the binary (gzipped as
+/// built): the page works offline, with no CDN. See `assets/NOTICE`.
+const ASSETS: [(&str, &str, &[u8]); 4] = [
+    (
+        "graphiql.min.js",
+        "text/javascript",
+        include_bytes!("../assets/graphiql.min.js.gz"),
+    ),
+    (
+        "graphiql.min.css",
+        "text/css",
+        include_bytes!("../assets/graphiql.min.css.gz"),
+    ),
+    (
+        "react.production.min.js",
+        "text/javascript",
+        include_bytes!("../assets/react.production.min.js.gz"),
+    ),
+    (
+        "react-dom.production.min.js",
+        "text/javascript",
+        include_bytes!("../assets/react-dom.production.min.js.gz"),
+    ),
+];
+
+const GRAPHIQL_PAGE: &str = r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>sluice · GraphQL</title>
+<link rel="stylesheet" href="/graphql/assets/graphiql.min.css">
+<style>body { margin: 0; } #graphiql { height: 100vh; }</style>
+</head>
+<body>
+<div id="graphiql">Loading GraphiQL…</div>
+<script src="/graphql/assets/react.production.min.js"></script>
+<script src="/graphql/assets/react-dom.production.min.js"></script>
+<script src="/graphql/assets/graphiql.min.js"></script>
+<script>
+  // Add {"x-api-key": "ak-…"} in the Headers pane below the editor.
+  const fetcher = GraphiQL.createFetcher({ url: "/graphql" });
+  ReactDOM.createRoot(document.getElementById("graphiql")).render(
+    React.createElement(GraphiQL, {
+      fetcher,
+      defaultEditorToolsVisibility: "headers",
+      shouldPersistHeaders: true,
+    })
+  );
+</script>
+</body>
+</html>
+"#;
+
+async fn graphiql() -> Html<&'static str> {
+    Html(GRAPHIQL_PAGE)
+}
+
+async fn asset(Path(name): Path<String>) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, kind, body)) => (
+            [
+                (axum::http::header::CONTENT_TYPE, *kind),
+                (axum::http::header::CONTENT_ENCODING, "gzip"),
+                (axum::http::header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no GraphiQL asset `{name}`"),
+            "NOT_FOUND",
+        ),
+    }
 }
 
 fn error(status: StatusCode, message: String, code: &str) -> Response {
@@ -210,6 +282,29 @@ mod tests {
             super::lift_input(&v),
             serde_json::json!({"input": {"id": "a", "x": 1}, "x": 2, "id": "a"})
         );
+    }
+
+    /// GraphiQL works offline: its page names no outside address, and
+    /// every script and style it loads is served from the binary, gzipped.
+    #[test]
+    fn graphiql_loads_nothing_from_outside() {
+        let page = super::GRAPHIQL_PAGE;
+        assert!(
+            !page.contains("http://") && !page.contains("https://") && !page.contains("//unpkg")
+        );
+        let wanted: Vec<&str> = page
+            .split("/graphql/assets/")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert_eq!(wanted.len(), 4, "{wanted:?}");
+        for name in wanted {
+            let (_, _, body) = super::ASSETS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .unwrap_or_else(|| panic!("{name} is not served"));
+            assert_eq!(&body[..2], &[0x1f, 0x8b], "{name} is gzipped");
+        }
     }
 
     /// docs/graphql.sdl is the schema as served; regenerate it with
