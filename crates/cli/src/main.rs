@@ -182,6 +182,15 @@ pub(crate) struct EngineArgs {
     /// (default: the `objects` folder of the data dir).
     #[arg(long, env = "SLUICE_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Limit each run's process to this much address space, in MiB.
+    #[arg(long, env = "SLUICE_RUN_MEMORY_MB")]
+    run_memory_mb: Option<u64>,
+    /// Limit each run's process to this many CPU seconds.
+    #[arg(long, env = "SLUICE_RUN_CPU_SECONDS")]
+    run_cpu_seconds: Option<u64>,
+    /// Limit each run's process to this many open files.
+    #[arg(long, env = "SLUICE_RUN_OPEN_FILES")]
+    run_open_files: Option<u64>,
 }
 
 impl EngineArgs {
@@ -204,6 +213,11 @@ impl EngineArgs {
         c.retry.cap = Duration::from_millis(self.retry_cap_ms);
         c.run_timeout = Duration::from_secs(self.run_timeout_secs.max(1));
         c.python = self.python.clone();
+        c.limits = sluice_engine::sandbox::Limits {
+            memory_bytes: self.run_memory_mb.map(|m| m << 20),
+            cpu_seconds: self.run_cpu_seconds,
+            open_files: self.run_open_files,
+        };
         Ok(c)
     }
 }
@@ -663,6 +677,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             max_file_bytes,
             no_worker,
         } => {
+            sluice_engine::sandbox::harden_server();
             let store = store.resolved()?;
             let db = store.create_or_open().await?;
             let keys = Keys::load(&store.data_dir).context("cannot load the signing key")?;
@@ -717,6 +732,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             .await?;
         }
         Command::Worker { store, engine } => {
+            sluice_engine::sandbox::harden_server();
             let store = store.resolved()?;
             if !store.url().starts_with("postgres") {
                 bail!("`sluice worker` joins a PostgreSQL-backed cluster: give --database-url postgres://…");

@@ -20,6 +20,7 @@ pub mod code;
 pub mod control;
 pub mod dispatcher;
 pub mod importer;
+pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;
 pub mod worker;
@@ -71,6 +72,8 @@ pub struct EngineConfig {
     pub blobs: blob::Blobs,
     /// Table import queries one process runs at once.
     pub import_slots: usize,
+    /// Resource limits of each run's process.
+    pub limits: sandbox::Limits,
 }
 
 impl EngineConfig {
@@ -90,6 +93,7 @@ impl EngineConfig {
             queues: 8,
             blobs: blob::Blobs::local(data_dir.join("objects")),
             import_slots: 2,
+            limits: sandbox::Limits::default(),
         }
     }
 }

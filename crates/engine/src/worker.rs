@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 
 use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
-use crate::{EngineConfig, Wakers};
+use crate::{sandbox, EngineConfig, Wakers};
 
 const RUNNER: &str = include_str!("runner.py");
 
@@ -45,10 +45,31 @@ pub struct Worker {
     wakers: Arc<Wakers>,
     /// Serializes unpacking so one version is unpacked once.
     unpacking: Mutex<()>,
-    /// The interpreter's real path, found once: a launcher such as a pyenv
-    /// shim costs a shell start per run, as much again as Python itself.
-    python: tokio::sync::OnceCell<String>,
+    /// The interpreter's real path and the folders it reads, found once: a
+    /// launcher such as a pyenv shim costs a shell start per run, as much
+    /// again as Python itself.
+    python: tokio::sync::OnceCell<Interpreter>,
+    /// What this kernel and process can sandbox runs with.
+    support: sandbox::Support,
 }
+
+/// The interpreter that runs user code, and what of the host it reads.
+#[derive(Debug, Clone)]
+struct Interpreter {
+    path: String,
+    /// Its prefixes, site-packages and `PYTHONPATH`: read-only in a run.
+    reads: Vec<PathBuf>,
+    /// The user runs become (the server runs as root, and that user can
+    /// reach the interpreter and the data dir).
+    run_as: Option<u32>,
+}
+
+/// Asks the interpreter where it is and what it reads.
+const PROBE: &str = "import json, os, site, sys
+paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+paths += site.getsitepackages() + [site.getusersitepackages()]
+paths += [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
+print(json.dumps({'executable': sys.executable, 'reads': paths}))";
 
 impl Worker {
     pub fn new(
@@ -75,6 +96,7 @@ impl Worker {
             wakers,
             unpacking: Mutex::new(()),
             python: tokio::sync::OnceCell::new(),
+            support: sandbox::Support::probe(),
         }))
     }
 
@@ -82,25 +104,70 @@ impl Worker {
         &self.id
     }
 
-    async fn python(&self) -> &str {
+    async fn python(&self) -> &Interpreter {
         self.python
             .get_or_init(|| async {
                 let configured = self.config.python.clone();
                 let probe = Command::new(&configured)
-                    .args(["-c", "import sys; print(sys.executable)"])
+                    .args(["-c", PROBE])
                     .stdin(Stdio::null())
                     .output()
                     .await;
-                match probe {
-                    Ok(out) if out.status.success() => {
-                        let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                        if real.is_empty() {
-                            configured
-                        } else {
-                            real
-                        }
+                let found = probe
+                    .ok()
+                    .filter(|out| out.status.success())
+                    .and_then(|out| serde_json::from_slice::<Value>(&out.stdout).ok());
+                let Some(found) = found else {
+                    tracing::warn!("could not ask `{configured}` where it lives; runs may fail");
+                    return Interpreter {
+                        path: configured,
+                        reads: vec![],
+                        run_as: None,
+                    };
+                };
+                let text = |v: &Value| v.as_str().map(str::to_owned);
+                let path = text(&found["executable"])
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or(configured);
+                let mut reads: Vec<PathBuf> = found["reads"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(text)
+                    .map(PathBuf::from)
+                    .collect();
+                reads.push(PathBuf::from(&path));
+                reads.sort();
+                reads.dedup();
+                for r in &reads {
+                    if self.config.data_dir.starts_with(r) {
+                        tracing::warn!(
+                            "the interpreter reads {}, which holds the data dir {}: the sandbox \
+                             cannot hide the data dir from user code; keep them apart",
+                            r.display(),
+                            self.config.data_dir.display()
+                        );
                     }
-                    _ => configured,
+                }
+                let run_as = self.support.run_as.filter(|_| {
+                    let blocked: Vec<&Path> = [Path::new(&path), self.config.data_dir.as_path()]
+                        .into_iter()
+                        .filter(|p| !sandbox::others_can_reach(p))
+                        .collect();
+                    for p in &blocked {
+                        tracing::warn!(
+                            "running as root, but an unprivileged user cannot reach {}: runs \
+                             keep root (confined by Landlock only); make it reachable (o+x on \
+                             each folder) to have runs drop to `nobody`",
+                            p.display()
+                        );
+                    }
+                    blocked.is_empty()
+                });
+                Interpreter {
+                    path,
+                    reads,
+                    run_as,
                 }
             })
             .await
@@ -109,7 +176,7 @@ impl Worker {
     /// Claims and runs work until the process ends.
     pub async fn run(self: Arc<Self>) {
         let python = self.python().await;
-        tracing::debug!("user code runs with {python}");
+        tracing::debug!("user code runs with {}", python.path);
         let slots = Arc::new(Semaphore::new(self.config.worker_slots));
         tracing::info!(
             "worker {} ready with {} slots",
@@ -333,12 +400,33 @@ impl Worker {
                 .map_err(|e| setup(&format!("could not fetch input_data.{key}"), &e))?;
         }
 
-        let mut cmd = Command::new(self.python().await);
+        let python = self.python().await;
+        let runner = self.config.data_dir.join("runner.py");
+        let mut reads = python.reads.clone();
+        reads.push(runner.clone());
+        let policy = sandbox::Policy::for_run(&reads, &code_dir, &runner, &work);
+        let support = sandbox::Support {
+            run_as: python.run_as,
+            ..self.support
+        };
+        let prepared = policy
+            .prepare(support, self.config.limits)
+            .map_err(|e| setup("could not prepare the sandbox", &e))?;
+        if let Some(id) = prepared.run_as() {
+            let dir = work.clone();
+            tokio::task::spawn_blocking(move || hand_over(&dir, id))
+                .await
+                .map_err(|e| setup("could not hand the working folder over", &e))?
+                .map_err(|e| setup("could not hand the working folder over", &e))?;
+        }
+        let mut cmd = Command::new(&python.path);
         cmd.arg("-u")
-            .arg(self.config.data_dir.join("runner.py"))
+            .arg(&runner)
             .current_dir(&work)
             .env_clear()
             .envs(base_environment())
+            .env("HOME", &work)
+            .env("TMPDIR", &work)
             .envs(run_environment(&dep, &ver, lease))
             .env("SLUICE_CODE_DIR", &code_dir)
             .env("SLUICE_HANDLER", &ver.handler)
@@ -349,10 +437,11 @@ impl Worker {
             .process_group(0);
         #[cfg(target_os = "linux")]
         unsafe {
-            // The code dies with its worker instead of running on as an orphan.
-            cmd.pre_exec(|| {
+            // The code dies with its worker instead of running on as an
+            // orphan; then it enters its sandbox (see `sandbox`).
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                prepared.enter()
             });
         }
         let mut child = cmd
@@ -464,7 +553,7 @@ impl Worker {
     fn python_name(&self) -> &str {
         self.python
             .get()
-            .map(String::as_str)
+            .map(|i| i.path.as_str())
             .unwrap_or(&self.config.python)
     }
 
@@ -559,19 +648,10 @@ fn kill_group(pid: Option<u32>) {
 /// What the code gets from the worker's own environment: enough to find
 /// Python and a home, nothing of sluice's secrets.
 fn base_environment() -> Vec<(String, String)> {
-    [
-        "PATH",
-        "HOME",
-        "LANG",
-        "LC_ALL",
-        "TZ",
-        "TMPDIR",
-        "VIRTUAL_ENV",
-        "PYTHONPATH",
-    ]
-    .iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-    .collect()
+    ["PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect()
 }
 
 fn env_value(v: &Value) -> String {
@@ -637,6 +717,20 @@ fn inputs(
         ("request.json", request.to_string()),
         ("context.json", context.to_string()),
     ]
+}
+
+/// Gives a run's working folder (and all in it) to the user `id` it runs as.
+fn hand_over(dir: &Path, id: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(dir, Some(id), Some(id))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            hand_over(&path, id)?;
+        } else {
+            std::os::unix::fs::chown(&path, Some(id), Some(id))?;
+        }
+    }
+    Ok(())
 }
 
 /// A fresh working folder holding the runner's inputs (one blocking hop).

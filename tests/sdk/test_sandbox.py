@@ -1,0 +1,104 @@
+"""User code is untrusted: a handler that tries to read the server's files
+(the signing key, the metadata store, the log, the objects folder, other
+versions' code, other runs' folders) or the server's environment and
+command line through /proc gets nothing, while its own folder and code
+work. The server holds a secret in its environment and its database URL,
+so a leak would show."""
+import json
+import os
+
+import pytest
+import requests
+
+from conftest import Sluice, code_archive, fresh_postgres_database, wait_for
+
+PROBE = '''
+import json, os
+
+def attempt(path, write=False):
+    try:
+        if write:
+            with open(path, "w") as f:
+                f.write("x")
+            return "wrote"
+        if os.path.isdir(path):
+            return "listed %d" % len(os.listdir(path))
+        with open(path, "rb") as f:
+            return "read %d bytes: %r" % (len(data := f.read(4096)), data[:200])
+    except Exception as e:
+        return "refused: " + type(e).__name__
+
+def handler(request, context):
+    data = os.environ["DATA_DIR"]
+    other = os.environ.get("OTHER_RUN_DIR", "")
+    ppid = os.getppid()
+    seen = {
+        "key": attempt(os.path.join(data, "jwt.key")),
+        "store": attempt(os.path.join(data, "sluice.db")),
+        "data_dir": attempt(data),
+        "objects": attempt(os.path.join(data, "objects")),
+        "code": attempt(os.path.join(data, "code")),
+        "runs": attempt(os.path.join(data, "runs")),
+        "other_run": attempt(other) if other else "none",
+        "parent_environ": attempt("/proc/%d/environ" % ppid),
+        "parent_cmdline": attempt("/proc/%d/cmdline" % ppid),
+        "etc_shadow": attempt("/etc/shadow"),
+        "tmp": attempt("/tmp/sluice-sandbox-probe", write=True),
+        "own_folder": attempt("mine.txt", write=True),
+        "own_code": attempt(os.path.join(os.environ["SLUICE_CODE_DIR"], "main.py")),
+        "secret_in_env": "SERVER_SECRET" in os.environ,
+    }
+    print("PROBE " + json.dumps(seen), flush=True)
+    if os.environ.get("SLEEP"):
+        import time
+        time.sleep(float(os.environ["SLEEP"]))
+'''
+
+REFUSED = ["key", "store", "data_dir", "objects", "code", "runs", "other_run", "parent_environ",
+           "parent_cmdline", "etc_shadow", "tmp"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
+    url = fresh_postgres_database() if backend == "postgres" else None
+    s = Sluice(tmp_path, url, env={"SERVER_SECRET": "hunter2", "SLUICE_RETRY_BASE_MS": "100"})
+    try:
+        org, user, token = s.new_org()
+        session = requests.Session()
+        session.auth = (f"user-{user}", token)
+        base = f"{s.url}/organizations/{org}/deployments"
+        dep = session.post(base, json={"name": "probe"}).json()["deployment_id"]
+        ver = session.post(f"{base}/{dep}/versions",
+                           json={"version": "1", "handler": "main:handler", "image": "python"}).json()
+        assert requests.put(ver["upload_url"], data=code_archive({"main.py": PROBE})).status_code == 200
+
+        def submit(env):
+            return session.post(f"{base}/{dep}/runs", json={"version_id": ver["version_id"], "environment": env,
+                                                            "retry_count": 0}).json()
+
+        def run(env):
+            r = submit(env)
+            done = wait_for(lambda: (x := session.get(f"{base}/{dep}/runs/{r['run_id']}").json())["status"]
+                            in ("SUCCEEDED", "FAILED") and x, "the probe run")
+            assert done["status"] == "SUCCEEDED", done
+            logs = session.get(f"{base}/{dep}/runs/{r['run_id']}/logs").json()
+            lines = [e["message"] for e in logs["events"] if e["message"].startswith("PROBE ")]
+            assert lines, logs
+            return r["run_id"], json.loads(lines[0][len("PROBE "):])
+
+        data = str(s.data_dir)
+        # Another run, still running: its folder is there to be probed.
+        sleeper = submit({"DATA_DIR": data, "SLEEP": "60"})["run_id"]
+        other = os.path.join(data, "runs", sleeper, "attempt-1")
+        wait_for(lambda: os.path.exists(os.path.join(other, "context.json")), "the other run's folder")
+        _, seen = run({"DATA_DIR": data, "OTHER_RUN_DIR": other})
+        session.post(f"{base}/{dep}/runs/{sleeper}/cancel")
+        for what in REFUSED:
+            assert seen[what].startswith("refused"), (what, seen[what])
+        assert seen["own_folder"] == "wrote", seen
+        assert seen["own_code"].startswith("read"), seen
+        assert seen["secret_in_env"] is False
+        assert not os.path.exists("/tmp/sluice-sandbox-probe")
+        assert "hunter2" not in json.dumps(seen)
+    finally:
+        s.stop()
