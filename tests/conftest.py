@@ -22,9 +22,10 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = os.environ.get("SLUICE_BIN") or str(
+# Absolute: tests run commands from folders of their own.
+BIN = os.path.abspath(os.environ.get("SLUICE_BIN") or str(
     Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "sluice"
-)
+))
 PG_ADMIN = os.environ.get(
     "SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
 )

@@ -249,7 +249,10 @@ windowEndTimestamp
 }
 }
 }""".replace("ID", first))
-    assert body["data"]["node"]["queries"]["totalCount"] == 0, body
+    # Active and due at once, it may have made its first query (which fails:
+    # no BigQuery connector); the count and the page agree either way.
+    listed_queries = body["data"]["node"]["queries"]
+    assert listed_queries["totalCount"] == len(listed_queries["edges"]) <= 1, body
     for op, want in [("pauseTableImportJob", "inactive"), ("startTableImportJob", "active")]:
         _, body = gql(server, key, f"""mutation {{
 {op}(input: {{ jobId : "ID" }}) {{

@@ -203,14 +203,14 @@ class Metadata:
     too slow to catch a short extraction): SQLite or PostgreSQL."""
 
     def __init__(self, s):
-        self.pg = s.database_url
-        self.lite = None if self.pg else sqlite3.connect(s.data_dir / "sluice.db", timeout=30)
+        if s.database_url:
+            import psycopg
+            self.db, self.mark = psycopg.connect(s.database_url, autocommit=True), "%s"
+        else:
+            self.db, self.mark = sqlite3.connect(s.data_dir / "sluice.db", timeout=30), "?"
 
     def rows(self, sql, arg):
-        if self.lite:
-            return self.lite.execute(sql.replace("%s", "?"), (arg,)).fetchall()
-        out = psql(self.pg, sql.replace("%s", "'" + arg.replace("'", "''") + "'"))
-        return [tuple(l.split("|")) for l in out.splitlines() if l]
+        return self.db.execute(sql.replace("%s", self.mark), (arg,)).fetchall()
 
 
 def loads_of(dst, jid):

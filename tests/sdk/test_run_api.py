@@ -119,7 +119,9 @@ def test_deploy_submit_and_read_logs(sluice):
         token_ = page["next_token"]
     assert pages == 3
     user_lines = [m for m in messages if not m.startswith("[sluice]")]
-    assert user_lines[0] == f"hello from {run['run_id']} attempt 1"
+    # Each pipe keeps its order; the two pipes' lines interleave as they are read.
+    stdout_lines = [m for m in user_lines if m != "to stderr"]
+    assert stdout_lines[0] == f"hello from {run['run_id']} attempt 1"
     assert "EXAMPLE_ENV=example" in user_lines
     assert "DEFAULT_ENV=from-deployment" in user_lines
     assert "PARAM=from-version" in user_lines

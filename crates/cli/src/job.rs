@@ -483,8 +483,9 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
             }
             let data_dir = crate::absolute(&common.store.data_dir)?;
             let config = engine.config(data_dir.clone())?;
-            let keys =
-                sluice_engine::auth::Keys::load(&data_dir).context("cannot load the server key")?;
+            let keys = sluice_engine::auth::Keys::load(control.store().as_ref(), &data_dir)
+                .await
+                .context("cannot load the server key")?;
             let importer = Importer::new(
                 control.store().clone(),
                 keys.sealer(),

@@ -42,9 +42,17 @@ pub(crate) struct StoreArgs {
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
     data_dir: PathBuf,
     /// The metadata store: sqlite://FILE or postgres://USER@HOST/DB
-    /// (default: sqlite in the data dir).
+    /// (default: sqlite in the data dir). A password here shows in the
+    /// process list: give it in SLUICE_DATABASE_URL or --database-url-file.
     #[arg(long, env = "SLUICE_DATABASE_URL")]
     database_url: Option<String>,
+    /// A file holding the metadata store's URL (with its password).
+    #[arg(
+        long,
+        env = "SLUICE_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
+    database_url_file: Option<PathBuf>,
 }
 
 /// The store this process opened, named in every "not found" it prints.
@@ -68,6 +76,21 @@ impl StoreArgs {
     /// path stored in a job must mean the same thing to the server.
     fn resolved(mut self) -> anyhow::Result<StoreArgs> {
         self.data_dir = absolute(&self.data_dir)?;
+        if let Some(file) = self.database_url_file.take() {
+            let url = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read --database-url-file {}", file.display()))?;
+            self.database_url = Some(url.trim().to_owned());
+        } else if let Some(url) = &self.database_url {
+            let on_command_line = std::env::args().any(|a| a.starts_with("--database-url"))
+                && std::env::var("SLUICE_DATABASE_URL").ok().as_deref() != Some(url.as_str());
+            if on_command_line && redact(url) != *url {
+                tracing::warn!(
+                    "the metadata store's password is on the command line, where every local \
+                     user (and user code without a sandbox) can read it: give the URL in \
+                     SLUICE_DATABASE_URL or --database-url-file instead"
+                );
+            }
+        }
         if let Some(url) = &self.database_url {
             self.database_url = Some(absolute_sqlite_url(url)?);
         }
@@ -611,7 +634,9 @@ pub(crate) async fn control(
 ) -> anyhow::Result<(Arc<Control>, Arc<dyn MetadataStore>, Arc<Wakers>)> {
     let store_args = &store_args.clone().resolved()?;
     let store = store_args.open().await?;
-    let keys = Keys::load(&store_args.data_dir).context("cannot load the signing key")?;
+    let keys = Keys::load(store.as_ref(), &store_args.data_dir)
+        .await
+        .context("cannot load the signing key")?;
     let wakers = Arc::new(Wakers::default());
     let blobs = Blobs::local(store_args.data_dir.join("objects"));
     let control = Control::new(
@@ -680,7 +705,9 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             sluice_engine::sandbox::harden_server();
             let store = store.resolved()?;
             let db = store.create_or_open().await?;
-            let keys = Keys::load(&store.data_dir).context("cannot load the signing key")?;
+            let keys = Keys::load(db.as_ref(), &store.data_dir)
+                .await
+                .context("cannot load the signing key")?;
             let wakers = Arc::new(Wakers::default());
             let config = engine.config(store.data_dir.clone())?;
             let settings = Settings {
@@ -740,7 +767,9 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             let db = store.create_or_open().await?;
             let wakers = Arc::new(Wakers::default());
             let config = engine.config(store.data_dir.clone())?;
-            let keys = Keys::load(&store.data_dir).context("cannot load the server key")?;
+            let keys = Keys::load(db.as_ref(), &store.data_dir)
+                .await
+                .context("cannot load the server key")?;
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
             let importer = Importer::new(

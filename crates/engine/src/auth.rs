@@ -79,6 +79,11 @@ pub struct Keys {
     secret: Vec<u8>,
 }
 
+/// The server's key could not be had.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
 impl Keys {
     pub fn new(secret: Vec<u8>) -> Keys {
         Keys { secret }
@@ -89,37 +94,39 @@ impl Keys {
         crate::secrets::Sealer::from_secret(&self.secret)
     }
 
-    /// `SLUICE_JWT_KEY`, else `<data_dir>/jwt.key` (made on first use).
-    pub fn load(data_dir: &Path) -> std::io::Result<Keys> {
-        if let Ok(k) = std::env::var("SLUICE_JWT_KEY") {
-            if !k.is_empty() {
-                return Ok(Keys::new(k.into_bytes()));
-            }
+    /// The server's key: `SLUICE_JWT_KEY`, else the file `SLUICE_JWT_KEY_FILE`
+    /// names, else the one in the metadata store (made on first use). Never
+    /// a file in the data dir, where user code's folders are: a key found
+    /// at `<data_dir>/jwt.key` (where sluice kept it before) is moved into
+    /// the store and the file removed.
+    pub async fn load(
+        store: &dyn sluice_store::MetadataStore,
+        data_dir: &Path,
+    ) -> Result<Keys, KeyError> {
+        if let Some(k) = std::env::var("SLUICE_JWT_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+        {
+            return Ok(Keys::new(k.into_bytes()));
         }
-        let path = data_dir.join("jwt.key");
-        match std::fs::read_to_string(&path) {
-            Ok(k) => Ok(Keys::new(k.trim().as_bytes().to_vec())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir)?;
-                let key = hex::encode(random_bytes(32));
-                let tmp = data_dir.join(format!("jwt.key.{}", std::process::id()));
-                std::fs::write(&tmp, &key)?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-                }
-                // Two processes starting at once: the first rename wins, both read it.
-                if std::fs::hard_link(&tmp, &path).is_err() && !path.exists() {
-                    std::fs::rename(&tmp, &path)?;
-                }
-                let _ = std::fs::remove_file(&tmp);
-                Ok(Keys::new(
-                    std::fs::read_to_string(&path)?.trim().as_bytes().to_vec(),
-                ))
-            }
-            Err(e) => Err(e),
+        if let Some(f) = std::env::var_os("SLUICE_JWT_KEY_FILE").filter(|f| !f.is_empty()) {
+            let k = std::fs::read_to_string(&f)
+                .map_err(|e| KeyError(format!("cannot read SLUICE_JWT_KEY_FILE: {e}")))?;
+            return Ok(Keys::new(k.trim().as_bytes().to_vec()));
         }
+        let legacy = data_dir.join("jwt.key");
+        let old = std::fs::read_to_string(&legacy)
+            .ok()
+            .map(|k| k.trim().to_owned());
+        let candidate = old.clone().unwrap_or_else(|| hex::encode(random_bytes(32)));
+        let key = store
+            .server_secret("signing-key", &candidate)
+            .await
+            .map_err(|e| KeyError(format!("cannot read the key from the store: {e}")))?;
+        if old.as_deref() == Some(key.as_str()) {
+            let _ = std::fs::remove_file(&legacy);
+        }
+        Ok(Keys::new(key.into_bytes()))
     }
 
     fn sign(&self, data: &[u8]) -> Vec<u8> {

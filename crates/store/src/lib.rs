@@ -63,6 +63,11 @@ pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync 
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
 
+    /// The server secret `name`: the stored one, or `candidate`, stored
+    /// now when there was none (the first of racing processes wins; all
+    /// answer the same).
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String>;
+
     // Organizations and users.
     async fn create_organization(&self, org: &Organization) -> Result<()>;
     async fn get_organization(&self, id: &OrganizationId) -> Result<Organization>;

@@ -56,6 +56,10 @@ impl Dialect {
                 (3, include_str!("../migrations/sqlite/0003_imports.sql")),
                 (4, include_str!("../migrations/sqlite/0004_spaces.sql")),
                 (5, include_str!("../migrations/sqlite/0005_job_tables.sql")),
+                (
+                    6,
+                    include_str!("../migrations/sqlite/0006_server_secrets.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -65,6 +69,10 @@ impl Dialect {
                 (
                     5,
                     include_str!("../migrations/postgres/0005_job_tables.sql"),
+                ),
+                (
+                    6,
+                    include_str!("../migrations/postgres/0006_server_secrets.sql"),
                 ),
             ],
         }
@@ -380,6 +388,22 @@ const LEASED: &str = "('STARTING', 'RUNNING', 'CANCELING')";
 impl MetadataStore for SqlStore {
     fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.write)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.write)
+                .await?,
+        )
     }
 
     async fn create_organization(&self, org: &Organization) -> Result<()> {

@@ -110,6 +110,7 @@ suite!(
     a_lost_query_is_given_back_and_the_stale_worker_is_fenced,
     jobs_page_by_keyset_with_search_and_count,
     a_destination_table_belongs_to_one_live_job,
+    a_server_secret_is_made_once,
     an_organization_has_one_default_space_and_models_are_made_once,
 );
 
@@ -1599,5 +1600,28 @@ async fn a_destination_table_belongs_to_one_live_job(store: Arc<SqlStore>) {
             .unwrap()
             .map(|j| j.id),
         Some(second.id)
+    );
+}
+
+async fn a_server_secret_is_made_once(store: Arc<SqlStore>) {
+    let racers: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .server_secret("signing-key", &format!("key-{i}"))
+                    .await
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for r in racers {
+        seen.insert(r.await.unwrap().unwrap());
+    }
+    assert_eq!(seen.len(), 1, "every process gets the same key: {seen:?}");
+    let kept = seen.into_iter().next().unwrap();
+    assert_eq!(
+        store.server_secret("signing-key", "other").await.unwrap(),
+        kept
     );
 }
