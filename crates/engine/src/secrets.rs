@@ -2,7 +2,7 @@
 //!
 //! A job's connection URLs (which carry passwords) are stored sealed with
 //! ChaCha20-Poly1305 under a key derived from the server's key
-//! (`SLUICE_JWT_KEY`, else `<data_dir>/jwt.key`): `v1:` + base64 of the
+//! (`SLUICE_JWT_KEY`, else the one kept in the metadata store): `v1:` + base64 of the
 //! nonce and the ciphertext. Only a worker opens them, to connect; every
 //! face shows [`redact`]ed URLs. Losing the server's key makes the stored
 //! connections unreadable (jobs then fail saying so), never readable by
@@ -56,7 +56,7 @@ impl Sealer {
     pub fn open(&self, sealed: &str) -> Result<String, String> {
         let unreadable = || {
             "a stored connection cannot be opened: it was sealed with another server key \
-             (SLUICE_JWT_KEY or jwt.key)"
+             (SLUICE_JWT_KEY, or the one in the metadata store)"
                 .to_string()
         };
         let body = sealed.strip_prefix(PREFIX).ok_or_else(unreadable)?;
