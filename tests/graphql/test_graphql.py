@@ -527,3 +527,74 @@ def test_graphiql_is_served_whole_from_the_binary(server):
         assert r.status_code == 200 and len(r.content) > 1000, a
     assert "GraphiQL" in requests.get(server.url + "/graphql/assets/graphiql.min.js", timeout=10).text
     assert requests.get(server.url + "/graphql/assets/nope.js", timeout=10).status_code == 404
+
+
+# How each mutation is called on another space's job or in another space.
+# The mutations come from the schema itself: one missing here fails the test.
+def _job_inputs(job):
+    return {
+        "pauseTableImportJob": {"jobId": job},
+        "startTableImportJob": {"jobId": job},
+        "deleteTableImportJob": {"jobId": job},
+        "updateTableIngestionParameters": {"jobId": job, "tableIngestionParameters": {"rowLimit": 5}},
+        "updateTableImportJob": {"jobId": job, "tableIngestionParameters": {"refreshIntervalMinutes": 5}},
+        "createTriggeredOngoingTableRun": {"jobId": job, "queryStart": "2024-08-20T01:00:00Z",
+                                           "queryEnd": "2024-08-20T02:00:00Z"},
+    }
+
+
+def test_a_space_key_acts_in_its_space_only_on_every_operation(server):
+    org = server.new_org()[0]
+    server.cli_json("space", "create", "--org", org, "Other team")
+    raw = {s["name"]: s["id"] for s in server.cli_json("space", "list", "--org", org)}
+    everywhere = server.cli_json("apikey", "create", "--org", org)["api_key"]
+    _, body = gql(server, everywhere, "{ account { organizations { edges { node { spaces { edges { node "
+                                      "{ id name } } } } } } } }")
+    gids = {e["node"]["name"]: e["node"]["id"] for e in
+            body["data"]["account"]["organizations"]["edges"][0]["node"]["spaces"]["edges"]}
+    default_name = next(n for n in gids if n != "Other team")
+    default, other_space = gids[default_name], gids["Other team"]
+    mine = server.cli_json("apikey", "create", "--org", org, "--space", raw[default_name])["api_key"]
+    ids = {}
+    for name, space in [("theirs", other_space), ("ours", default)]:
+        _, body = gql(server, everywhere, """mutation ($input: CreateTableImportJobInput!) {
+            createTriggeredOngoingTableImportJob(input: $input) { tableImportJob { id jobId } } }""",
+                      {"input": dict(BIGQUERY_INPUT, spaceId=space, modelName=name)})
+        assert "errors" not in body, body
+        ids[name] = body["data"]["createTriggeredOngoingTableImportJob"]["tableImportJob"]
+    before = jobs_of(server, everywhere, other_space)
+
+    _, schema = gql(server, mine, "{ __schema { mutationType { fields { name args { name type { name kind "
+                                  "ofType { name } } } } } } }")
+    mutations = schema["data"]["__schema"]["mutationType"]["fields"]
+    job_ops, space_ops = _job_inputs(ids["theirs"]["jobId"]), {}
+    for m in mutations:
+        input_type = next(a["type"]["ofType"]["name"] for a in m["args"] if a["name"] == "input")
+        _, t = gql(server, mine, "query ($t: String!) { __type(name: $t) { inputFields { name } } }",
+                   {"t": input_type})
+        fields = {f["name"] for f in t["data"]["__type"]["inputFields"]}
+        if "spaceId" in fields:
+            space_ops[m["name"]] = (input_type, dict(BIGQUERY_INPUT, spaceId=other_space, modelName="sneaky"))
+        else:
+            assert "jobId" in fields and m["name"] in job_ops, f"{m['name']}: no cross-space case for it"
+            job_ops[m["name"]] = (input_type, job_ops[m["name"]])
+    assert len(job_ops) + len(space_ops) == len(mutations) >= 8
+    for name, (input_type, inp) in {**job_ops, **space_ops}.items():
+        for job_ref in ([inp.get("jobId"), ids["theirs"]["id"]] if "jobId" in inp else [None]):
+            if job_ref:
+                inp = dict(inp, jobId=job_ref)
+            status, body = gql(server, mine, f"mutation ($input: {input_type}!) {{ {name}(input: $input) "
+                                             f"{{ __typename }} }}", {"input": inp})
+            assert body.get("data") in (None, {name: None}) or body["data"].get(name) is None, (name, body)
+            assert body["errors"][0]["extensions"]["code"] in ("NOT_FOUND", "FORBIDDEN"), (name, body)
+    # Reads: the other space's job and model are not there for this key.
+    _, body = gql(server, mine, "query ($id: ID!) { node(id: $id) { id } }", {"id": ids["theirs"]["id"]})
+    assert body["data"]["node"] is None, body
+    _, body = gql(server, mine, "query ($id: ID!) { node(id: $id) { id } }", {"id": ids["ours"]["id"]})
+    assert body["data"]["node"]["id"] == ids["ours"]["id"], body
+    # Nothing of the other space changed.
+    assert jobs_of(server, everywhere, other_space) == before
+    _, body = gql(server, everywhere, """query ($id: ID!) { node(id: $id) { ... on TableImportJob {
+        jobStatus tableIngestionParameters { refreshIntervalSeconds } queries(first: 5) { totalCount } } } }""",
+                  {"id": ids["theirs"]["id"]})
+    assert body["data"]["node"]["jobStatus"] == "active" and body["data"]["node"]["queries"]["totalCount"] == 0, body

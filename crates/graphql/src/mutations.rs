@@ -567,10 +567,11 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: CreateTriggeredOngoingTableRunInput,
     ) -> Result<CreateTriggeredOngoingTableRunPayload> {
+        let id = allowed_job(ctx, &input.job_id).await?;
         let q = control(ctx)
             .run_job(
                 &holder(ctx).organization,
-                &job_id(&input.job_id),
+                &id,
                 Some((input.query_start, input.query_end)),
                 None,
             )
@@ -613,7 +614,7 @@ impl MutationRoot {
     ) -> Result<TableImportJobPayload> {
         let c = control(ctx);
         let org = &holder(ctx).organization;
-        let id = job_id(&input.job_id);
+        let id = allowed_job(ctx, &input.job_id).await?;
         let job = c.get_job(org, &id).await.map_err(gql)?;
         let params = input
             .table_ingestion_parameters
@@ -638,7 +639,7 @@ impl MutationRoot {
     ) -> Result<TableImportJobPayload> {
         let c = control(ctx);
         let org = &holder(ctx).organization;
-        let id = job_id(&input.job_id);
+        let id = allowed_job(ctx, &input.job_id).await?;
         let job = c.get_job(org, &id).await.map_err(gql)?;
         let mut labels = job.spec.labels.clone();
         if let Some(v) = &input.model_version {
@@ -675,13 +676,24 @@ impl MutationRoot {
     }
 }
 
+/// The job `id` names, when the caller's key may act on it (its
+/// organization, and its space for a key of one space).
+async fn allowed_job(ctx: &Context<'_>, id: &ID) -> Result<String> {
+    let job = control(ctx)
+        .job_for_key(holder(ctx), &job_id(id))
+        .await
+        .map_err(gql)?;
+    Ok(job.id.to_string())
+}
+
 async fn status(
     ctx: &Context<'_>,
     input: JobIdInput,
     status: JobStatus,
 ) -> Result<TableImportJobPayload> {
+    let id = allowed_job(ctx, &input.job_id).await?;
     let job = control(ctx)
-        .set_job_status(&holder(ctx).organization, &job_id(&input.job_id), status)
+        .set_job_status(&holder(ctx).organization, &id, status)
         .await
         .map_err(gql)?;
     Ok(TableImportJobPayload {

@@ -123,7 +123,7 @@ impl QueryRoot {
                 .await
                 .map_err(gql)?
                 .map(|m| Node::Model(ModelObj(m))),
-            "TableImportJob" => match c.get_job(&who.organization, &raw).await {
+            "TableImportJob" => match c.job_for_key(who, &raw).await {
                 Ok(j) => Some(Node::TableImportJob(TableImportJob::new(j))),
                 Err(ControlError::NotFound(_)) => None,
                 Err(e) => return Err(gql(e)),

@@ -99,7 +99,12 @@ impl Control {
             return Ok(None);
         };
         match self.store.get_model(&id).await {
-            Ok(m) if m.organization_id == who.organization => Ok(Some(m)),
+            Ok(m)
+                if m.organization_id == who.organization
+                    && who.space.as_ref().is_none_or(|s| *s == m.space_id) =>
+            {
+                Ok(Some(m))
+            }
             Ok(_) | Err(StoreError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -164,6 +169,23 @@ impl Control {
     }
 
     /// A space the key may act on; another organization's is not found.
+    /// A job the key may act on: of its organization and, for a key of one
+    /// space, of that space. Any other is "not found" (a key learns nothing
+    /// of what it may not touch).
+    pub async fn job_for_key(&self, who: &KeyHolder, id: &str) -> Result<ImportJob> {
+        let job = self.get_job(&who.organization, id).await?;
+        if let Some(only) = &who.space {
+            let space = match SpaceId::parse(&job.space) {
+                Ok(s) => s,
+                Err(_) => self.default_space(&who.organization).await?.id,
+            };
+            if space != *only {
+                return Err(ControlError::NotFound(format!("job `{id}` not found")));
+            }
+        }
+        Ok(job)
+    }
+
     pub async fn space_for(&self, who: &KeyHolder, id: &str) -> Result<Space> {
         let not_found = || ControlError::NotFound(format!("space `{id}` not found"));
         let id = SpaceId::parse(id).map_err(|_| not_found())?;
