@@ -310,3 +310,37 @@ def test_zip_archives_are_accepted_too(sluice):
     done = wait_for(finished(runs, org, dep, run["run_id"]), "the run")
     assert done["status"] == "SUCCEEDED", done
     assert "zipped ok" in [e["message"] for e in runs.get_run_logs(org, dep, run["run_id"])["events"]]
+
+
+def test_an_upload_url_is_good_once_and_bad_archives_are_refused_at_upload(sluice):
+    import io
+    import zipfile
+    org, user, token = sluice.new_org()
+    deployments, runs = clients(sluice, pat(user, token))
+    dep = deployments.create_deployment(org, "once")["deployment_id"]
+    ver = deployments.create_deployment_version(org, dep, "0.0.1", "main:handler", "python")
+    first = code_archive({"main.py": "def handler(request, context):\n    print('original code')\n"})
+    assert requests.put(ver["upload_url"], data=first).status_code == 200
+    # The same URL again, with other code: refused, and the code stays.
+    again = requests.put(ver["upload_url"], data=code_archive({
+        "main.py": "def handler(request, context):\n    print('replaced code')\n"}))
+    assert again.status_code == 409, again.text
+    assert "new version" in again.json()["error_description"], again.text
+    run = runs.create_run(org, dep, ver["version_id"], retry_count=0)
+    done = wait_for(finished(runs, org, dep, run["run_id"]), "the run")
+    assert done["status"] == "SUCCEEDED", done
+    lines = [e["message"] for e in runs.get_run_logs(org, dep, run["run_id"])["events"]]
+    assert "original code" in lines and "replaced code" not in lines, lines
+    link = deployments.download_deployment_version(org, dep, ver["version_id"])["download_uri"]
+    assert requests.get(link).content == first
+
+    # Archives that climb out of their folder are refused at upload, not at run.
+    ver2 = deployments.create_deployment_version(org, dep, "0.0.2", "main:handler", "python")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("main.py", "def handler(request, context):\n    pass\n")
+        z.writestr("../../escape.py", "x = 1\n")
+    bad = requests.put(ver2["upload_url"], data=buf.getvalue())
+    assert bad.status_code == 400 and "outside" in bad.json()["error_description"], bad.text
+    # Refused, so the URL is still good for a sound archive.
+    assert requests.put(ver2["upload_url"], data=first).status_code == 200

@@ -36,9 +36,27 @@ impl ArchiveFormat {
     }
 }
 
-/// Reads every entry of an archive without writing anything: a corrupt or
-/// truncated upload is refused before it is kept.
-pub fn check_archive(format: ArchiveFormat, bytes: &[u8]) -> Result<(), String> {
+/// Reads every entry of an archive without writing anything, and refuses
+/// before anything is kept: a corrupt or truncated archive, an entry whose
+/// path is absolute or climbs out (`..`), a link (symbolic or hard), a
+/// device or pipe, and an archive larger than `max_unpacked` bytes when
+/// unpacked (a zip bomb).
+pub fn check_archive(
+    format: ArchiveFormat,
+    bytes: &[u8],
+    max_unpacked: usize,
+) -> Result<(), String> {
+    let mut total = 0usize;
+    let mut count = |name: &str, n: usize| {
+        total = total.saturating_add(n);
+        if total > max_unpacked {
+            Err(format!(
+                "the archive unpacks to more than {max_unpacked} bytes (at `{name}`)"
+            ))
+        } else {
+            Ok(())
+        }
+    };
     match format {
         ArchiveFormat::TarGz => {
             let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
@@ -47,8 +65,38 @@ pub fn check_archive(format: ArchiveFormat, bytes: &[u8]) -> Result<(), String> 
                 .map_err(|e| format!("the tar.gz archive is unreadable: {e}"))?;
             for entry in entries {
                 let mut entry = entry.map_err(|e| format!("the tar.gz archive is corrupt: {e}"))?;
-                std::io::copy(&mut entry, &mut std::io::sink())
-                    .map_err(|e| format!("the tar.gz archive is corrupt: {e}"))?;
+                let path = entry
+                    .path()
+                    .map_err(|e| format!("the tar.gz archive is corrupt: {e}"))?
+                    .into_owned();
+                let name = path.display().to_string();
+                check_entry_path(&path)?;
+                let kind = entry.header().entry_type();
+                if !(kind.is_file()
+                    || kind.is_dir()
+                    || kind.is_pax_global_extensions()
+                    || kind.is_pax_local_extensions()
+                    || kind.is_gnu_longname())
+                {
+                    return Err(format!(
+                        "`{name}` is a {}: an archive holds files and folders only",
+                        if kind.is_symlink() || kind.is_hard_link() {
+                            "link"
+                        } else {
+                            "special file"
+                        }
+                    ));
+                }
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    let n = entry
+                        .read(&mut buf)
+                        .map_err(|e| format!("the tar.gz archive is corrupt: {e}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    count(&name, n)?;
+                }
             }
             Ok(())
         }
@@ -59,13 +107,48 @@ pub fn check_archive(format: ArchiveFormat, bytes: &[u8]) -> Result<(), String> 
                 let mut f = zip
                     .by_index(i)
                     .map_err(|e| format!("the zip archive is corrupt: {e}"))?;
-                let mut sink = Vec::new();
-                f.read_to_end(&mut sink)
-                    .map_err(|e| format!("the zip archive is corrupt: {e}"))?;
+                let name = f.name().to_owned();
+                check_entry_path(Path::new(&name))?;
+                if f.enclosed_name().is_none() {
+                    return Err(format!("`{name}` would land outside the code's folder"));
+                }
+                if f.is_symlink() {
+                    return Err(format!(
+                        "`{name}` is a link: an archive holds files and folders only"
+                    ));
+                }
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    let n = f
+                        .read(&mut buf)
+                        .map_err(|e| format!("the zip archive is corrupt: {e}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    count(&name, n)?;
+                }
             }
             Ok(())
         }
     }
+}
+
+/// An entry's path must stay inside the folder it unpacks into.
+fn check_entry_path(path: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let bad = path.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    });
+    if bad || path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(format!(
+            "`{}` would land outside the code's folder: absolute paths and `..` are refused",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Unpacks an archive into `dest` (made fresh through a temporary folder
@@ -128,7 +211,7 @@ mod tests {
         ]);
         let format = ArchiveFormat::detect(&bytes).unwrap();
         assert_eq!(format, ArchiveFormat::TarGz);
-        check_archive(format, &bytes).unwrap();
+        check_archive(format, &bytes, 1 << 20).unwrap();
         let dir = std::env::temp_dir().join(format!("sluice-code-{}", rand::random::<u64>()));
         unpack(format, &bytes, &dir).unwrap();
         assert!(std::fs::read_to_string(dir.join("pkg/util.py"))
@@ -139,6 +222,54 @@ mod tests {
         assert!(ArchiveFormat::detect(b"hello")
             .unwrap_err()
             .contains("neither"));
-        assert!(check_archive(ArchiveFormat::TarGz, &bytes[..bytes.len() / 2]).is_err());
+        assert!(check_archive(ArchiveFormat::TarGz, &bytes[..bytes.len() / 2], 1 << 20).is_err());
+        // Too large when unpacked.
+        let big = targz(&[("big.txt", &"x".repeat(10_000))]);
+        let err = check_archive(ArchiveFormat::TarGz, &big, 5_000).unwrap_err();
+        assert!(err.contains("more than 5000 bytes"), "{err}");
+    }
+
+    #[test]
+    fn archives_with_escaping_paths_or_links_are_refused() {
+        let mut raw = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            Default::default(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o644);
+        // Written by hand: the tar crate refuses to write `..` itself.
+        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"../escape.txt");
+        header.set_cksum();
+        raw.append(&header, &b"bad"[..]).unwrap();
+        let climbing = raw.into_inner().unwrap().finish().unwrap();
+        let err = check_archive(ArchiveFormat::TarGz, &climbing, 1 << 20).unwrap_err();
+        assert!(
+            err.contains("../escape.txt") && err.contains("outside"),
+            "{err}"
+        );
+
+        let mut linked = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            Default::default(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        linked
+            .append_link(&mut header, "key", "/etc/passwd")
+            .unwrap();
+        let linked = linked.into_inner().unwrap().finish().unwrap();
+        let err = check_archive(ArchiveFormat::TarGz, &linked, 1 << 20).unwrap_err();
+        assert!(err.contains("`key` is a link"), "{err}");
+
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zip.start_file("../../evil.py", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut zip, b"x").unwrap();
+        let zipped = zip.finish().unwrap().into_inner();
+        let err = check_archive(ArchiveFormat::Zip, &zipped, 1 << 20).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
     }
 }

@@ -580,13 +580,37 @@ impl Control {
                 self.settings.max_upload_bytes
             )));
         }
+        if ver.archive.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "version {} has its code already: an upload URL is good for one upload, and a \
+                 version's code never changes; make a new version for new code",
+                ver.id
+            )));
+        }
         let format = code::ArchiveFormat::detect(body).map_err(bad)?;
-        code::check_archive(format, body).map_err(bad)?;
-        let key = format!("code/{}/source.{}", ver.id, format.extension());
+        code::check_archive(
+            format,
+            body,
+            self.settings.max_upload_bytes.saturating_mul(8),
+        )
+        .map_err(bad)?;
+        // A key of its own: an upload that loses a race to another changes
+        // nothing the winner stored.
+        let key = format!(
+            "code/{}/{:016x}.{}",
+            ver.id,
+            rand::random::<u64>(),
+            format.extension()
+        );
         self.blobs.put(&key, body).await?;
-        self.store
+        if let Err(e) = self
+            .store
             .set_version_archive(&ver.id, &key, time::now())
-            .await?;
+            .await
+        {
+            let _ = self.blobs.delete(&key).await;
+            return Err(e.into());
+        }
         Ok(Version {
             archive: Some(key),
             ..ver

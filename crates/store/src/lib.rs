@@ -92,7 +92,8 @@ pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync 
     ) -> Result<Version>;
     async fn list_versions(&self, org: &OrganizationId, dep: &DeploymentId)
         -> Result<Vec<Version>>;
-    /// Records where a version's uploaded code lives.
+    /// Records where a version's uploaded code lives, once: a version that
+    /// has code already is a [`StoreError::Conflict`] (code is immutable).
     async fn set_version_archive(
         &self,
         id: &VersionId,

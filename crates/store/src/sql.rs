@@ -618,14 +618,27 @@ impl MetadataStore for SqlStore {
         archive: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let done = sqlx::query("UPDATE versions SET archive = $1, modified_at = $2 WHERE id = $3")
-            .bind(archive)
-            .bind(micros(now))
-            .bind(id.as_str())
-            .execute(&self.write)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE versions SET archive = $1, modified_at = $2 WHERE id = $3 AND archive IS NULL",
+        )
+        .bind(archive)
+        .bind(micros(now))
+        .bind(id.as_str())
+        .execute(&self.write)
+        .await?;
         if done.rows_affected() == 0 {
-            return Err(not_found("version", id));
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT id FROM versions WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.read)
+                    .await?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict(format!(
+                    "version {id} has its code already: a version's code never changes; \
+                     make a new version for new code"
+                )),
+                None => not_found("version", id),
+            });
         }
         Ok(())
     }
