@@ -22,7 +22,8 @@ from pathlib import Path
 
 import requests
 
-from engine import BIN, NOOP, cli, code_archive, ensure_built, fresh_postgres_database, percentile, start
+from engine import (BIN, NOOP, cli, code_archive, drop_postgres_database, ensure_built,
+                    fresh_postgres_database, percentile, start)
 
 
 def rows(data_dir, database_url, trigger):
@@ -85,6 +86,8 @@ def bench_backend(name, files, rate):
         finally:
             proc.terminate()
             proc.wait()
+            if database_url:
+                drop_postgres_database(database_url)
 
 
 def main():

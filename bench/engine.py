@@ -36,7 +36,7 @@ from pathlib import Path
 import requests
 
 from common import BIN, ROOT, ensure_built  # noqa: E402  (puts tests/ on the path)
-from conftest import code_archive, free_port, fresh_postgres_database  # noqa: E402
+from conftest import code_archive, drop_postgres_database, free_port, fresh_postgres_database  # noqa: E402
 NOOP = "def handler(request, context):\n    pass\n"
 
 
@@ -190,6 +190,8 @@ def bench_backend(name, runs, paced, rate):
         finally:
             proc.terminate()
             proc.wait()
+            if database_url:
+                drop_postgres_database(database_url)
 
 
 def main():

@@ -58,6 +58,10 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Databases made by fresh_postgres_database, dropped when the session ends.
+_MADE = []
+
+
 def fresh_postgres_database():
     name = "sluice_sdk_" + uuid.uuid4().hex[:12]
     subprocess.run(
@@ -65,7 +69,25 @@ def fresh_postgres_database():
         check=True,
         capture_output=True,
     )
+    _MADE.append(name)
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(url):
+    """Drops a database fresh_postgres_database made (outside pytest too)."""
+    name = url.rsplit("/", 1)[1]
+    subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                   capture_output=True)
+    if name in _MADE:
+        _MADE.remove(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_made_databases():
+    yield
+    for name in _MADE:
+        subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                       capture_output=True)
 
 
 class Sluice:

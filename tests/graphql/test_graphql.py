@@ -373,7 +373,8 @@ jobId
 }
 }""".replace("spaceId", space))
     listed_ids = body["data"]["node"]["tableJobs"]["edges"][0]["node"]
-    assert listed_ids["jobId"] in (made["tableImportJob"]["jobId"], plain_job_id) and listed_ids["id"], body
+    space_jobs = {e["node"]["id"]: e["node"]["jobId"] for e in jobs_of(server, key, space)["edges"]}
+    assert space_jobs.get(listed_ids["id"]) == listed_ids["jobId"], (body, space_jobs)
     _, body = gql(server, key, """mutation TriggerTableRun {
 createTriggeredOngoingTableRun(input: {
 jobId : "<ID from above query>" ,
@@ -385,10 +386,12 @@ clientMutationId
 }""".replace("<ID from above query>", made["tableImportJob"]["jobId"]))
     assert "errors" not in body, body
     # The window run's query was made, and failed saying why (no connector).
+    snowflake_gid = next(i for i, j in space_jobs.items() if j == made["tableImportJob"]["jobId"])
+
     def snowflake_query():
         _, b = gql(server, key, """query ($id: ID!) { node(id: $id) { ... on TableImportJob {
             queries(first: 5) { edges { node { status windowStartTimestamp windowEndTimestamp error } } } } } }""",
-                   {"id": made["tableImportJob"]["jobId"]})
+                   {"id": snowflake_gid})
         edges = b["data"]["node"]["queries"]["edges"]
         return edges if edges and edges[0]["node"]["status"] not in ("PENDING", "RUNNING", "RUNNABLE") else None
     ended = wait_for(snowflake_query, "the Snowflake window run's query to end")

@@ -57,7 +57,7 @@ def test_the_readme_path_works_from_an_empty_folder(tmp_path):
         # The README's Run API snippet, as written, with its names filled in.
         (folder / "code.tar.gz").write_bytes(code_archive({
             "main.py": "import os\n"
-                       "def handler(context):\n"
+                       "def handler(request, context):\n"
                        "    print('example env', os.environ.get('EXAMPLE_ENV'))\n"
                        "    return {'ok': True}\n",
         }))

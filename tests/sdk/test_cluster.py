@@ -12,17 +12,48 @@ import requests
 
 from conftest import BIN, Sluice, code_archive, fresh_postgres_database, wait_for
 
-# Every execution of the handler appends one line to the ledger file, so the
-# test sees how often each run's code really ran.
+# Every execution of the handler reports one line to the test's ledger (an
+# HTTP server in this process: user code is sandboxed to its own folder, and
+# the network is how it reaches out), so the test sees how often each run's
+# code really ran, whatever the store recorded.
 LEDGER_HANDLER = '''
 import os
 import time
+import urllib.request
 
 def handler(request, context):
-    with open(os.environ["LEDGER"], "a") as f:
-        f.write("%s %d %d\\n" % (context.run_id, context.attempt, os.getpid()))
+    line = "%s %d %d" % (context.run_id, context.attempt, os.getpid())
+    urllib.request.urlopen(os.environ["LEDGER"], data=line.encode(), timeout=30).read()
     time.sleep(float(os.environ.get("SLEEP", "0")))
 '''
+
+
+class Ledger:
+    """What the handlers reported, each line as it arrived."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        self.lines, lock = [], threading.Lock()
+        ledger = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                with lock:
+                    ledger.lines.append(body.split())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
 
 FAST = {"SLUICE_HEARTBEAT_MS": "300", "SLUICE_LEASE_TTL_SECS": "2", "SLUICE_RETRY_BASE_MS": "100",
         "SLUICE_POLL_MS": "50"}
@@ -68,18 +99,16 @@ def setup_deployment(s, sleep):
     return session, f"{base}/{dep}", ver["version_id"]
 
 
-def ledger_lines(path):
-    if not path.exists():
-        return []
-    return [l.split() for l in path.read_text().splitlines() if l.strip()]
+def ledger_lines(ledger):
+    return list(ledger.lines)
 
 
 def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
     for _ in range(4):
         cluster.start_worker(slots=4)
-    ledger = tmp_path / "ledger.txt"
+    ledger = Ledger()
     session, dep_url, ver = setup_deployment(cluster.server, sleep=0)
-    env = {"LEDGER": str(ledger)}
+    env = {"LEDGER": ledger.url}
 
     def submit(_):
         r = session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": env, "retry_count": 2})
@@ -96,6 +125,8 @@ def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
         while True:
             page = session.get(f"{dep_url}/runs", params={"next_page_token": token} if token else {}).json()
             done += sum(1 for r in page["entries"] if r["status"] == "SUCCEEDED")
+            failed = [r for r in page["entries"] if r["status"] == "FAILED"]
+            assert not failed, failed[0]
             token = page["next_page_token"]
             if not token:
                 return done == 1000 or None
@@ -124,10 +155,10 @@ def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
 
 def test_a_run_survives_kill_9_of_its_worker(cluster, tmp_path):
     doomed = cluster.start_worker(slots=2)
-    ledger = tmp_path / "ledger.txt"
+    ledger = Ledger()
     session, dep_url, ver = setup_deployment(cluster.server, sleep=4)
     run = session.post(f"{dep_url}/runs", json={
-        "version_id": ver, "retry_count": 3, "environment": {"LEDGER": str(ledger), "SLEEP": "4"},
+        "version_id": ver, "retry_count": 3, "environment": {"LEDGER": ledger.url, "SLEEP": "4"},
     }).json()
     run_id = run["run_id"]
 

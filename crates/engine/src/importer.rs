@@ -245,6 +245,12 @@ impl Importer {
             .sealer
             .open(&job.source_sealed)
             .map_err(ImportError::Invalid)?;
+        if let Some(warehouse) = warehouse_of(&source) {
+            return Err(ImportError::Invalid(format!(
+                "sluice has no {warehouse} connector yet: the job is stored, but its queries \
+                 cannot read {warehouse}"
+            )));
+        }
         let dest = self
             .sealer
             .open(&job.destination_sealed)
