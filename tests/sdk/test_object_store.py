@@ -91,7 +91,8 @@ def test_code_and_files_live_in_the_bucket(s3, tmp_path):
         assert sorted(requests.get(f["download_uri"]).content for f in outputs) == [
             b"FILE 0", b"FILE 1", b"FILE 2"]
         stored = keys(s3)
-        assert f"prod/code/{ver['version_id']}/source.tar.gz" in stored
+        code = [k for k in stored if k.startswith(f"prod/code/{ver['version_id']}/")]
+        assert len(code) == 1 and code[0].endswith(".tar.gz"), stored
         for f in uploaded:
             assert f"prod/datalake/{inbox}/{f}" in stored
         for f in outputs:
