@@ -253,6 +253,9 @@ pub(crate) struct Target {
 pub(crate) struct Verdict {
     /// Why the job's ledger is not trusted: cleared, loaded from the start.
     pub reload: Option<String>,
+    /// The table exists and sluice did not make it: its columns may not be
+    /// changed (no column added, no type widened).
+    pub foreign: bool,
 }
 
 impl Target {
@@ -349,7 +352,10 @@ impl Target {
         } else {
             None
         };
-        Ok(Verdict { reload })
+        Ok(Verdict {
+            reload,
+            foreign: exists && !ours,
+        })
     }
 }
 

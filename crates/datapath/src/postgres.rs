@@ -310,7 +310,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
 
     let load_into = match spec.mode {
         Mode::Incremental | Mode::Merge => {
-            let changes = prepare_target(&mut tx, &target, &cols).await?;
+            let changes = prepare_target(&mut tx, &target, &cols, !verdict.foreign).await?;
             progress.stage(crate::StageEvent::Consolidated {
                 columns: cols
                     .iter()
@@ -432,6 +432,7 @@ async fn prepare_target(
     conn: &mut PgConnection,
     target: &TableName,
     cols: &[Column],
+    may_change: bool,
 ) -> Result<Vec<String>> {
     let existing = columns(conn, target).await?;
     if existing.is_empty() {
@@ -486,6 +487,14 @@ async fn prepare_target(
                 e.name
             ));
         }
+    }
+    if !may_change && !ddl.is_empty() {
+        return Err(invalid(format!(
+            "{} exists and sluice did not make it: loading would change it ({}), and sluice \
+             changes only tables it made; nothing was written",
+            target.quoted(),
+            changes.join("; ")
+        )));
     }
     for stmt in ddl {
         sqlx::query(&stmt)

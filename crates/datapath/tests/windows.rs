@@ -288,3 +288,33 @@ async fn a_lookback_reads_late_rows_again_merged_by_key() {
         assert_eq!(e.counts("events").await, (3, 3), "pg={}", e.pg);
     }
 }
+
+/// A table sluice did not make, with the import's column names but a
+/// narrower type, is not widened: the import is refused and the table kept.
+#[tokio::test]
+async fn a_table_sluice_did_not_make_is_never_widened() {
+    let e = postgres().await;
+    e.source(e.events_table()).await;
+    e.source("INSERT INTO events VALUES (1, '2026-01-01 10:00:00', 'a')")
+        .await;
+    e.dest("CREATE TABLE events (id integer, at timestamptz, v text)")
+        .await;
+    let err = import(&e.spec("events"), &mut ())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sluice did not make it") && err.contains("widened from integer to bigint"),
+        "{err}"
+    );
+    let mut c = PgConnection::connect(&e.dst).await.unwrap();
+    let ty: String = sqlx::query_scalar(
+        "SELECT data_type::text FROM information_schema.columns \
+         WHERE table_name = 'events' AND column_name = 'id'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(ty, "integer");
+    assert_eq!(e.counts("events").await, (0, 0));
+}
