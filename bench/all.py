@@ -54,6 +54,13 @@ def main():
     ap.add_argument("--only", help="comma-separated benchmark files")
     a = ap.parse_args()
     plan = SMOKE if a.smoke else FULL
+    # One binary for every benchmark, built once: the release build unless
+    # SLUICE_BIN names one.
+    env = dict(os.environ)
+    if not env.get("SLUICE_BIN"):
+        target = Path(env.get("CARGO_TARGET_DIR", ROOT / "target"))
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "sluice"], cwd=ROOT, check=True)
+        env["SLUICE_BIN"] = str(target / "release" / "sluice")
     if a.only:
         plan = {k: v for k, v in plan.items() if k in a.only.split(",")}
     sections = []
@@ -62,14 +69,14 @@ def main():
         shown = " ".join(["bench/" + script, *args])
         print(f"== {shown}", flush=True)
         t = time.perf_counter()
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         took = time.perf_counter() - t
         print(out.stdout, end="", flush=True)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
             raise SystemExit(f"{shown} failed (exit {out.returncode})")
         sections.append(f"## `{shown}`\n\n({took:.0f} s)\n\n```\n{out.stdout.rstrip()}\n```\n")
-    binary = os.environ.get("SLUICE_BIN") or "the release build"
+    binary = "the release build" if env["SLUICE_BIN"].endswith("release/sluice") else env["SLUICE_BIN"]
     doc = (
         "# Benchmarks\n\n"
         "Written by `bench/all.py`"

@@ -601,3 +601,19 @@ def test_a_space_key_acts_in_its_space_only_on_every_operation(server):
         jobStatus tableIngestionParameters { refreshIntervalSeconds } queries(first: 5) { totalCount } } } }""",
                   {"id": ids["theirs"]["id"]})
     assert body["data"]["node"]["jobStatus"] == "active" and body["data"]["node"]["queries"]["totalCount"] == 0, body
+
+
+def test_nul_and_oversized_text_are_refused_without_a_database_message(server):
+    org = server.new_org()[0]
+    key = server.cli_json("apikey", "create", "--org", org)["api_key"]
+    space = space_of(server, key)
+    create = """mutation ($input: CreateTableImportJobInput!) { createTableImportJob(input: $input) {
+        tableImportJob { id } } }"""
+    for inp in (dict(BIGQUERY_INPUT, spaceId=space, modelName="churn\u0000"),
+                dict(BIGQUERY_INPUT, spaceId=space, modelName="m" * 70_000)):
+        status, body = gql(server, key, create, {"input": inp})
+        assert status == 400 and body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+        assert "variables.input.modelName" in body["errors"][0]["message"], body
+    status, body = gql(server, key, 'query { node(id: "x\\u0000") { id } }')
+    assert status == 400 and "NUL" in body["errors"][0]["message"], body
+    assert jobs_of(server, key, space)["totalCount"] == 0

@@ -344,3 +344,36 @@ def test_an_upload_url_is_good_once_and_bad_archives_are_refused_at_upload(sluic
     assert bad.status_code == 400 and "outside" in bad.json()["error_description"], bad.text
     # Refused, so the URL is still good for a sound archive.
     assert requests.put(ver2["upload_url"], data=first).status_code == 200
+
+
+def test_bad_text_is_refused_in_the_json_envelope_and_nothing_is_stored(sluice):
+    org, user, token = sluice.new_org()
+    s = requests.Session()
+    s.auth = (f"user-{user}", token)
+    base = f"{sluice.url}/organizations/{org}"
+
+    def envelope(r, status):
+        assert r.status_code == status, (r.status_code, r.text[:300])
+        body = r.json()
+        assert set(body) == {"error", "error_description"}, body
+        assert "database" not in body["error_description"].lower(), body
+        return body["error_description"]
+
+    # A NUL in a name, in a nested value, in a channel's name: 400 naming the field.
+    assert "name" in envelope(s.post(f"{base}/deployments", json={"name": "a\u0000b"}), 400)
+    assert "body.default_environment.K" in envelope(
+        s.post(f"{base}/deployments", json={"name": "ok", "default_environment": {"K": "x\u0000"}}), 400)
+    assert "name" in envelope(s.post(f"{base}/channels", json={"name": "in\u0000", "storage_type": "datalake"}), 400)
+    # Too long: a 1 MB name is a 413 (the body), a 300-character one a 400.
+    envelope(s.post(f"{base}/deployments", json={"name": "n" * (1 << 20)}), 413)
+    assert "255" in envelope(s.post(f"{base}/deployments", json={"name": "n" * 300}), 400)
+    # axum's own refusals come in the envelope too.
+    bad_path = s.get(f"{base}/deployments/%FF%FE/runs")
+    assert 400 <= bad_path.status_code < 500
+    envelope(bad_path, bad_path.status_code)
+    duplicated = s.get(f"{base}/deployments", params=[("limit", "1"), ("limit", "x")])
+    if duplicated.status_code >= 400:
+        envelope(duplicated, duplicated.status_code)
+    envelope(s.post(f"{base}/deployments", data=b"{not json", headers={"Content-Type": "application/json"}), 400)
+    # Nothing of it was stored.
+    assert s.get(f"{base}/deployments").json()["entries"] == []

@@ -39,12 +39,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status();
-        if status.is_server_error() {
-            tracing::error!("{}", self.0);
-        }
+        let description = if status.is_server_error() {
+            // A database's own words stay in the server's log.
+            tracing::error!(error = %self.0, "a request failed");
+            "internal error (the server's log has it)".to_owned()
+        } else {
+            self.0.to_string()
+        };
         (
             status,
-            Json(json!({"error": kind, "error_description": self.0.to_string()})),
+            Json(json!({"error": kind, "error_description": description})),
         )
             .into_response()
     }
@@ -63,6 +67,40 @@ pub async fn method_not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(json!({"error": "method_not_allowed", "error_description": "this resource does not accept that method"})),
+    )
+        .into_response()
+}
+
+/// Any error answer not already in the envelope (axum's own rejections of
+/// a path segment, a query string or a body) is put in it, its text kept.
+pub async fn envelope(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_server_error",
+        _ => "bad_request",
+    };
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    (
+        status,
+        Json(json!({
+            "error": kind,
+            "error_description": if text.is_empty() { status.to_string() } else { text },
+        })),
     )
         .into_response()
 }

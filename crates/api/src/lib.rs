@@ -46,7 +46,9 @@ pub struct ApiState {
 /// The whole HTTP API, with trailing slashes ignored (`/runs/` is `/runs`).
 pub fn app(state: ApiState) -> tower::util::MapRequest<Router, fn(Request) -> Request> {
     let graphql = sluice_graphql::router(state.control.clone());
-    let router: Router = rest::routes(state).merge(graphql);
+    let router: Router = rest::routes(state)
+        .merge(graphql)
+        .layer(axum::middleware::map_response(error::envelope));
     tower::util::MapRequest::new(router, trim_trailing_slash as fn(Request) -> Request)
 }
 

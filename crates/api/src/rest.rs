@@ -75,12 +75,29 @@ async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal> {
     Ok(state.control.authenticate(header).await?)
 }
 
-/// Parses a JSON body, saying where it went wrong.
+/// The largest JSON request body (uploads of code and files have their own
+/// limits); more is a 413.
+pub(crate) const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Parses a JSON body, saying where it went wrong: larger than
+/// [`MAX_JSON_BODY`] is a 413; a string holding a NUL character or longer
+/// than [`sluice_engine::control::input::MAX_STRING`] a 400 naming the field.
 fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes)
+    if bytes.len() > MAX_JSON_BODY {
+        return Err(ApiError(sluice_engine::control::ControlError::TooLarge(
+            format!(
+                "the request body is {} bytes; a JSON body may have {MAX_JSON_BODY}",
+                bytes.len()
+            ),
+        )));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
+    sluice_engine::control::input::check_json(&value, "body").map_err(ApiError::bad_request)?;
+    serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
 }
 

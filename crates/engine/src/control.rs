@@ -18,6 +18,7 @@ use crate::Wakers;
 
 mod datalake;
 mod imports;
+pub mod input;
 mod spaces;
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
@@ -306,9 +307,7 @@ impl Control {
     // ---- administration (CLI) -------------------------------------------
 
     pub async fn create_organization(&self, name: &str) -> Result<Organization> {
-        if name.trim().is_empty() {
-            return Err(bad("an organization needs a name"));
-        }
+        input::check_name("name", name).map_err(bad)?;
         let org = Organization {
             id: OrganizationId::generate(),
             name: name.to_owned(),
@@ -384,9 +383,7 @@ impl Control {
     ) -> Result<Deployment> {
         let org = self.authorize(who, org)?;
         let name = change.name.unwrap_or_default();
-        if name.trim().is_empty() {
-            return Err(bad("\"name\" is necessary"));
-        }
+        input::check_name("name", &name).map_err(bad)?;
         let now = time::now();
         let dep = Deployment {
             id: DeploymentId::generate(),
@@ -429,9 +426,7 @@ impl Control {
     ) -> Result<Deployment> {
         let mut d = self.get_deployment(who, org, dep).await?;
         if let Some(name) = change.name {
-            if name.trim().is_empty() {
-                return Err(bad("\"name\" must not be empty"));
-            }
+            input::check_name("name", &name).map_err(bad)?;
             d.name = name;
         }
         if let Some(description) = change.description {
@@ -471,6 +466,7 @@ impl Control {
         req: NewVersionRequest,
     ) -> Result<Version> {
         let d = self.get_deployment(who, org, dep).await?;
+        input::check_name("version", &req.version).map_err(bad)?;
         if req.version.trim().is_empty() {
             return Err(bad("\"version\" is necessary, e.g. \"0.0.1\""));
         }

@@ -169,7 +169,14 @@ async fn execute(
         Err(ControlError::Unauthorized(m)) => {
             return error(StatusCode::UNAUTHORIZED, m, "UNAUTHENTICATED")
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "INTERNAL"),
+        Err(e) => {
+            tracing::error!(error = %e, "authenticating a GraphQL request");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error (the server's log has it)".into(),
+                "INTERNAL",
+            );
+        }
     };
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -188,6 +195,22 @@ async fn execute(
             "BAD_REQUEST",
         );
     };
+    // The same text rules as every face (no NUL, no oversized string); a
+    // NUL inside the query's own literals is refused too.
+    let text = sluice_engine::control::input::check_json(
+        body.get("variables").unwrap_or(&Value::Null),
+        "variables",
+    )
+    .and_then(|()| {
+        if query.contains('\0') || query.contains("\\u0000") {
+            Err("the query contains a NUL character".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(m) = text {
+        return error(StatusCode::BAD_REQUEST, m, "BAD_USER_INPUT");
+    }
     let mut request = async_graphql::Request::new(fill_empty_selections(query));
     if let Some(vars) = body.get("variables").filter(|v| v.is_object()) {
         request = request.variables(async_graphql::Variables::from_json(lift_input(vars)));

@@ -22,7 +22,15 @@ pub(crate) fn gql(e: ControlError) -> async_graphql::Error {
         ControlError::TooLarge(_) => "BAD_USER_INPUT",
         ControlError::Internal(_) => "INTERNAL_SERVER_ERROR",
     };
-    async_graphql::Error::new(e.to_string()).extend_with(|_, x| x.set("code", code))
+    let message = match &e {
+        // A database's own words stay in the server's log.
+        ControlError::Internal(m) => {
+            tracing::error!(error = %m, "a GraphQL operation failed");
+            "internal error (the server's log has it)".to_owned()
+        }
+        other => other.to_string(),
+    };
+    async_graphql::Error::new(message).extend_with(|_, x| x.set("code", code))
 }
 
 pub(crate) fn control<'a>(ctx: &Context<'a>) -> &'a Arc<Control> {

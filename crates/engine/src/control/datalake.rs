@@ -180,9 +180,7 @@ impl Control {
     ) -> Result<Channel> {
         let org = self.authorize(who, org)?;
         let name = req.name.unwrap_or_default();
-        if name.trim().is_empty() {
-            return Err(bad("\"name\" is necessary"));
-        }
+        input::check_name("name", &name).map_err(bad)?;
         let storage_type = req.storage_type.unwrap_or_else(|| SERVICE.into());
         if !matches!(storage_type.as_str(), "datalake" | "file") {
             return Err(bad(format!(
@@ -265,9 +263,7 @@ impl Control {
     ) -> Result<Channel> {
         let mut c = self.get_channel(who, org, channel).await?;
         if let Some(name) = name {
-            if name.trim().is_empty() {
-                return Err(bad("\"name\" must not be empty"));
-            }
+            input::check_name("name", &name).map_err(bad)?;
             c.name = name;
         }
         if let Some(d) = description {
