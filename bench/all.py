@@ -36,22 +36,29 @@ SMOKE = {
 }
 
 
+def stamp():
+    return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
+
+
+def commit():
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or "an unknown commit"
+
+
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor() or "unknown")
     mem = next((int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
                 if l.startswith("MemTotal")), 0)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    return (f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB, Linux {platform.release()}; "
-            f"sluice at commit {commit}")
+    return f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB, Linux {platform.release()}"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--only", help="comma-separated benchmark files")
+    ap.add_argument("--only", help="comma-separated benchmark files: only their sections of --out "
+                                   "are measured again, the others kept as they were measured")
     a = ap.parse_args()
     plan = SMOKE if a.smoke else FULL
     # One binary for every benchmark, built once: the release build unless
@@ -75,18 +82,26 @@ def main():
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
             raise SystemExit(f"{shown} failed (exit {out.returncode})")
-        sections.append(f"## `{shown}`\n\n({took:.0f} s)\n\n```\n{out.stdout.rstrip()}\n```\n")
+        sections.append((script, f"## `{shown}`\n\n(measured {stamp()} at {commit()}, {took:.0f} s)\n\n"
+                                 f"```\n{out.stdout.rstrip()}\n```\n"))
     binary = "the release build" if env["SLUICE_BIN"].endswith("release/sluice") else env["SLUICE_BIN"]
+    # Sections not measured now are kept as they were (each says when).
+    kept = dict(sections)
+    out_path = Path(a.out)
+    if a.only and out_path.exists():
+        for part in out_path.read_text().split("\n## ")[1:]:
+            script = part.split("`bench/", 1)[1].split(" ", 1)[0].split("`", 1)[0]
+            kept.setdefault(script, "## " + part.rstrip() + "\n")
+    order = [s for s in FULL if s in kept]
     doc = (
         "# Benchmarks\n\n"
         "Written by `bench/all.py`"
         + (" at smoke size (figures mean nothing)" if a.smoke else "")
         + " from the benchmarks' own output; do not edit by hand.\n\n"
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
         f"- machine: {machine()}\n"
         f"- binary: {binary}\n\n"
         "Each benchmark's docstring says what it measures and how.\n\n"
-        + "\n".join(sections)
+        + "\n".join(kept[s] for s in order)
     )
     Path(a.out).write_text(doc)
     print(f"wrote {a.out}")

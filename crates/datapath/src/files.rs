@@ -45,10 +45,12 @@ pub(crate) struct FileSource {
 
 #[derive(Debug, Clone)]
 enum Filter {
-    /// `[from, upto]`, and the rows with no value when `nulls`.
+    /// `[from, upto]` (or `(from, upto]` when not `inclusive`), and the
+    /// rows with no value when `nulls`.
     After {
         column: usize,
         from: Option<String>,
+        inclusive: bool,
         upto: String,
         nulls: bool,
     },
@@ -352,6 +354,7 @@ impl FileSource {
                 start: Some(from.clone()),
                 end: Some(to.clone()),
                 end_exclusive: true,
+                start_exclusive: false,
                 ledger_key: format!("explicit:{from}|{to}|{key}"),
                 replace: Some(Replace::Range(from, to)),
                 boundary_rows: None,
@@ -402,14 +405,19 @@ impl FileSource {
         let Some(upto) = upper.map(|u| Self::spelled(kind, &u)) else {
             return Ok(None);
         };
-        if let (Some(w), Some(f)) = (&watermark, &from) {
-            if &upto == f && w.boundary_rows == Some(at_from) {
+        let boundary_moved = watermark
+            .as_ref()
+            .is_some_and(|w| w.boundary_rows != Some(at_from));
+        if let Some(f) = &from {
+            if &upto == f && !boundary_moved {
                 return Ok(None);
             }
         }
         self.filter = Some(Filter::After {
             column,
             from: from.clone(),
+            // Past the watermark only, unless its rows are read again.
+            inclusive: boundary_moved,
             upto: upto.clone(),
             nulls: with_nulls.is_some(),
         });
@@ -418,11 +426,12 @@ impl FileSource {
             start: from.clone(),
             end: Some(upto),
             end_exclusive: false,
+            start_exclusive: from.is_some() && !boundary_moved,
             ledger_key: watermark
                 .as_ref()
                 .map(|w| format!("{}#{}", w.end, w.boundary_rows.unwrap_or(-1)))
                 .unwrap_or_default(),
-            replace: from.map(Replace::At),
+            replace: from.filter(|_| boundary_moved).map(Replace::At),
             boundary_rows: Some(at_upper),
             null_rows: nulls,
         }))
@@ -452,14 +461,17 @@ impl FileSource {
                     Filter::After {
                         column,
                         from,
+                        inclusive,
                         upto,
                         nulls,
                     } => (
                         *column,
                         &move |v: &str| {
                             let k = kinds[*column];
-                            from.as_ref().is_none_or(|a| Self::compare(k, v, a).is_ge())
-                                && Self::compare(k, v, upto).is_le()
+                            from.as_ref().is_none_or(|a| {
+                                let o = Self::compare(k, v, a);
+                                o.is_gt() || (*inclusive && o.is_eq())
+                            }) && Self::compare(k, v, upto).is_le()
                         },
                         *nulls,
                     ),

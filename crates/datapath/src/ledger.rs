@@ -173,6 +173,22 @@ impl Conn<'_> {
 /// made.
 pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
+        // Made already (every load but the first): one look, no DDL.
+        let made = match conn {
+            Conn::Postgres(_) => {
+                "SELECT 'made' WHERE to_regclass('sluice_table_owners') IS NOT NULL AND EXISTS \
+                 (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('sluice_load_ledger') \
+                 AND attname = 'boundary_rows' AND NOT attisdropped)"
+            }
+            Conn::Sqlite(_) => {
+                "SELECT 'made' WHERE EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+                 AND name = 'sluice_table_owners') AND EXISTS (SELECT 1 FROM \
+                 pragma_table_info('sluice_load_ledger') WHERE name = 'boundary_rows')"
+            }
+        };
+        if conn.row(made, &[]).await?.is_some() {
+            return Ok(());
+        }
         let ddl = match conn {
             Conn::Postgres(_) => POSTGRES_DDL,
             Conn::Sqlite(_) => SQLITE_DDL,
@@ -200,9 +216,9 @@ pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
         // first: an ALTER would wait on every load in flight.)
         let (has_column, add_column) = match conn {
             Conn::Postgres(_) => (
-                "SELECT column_name::text FROM information_schema.columns \
-                 WHERE table_name = 'sluice_load_ledger' AND column_name = 'boundary_rows' \
-                 AND table_schema = current_schema()",
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = \
+                 to_regclass('sluice_load_ledger') AND attname = 'boundary_rows' \
+                 AND NOT attisdropped",
                 "ALTER TABLE sluice_load_ledger ADD COLUMN IF NOT EXISTS boundary_rows BIGINT",
             ),
             Conn::Sqlite(_) => (

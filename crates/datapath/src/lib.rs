@@ -315,6 +315,9 @@ pub struct ImportReport {
     pub window_start: Option<String>,
     pub window_end: Option<String>,
     pub end_exclusive: bool,
+    /// Whether the start is excluded (`(start, end]`: the watermark's rows
+    /// were loaded and none arrived since).
+    pub start_exclusive: bool,
     /// Why the ledger was not trusted and the load started from the
     /// beginning (the target was dropped or emptied by hand).
     pub reloaded: Option<String>,
@@ -337,8 +340,9 @@ impl ImportReport {
         }
         let end = self.window_end.as_deref()?;
         let close = if self.end_exclusive { ')' } else { ']' };
+        let open = if self.start_exclusive { '(' } else { '[' };
         Some(match self.window_start.as_deref() {
-            Some(start) => format!("[{start}, {end}{close}"),
+            Some(start) => format!("{open}{start}, {end}{close}"),
             None => format!("[first row, {end}{close}"),
         })
     }
@@ -377,11 +381,13 @@ impl ImportReport {
         self.window_start = plan.start.clone();
         self.window_end = plan.end.clone();
         self.end_exclusive = plan.end_exclusive;
+        self.start_exclusive = plan.start_exclusive;
         self.null_change_rows = plan.null_rows;
         progress.stage(StageEvent::Window {
             start: self.window_start.clone(),
             end: self.window_end.clone(),
             end_exclusive: self.end_exclusive,
+            start_exclusive: self.start_exclusive,
         });
         Some(plan)
     }
@@ -398,11 +404,13 @@ pub enum StageEvent {
         changes: Vec<String>,
     },
     /// The window this run loads: `[start, end]`, or `[start, end)` when
-    /// `end_exclusive` (a window asked for by hand).
+    /// `end_exclusive` (a window asked for by hand), `(start, …` when
+    /// `start_exclusive`.
     Window {
         start: Option<String>,
         end: Option<String>,
         end_exclusive: bool,
+        start_exclusive: bool,
     },
     /// Something the run's reader should know: why it loads from the
     /// start, how many rows had no change value.

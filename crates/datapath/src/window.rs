@@ -4,12 +4,13 @@
 //!   the end of the last window the job loaded, kept in the destination's
 //!   ledger — *inclusive*, or at the table's first row. Rows that share the
 //!   watermark's value may arrive after it was loaded (a batch insert
-//!   shares one `now()`), so the boundary is read again: the target's rows
-//!   at the watermark are replaced by the source's, in the load's
-//!   transaction, and each boundary row lands once. The ledger keeps how
-//!   many source rows had the window's end value (`boundary_rows`); a run
-//!   that finds no row past the watermark and the same count there loads
-//!   nothing. The window ends at the change column's current maximum, or
+//!   shares one `now()`). The ledger keeps how many source rows had the
+//!   window's end value (`boundary_rows`); when that count has moved, the
+//!   boundary is read again: the target's rows at the watermark are
+//!   replaced by the source's, in the load's transaction, and each boundary
+//!   row lands once. When it has not, the window starts past the watermark
+//!   (the cheap path: no row of the target is touched), and a run that
+//!   finds nothing past it loads nothing. The window ends at the change column's current maximum, or
 //!   sooner: at start + `size` (for timestamp and date columns) and at the
 //!   `row_limit`-th row past the watermark (rows that share that row's
 //!   change value come along, so no value is ever split between two
@@ -109,6 +110,9 @@ pub struct Plan {
     /// Whether the window's end is excluded (`[start, end)`, by hand) or
     /// included (`[start, end]`, a regular window).
     pub end_exclusive: bool,
+    /// Whether the start is excluded: a regular window past a watermark
+    /// whose rows are not read again, `(start, end]`.
+    pub start_exclusive: bool,
     pub ledger_key: String,
     /// Target rows to delete first.
     pub replace: Option<Replace>,
@@ -229,6 +233,7 @@ pub async fn plan<S: WindowSql>(
                 start: Some(start.clone()),
                 end: Some(end.clone()),
                 end_exclusive: true,
+                start_exclusive: false,
                 ledger_key: format!("explicit:{start}|{end}|{key}"),
                 replace: Some(Replace::Range(start, end)),
                 boundary_rows: None,
@@ -255,12 +260,19 @@ pub async fn plan<S: WindowSql>(
             let Some(mut upper) = max else {
                 return Ok(None);
             };
-            if let Some(w) = &watermark {
-                if upper == w.end && shape.lookback.is_none() {
+            // The watermark's rows are read again only when their count
+            // moved since they were loaded (rows arrived with that value):
+            // otherwise the window starts past them, as cheap as before.
+            let boundary_moved = match &watermark {
+                Some(w) => {
                     let at = count(s, &format!("{cmp} = {}", s.literal(&w.end))).await?;
-                    if Some(at) == w.boundary_rows {
-                        return Ok(None);
-                    }
+                    Some(at) != w.boundary_rows
+                }
+                None => false,
+            };
+            if let Some(w) = &watermark {
+                if upper == w.end && !boundary_moved && shape.lookback.is_none() {
+                    return Ok(None);
                 }
             }
             if let (Some(size), true) = (size, s.is_time()) {
@@ -284,7 +296,8 @@ pub async fn plan<S: WindowSql>(
                 }
             }
             if let Some(limit) = row_limit.filter(|l| *l > 0) {
-                // Counted past the watermark: its boundary rows come anyway.
+                // Counted past the watermark: its rows (read again or not) are
+                // not what the limit is about.
                 let mut cond = vec![format!("{cmp} <= {}", s.literal(&upper))];
                 cond.extend(
                     watermark
@@ -305,6 +318,9 @@ pub async fn plan<S: WindowSql>(
             }
             let boundary_rows = count(s, &format!("{cmp} = {}", s.literal(&upper))).await?;
             let lower = match (&watermark, shape.lookback) {
+                (Some(w), None) if !boundary_moved => {
+                    Some(format!("{cmp} > {}", s.literal(&w.end)))
+                }
                 (Some(w), Some(back)) => {
                     let from = parse_time(&w.end).filter(|_| s.is_time()).ok_or_else(|| {
                         ImportError::Invalid(format!(
@@ -338,8 +354,11 @@ pub async fn plan<S: WindowSql>(
                 start: watermark.as_ref().map(|w| w.end.clone()),
                 end: Some(upper),
                 end_exclusive: false,
+                start_exclusive: watermark.is_some() && !boundary_moved && shape.lookback.is_none(),
                 ledger_key,
-                replace: watermark.map(|w| Replace::At(w.end)),
+                replace: watermark
+                    .filter(|_| boundary_moved)
+                    .map(|w| Replace::At(w.end)),
                 boundary_rows: Some(boundary_rows),
                 null_rows,
             }))

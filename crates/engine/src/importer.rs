@@ -403,10 +403,12 @@ impl Tasks {
                 start,
                 end,
                 end_exclusive,
+                start_exclusive,
             } => {
                 let close = if end_exclusive { ')' } else { ']' };
+                let open = if start_exclusive { '(' } else { '[' };
                 let text = match (&start, &end) {
-                    (Some(a), Some(b)) => format!("window [{a}, {b}{close}"),
+                    (Some(a), Some(b)) => format!("window {open}{a}, {b}{close}"),
                     (None, Some(b)) => format!("window from the first row up to {b}"),
                     _ => "the whole table".into(),
                 };
