@@ -47,6 +47,7 @@ def handler(request, context):
         "own_folder": attempt("mine.txt", write=True),
         "own_code": attempt(os.path.join(os.environ["SLUICE_CODE_DIR"], "main.py")),
         "secret_in_env": "SERVER_SECRET" in os.environ,
+        "uid": os.getuid(),
     }
     print("PROBE " + json.dumps(seen), flush=True)
     if os.environ.get("SLEEP"):
@@ -58,10 +59,25 @@ REFUSED = ["store", "data_dir", "objects", "code", "runs", "other_run", "parent_
            "parent_cmdline", "etc_shadow", "tmp"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "as-nobody"])
 def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
     url = fresh_postgres_database() if backend == "postgres" else None
-    s = Sluice(tmp_path, url, env={"SERVER_SECRET": "hunter2", "SLUICE_RETRY_BASE_MS": "100"})
+    env = {"SERVER_SECRET": "hunter2", "SLUICE_RETRY_BASE_MS": "100"}
+    if backend == "as-nobody":
+        # A server run as root whose interpreter and data dir an
+        # unprivileged user can reach: runs drop to `nobody`.
+        if os.geteuid() != 0:
+            pytest.fail("the as-nobody case needs the tests to run as root (as CI does)")
+        assert os.path.exists(SYSTEM_PYTHON), f"{SYSTEM_PYTHON} is needed for the as-nobody case"
+        import tempfile
+        from pathlib import Path
+        tmp_path = Path(tempfile.mkdtemp(prefix="sluice-nobody-", dir="/tmp"))
+        tmp_path.chmod(0o755)
+        env["SLUICE_PYTHON"] = SYSTEM_PYTHON
+    s = Sluice(tmp_path, url, env=env)
     try:
         org, user, token = s.new_org()
         session = requests.Session()
@@ -104,7 +120,11 @@ def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
         assert seen["own_folder"] == "wrote", seen
         assert seen["own_code"].startswith("read"), seen
         assert seen["secret_in_env"] is False
+        assert (seen["uid"] == 65534) == (backend == "as-nobody"), seen
         assert not os.path.exists("/tmp/sluice-sandbox-probe")
         assert "hunter2" not in json.dumps(seen)
     finally:
         s.stop()
+        if backend == "as-nobody":
+            import shutil
+            shutil.rmtree(tmp_path, ignore_errors=True)

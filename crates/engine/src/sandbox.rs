@@ -191,6 +191,8 @@ pub struct Prepared {
     ruleset: Option<OwnedFd>,
     run_as: Option<u32>,
     limits: Limits,
+    /// The process that spawns the run (its parent once forked).
+    parent: libc::pid_t,
 }
 
 impl Policy {
@@ -223,6 +225,8 @@ impl Policy {
             ruleset,
             run_as: support.run_as,
             limits,
+            // SAFETY: getpid cannot fail.
+            parent: unsafe { libc::getpid() },
         })
     }
 
@@ -348,6 +352,18 @@ impl Prepared {
                 {
                     return fail();
                 }
+            }
+        }
+        // The code dies with its worker instead of running on as an orphan.
+        // Set after the user changes: a change of credentials clears it.
+        // SAFETY: plain prctl calls on this process.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return fail();
+            }
+            if libc::getppid() != self.parent {
+                // The worker died before the signal was set.
+                libc::_exit(1);
             }
         }
         // SAFETY: plain prctl and Landlock calls on this process.

@@ -437,12 +437,9 @@ impl Worker {
             .process_group(0);
         #[cfg(target_os = "linux")]
         unsafe {
-            // The code dies with its worker instead of running on as an
-            // orphan; then it enters its sandbox (see `sandbox`).
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                prepared.enter()
-            });
+            // The child enters its sandbox before the interpreter starts
+            // (and dies with its worker: see `sandbox`).
+            cmd.pre_exec(move || prepared.enter());
         }
         let mut child = cmd
             .spawn()
