@@ -359,6 +359,7 @@ impl FileSource {
                 replace: Some(Replace::Range(from, to)),
                 boundary_rows: None,
                 null_rows: 0,
+                nulls_loaded: false,
             }));
         }
         if shape.lookback.is_some() {
@@ -434,6 +435,7 @@ impl FileSource {
             replace: from.filter(|_| boundary_moved).map(Replace::At),
             boundary_rows: Some(at_upper),
             null_rows: nulls,
+            nulls_loaded: with_nulls.is_some(),
         }))
     }
 

@@ -237,7 +237,7 @@ pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
 }
 
 /// Where the job's last regular window ended.
-pub(crate) async fn watermark(conn: &mut Conn<'_>, job: &str) -> Result<Option<Watermark>> {
+async fn watermark(conn: &mut Conn<'_>, job: &str) -> Result<Option<Watermark>> {
     let sql = "SELECT CAST(window_end AS TEXT), CAST(boundary_rows AS TEXT) FROM (".to_owned()
         + WATERMARK
         + ") w";
@@ -373,6 +373,40 @@ impl Target {
             foreign: exists && !ours,
         })
     }
+}
+
+/// What a load knows of its destination before its rows go in.
+pub(crate) struct Before {
+    pub target: Target,
+    pub verdict: Verdict,
+    /// Where the job's next regular window starts (None: at the first row,
+    /// also when the ledger is not trusted or the load is not windowed).
+    pub watermark: Option<Watermark>,
+}
+
+/// Makes the bookkeeping, inspects and checks the target `t` for `job`
+/// loading the columns `loaded`, and reads the watermark of a `windowed`
+/// load: the steps both load paths take before their transaction.
+pub(crate) async fn before_load(
+    conn: &mut Conn<'_>,
+    spec: &ImportSpec,
+    t: &TableName,
+    job: &str,
+    loaded: &[&str],
+    windowed: bool,
+) -> Result<Before> {
+    ensure(conn).await?;
+    let target = Target::inspect(conn, t, job).await?;
+    let verdict = target.check(spec, job, loaded)?;
+    let watermark = match (&verdict.reload, windowed) {
+        (None, true) => watermark(conn, job).await?,
+        _ => None,
+    };
+    Ok(Before {
+        target,
+        verdict,
+        watermark,
+    })
 }
 
 /// In the load's transaction, before its rows: clears the job's ledger

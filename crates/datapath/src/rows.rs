@@ -664,13 +664,20 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
     let key = spec.merge_key(&names)?;
     let shape = spec.shape()?;
-    let (owned, verdict) = {
-        let mut conn = dst.bookkeeping();
-        ledger::ensure(&mut conn).await?;
-        let owned = ledger::Target::inspect(&mut conn, &target, &job).await?;
-        let verdict = owned.check(spec, &job, &names)?;
-        (owned, verdict)
-    };
+    let windowed = change.is_some() && spec.mode.windowed();
+    let ledger::Before {
+        target: owned,
+        verdict,
+        watermark,
+    } = ledger::before_load(
+        &mut dst.bookkeeping(),
+        spec,
+        &target,
+        &job,
+        &names,
+        windowed,
+    )
+    .await?;
 
     let mut report = ImportReport {
         reloaded: verdict.reload.clone(),
@@ -687,10 +694,6 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let mut window_key = format!("full:{:016x}", rand::random::<u64>());
     let mut boundary_rows = None;
     if let (Some(c), true) = (&change, spec.mode.windowed()) {
-        let watermark = match verdict.reload {
-            Some(_) => None,
-            None => ledger::watermark(&mut dst.bookkeeping(), &job).await?,
-        };
         let planned = match &mut src {
             Source::File(f) => f.plan(c, watermark.clone(), &spec.window, shape)?,
             other => {

@@ -121,6 +121,8 @@ pub struct Plan {
     /// Source rows with no change value (counted when the import excludes
     /// or includes them).
     pub null_rows: u64,
+    /// Whether those rows load with this window (included) or not.
+    pub nulls_loaded: bool,
 }
 
 /// How a regular window is shaped beyond its request.
@@ -238,6 +240,7 @@ pub async fn plan<S: WindowSql>(
                 replace: Some(Replace::Range(start, end)),
                 boundary_rows: None,
                 null_rows: 0,
+                nulls_loaded: false,
             }))
         }
         WindowRequest::Next { size, row_limit } => {
@@ -334,6 +337,7 @@ pub async fn plan<S: WindowSql>(
             let mut cond = vec![format!("{cmp} <= {}", s.literal(&upper))];
             cond.extend(lower);
             let mut condition = cond.join(" AND ");
+            let nulls_loaded = with_nulls.is_some();
             if let Some(nulls) = with_nulls {
                 condition = format!("({condition}) OR {nulls}");
             }
@@ -361,6 +365,7 @@ pub async fn plan<S: WindowSql>(
                     .map(|w| Replace::At(w.end)),
                 boundary_rows: Some(boundary_rows),
                 null_rows,
+                nulls_loaded,
             }))
         }
     }

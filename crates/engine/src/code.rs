@@ -47,14 +47,22 @@ pub fn check_archive(
     max_unpacked: usize,
 ) -> Result<(), String> {
     let mut total = 0usize;
-    let mut count = |name: &str, n: usize| {
-        total = total.saturating_add(n);
-        if total > max_unpacked {
-            Err(format!(
-                "the archive unpacks to more than {max_unpacked} bytes (at `{name}`)"
-            ))
-        } else {
-            Ok(())
+    // Reads one entry to its end, counting what the whole archive unpacks to.
+    let mut drain = |name: &str, entry: &mut dyn Read, corrupt: &str| {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| format!("{corrupt}: {e}"))?;
+            if n == 0 {
+                return Ok::<(), String>(());
+            }
+            total = total.saturating_add(n);
+            if total > max_unpacked {
+                return Err(format!(
+                    "the archive unpacks to more than {max_unpacked} bytes (at `{name}`)"
+                ));
+            }
         }
     };
     match format {
@@ -87,16 +95,7 @@ pub fn check_archive(
                         }
                     ));
                 }
-                let mut buf = [0u8; 64 * 1024];
-                loop {
-                    let n = entry
-                        .read(&mut buf)
-                        .map_err(|e| format!("the tar.gz archive is corrupt: {e}"))?;
-                    if n == 0 {
-                        break;
-                    }
-                    count(&name, n)?;
-                }
+                drain(&name, &mut entry, "the tar.gz archive is corrupt")?;
             }
             Ok(())
         }
@@ -117,16 +116,7 @@ pub fn check_archive(
                         "`{name}` is a link: an archive holds files and folders only"
                     ));
                 }
-                let mut buf = [0u8; 64 * 1024];
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .map_err(|e| format!("the zip archive is corrupt: {e}"))?;
-                    if n == 0 {
-                        break;
-                    }
-                    count(&name, n)?;
-                }
+                drain(&name, &mut f, "the zip archive is corrupt")?;
             }
             Ok(())
         }

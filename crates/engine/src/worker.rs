@@ -402,9 +402,7 @@ impl Worker {
 
         let python = self.python().await;
         let runner = self.config.data_dir.join("runner.py");
-        let mut reads = python.reads.clone();
-        reads.push(runner.clone());
-        let policy = sandbox::Policy::for_run(&reads, &code_dir, &runner, &work);
+        let policy = sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &work);
         let support = sandbox::Support {
             run_as: python.run_as,
             ..self.support

@@ -567,7 +567,7 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: CreateTriggeredOngoingTableRunInput,
     ) -> Result<CreateTriggeredOngoingTableRunPayload> {
-        let id = allowed_job(ctx, &input.job_id).await?;
+        let id = allowed_job(ctx, &input.job_id).await?.id.to_string();
         let q = control(ctx)
             .run_job(
                 &holder(ctx).organization,
@@ -614,8 +614,8 @@ impl MutationRoot {
     ) -> Result<TableImportJobPayload> {
         let c = control(ctx);
         let org = &holder(ctx).organization;
-        let id = allowed_job(ctx, &input.job_id).await?;
-        let job = c.get_job(org, &id).await.map_err(gql)?;
+        let job = allowed_job(ctx, &input.job_id).await?;
+        let id = job.id.to_string();
         let params = input
             .table_ingestion_parameters
             .params(&job.spec.ingestion)?;
@@ -639,8 +639,8 @@ impl MutationRoot {
     ) -> Result<TableImportJobPayload> {
         let c = control(ctx);
         let org = &holder(ctx).organization;
-        let id = allowed_job(ctx, &input.job_id).await?;
-        let job = c.get_job(org, &id).await.map_err(gql)?;
+        let job = allowed_job(ctx, &input.job_id).await?;
+        let id = job.id.to_string();
         let mut labels = job.spec.labels.clone();
         if let Some(v) = &input.model_version {
             labels.insert("modelVersion".into(), v.clone().into());
@@ -678,12 +678,11 @@ impl MutationRoot {
 
 /// The job `id` names, when the caller's key may act on it (its
 /// organization, and its space for a key of one space).
-async fn allowed_job(ctx: &Context<'_>, id: &ID) -> Result<String> {
-    let job = control(ctx)
+async fn allowed_job(ctx: &Context<'_>, id: &ID) -> Result<ImportJob> {
+    control(ctx)
         .job_for_key(holder(ctx), &job_id(id))
         .await
-        .map_err(gql)?;
-    Ok(job.id.to_string())
+        .map_err(gql)
 }
 
 async fn status(
@@ -691,7 +690,7 @@ async fn status(
     input: JobIdInput,
     status: JobStatus,
 ) -> Result<TableImportJobPayload> {
-    let id = allowed_job(ctx, &input.job_id).await?;
+    let id = allowed_job(ctx, &input.job_id).await?.id.to_string();
     let job = control(ctx)
         .set_job_status(&holder(ctx).organization, &id, status)
         .await
