@@ -393,7 +393,7 @@ clientMutationId
             queries(first: 5) { edges { node { status windowStartTimestamp windowEndTimestamp error } } } } } }""",
                    {"id": snowflake_gid})
         edges = b["data"]["node"]["queries"]["edges"]
-        return edges if edges and edges[0]["node"]["status"] not in ("PENDING", "RUNNING", "RUNNABLE") else None
+        return edges if edges and edges[0]["node"]["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "REJECTED") else None
     ended = wait_for(snowflake_query, "the Snowflake window run's query to end")
     q = ended[0]["node"]
     assert len(ended) == 1 and "Snowflake" in (q["error"] or ""), ended
