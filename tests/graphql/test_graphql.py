@@ -1,11 +1,14 @@
 """The GraphQL face (Arize-style) read side, against a running `sluice serve`
 on SQLite and PostgreSQL metadata: raw requests for the shapes, and the
 public `arize-toolkit` client finding its organization and spaces."""
+import json
+import subprocess
+
 import pytest
 import requests
 from arize_toolkit import Client
 
-from conftest import Sluice, fresh_postgres_database, postgres_databases, psql, wait_for
+from conftest import BIN, Sluice, fresh_postgres_database, postgres_databases, psql, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -468,6 +471,11 @@ def test_a_postgres_job_over_graphql_runs_pauses_starts_reruns_a_window_and_is_d
                           "predictionLabel": "prediction", "features": "feature_",
                           "changeTimestamp": "changed_at"},
                "tableIngestionParameters": {"rowLimit": 300}}
+        # Not a source of this organization until an administrator says so.
+        _, body = gql(server, key, create, {"input": dict(inp, dryRun=True)})
+        assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN", body
+        assert "sluice source add" in body["errors"][0]["message"], body
+        server.cli("source", "add", "--org", org, "predictions", src)
         _, body = gql(server, key, create, {"input": dict(inp, dryRun=True)})
         assert body["data"]["createTableImportJob"]["validationResult"]["validationStatus"] == "SUCCESS", body
         assert body["data"]["createTableImportJob"]["tableImportJob"] is None
@@ -516,6 +524,92 @@ def test_a_postgres_job_over_graphql_runs_pauses_starts_reruns_a_window_and_is_d
         _, body = gql(server, key, 'mutation ($j: ID!) { deleteTableImportJob(input: {jobId: $j}) '
                                    '{ tableImportJob { jobStatus jobId } } }', {"j": job["id"]})
         assert body["data"]["deleteTableImportJob"]["tableImportJob"]["jobStatus"] == "deleted"
+
+
+def test_jobs_read_only_allowed_sources_and_never_sluices_own_data(server, tmp_path):
+    import sqlite3
+    org = server.new_org()[0]
+    other = server.new_org()[0]
+    key = server.cli_json("apikey", "create", "--org", org)["api_key"]
+    other_key = server.cli_json("apikey", "create", "--org", other)["api_key"]
+    space = space_of(server, key)
+    # The other organization has a warehouse table with something in it.
+    data = tmp_path / "exports"
+    data.mkdir()
+    (data / "preds.csv").write_text("prediction_id,prediction_ts,prediction\n1,2026-01-01T00:00:00Z,secret-row\n")
+    server.cli("source", "add", "--org", other, "exports", f"file://{data}")
+    _, body = gql(server, other_key, """mutation ($input: CreateTableImportJobInput!) {
+        createTableImportJob(input: $input) { tableImportJob { id } } }""", {"input": {
+        "spaceId": space_of(server, other_key), "modelName": "theirs", "modelType": "score_categorical",
+        "modelEnvironmentName": "production", "tableStore": "Files",
+        "fileTableConfig": {"url": f"file://{data}", "tableName": "preds.csv"},
+        "schema": {"predictionId": "prediction_id", "timestamp": "prediction_ts", "predictionLabel": "prediction"}}})
+    assert "errors" not in body, body
+    wait_for(lambda: (server.data_dir / "warehouse" / f"{other}.db").exists() and sqlite3.connect(
+        server.data_dir / "warehouse" / f"{other}.db").execute(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'theirs'").fetchone()[0], "their table")
+
+    create = """mutation ($input: CreateTableImportJobInput!) { createTableImportJob(input: $input) {
+        tableImportJob { id } validationResult { validationStatus error { code message } } } }"""
+
+    def dry(store, config, url, table):
+        _, body = gql(server, key, create, {"input": {
+            "spaceId": space, "modelName": "probe", "modelType": "score_categorical",
+            "modelEnvironmentName": "production", "tableStore": store,
+            config: {"url": url, "tableName": table}, "dryRun": True,
+            "schema": {"predictionId": "id", "timestamp": "created_at", "predictionLabel": "email"}}})
+        return body
+
+    user_email = server.cli_json("user", "create", "--org", org, "victim@example.com")["email"]
+    attempts = [
+        ("SQLite", "sqliteTableConfig", f"sqlite://{server.data_dir}/sluice.db", "users"),
+        ("SQLite", "sqliteTableConfig", f"sqlite://{server.data_dir}/warehouse/{other}.db", "theirs"),
+        ("SQLite", "sqliteTableConfig", f"sqlite://{data}/../data/sluice.db", "users"),
+        ("Files", "fileTableConfig", f"file://{server.data_dir}", "runner.py"),
+        ("Files", "fileTableConfig", "file:///etc", "passwd"),
+        ("Files", "fileTableConfig", "file:///etc", "no-such-file"),
+        ("Files", "fileTableConfig", f"file://{data}", "preds.csv"),  # theirs, not ours
+        ("PostgreSQL", "postgresTableConfig", "postgres://postgres@127.0.0.1:5432/postgres", "pg_catalog.pg_authid"),
+        ("PostgreSQL", "postgresTableConfig", "postgres://u@h/db?host=/var/run/postgresql", "t"),
+    ]
+    if server.database_url:
+        attempts.append(("PostgreSQL", "postgresTableConfig", server.database_url, "users"))
+    messages = []
+    for store, config, url, table in attempts:
+        body = dry(store, config, url, table)
+        text = json.dumps(body)
+        assert body.get("errors"), (url, body)
+        assert body["errors"][0]["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT"), (url, body)
+        for leaked in (user_email, "secret-row", "root:", "SCRAM-SHA-256", "md5"):
+            assert leaked not in text, (url, body)
+        messages.append(body["errors"][0]["message"])
+    # Whether a file exists is not told either.
+    assert messages[4] == messages[5], messages[4:6]
+    # Declared for this organization, the folder is readable; a path that
+    # climbs out of it, or a link out of it, is not.
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "preds.csv").write_text("id,created_at,email\n1,2026-01-01T00:00:00Z,a@b.c\n")
+    (ours / "escape").symlink_to(server.data_dir)
+    server.cli("source", "add", "--org", org, "ours", f"file://{ours}")
+    body = dry("Files", "fileTableConfig", f"file://{ours}", "preds.csv")
+    assert body["data"]["createTableImportJob"]["validationResult"]["validationStatus"] == "SUCCESS", body
+    for url, table in ((f"file://{ours}/escape", "preds.csv"), (f"file://{ours}/../exports", "preds.csv"),
+                       (f"file://{ours}", "escape/sluice.db"), (f"file://{ours}", "/etc/passwd"),
+                       (f"file://{ours}", "../exports/preds.csv")):
+        body = dry("Files", "fileTableConfig", url, table)
+        assert body.get("errors") and body["errors"][0]["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT"), \
+            (url, table, body)
+        assert "secret-row" not in json.dumps(body)
+    # sluice's own data cannot even be declared.
+    out = subprocess.run([BIN, "source", "add", "--org", org, "store", f"file://{server.data_dir}",
+                          *server.store_args()], capture_output=True, text=True, env=server.env)
+    assert out.returncode != 0 and "sluice's own data" in out.stderr, out
+    listed = server.cli_json("source", "list", "--org", org)
+    assert [s["name"] for s in listed] == ["ours"], listed
+    # Nothing of the other organization's table changed.
+    rows = sqlite3.connect(server.data_dir / "warehouse" / f"{other}.db").execute("SELECT count(*) FROM theirs").fetchone()
+    assert rows == (1,)
 
 
 def test_graphiql_is_served_whole_from_the_binary(server):

@@ -275,14 +275,50 @@ def test_bad_triggers_and_uploads_are_refused_and_store_nothing(tmp_path):
         objects = list((s.data_dir / "objects").rglob("*"))
         assert not [p for p in objects if p.is_file() and "datalake" in str(p)]
 
-        # A run whose input names a file that is not there fails, saying so.
-        missing = f"{inbox}/20180101T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c"
+        # A run whose input names a file that is not there, or another
+        # organization's file, is refused when it is submitted.
         runs = RunClient(credential=pat(user, token), max_retry_count=0)
-        run = runs.create_run(org, dep, ver, input_data={"$datalake:1": missing}, retry_count=0)
+        missing = f"{inbox}/20180101T112233-e8286a2a-100a-4a40-a7de-5c9a5794b76c"
+        with pytest.raises(NotFound) as e:
+            runs.create_run(org, dep, ver, input_data={"$datalake:1": missing}, retry_count=0)
+        assert "input_data.$datalake:1" in str(e.value) and "not found" in str(e.value)
+        other_org, other_user, other_token = s.new_org()
+        o_deployments, _, o_datalake = clients(s, pat(other_user, other_token))
+        o_dep, o_ver = deploy(o_deployments, other_org, HANDLER)
+        theirs = o_datalake.post_channel_file_upload(channel(o_datalake, other_org, "private"),
+                                                     b"secret", "text/plain")
+        o_runs = RunClient(credential=pat(other_user, other_token), max_retry_count=0)
+        with pytest.raises(NotFound):
+            runs.create_run(org, dep, ver, input_data={"$datalake:1": f"{theirs['channel_id']}/{theirs['file_id']}"})
+        assert runs.get_runs(org, dep)["entries"] == []
+        assert o_runs.get_runs(other_org, o_dep)["entries"] == []
+    finally:
+        s.stop()
+
+
+def test_a_run_whose_file_went_away_fails_without_retrying(tmp_path):
+    # No worker at first: the file is deleted while the run waits.
+    s = Sluice(tmp_path, worker=False)
+    org, user, token = s.new_org()
+    deployments, _, datalake = clients(s, pat(user, token))
+    dep, ver = deploy(deployments, org, HANDLER)
+    inbox = channel(datalake, org, "inbox")
+    fid, _ = upload(datalake, inbox, 1)
+    runs = RunClient(credential=pat(user, token), max_retry_count=0)
+    run = runs.create_run(org, dep, ver, input_data={"$datalake:1": f"{inbox}/{fid}"}, retry_count=5)
+    assert runs.get_run(org, dep, run["run_id"])["status"] in ("SUBMITTED", "PENDING", "RUNNABLE")
+    datalake.delete_channel_file(inbox, fid)
+    s.stop()
+    s = Sluice(tmp_path)
+    Connection.BASE_URL = s.url
+    try:
         done = wait_for(lambda: (r := runs.get_run(org, dep, run["run_id"]))["status"] in
                         ("FAILED", "SUCCEEDED") and r, "the run to end")
         assert done["status"] == "FAILED"
         assert "input_data.$datalake:1" in done["error"] and "not found" in done["error"], done
+        attempts = requests.get(f"{s.url}/organizations/{org}/deployments/{dep}/runs/{run['run_id']}/attempts",
+                                auth=(f"user-{user}", token)).json()
+        assert len(attempts["entries"]) == 1, attempts
     finally:
         s.stop()
 

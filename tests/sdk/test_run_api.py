@@ -221,6 +221,94 @@ def test_bearer_jwt_from_get_token_is_accepted(sluice):
         deployments.get_deployment(org, dep["deployment_id"])
 
 
+def _signed(key, claims):
+    """A JWT signed with the server's own key, as only the server should make."""
+    import base64, hashlib, hmac, json as _json
+    enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = enc(b'{"alg":"HS256","typ":"JWT"}') + "." + enc(_json.dumps(claims).encode())
+    return head + "." + enc(hmac.new(key.encode(), head.encode(), hashlib.sha256).digest())
+
+
+def test_jwts_name_a_real_user_and_can_be_revoked(tmp_path):
+    from conftest import Sluice
+    import time as _time
+    key = "k" * 40
+    s = Sluice(tmp_path, env={"SLUICE_JWT_KEY": key})
+    try:
+        org, user, token = s.new_org()
+        other_org, other_user, _ = s.new_org()
+        url = f"{s.url}/organizations/{org}/deployments"
+        bearer = lambda t: {"Authorization": f"Bearer {t}"}
+        jwt = s.jwt(org)
+        assert requests.get(url, headers=bearer(jwt)).status_code == 200
+        now = int(_time.time())
+        # Well signed, but no such user; another organization's user; no user.
+        for claims in ({"org": org, "sub": "9" * 13, "iat": now, "exp": now + 60},
+                       {"org": org, "sub": other_user, "iat": now, "exp": now + 60},
+                       {"org": org, "iat": now, "exp": now + 60}):
+            res = requests.get(url, headers=bearer(_signed(key, claims)))
+            assert res.status_code == 401, (claims, res.text)
+            assert res.json()["error"] == "unauthorized", res.text
+        assert requests.get(url, headers=bearer(_signed(key, {"org": org, "sub": user, "iat": now,
+                                                              "exp": now + 60}))).status_code == 200
+
+        out = s.cli("auth", "revoke", "--org", org, "--user", user)
+        assert user in out and "revoked" in out
+        res = requests.get(url, headers=bearer(jwt))
+        assert res.status_code == 401 and "revoked" in res.json()["error_description"], res.text
+        fresh = s.jwt(org)
+        assert requests.get(url, headers=bearer(fresh)).status_code == 200
+        assert requests.get(url, auth=(f"user-{user}", token)).status_code == 200, "the PAT is not a JWT"
+        # Revoking an organization reaches every one of its users, no other.
+        theirs = s.jwt(other_org)
+        s.cli("auth", "revoke", "--org", org)
+        assert requests.get(url, headers=bearer(fresh)).status_code == 401
+        assert requests.get(f"{s.url}/organizations/{other_org}/deployments",
+                            headers=bearer(theirs)).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_silent_and_trickling_connections_are_dropped(tmp_path):
+    import socket
+    from conftest import Sluice
+    s = Sluice(tmp_path, env={"SLUICE_HEADER_TIMEOUT_MS": "500", "SLUICE_BODY_TIMEOUT_MS": "500"})
+    try:
+        org, user, token = s.new_org()
+        import base64
+        basic = base64.b64encode(f"user-{user}:{token}".encode()).decode()
+
+        def talk(first, wait=1.5):
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.settimeout(5)  # far past both timeouts: a held connection fails the test
+            c.sendall(first)
+            import time as _t
+            _t.sleep(wait)
+            got = b""
+            try:
+                while chunk := c.recv(65536):
+                    got += chunk
+            except ConnectionResetError:
+                pass
+            c.close()
+            return got
+
+        # Headers that never end: closed without an answer.
+        assert talk(b"GET /healthz HTTP/1.1\r\nHost: x\r\n") == b""
+        # A body that stops after 10 of its 100 bytes: 408, in the envelope.
+        got = talk((f"POST /organizations/{org}/deployments HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Basic {basic}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: 100\r\n\r\n" + '{"name": "').encode())
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), got
+        assert b"request_timeout" in body and b"500 ms" in body, got
+        # Nothing was stored, and the server still answers.
+        res = requests.get(f"{s.url}/organizations/{org}/deployments", auth=(f"user-{user}", token))
+        assert res.status_code == 200 and res.json()["entries"] == [], res.text
+    finally:
+        s.stop()
+
+
 def test_errors_are_the_documented_exceptions(sluice):
     org, user, token = sluice.new_org()
     other_org, other_user, other_token = sluice.new_org()

@@ -54,6 +54,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer to a request whose body stopped arriving.
+pub fn body_timeout(idle: std::time::Duration) -> Response {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        Json(json!({
+            "error": "request_timeout",
+            "error_description": format!(
+                "the request body stopped arriving for {} ms", idle.as_millis()
+            ),
+        })),
+    )
+        .into_response()
+}
+
 /// Answers for paths and methods that do not exist, in the same shape.
 pub async fn not_found() -> Response {
     (

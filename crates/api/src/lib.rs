@@ -27,11 +27,18 @@ pub mod error;
 mod rest;
 pub mod wire;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::Router;
+use hyper::body::{Frame, Incoming};
 use sluice_engine::control::Control;
+use tower_http::timeout::TimeoutBody;
 
 pub use error::ApiError;
 
@@ -68,8 +75,110 @@ fn trim_trailing_slash(mut req: Request) -> Request {
     req
 }
 
-/// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
-    use axum::ServiceExt;
-    axum::serve(listener, app(state).into_make_service()).await
+/// How long a connection may keep the server waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From a connection's first byte (or the end of its last request) to
+    /// the end of a request's headers; past it the connection is closed.
+    pub header_read: Duration,
+    /// The longest pause between two pieces of a request's body; past it
+    /// the request fails (408 when the handler was reading its body).
+    pub body_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(30),
+            body_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves the API on `listener` until the process ends. A half-open or
+/// trickling connection is dropped after [`Timeouts`], so it cannot hold a
+/// task and its buffers for ever.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    timeouts: Timeouts,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let app = app(state);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let body_idle = timeouts.body_idle;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let stalled = Arc::new(AtomicBool::new(false));
+            let (parts, incoming) = req.into_parts();
+            let body = IdleBody {
+                inner: Box::pin(TimeoutBody::new(body_idle, incoming)),
+                stalled: stalled.clone(),
+            };
+            let req = Request::from_parts(parts, axum::body::Body::new(body));
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(req).await?;
+                Ok::<_, std::convert::Infallible>(if stalled.load(Ordering::Relaxed) {
+                    error::body_timeout(body_idle)
+                } else {
+                    response
+                })
+            }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// A request body that remembers when it stopped arriving, so the answer
+/// can be a 408 whatever the handler made of the failed read.
+struct IdleBody {
+    inner: Pin<Box<TimeoutBody<Incoming>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            if e.is::<tower_http::timeout::TimeoutError>() {
+                self.stalled.store(true, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -8,6 +8,7 @@
 //!   administration against the same store, safe while `serve` runs.
 
 mod job;
+mod source;
 mod space;
 
 use std::path::PathBuf;
@@ -64,6 +65,20 @@ impl StoreArgs {
             .clone()
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sluice.db").display()))
+    }
+
+    /// Where jobs may read: never sluice's own data (the data dir, the
+    /// metadata store); through the API only what `allowed` or a declared
+    /// source allows.
+    fn sources(&self, admin: bool, allowed: Vec<String>) -> sluice_engine::control::SourcePolicy {
+        sluice_engine::control::SourcePolicy {
+            allowed,
+            private_dirs: std::iter::once(self.data_dir.clone())
+                .chain(self.warehouse())
+                .collect(),
+            store_url: Some(self.url()),
+            admin,
+        }
     }
 
     /// The embedded warehouse's folder: each organization's file is in it.
@@ -273,6 +288,19 @@ enum Command {
         /// query in this process (another `serve` or `worker` does).
         #[arg(long)]
         no_worker: bool,
+        /// A connection that has not sent a request's headers within this
+        /// many milliseconds is closed.
+        #[arg(long, env = "SLUICE_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+        header_timeout_ms: u64,
+        /// A request whose body pauses longer than this many milliseconds
+        /// fails with 408.
+        #[arg(long, env = "SLUICE_BODY_TIMEOUT_MS", default_value_t = 60_000)]
+        body_timeout_ms: u64,
+        /// A source every organization's jobs may read through the API, and
+        /// anything under it (repeat it, or separate URLs with commas);
+        /// `sluice source add` declares one for a single organization.
+        #[arg(long, env = "SLUICE_ALLOW_SOURCES", value_delimiter = ',')]
+        allow_source: Vec<String>,
     },
     /// Join a PostgreSQL-backed cluster as a worker (and scheduler).
     Worker {
@@ -318,6 +346,11 @@ enum Command {
     Apikey {
         #[command(subcommand)]
         command: space::ApiKeyCommand,
+    },
+    /// The sources an organization's jobs made through the API may read.
+    Source {
+        #[command(subcommand)]
+        command: source::SourceCommand,
     },
 }
 
@@ -625,6 +658,18 @@ enum AuthCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Revoke every JWT signed so far for a user, or for every user of an
+    /// organization: they answer 401 from now on (`get-token` makes new ones).
+    Revoke {
+        /// The organization whose users' tokens are revoked.
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        /// Only this user's tokens (default: every user of the organization).
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 use sluice_engine::secrets::redact;
@@ -645,6 +690,8 @@ pub(crate) async fn control(
         keys,
         Settings {
             warehouse: store_args.warehouse(),
+            // The administrator: any source but sluice's own data.
+            sources: store_args.sources(true, Vec::new()),
             ..Settings::default()
         },
         wakers.clone(),
@@ -701,6 +748,9 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             log_page_size,
             max_file_bytes,
             no_worker,
+            header_timeout_ms,
+            body_timeout_ms,
+            allow_source,
         } => {
             sluice_engine::sandbox::harden_server();
             let store = store.resolved()?;
@@ -715,6 +765,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 log_page_size: log_page_size.clamp(1, 10_000),
                 max_file_bytes,
                 warehouse: store.warehouse(),
+                sources: store.sources(false, allow_source),
                 ..Settings::default()
             };
             let sealer = keys.sealer();
@@ -754,6 +805,10 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 sluice_api::ApiState {
                     control,
                     public_url,
+                },
+                sluice_api::Timeouts {
+                    header_read: Duration::from_millis(header_timeout_ms.max(1)),
+                    body_idle: Duration::from_millis(body_timeout_ms.max(1)),
                 },
             )
             .await?;
@@ -836,10 +891,26 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             println!("Organization : {org}");
             println!("User token : {token}");
         }
+        Command::Auth {
+            command: AuthCommand::Revoke { org, user, store },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            let users = control
+                .revoke_tokens(&org, user.as_deref())
+                .await
+                .map_err(print_error)?;
+            for u in &users {
+                println!("revoked every token of user {} ({})", u.id, u.email);
+            }
+            if users.is_empty() {
+                println!("organization {org} has no user: nothing to revoke");
+            }
+        }
         Command::Import(args) => import(args).await?,
         Command::Job { command } => job::run(command).await?,
         Command::Space { command } => space::space(command).await?,
         Command::Apikey { command } => space::apikey(command).await?,
+        Command::Source { command } => source::source(command).await?,
         Command::Trigger {
             command:
                 TriggerCommand::Events {

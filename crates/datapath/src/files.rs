@@ -70,11 +70,15 @@ pub(crate) fn path_of(url: &str, table: &str) -> Result<PathBuf> {
     let dir = url
         .strip_prefix("file://")
         .ok_or_else(|| invalid(format!("`{url}` is not a file:// URL")))?;
-    let p = Path::new(dir).join(table);
-    if table.contains("..") {
+    // Only plain names: an absolute table or `..` would leave the folder.
+    if table.is_empty()
+        || Path::new(table)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
         return Err(invalid(format!("file `{table}` must be inside {dir}")));
     }
-    Ok(p)
+    Ok(Path::new(dir).join(table))
 }
 
 fn format_of(path: &Path) -> Result<Format> {

@@ -385,6 +385,20 @@ impl JobSpec {
     }
 }
 
+/// A source an administrator declared for an organization's jobs
+/// (`sluice source add`): jobs of that organization may read it, or
+/// anything under it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceGrant {
+    pub organization_id: OrganizationId,
+    pub name: String,
+    /// The URL, sealed like a job's connections (it may hold a password).
+    pub url_sealed: String,
+    /// The URL without its password.
+    pub url_shown: String,
+    pub created_at: Timestamp,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportJob {
     pub seq: i64,

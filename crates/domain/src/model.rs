@@ -26,6 +26,8 @@ pub struct User {
     /// SHA-256 of the personal access token, hex; the token itself is never kept.
     pub token_hash: String,
     pub created_at: Timestamp,
+    /// Tokens signed in an older generation are revoked.
+    pub token_generation: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +173,13 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
     Succeeded,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
+    /// The run's input cannot be used; the run fails without a retry.
+    Invalid {
+        error: String,
+    },
 }
 
 /// A page of a keyset-ordered list.

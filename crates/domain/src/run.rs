@@ -169,6 +169,9 @@ pub enum AttemptEnd {
     Failed,
     /// The worker stopped heart-beating: nobody knows how the code ended.
     Lost,
+    /// The run's input cannot be used (a datalake file is gone): trying
+    /// again cannot mend it, so the run fails without a retry.
+    Invalid,
 }
 
 impl AttemptEnd {
@@ -178,7 +181,7 @@ impl AttemptEnd {
             (AttemptEnd::Lost, _) => "LOST",
             (_, RunStatus::Cancelled) => "CANCELLED",
             (AttemptEnd::Succeeded, _) => "SUCCEEDED",
-            (AttemptEnd::Failed, _) => "FAILED",
+            (AttemptEnd::Failed | AttemptEnd::Invalid, _) => "FAILED",
         }
     }
 }
@@ -187,11 +190,13 @@ impl RunStatus {
     /// Where a leased run goes when its attempt number `attempt` (1-based)
     /// ends: a run being cancelled ends CANCELLED unless its code had already
     /// succeeded; a failed or lost attempt is retried (PENDING) while
-    /// `retry_count` allows, and FAILED after that.
+    /// `retry_count` allows, and FAILED after that; an attempt whose input
+    /// is invalid fails the run at once.
     pub fn after_attempt(self, end: AttemptEnd, attempt: i32, retry_count: i32) -> RunStatus {
         match (self, end) {
             (_, AttemptEnd::Succeeded) => RunStatus::Succeeded,
             (RunStatus::Canceling, _) => RunStatus::Cancelled,
+            (_, AttemptEnd::Invalid) => RunStatus::Failed,
             _ if RetryPolicy::may_retry(attempt, retry_count) => RunStatus::Pending,
             _ => RunStatus::Failed,
         }
@@ -356,13 +361,15 @@ mod tests {
         assert_eq!(Running.after_attempt(Lost, 6, 5), RunStatus::Failed);
         assert_eq!(Canceling.after_attempt(Failed, 1, 5), Cancelled);
         assert_eq!(Canceling.after_attempt(Lost, 1, 5), Cancelled);
+        assert_eq!(Running.after_attempt(Invalid, 1, 5), RunStatus::Failed);
+        assert_eq!(Canceling.after_attempt(Invalid, 1, 5), Cancelled);
         assert_eq!(
             Canceling.after_attempt(Succeeded, 1, 5),
             RunStatus::Succeeded
         );
         // Whatever the end, the move is an edge of the machine.
         for from in [Starting, Running, Canceling] {
-            for end in [Succeeded, Failed, Lost] {
+            for end in [Succeeded, Failed, Lost, Invalid] {
                 if from == Starting && end == Succeeded {
                     continue; // code that never started cannot have succeeded
                 }

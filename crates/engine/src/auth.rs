@@ -2,12 +2,14 @@
 //! the signatures of the pre-signed upload and download URLs.
 //!
 //! - `Authorization: Bearer <jwt>`: a token from `sluice auth get-token`,
-//!   signed with the server key; its claims name the organization and user.
+//!   signed with the server key; its claims name the organization, the user
+//!   and the user's token generation, which must still be the user's
+//!   (`sluice auth revoke` moves it on).
 //! - `Authorization: Basic base64("user-<id>:<personal access token>")`: the
 //!   user's token is checked against its SHA-256 kept in the store.
 //!
-//! The key is `SLUICE_JWT_KEY` when set (give every node of a cluster the
-//! same one), else a random key kept in `<data dir>/jwt.key`.
+//! The key is `SLUICE_JWT_KEY` (or the file `SLUICE_JWT_KEY_FILE` names)
+//! when set, else a random key kept in the metadata store.
 
 use std::path::Path;
 
@@ -71,6 +73,20 @@ struct Claims {
     sub: Option<String>,
     iat: i64,
     exp: i64,
+    /// The user's token generation when it was signed.
+    #[serde(default)]
+    gen: i64,
+}
+
+/// What a JWT with a good signature says; [`Control::authenticate`]
+/// checks the user is real and the generation current.
+///
+/// [`Control::authenticate`]: crate::control::Control::authenticate
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtClaims {
+    pub organization: OrganizationId,
+    pub user: UserId,
+    pub generation: i64,
 }
 
 /// The server's signing key.
@@ -141,20 +157,23 @@ impl Keys {
         mac.verify_slice(signature).is_ok()
     }
 
-    /// A JWT for `org` (and `user`), valid for `ttl_secs`.
+    /// A JWT for `user` of `org` in the user's token `generation`, valid
+    /// for `ttl_secs`.
     pub fn issue_jwt(
         &self,
         org: &OrganizationId,
-        user: Option<&UserId>,
+        user: &UserId,
+        generation: i64,
         now: i64,
         ttl_secs: i64,
     ) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = Claims {
             org: org.to_string(),
-            sub: user.map(|u| u.to_string()),
+            sub: Some(user.to_string()),
             iat: now,
             exp: now + ttl_secs,
+            gen: generation,
         };
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signing_input = format!("{header}.{body}");
@@ -162,8 +181,8 @@ impl Keys {
         format!("{signing_input}.{sig}")
     }
 
-    /// Checks a JWT's signature, algorithm and expiry.
-    pub fn verify_jwt(&self, token: &str, now: i64) -> Result<Principal, String> {
+    /// Checks a JWT's signature, algorithm and expiry, and that it names a user.
+    pub fn verify_jwt(&self, token: &str, now: i64) -> Result<JwtClaims, String> {
         let mut parts = token.split('.');
         let (Some(h), Some(b), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -192,14 +211,11 @@ impl Keys {
         if claims.exp <= now {
             return Err("the JWT has expired".into());
         }
-        Ok(Principal {
+        let user = claims.sub.as_deref().ok_or("the JWT names no user")?;
+        Ok(JwtClaims {
             organization: OrganizationId::parse(&claims.org).map_err(|e| e.to_string())?,
-            user: claims
-                .sub
-                .as_deref()
-                .map(UserId::parse)
-                .transpose()
-                .map_err(|e| e.to_string())?,
+            user: UserId::parse(user).map_err(|e| e.to_string())?,
+            generation: claims.gen,
         })
     }
 
@@ -262,13 +278,14 @@ mod tests {
         let keys = Keys::new(b"k".to_vec());
         let org = OrganizationId::generate();
         let user = UserId::generate();
-        let jwt = keys.issue_jwt(&org, Some(&user), 1000, 60);
+        let jwt = keys.issue_jwt(&org, &user, 3, 1000, 60);
         let p = keys.verify_jwt(&jwt, 1010).unwrap();
         assert_eq!(
             p,
-            Principal {
+            JwtClaims {
                 organization: org.clone(),
-                user: Some(user)
+                user,
+                generation: 3
             }
         );
         assert!(keys.verify_jwt(&jwt, 1060).unwrap_err().contains("expired"));

@@ -19,11 +19,14 @@ use crate::Wakers;
 mod datalake;
 mod imports;
 pub mod input;
+mod sources;
 mod spaces;
+
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
 };
 pub use imports::{JobChange, NewJob, Validation};
+pub use sources::SourcePolicy;
 pub use spaces::KeyHolder;
 
 /// What went wrong, in the terms a face maps to a status code.
@@ -85,6 +88,8 @@ pub struct Settings {
     /// there, `<org id>.db`, so no name can reach another organization's
     /// tables. None: no embedded warehouse.
     pub warehouse: Option<std::path::PathBuf>,
+    /// Where jobs may read.
+    pub sources: SourcePolicy,
 }
 
 impl Default for Settings {
@@ -98,6 +103,7 @@ impl Default for Settings {
             upload_url_ttl_secs: 3600,
             token_ttl_secs: 30 * 24 * 3600,
             warehouse: None,
+            sources: SourcePolicy::default(),
         }
     }
 }
@@ -269,10 +275,31 @@ impl Control {
         })?;
         let unauthorized = |m: String| ControlError::Unauthorized(m);
         match Credential::parse(header).map_err(unauthorized)? {
-            Credential::Bearer(jwt) => self
-                .keys
-                .verify_jwt(&jwt, time::now().timestamp())
-                .map_err(unauthorized),
+            Credential::Bearer(jwt) => {
+                let claims = self
+                    .keys
+                    .verify_jwt(&jwt, time::now().timestamp())
+                    .map_err(unauthorized)?;
+                let user = match self.store.get_user(&claims.user).await {
+                    Ok(u) if u.organization_id == claims.organization => u,
+                    Ok(_) | Err(StoreError::NotFound(_)) => {
+                        return Err(unauthorized(format!(
+                            "the JWT's user {} is not a user of organization {}",
+                            claims.user, claims.organization
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if user.token_generation != claims.generation {
+                    return Err(unauthorized(
+                        "the JWT was revoked (`sluice auth revoke`): get a new one".into(),
+                    ));
+                }
+                Ok(Principal {
+                    organization: user.organization_id,
+                    user: Some(user.id),
+                })
+            }
             Credential::UserToken { user, token } => {
                 let invalid = || unauthorized("invalid user id or personal access token".into());
                 let id = UserId::parse(&user).map_err(|_| invalid())?;
@@ -331,6 +358,7 @@ impl Control {
             email: email.to_owned(),
             token_hash: auth::token_hash(&token),
             created_at: time::now(),
+            token_generation: 0,
         };
         self.store.create_user(&user).await.map_err(|e| match e {
             StoreError::Conflict(_) => {
@@ -341,7 +369,7 @@ impl Control {
         Ok((user, token))
     }
 
-    /// A JWT for an organization (and one of its users: the given one, else its first).
+    /// A JWT for one user of an organization: the given one, else its first.
     pub async fn issue_token(&self, org: &str, user: Option<&str>) -> Result<String> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         self.store.get_organization(&org).await?;
@@ -352,16 +380,43 @@ impl Control {
                 if user.organization_id != org {
                     return Err(bad(format!("user {id} is not in organization {org}")));
                 }
-                Some(id)
+                user
             }
-            None => self.store.first_user(&org).await?.map(|u| u.id),
+            None => self.store.first_user(&org).await?.ok_or_else(|| {
+                bad(format!(
+                    "organization {org} has no user: make one with `sluice user create --org {org} <email>`"
+                ))
+            })?,
         };
         Ok(self.keys.issue_jwt(
             &org,
-            user.as_ref(),
+            &user.id,
+            user.token_generation,
             time::now().timestamp(),
             self.settings.token_ttl_secs,
         ))
+    }
+
+    /// Revokes every JWT signed so far for the given users (by id), or for
+    /// every user of `org`; answers the users whose tokens were revoked.
+    pub async fn revoke_tokens(&self, org: &str, user: Option<&str>) -> Result<Vec<User>> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        self.store.get_organization(&org).await?;
+        let users = match user {
+            Some(u) => {
+                let id = UserId::parse(u).map_err(|e| bad(e.to_string()))?;
+                let user = self.store.get_user(&id).await?;
+                if user.organization_id != org {
+                    return Err(bad(format!("user {id} is not in organization {org}")));
+                }
+                vec![user]
+            }
+            None => self.store.users_of(&org).await?,
+        };
+        for u in &users {
+            self.store.revoke_tokens(&u.id).await?;
+        }
+        Ok(users)
     }
 
     /// A user, for showing who created something (`None` when gone).
@@ -668,6 +723,16 @@ impl Control {
             return Err(bad(
                 "input_data must be an object such as {\"$datalake:1\": \"<channel>/<file>\"}",
             ));
+        }
+        match crate::worker::datalake_inputs(self.store.as_ref(), &d.organization_id, &input_data)
+            .await
+        {
+            Ok(_) => {}
+            Err(crate::worker::InputError::Missing(why)) => {
+                return Err(ControlError::NotFound(why))
+            }
+            Err(crate::worker::InputError::Invalid(why)) => return Err(bad(why)),
+            Err(crate::worker::InputError::Store(e)) => return Err(e.into()),
         }
         let models = req
             .models

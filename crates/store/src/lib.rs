@@ -73,6 +73,11 @@ pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync 
     async fn get_organization(&self, id: &OrganizationId) -> Result<Organization>;
     async fn create_user(&self, user: &User) -> Result<()>;
     async fn get_user(&self, id: &UserId) -> Result<User>;
+    /// Moves the user's token generation on (every token signed before stops
+    /// working); answers the new generation.
+    async fn revoke_tokens(&self, id: &UserId) -> Result<i64>;
+    /// Every user of an organization, by creation.
+    async fn users_of(&self, org: &OrganizationId) -> Result<Vec<User>>;
     /// The first user of an organization, by creation.
     async fn first_user(&self, org: &OrganizationId) -> Result<Option<User>>;
 
@@ -323,6 +328,13 @@ pub trait ImportStore: Send + Sync + 'static {
     /// The live (not deleted) job that loads the table `destination_key`
     /// names, if any.
     async fn job_loading(&self, destination_key: &str) -> Result<Option<ImportJob>>;
+    /// Declares a source for an organization's jobs; a taken name is a
+    /// [`StoreError::Conflict`].
+    async fn add_source(&self, grant: &SourceGrant) -> Result<()>;
+    /// The sources declared for an organization, by name.
+    async fn sources_of(&self, org: &OrganizationId) -> Result<Vec<SourceGrant>>;
+    /// Takes a source back (jobs made with it keep their connection).
+    async fn remove_source(&self, org: &OrganizationId, name: &str) -> Result<()>;
     /// A job by id, deleted or not; the caller checks its organization.
     async fn find_job(&self, id: &JobId) -> Result<ImportJob>;
     async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<ImportJob>>;

@@ -60,6 +60,11 @@ impl Dialect {
                     6,
                     include_str!("../migrations/sqlite/0006_server_secrets.sql"),
                 ),
+                (
+                    7,
+                    include_str!("../migrations/sqlite/0007_token_generations.sql"),
+                ),
+                (8, include_str!("../migrations/sqlite/0008_sources.sql")),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -74,6 +79,11 @@ impl Dialect {
                     6,
                     include_str!("../migrations/postgres/0006_server_secrets.sql"),
                 ),
+                (
+                    7,
+                    include_str!("../migrations/postgres/0007_token_generations.sql"),
+                ),
+                (8, include_str!("../migrations/postgres/0008_sources.sql")),
             ],
         }
     }
@@ -221,6 +231,7 @@ impl SqlStore {
         let (end, error) = match outcome {
             AttemptOutcome::Succeeded => (AttemptEnd::Succeeded, None),
             AttemptOutcome::Failed { error } => (AttemptEnd::Failed, Some(error.clone())),
+            AttemptOutcome::Invalid { error } => (AttemptEnd::Invalid, Some(error.clone())),
         };
         let next = current
             .status
@@ -378,6 +389,7 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
         email: row.try_get("email")?,
         token_hash: row.try_get("token_hash")?,
         created_at: ts(row, "created_at")?,
+        token_generation: row.try_get("token_generation")?,
     })
 }
 
@@ -446,7 +458,7 @@ impl MetadataStore for SqlStore {
 
     async fn get_user(&self, id: &UserId) -> Result<User> {
         let row = sqlx::query(
-            "SELECT id, organization_id, email, token_hash, created_at FROM users WHERE id = $1",
+            "SELECT id, organization_id, email, token_hash, created_at, token_generation FROM users WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.read)
@@ -455,9 +467,32 @@ impl MetadataStore for SqlStore {
         user_from_row(&row)
     }
 
+    async fn revoke_tokens(&self, id: &UserId) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE users SET token_generation = token_generation + 1 WHERE id = $1 \
+             RETURNING token_generation",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.write)
+        .await?
+        .ok_or_else(|| not_found("user", id))?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn users_of(&self, org: &OrganizationId) -> Result<Vec<User>> {
+        let rows = sqlx::query(
+            "SELECT id, organization_id, email, token_hash, created_at, token_generation FROM users \
+             WHERE organization_id = $1 ORDER BY created_at, id",
+        )
+        .bind(org.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
     async fn first_user(&self, org: &OrganizationId) -> Result<Option<User>> {
         let row = sqlx::query(
-            "SELECT id, organization_id, email, token_hash, created_at FROM users \
+            "SELECT id, organization_id, email, token_hash, created_at, token_generation FROM users \
              WHERE organization_id = $1 ORDER BY created_at, id LIMIT 1",
         )
         .bind(org.as_str())

@@ -389,6 +389,10 @@ impl Control {
         } else {
             new.name.trim().to_owned()
         };
+        // Checked before anything is read, dry runs too.
+        new.source = self
+            .allowed_source(org, &new.source, &new.spec.table)
+            .await?;
         let validation = self
             .validate_job(&new.source, &destination, &new.spec)
             .await;

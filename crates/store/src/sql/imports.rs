@@ -186,6 +186,58 @@ impl ImportStore for SqlStore {
         }
     }
 
+    async fn add_source(&self, grant: &SourceGrant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sources (organization_id, name, url_sealed, url_shown, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(grant.organization_id.as_str())
+        .bind(&grant.name)
+        .bind(&grant.url_sealed)
+        .bind(&grant.url_shown)
+        .bind(micros(grant.created_at))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn sources_of(&self, org: &OrganizationId) -> Result<Vec<SourceGrant>> {
+        let rows = sqlx::query(
+            "SELECT organization_id, name, url_sealed, url_shown, created_at FROM sources \
+             WHERE organization_id = $1 ORDER BY name",
+        )
+        .bind(org.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SourceGrant {
+                    organization_id: OrganizationId::parse(
+                        &row.try_get::<String, _>("organization_id")?,
+                    )?,
+                    name: row.try_get("name")?,
+                    url_sealed: row.try_get("url_sealed")?,
+                    url_shown: row.try_get("url_shown")?,
+                    created_at: ts(row, "created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_source(&self, org: &OrganizationId, name: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM sources WHERE organization_id = $1 AND name = $2")
+            .bind(org.as_str())
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "source {name} of organization {org}"
+            )));
+        }
+        Ok(())
+    }
+
     async fn job_loading(&self, destination_key: &str) -> Result<Option<ImportJob>> {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM import_jobs WHERE destination_key = $1 \
