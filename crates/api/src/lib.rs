@@ -41,6 +41,24 @@ use sluice_engine::control::Control;
 use tower_http::timeout::TimeoutBody;
 
 pub use error::ApiError;
+pub use rest::Route;
+
+/// Every route the API serves, REST and GraphQL: `sluice routes` prints
+/// them, and the isolation test tries each with another tenant's
+/// credentials.
+pub fn routes() -> Vec<Route> {
+    let mut all = rest::table().routes;
+    all.extend(
+        sluice_graphql::ROUTES
+            .iter()
+            .map(|(method, path, public)| Route {
+                method: method.parse().expect("a method"),
+                path: (*path).to_owned(),
+                public: *public,
+            }),
+    );
+    all
+}
 
 /// Where the API is reached from outside, for the pre-signed URLs it hands
 /// out; `None` takes the request's `Host`.

@@ -2,9 +2,11 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -21,44 +23,126 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 mod datalake;
 
-pub fn routes(state: ApiState) -> Router {
+/// A route of the HTTP API: what the router serves, and what `sluice
+/// routes` prints and the isolation test walks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: Method,
+    pub path: String,
+    /// Reached without credentials: a pre-signed URL's token, or a page.
+    pub public: bool,
+}
+
+/// The router and the list of its routes, built together so neither can
+/// forget one.
+pub(crate) struct Table {
+    router: Router<ApiState>,
+    pub(crate) routes: Vec<Route>,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// `handler` answers `method` on `path`; it checks the caller's
+    /// credentials itself (every handler starts with [`principal`]).
+    fn at<H, T>(self, method: Method, path: &str, handler: H) -> Table
+    where
+        H: Handler<T, ApiState>,
+        T: 'static,
+    {
+        self.add(method, path, handler, false)
+    }
+
+    /// `handler` answers `method` on `path` without credentials.
+    fn public<H, T>(self, method: Method, path: &str, handler: H) -> Table
+    where
+        H: Handler<T, ApiState>,
+        T: 'static,
+    {
+        self.add(method, path, handler, true)
+    }
+
+    fn add<H, T>(mut self, method: Method, path: &str, handler: H, public: bool) -> Table
+    where
+        H: Handler<T, ApiState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+        self.router = self.router.route(path, on(filter, handler));
+        self.routes.push(Route {
+            method,
+            path: path.to_owned(),
+            public,
+        });
+        self
+    }
+}
+
+/// Every route of the REST face.
+pub(crate) fn table() -> Table {
     let dep = "/organizations/{org}/deployments/{dep}";
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route(
+    let table = Table::new()
+        .public(Method::GET, "/healthz", || async {
+            Json(json!({"status": "ok"}))
+        })
+        .at(
+            Method::GET,
             "/organizations/{org}/deployments",
-            get(list_deployments).post(create_deployment),
+            list_deployments,
         )
-        .route(
-            dep,
-            get(get_deployment)
-                .patch(patch_deployment)
-                .delete(delete_deployment),
+        .at(
+            Method::POST,
+            "/organizations/{org}/deployments",
+            create_deployment,
         )
-        .route(
-            &format!("{dep}/versions"),
-            get(list_versions).post(create_version),
-        )
-        .route(
+        .at(Method::GET, dep, get_deployment)
+        .at(Method::PATCH, dep, patch_deployment)
+        .at(Method::DELETE, dep, delete_deployment)
+        .at(Method::GET, &format!("{dep}/versions"), list_versions)
+        .at(Method::POST, &format!("{dep}/versions"), create_version)
+        .at(Method::GET, &format!("{dep}/versions/{{ver}}"), get_version)
+        .at(
+            Method::DELETE,
             &format!("{dep}/versions/{{ver}}"),
-            get(get_version).delete(delete_version),
+            delete_version,
         )
-        .route(
+        .at(
+            Method::GET,
             &format!("{dep}/versions/{{ver}}/download"),
-            get(download_version),
+            download_version,
         )
-        .route(&format!("{dep}/runs"), get(list_runs).post(submit_run))
-        .route(&format!("{dep}/runs/{{run}}"), get(get_run))
-        .route(&format!("{dep}/runs/{{run}}/logs"), get(run_logs))
-        .route(
+        .at(Method::GET, &format!("{dep}/runs"), list_runs)
+        .at(Method::POST, &format!("{dep}/runs"), submit_run)
+        .at(Method::GET, &format!("{dep}/runs/{{run}}"), get_run)
+        .at(Method::GET, &format!("{dep}/runs/{{run}}/logs"), run_logs)
+        .at(
+            Method::GET,
             &format!("{dep}/runs/{{run}}/recentlogs"),
-            get(run_recent_logs),
+            run_recent_logs,
         )
-        .route(&format!("{dep}/runs/{{run}}/cancel"), post(cancel_run))
-        .route(&format!("{dep}/runs/{{run}}/attempts"), get(run_attempts))
-        .route("/uploads/{token}", put(upload))
-        .route("/downloads/{token}", get(download))
-        .merge(datalake::routes())
+        .at(
+            Method::POST,
+            &format!("{dep}/runs/{{run}}/cancel"),
+            cancel_run,
+        )
+        .at(
+            Method::GET,
+            &format!("{dep}/runs/{{run}}/attempts"),
+            run_attempts,
+        )
+        .public(Method::PUT, "/uploads/{token}", upload)
+        .public(Method::GET, "/downloads/{token}", download);
+    datalake::routes(table)
+}
+
+pub fn routes(state: ApiState) -> Router {
+    table()
+        .router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Uploads may be large; Control enforces the configured limit with a 413.

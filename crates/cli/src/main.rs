@@ -352,6 +352,12 @@ enum Command {
         #[command(subcommand)]
         command: source::SourceCommand,
     },
+    /// Every HTTP route this build serves, and whether it takes credentials.
+    Routes {
+        /// Print the routes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -911,6 +917,21 @@ async fn run(started: Instant) -> anyhow::Result<()> {
         Command::Space { command } => space::space(command).await?,
         Command::Apikey { command } => space::apikey(command).await?,
         Command::Source { command } => source::source(command).await?,
+        Command::Routes { json } => {
+            let routes = sluice_api::routes();
+            if json {
+                let list: Vec<_> = routes
+                    .iter()
+                    .map(|r| json!({"method": r.method.as_str(), "path": r.path, "public": r.public}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for r in &routes {
+                    let how = if r.public { "public" } else { "credentials" };
+                    println!("{:<7}{:<70}{how}", r.method.as_str(), r.path);
+                }
+            }
+        }
         Command::Trigger {
             command:
                 TriggerCommand::Events {

@@ -47,6 +47,13 @@ struct Face {
 }
 
 /// The `/graphql` routes.
+/// The routes [`router`] serves: (method, path, reached without credentials).
+pub const ROUTES: [(&str, &str, bool); 3] = [
+    ("GET", "/graphql", true),
+    ("POST", "/graphql", false),
+    ("GET", "/graphql/assets/{name}", true),
+];
+
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(execute))

@@ -121,9 +121,10 @@ impl QueryRoot {
                     _ => None,
                 }
             }
+            // Another space's or organization's: not there for this key.
             "Space" => match c.space_for(who, &raw).await {
                 Ok(s) => Some(Node::Space(SpaceObj(s))),
-                Err(ControlError::NotFound(_)) => None,
+                Err(ControlError::NotFound(_) | ControlError::Forbidden(_)) => None,
                 Err(e) => return Err(gql(e)),
             },
             "Model" => c
@@ -133,7 +134,7 @@ impl QueryRoot {
                 .map(|m| Node::Model(ModelObj(m))),
             "TableImportJob" => match c.job_for_key(who, &raw).await {
                 Ok(j) => Some(Node::TableImportJob(TableImportJob::new(j))),
-                Err(ControlError::NotFound(_)) => None,
+                Err(ControlError::NotFound(_) | ControlError::Forbidden(_)) => None,
                 Err(e) => return Err(gql(e)),
             },
             _ => None,

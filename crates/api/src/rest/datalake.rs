@@ -1,53 +1,55 @@
 //! Handlers of the datalake and trigger APIs.
 
 use axum::body::Body;
-use axum::routing::{get, post, put};
 use sluice_engine::control::{ListFiles, NewChannel, NewTriggerRequest, Upload};
 
 use super::*;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes(table: Table) -> Table {
+    let org = "/organizations/{org}/channels";
     let dep = "/organizations/{org}/deployments/{dep}";
-    Router::new()
-        .route(
-            "/organizations/{org}/channels",
-            get(list_channels).post(create_channel),
+    table
+        .at(Method::GET, org, list_channels)
+        .at(Method::POST, org, create_channel)
+        .at(Method::GET, &format!("{org}/{{channel}}"), get_channel)
+        .at(Method::PATCH, &format!("{org}/{{channel}}"), patch_channel)
+        .at(
+            Method::POST,
+            &format!("{org}/{{channel}}/archive"),
+            archive_channel,
         )
-        .route(
-            "/organizations/{org}/channels/{channel}",
-            get(get_channel).patch(patch_channel),
+        .at(
+            Method::POST,
+            &format!("{org}/{{channel}}/unarchive"),
+            unarchive_channel,
         )
-        .route(
-            "/organizations/{org}/channels/{channel}/archive",
-            post(archive_channel),
-        )
-        .route(
-            "/organizations/{org}/channels/{channel}/unarchive",
-            post(unarchive_channel),
-        )
-        .route("/channels/{channel}", get(list_files))
-        .route("/channels/{channel}/upload", post(upload_file))
-        .route(
-            "/channels/{channel}/{file}",
-            get(get_file).delete(delete_file),
-        )
-        .route(
+        .at(Method::GET, "/channels/{channel}", list_files)
+        .at(Method::POST, "/channels/{channel}/upload", upload_file)
+        .at(Method::GET, "/channels/{channel}/{file}", get_file)
+        .at(Method::DELETE, "/channels/{channel}/{file}", delete_file)
+        .at(
+            Method::PUT,
             "/channels/{channel}/{file}/metadata",
-            put(put_file_metadata),
+            put_file_metadata,
         )
-        .route("/files/{token}", get(download_file))
-        .route(
-            &format!("{dep}/triggers"),
-            get(list_triggers).post(create_trigger),
-        )
-        .route(
+        .public(Method::GET, "/files/{token}", download_file)
+        .at(Method::GET, &format!("{dep}/triggers"), list_triggers)
+        .at(Method::POST, &format!("{dep}/triggers"), create_trigger)
+        .at(Method::GET, &format!("{dep}/triggers/{{tri}}"), get_trigger)
+        .at(
+            Method::DELETE,
             &format!("{dep}/triggers/{{tri}}"),
-            get(get_trigger).delete(delete_trigger),
+            delete_trigger,
         )
-        .route(&format!("{dep}/triggers/{{tri}}/runs"), get(trigger_runs))
-        .route(
+        .at(
+            Method::GET,
+            &format!("{dep}/triggers/{{tri}}/runs"),
+            trigger_runs,
+        )
+        .at(
+            Method::GET,
             &format!("{dep}/triggers/{{tri}}/events"),
-            get(trigger_events),
+            trigger_events,
         )
 }
 

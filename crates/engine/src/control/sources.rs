@@ -75,10 +75,12 @@ impl Place {
         let (scheme, port) = match url.split("://").next().unwrap_or_default() {
             "postgres" | "postgresql" => ("postgres", 5432),
             "mysql" | "mariadb" => ("mysql", 3306),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{} is not a source sluice reads: use postgres://, mysql://, sqlite:// or file://",
                 redact(url)
-            )),
+            ))
+            }
         };
         let parsed = url::Url::parse(url).map_err(|e| format!("{}: {e}", redact(url)))?;
         // Connection parameters in the query could point elsewhere than the
