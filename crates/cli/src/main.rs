@@ -759,6 +759,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             allow_source,
         } => {
             sluice_engine::sandbox::harden_server();
+            sluice_engine::memory::give_back_periodically(Duration::from_secs(2));
             let store = store.resolved()?;
             let db = store.create_or_open().await?;
             let keys = Keys::load(db.as_ref(), &store.data_dir)
@@ -821,6 +822,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
         }
         Command::Worker { store, engine } => {
             sluice_engine::sandbox::harden_server();
+            sluice_engine::memory::give_back_periodically(Duration::from_secs(2));
             let store = store.resolved()?;
             if !store.url().starts_with("postgres") {
                 bail!("`sluice worker` joins a PostgreSQL-backed cluster: give --database-url postgres://…");

@@ -20,6 +20,7 @@ pub mod code;
 pub mod control;
 pub mod dispatcher;
 pub mod importer;
+pub mod memory;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;
