@@ -1,5 +1,8 @@
 """The Run/Deployment API (ABEJA Platform) as the official abeja-sdk sees it,
 against a real sluice on SQLite and on PostgreSQL."""
+import json
+import subprocess
+
 import requests
 import pytest
 
@@ -9,7 +12,7 @@ from abeja.deployments import APIClient as DeploymentClient
 from abeja.runs import APIClient as RunClient
 from abeja.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
-from conftest import code_archive, wait_for
+from conftest import BIN, code_archive, wait_for
 
 HANDLER = '''
 import os
@@ -378,6 +381,53 @@ def test_a_hanging_handler_is_killed_at_the_timeout(tmp_path):
         done = wait_for(finished(runs, org, dep, run["run_id"]), "the timeout", timeout=30)
         assert done["status"] == "FAILED"
         assert "timeout of 1 s" in done["error"]
+    finally:
+        s.stop()
+
+
+HUNGRY = '''
+import os
+
+def handler(request, context):
+    block = bytearray(int(os.environ["SIZE_MB"]) << 20)
+    print("allocated", len(block) >> 20, "MiB")
+    return {"ok": True}
+'''
+
+
+def test_a_deployments_limits_bound_its_runs_and_the_servers_still_apply(tmp_path):
+    from conftest import Sluice
+    s = Sluice(tmp_path, env={"SLUICE_RUN_MEMORY_MB": "1024"})
+    try:
+        org, user, token = s.new_org()
+        deployments, runs = clients(s, pat(user, token))
+        tight, tight_ver = deploy(deployments, org, HUNGRY)
+        loose, loose_ver = deploy(deployments, org, HUNGRY)
+        plain, plain_ver = deploy(deployments, org, HUNGRY)
+        out = json.loads(s.cli("deployment", "limits", "--org", org, tight, "--memory-mb", "256"))
+        assert out["limits"] == {"memory_mb": 256}, out
+        s.cli("deployment", "limits", "--org", org, loose, "--memory-mb", "4096")
+
+        def run(dep, ver, size):
+            r = runs.create_run(org, dep, ver, retry_count=0, environment={"SIZE_MB": str(size)})
+            return wait_for(finished(runs, org, dep, r["run_id"]), "the run", timeout=60)
+
+        # 400 MiB: over the deployment's 256, under the server's 1024.
+        done = run(tight, tight_ver, 400)
+        assert done["status"] == "FAILED" and "MemoryError" in done["error"], done
+        assert run(plain, plain_ver, 400)["status"] == "SUCCEEDED"
+        # 1500 MiB: under the deployment's 4096, over the server's 1024.
+        done = run(loose, loose_ver, 1500)
+        assert done["status"] == "FAILED" and "MemoryError" in done["error"], done
+        assert run(loose, loose_ver, 400)["status"] == "SUCCEEDED"
+        # Through the API, limits are not the caller's to change.
+        res = requests.patch(f"{s.url}/organizations/{org}/deployments/{tight}", auth=(f"user-{user}", token),
+                             json={"description": "x", "limits": {"memory_mb": 999999}})
+        assert res.status_code == 200
+        assert run(tight, tight_ver, 400)["status"] == "FAILED"
+        bad = subprocess.run([BIN, "deployment", "limits", "--org", org, tight, "--cpu-seconds", "0",
+                              *s.store_args()], capture_output=True, text=True, env=s.env)
+        assert bad.returncode != 0 and "1 or more" in bad.stderr
     finally:
         s.stop()
 

@@ -352,6 +352,11 @@ enum Command {
         #[command(subcommand)]
         command: source::SourceCommand,
     },
+    /// Deployments (administration).
+    Deployment {
+        #[command(subcommand)]
+        command: DeploymentCommand,
+    },
     /// Every HTTP route this build serves, and whether it takes credentials.
     Routes {
         /// Print the routes as JSON.
@@ -652,6 +657,31 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum DeploymentCommand {
+    /// Set the limits of each run of a deployment (each one left out is
+    /// none of its own); the server's --run-* limits still apply, the
+    /// tighter wins. Prints the deployment's limits.
+    Limits {
+        /// The organization (env SLUICE_ORG).
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        /// The deployment.
+        deployment: String,
+        /// Address space of each run's process, in MiB.
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// CPU seconds of each run's process.
+        #[arg(long)]
+        cpu_seconds: Option<u64>,
+        /// Open files of each run's process.
+        #[arg(long)]
+        open_files: Option<u64>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuthCommand {
     /// Print a JWT for an organization (and user): `User token : <jwt>`.
     GetToken {
@@ -919,6 +949,29 @@ async fn run(started: Instant) -> anyhow::Result<()> {
         Command::Space { command } => space::space(command).await?,
         Command::Apikey { command } => space::apikey(command).await?,
         Command::Source { command } => source::source(command).await?,
+        Command::Deployment {
+            command:
+                DeploymentCommand::Limits {
+                    org,
+                    deployment,
+                    memory_mb,
+                    cpu_seconds,
+                    open_files,
+                    store,
+                },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            let limits = sluice_domain::RunLimits {
+                memory_mb,
+                cpu_seconds,
+                open_files,
+            };
+            let d = control
+                .set_deployment_limits(&org, &deployment, limits)
+                .await
+                .map_err(print_error)?;
+            println!("{}", json!({"deployment_id": d.id, "limits": d.limits}));
+        }
         Command::Routes { json } => {
             let routes = sluice_api::routes();
             if json {

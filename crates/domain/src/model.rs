@@ -40,6 +40,37 @@ pub struct Deployment {
     pub creator: Option<UserId>,
     pub created_at: Timestamp,
     pub modified_at: Timestamp,
+    /// Limits of each of its runs, set by an administrator; the server's
+    /// own limits still apply (the tighter of the two wins).
+    pub limits: RunLimits,
+}
+
+/// Resource limits of a run's process; `None`: no limit of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+}
+
+impl RunLimits {
+    /// Each limit the tighter of the two.
+    pub fn tighter(self, other: RunLimits) -> RunLimits {
+        fn min(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        RunLimits {
+            memory_mb: min(self.memory_mb, other.memory_mb),
+            cpu_seconds: min(self.cpu_seconds, other.cpu_seconds),
+            open_files: min(self.open_files, other.open_files),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

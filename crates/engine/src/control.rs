@@ -449,6 +449,7 @@ impl Control {
             creator: who.user.clone(),
             created_at: now,
             modified_at: now,
+            limits: RunLimits::default(),
         };
         self.store.create_deployment(&dep).await?;
         Ok(dep)
@@ -490,6 +491,26 @@ impl Control {
         if change.default_environment.is_some() {
             d.default_environment = environment("default_environment", change.default_environment)?;
         }
+        d.modified_at = time::now();
+        self.store.update_deployment(&d).await?;
+        Ok(d)
+    }
+
+    /// Sets the limits of each run of a deployment (administrator): its
+    /// runs get the tighter of these and the server's own.
+    pub async fn set_deployment_limits(
+        &self,
+        org: &str,
+        dep: &str,
+        limits: RunLimits,
+    ) -> Result<Deployment> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        let id = self.deployment_id(dep)?;
+        if [limits.memory_mb, limits.cpu_seconds, limits.open_files].contains(&Some(0)) {
+            return Err(bad("a limit must be 1 or more (leave it out for none)"));
+        }
+        let mut d = self.store.get_deployment(&org, &id).await?;
+        d.limits = limits;
         d.modified_at = time::now();
         self.store.update_deployment(&d).await?;
         Ok(d)

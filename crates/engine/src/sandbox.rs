@@ -55,6 +55,27 @@ pub struct Limits {
     pub open_files: Option<u64>,
 }
 
+impl Limits {
+    /// These limits, each tightened by a deployment's own.
+    pub fn with(self, deployment: sluice_domain::RunLimits) -> Limits {
+        let server = sluice_domain::RunLimits {
+            memory_mb: None,
+            cpu_seconds: self.cpu_seconds,
+            open_files: self.open_files,
+        };
+        let both = server.tighter(deployment);
+        Limits {
+            memory_bytes: match (deployment.memory_mb, self.memory_bytes) {
+                (Some(mb), Some(b)) => Some((mb << 20).min(b)),
+                (Some(mb), None) => Some(mb << 20),
+                (None, b) => b,
+            },
+            cpu_seconds: both.cpu_seconds,
+            open_files: both.open_files,
+        }
+    }
+}
+
 /// How well this kernel and process can sandbox runs, found once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Support {

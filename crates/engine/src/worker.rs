@@ -383,7 +383,7 @@ impl Worker {
             ..self.support
         };
         let prepared = policy
-            .prepare(support, self.config.limits)
+            .prepare(support, self.config.limits.with(dep.limits))
             .map_err(|e| setup("could not prepare the sandbox", &e))?;
         if let Some(id) = prepared.run_as() {
             let dir = work.clone();

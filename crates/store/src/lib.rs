@@ -85,6 +85,7 @@ pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync 
     async fn create_deployment(&self, dep: &Deployment) -> Result<()>;
     async fn get_deployment(&self, org: &OrganizationId, id: &DeploymentId) -> Result<Deployment>;
     async fn list_deployments(&self, org: &OrganizationId) -> Result<Vec<Deployment>>;
+    /// Saves a deployment's name, description, environment and limits.
     async fn update_deployment(&self, dep: &Deployment) -> Result<()>;
     /// Deletes a deployment and its versions. Its runs stay readable by id.
     async fn delete_deployment(&self, org: &OrganizationId, id: &DeploymentId) -> Result<()>;

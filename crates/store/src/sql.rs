@@ -65,6 +65,10 @@ impl Dialect {
                     include_str!("../migrations/sqlite/0007_token_generations.sql"),
                 ),
                 (8, include_str!("../migrations/sqlite/0008_sources.sql")),
+                (
+                    9,
+                    include_str!("../migrations/sqlite/0009_deployment_limits.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -84,6 +88,10 @@ impl Dialect {
                     include_str!("../migrations/postgres/0007_token_generations.sql"),
                 ),
                 (8, include_str!("../migrations/postgres/0008_sources.sql")),
+                (
+                    9,
+                    include_str!("../migrations/postgres/0009_deployment_limits.sql"),
+                ),
             ],
         }
     }
@@ -346,7 +354,7 @@ fn run_from_row(row: &AnyRow) -> Result<Run> {
 }
 
 const DEPLOYMENT_COLUMNS: &str =
-    "id, organization_id, name, description, default_environment, creator, created_at, modified_at";
+    "id, organization_id, name, description, default_environment, creator, created_at, modified_at, limits";
 
 fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
     Ok(Deployment {
@@ -361,6 +369,8 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
             .transpose()?,
         created_at: ts(row, "created_at")?,
         modified_at: ts(row, "modified_at")?,
+        limits: serde_json::from_str(&row.try_get::<String, _>("limits")?)
+            .map_err(|e| StoreError::Corrupt(format!("deployment limits: {e}")))?,
     })
 }
 
@@ -548,7 +558,7 @@ impl MetadataStore for SqlStore {
     async fn update_deployment(&self, dep: &Deployment) -> Result<()> {
         let done = sqlx::query(
             "UPDATE deployments SET name = $1, description = $2, default_environment = $3, \
-             modified_at = $4 WHERE organization_id = $5 AND id = $6",
+             modified_at = $4, limits = $7 WHERE organization_id = $5 AND id = $6",
         )
         .bind(&dep.name)
         .bind(&dep.description)
@@ -556,6 +566,7 @@ impl MetadataStore for SqlStore {
         .bind(micros(dep.modified_at))
         .bind(dep.organization_id.as_str())
         .bind(dep.id.as_str())
+        .bind(serde_json::to_string(&dep.limits).unwrap_or_else(|_| "{}".into()))
         .execute(&self.write)
         .await?;
         if done.rows_affected() == 0 {

@@ -143,6 +143,7 @@ async fn fixture(store: &dyn MetadataStore) -> Fixture {
         creator: None,
         created_at: now,
         modified_at: now,
+        limits: RunLimits::default(),
     };
     store.create_deployment(&dep).await.unwrap();
     let ver = new_version(&org.id, &dep.id, "0.0.1");
