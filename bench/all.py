@@ -27,12 +27,14 @@ FULL = {
     "datalake.py": [],
     "import.py": [],
     "graphql.py": [],
+    "memory.py": [],
 }
 SMOKE = {
     "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
     "datalake.py": ["--files", "10", "--rate", "10"],
     "import.py": ["--rows", "20000", "--repeat", "2"],
     "graphql.py": ["--jobs", "60", "--requests", "20"],
+    "memory.py": ["--records", "5", "--requests", "100", "--concurrency", "20", "--rounds", "2"],
 }
 
 

@@ -152,11 +152,24 @@ pub fn routes(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn principal(state: &ApiState, headers: &HeaderMap) -> Result<Principal> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok());
-    Ok(state.control.authenticate(header).await?)
+/// The caller, from the request's `Authorization` header: every handler
+/// that takes credentials has it among its arguments (before its body, so
+/// a request without credentials is refused before its body is read).
+pub(crate) struct Caller(pub Principal);
+
+impl axum::extract::FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ApiState,
+    ) -> std::result::Result<Caller, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        Ok(Caller(state.control.authenticate(header).await?))
+    }
 }
 
 /// The largest JSON request body (uploads of code and files have their own
@@ -207,11 +220,10 @@ async fn created_by(state: &ApiState, d: &sluice_domain::Deployment) -> Value {
 
 async fn create_deployment(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path(org): Path<String>,
-    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: wire::DeploymentBody = body(&bytes)?;
     let change = DeploymentChange {
         name: b.name,
@@ -224,10 +236,9 @@ async fn create_deployment(
 
 async fn list_deployments(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path(org): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let mut entries = Vec::new();
     for d in s.control.list_deployments(&who, &org).await? {
         entries.push(created_by(&s, &d).await);
@@ -237,21 +248,19 @@ async fn list_deployments(
 
 async fn get_deployment(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let d = s.control.get_deployment(&who, &org, &dep).await?;
     Ok(Json(created_by(&s, &d).await))
 }
 
 async fn patch_deployment(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
-    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: wire::DeploymentBody = body(&bytes)?;
     let change = DeploymentChange {
         name: b.name,
@@ -267,21 +276,20 @@ async fn patch_deployment(
 
 async fn delete_deployment(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let id = s.control.delete_deployment(&who, &org, &dep).await?;
     Ok(Json(json!({"message": format!("{id} deleted")})))
 }
 
 async fn create_version(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: wire::VersionBody = body(&bytes)?;
     let req = NewVersionRequest {
         version: b.version,
@@ -301,10 +309,9 @@ async fn create_version(
 
 async fn list_versions(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let versions = s.control.list_versions(&who, &org, &dep).await?;
     Ok(Json(
         json!({"entries": versions.iter().map(wire::version).collect::<Vec<_>>()}),
@@ -313,10 +320,9 @@ async fn list_versions(
 
 async fn get_version(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, ver)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     Ok(Json(wire::version(
         &s.control.get_version(&who, &org, &dep, &ver).await?,
     )))
@@ -324,20 +330,19 @@ async fn get_version(
 
 async fn delete_version(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, ver)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let id = s.control.delete_version(&who, &org, &dep, &ver).await?;
     Ok(Json(json!({"message": format!("{id} deleted")})))
 }
 
 async fn download_version(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, ver)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let v = s.control.get_version(&who, &org, &dep, &ver).await?;
     if v.archive.is_none() {
         return Err(ApiError(sluice_engine::control::ControlError::NotFound(
@@ -399,11 +404,11 @@ fn scan_forward(v: Option<&str>) -> Result<bool> {
 
 async fn submit_run(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: wire::RunBody = body(&bytes)?;
     let idempotency_key = headers
         .get("idempotency-key")
@@ -426,11 +431,10 @@ async fn submit_run(
 
 async fn list_runs(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
     Query(q): Query<ListQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let forward = scan_forward(q.scan_forward.as_deref())?;
     let page = s
         .control
@@ -451,10 +455,9 @@ async fn list_runs(
 
 async fn get_run(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, run)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     Ok(Json(wire::run(
         &s.control.get_run(&who, &org, &dep, &run).await?,
     )))
@@ -462,10 +465,9 @@ async fn get_run(
 
 async fn cancel_run(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, run)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     Ok(Json(wire::run(
         &s.control.cancel_run(&who, &org, &dep, &run).await?,
     )))
@@ -473,10 +475,9 @@ async fn cancel_run(
 
 async fn run_attempts(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, run)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let attempts = s.control.run_attempts(&who, &org, &dep, &run).await?;
     Ok(Json(
         json!({"entries": attempts.iter().map(wire::attempt).collect::<Vec<_>>()}),
@@ -494,11 +495,10 @@ struct LogsQuery {
 
 async fn run_logs(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, run)): Path<(String, String, String)>,
     Query(q): Query<LogsQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let req = LogsRequest {
         next_token: q.next_token,
         start_time: q.start_time,
@@ -514,11 +514,10 @@ async fn run_logs(
 
 async fn run_recent_logs(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, run)): Path<(String, String, String)>,
     Query(q): Query<LogsQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let req = RecentLogsRequest {
         next_forward_token: q.next_forward_token,
         next_backward_token: q.next_backward_token,

@@ -369,27 +369,37 @@ impl Control {
         Ok((user, token))
     }
 
-    /// A JWT for one user of an organization: the given one, else its first.
-    pub async fn issue_token(&self, org: &str, user: Option<&str>) -> Result<String> {
+    /// An organization, and the user of it `user` names (if it names one).
+    async fn org_user(
+        &self,
+        org: &str,
+        user: Option<&str>,
+    ) -> Result<(OrganizationId, Option<User>)> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         self.store.get_organization(&org).await?;
-        let user = match user {
-            Some(u) => {
-                let id = UserId::parse(u).map_err(|e| bad(e.to_string()))?;
-                let user = self.store.get_user(&id).await?;
-                if user.organization_id != org {
-                    return Err(bad(format!("user {id} is not in organization {org}")));
-                }
-                user
-            }
-            None => self.store.first_user(&org).await?.ok_or_else(|| {
+        let Some(u) = user else {
+            return Ok((org, None));
+        };
+        let id = UserId::parse(u).map_err(|e| bad(e.to_string()))?;
+        let user = self.store.get_user(&id).await?;
+        if user.organization_id != org {
+            return Err(bad(format!("user {id} is not in organization {org}")));
+        }
+        Ok((org, Some(user)))
+    }
+
+    /// A JWT for one user of an organization: the given one, else its first.
+    pub async fn issue_token(&self, org: &str, user: Option<&str>) -> Result<String> {
+        let user = match self.org_user(org, user).await? {
+            (_, Some(user)) => user,
+            (org, None) => self.store.first_user(&org).await?.ok_or_else(|| {
                 bad(format!(
                     "organization {org} has no user: make one with `sluice user create --org {org} <email>`"
                 ))
             })?,
         };
         Ok(self.keys.issue_jwt(
-            &org,
+            &user.organization_id,
             &user.id,
             user.token_generation,
             time::now().timestamp(),
@@ -400,18 +410,9 @@ impl Control {
     /// Revokes every JWT signed so far for the given users (by id), or for
     /// every user of `org`; answers the users whose tokens were revoked.
     pub async fn revoke_tokens(&self, org: &str, user: Option<&str>) -> Result<Vec<User>> {
-        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
-        self.store.get_organization(&org).await?;
-        let users = match user {
-            Some(u) => {
-                let id = UserId::parse(u).map_err(|e| bad(e.to_string()))?;
-                let user = self.store.get_user(&id).await?;
-                if user.organization_id != org {
-                    return Err(bad(format!("user {id} is not in organization {org}")));
-                }
-                vec![user]
-            }
-            None => self.store.users_of(&org).await?,
+        let users = match self.org_user(org, user).await? {
+            (_, Some(user)) => vec![user],
+            (org, None) => self.store.users_of(&org).await?,
         };
         for u in &users {
             self.store.revoke_tokens(&u.id).await?;

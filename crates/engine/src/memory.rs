@@ -17,6 +17,11 @@ pub fn give_back_periodically(every: Duration) {
     // SAFETY: mallopt sets an allocator parameter; arenas already made stay.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // A fixed threshold: glibc otherwise raises it after each large
+        // free, and the next answers' buffers land in the arenas, where
+        // they fragment them, instead of in their own mappings, which go
+        // back to the system when freed.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async move {

@@ -81,11 +81,10 @@ async fn with_channel(s: &ApiState, c: &sluice_domain::Channel) -> Result<Json<V
 
 async fn create_channel(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path(org): Path<String>,
-    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: ChannelBody = body(&bytes)?;
     let req = NewChannel {
         name: b.name,
@@ -115,11 +114,10 @@ fn number(field: &str, v: Option<&str>) -> Result<Option<u32>> {
 
 async fn list_channels(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path(org): Path<String>,
     Query(q): Query<ChannelsQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let (channels, more, limit, offset) = s
         .control
         .list_channels(
@@ -141,21 +139,19 @@ async fn list_channels(
 
 async fn get_channel(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, channel)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let c = s.control.get_channel(&who, &org, &channel).await?;
     with_channel(&s, &c).await
 }
 
 async fn patch_channel(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, channel)): Path<(String, String)>,
-    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: ChannelBody = body(&bytes)?;
     let c = s
         .control
@@ -166,10 +162,9 @@ async fn patch_channel(
 
 async fn archive_channel(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, channel)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let c = s
         .control
         .update_channel(&who, &org, &channel, None, None, Some(true))
@@ -179,10 +174,9 @@ async fn archive_channel(
 
 async fn unarchive_channel(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, channel)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let c = s
         .control
         .update_channel(&who, &org, &channel, None, None, Some(false))
@@ -214,12 +208,12 @@ fn metadata_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>> {
 
 async fn upload_file(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path(channel): Path<String>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     raw: Body,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let limit = s.control.settings().max_file_bytes;
     let bytes = axum::body::to_bytes(raw, limit + 1).await.map_err(|_| {
         ApiError::from(sluice_engine::control::ControlError::TooLarge(format!(
@@ -262,11 +256,11 @@ fn with_download(s: &ApiState, headers: &HeaderMap, f: &sluice_domain::DatalakeF
 
 async fn list_files(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path(channel): Path<String>,
     Query(q): Query<FilesQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let req = ListFiles {
         items_per_page: q.items_per_page,
         sort: q.sort,
@@ -284,31 +278,30 @@ async fn list_files(
 
 async fn get_file(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((channel, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let f = s.control.get_file(&who, &channel, &file).await?;
     Ok(Json(with_download(&s, &headers, &f)))
 }
 
 async fn delete_file(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((channel, file)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let id = s.control.delete_file(&who, &channel, &file).await?;
     Ok(Json(json!({"message": format!("deleted file ({id})")})))
 }
 
 async fn put_file_metadata(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((channel, file)): Path<(String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let pairs: std::collections::BTreeMap<String, Value> = body(&bytes)?;
     let pairs = pairs
         .into_iter()
@@ -353,11 +346,10 @@ struct TriggerBody {
 
 async fn create_trigger(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
-    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let b: TriggerBody = body(&bytes)?;
     let req = NewTriggerRequest {
         version_id: b.version_id,
@@ -376,10 +368,9 @@ async fn create_trigger(
 
 async fn list_triggers(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let triggers = s.control.list_triggers(&who, &org, &dep).await?;
     Ok(Json(
         json!({"entries": triggers.iter().map(wire::trigger).collect::<Vec<_>>()}),
@@ -388,31 +379,28 @@ async fn list_triggers(
 
 async fn get_trigger(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, tri)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let t = s.control.get_trigger(&who, &org, &dep, &tri).await?;
     Ok(Json(wire::trigger(&t)))
 }
 
 async fn delete_trigger(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, tri)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let id = s.control.delete_trigger(&who, &org, &dep, &tri).await?;
     Ok(Json(json!({"message": format!("{id} deleted")})))
 }
 
 async fn trigger_runs(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, tri)): Path<(String, String, String)>,
     Query(q): Query<ListQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let forward = scan_forward(q.scan_forward.as_deref())?;
     let page = s
         .control
@@ -433,11 +421,10 @@ async fn trigger_runs(
 
 async fn trigger_events(
     State(s): State<ApiState>,
+    Caller(who): Caller,
     Path((org, dep, tri)): Path<(String, String, String)>,
     Query(q): Query<ListQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let who = principal(&s, &headers).await?;
     let forward = scan_forward(q.scan_forward.as_deref())?;
     let page = s
         .control

@@ -1,6 +1,7 @@
 //! [`ImportStore`] over SQL: table import jobs, their queries and tasks.
 
 use super::datalake::{into_page, keyset};
+use super::lease::{self, Leased, LEASED};
 use super::*;
 use crate::{ImportStore, JobFilter, QueryOutcome};
 
@@ -86,7 +87,12 @@ fn task_from_row(row: &AnyRow) -> Result<QueryTask> {
 
 /// Statuses of a query that is not over.
 const OPEN: &str = "('SUBMITTED', 'PENDING', 'RUNNABLE', 'STARTING', 'RUNNING', 'CANCELING')";
-const LEASED: &str = "('STARTING', 'RUNNING', 'CANCELING')";
+/// Import queries, as leased work.
+const QUERIES: Leased = Leased {
+    table: "import_queries",
+    columns: QUERY_COLUMNS,
+    modified_at: false,
+};
 
 /// How many times a query whose worker was lost is tried in all.
 const QUERY_ATTEMPTS: i32 = 3;
@@ -517,25 +523,9 @@ impl ImportStore for SqlStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<Query>> {
-        RunStatus::Runnable.transition(RunStatus::Starting)?;
-        let now = micros(now);
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "WITH picked AS MATERIALIZED (SELECT seq FROM import_queries \
-             WHERE status = 'RUNNABLE' ORDER BY seq LIMIT $4{}) \
-             UPDATE import_queries SET status = 'STARTING', attempt = attempt + 1, \
-             lease_token = lease_token + 1, lease_owner = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), error = NULL \
-             WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM picked) \
-             RETURNING {QUERY_COLUMNS}",
-            self.dialect.skip_locked()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(worker)
-            .bind(now + ttl.as_micros() as i64)
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
+        let rows = QUERIES
+            .claim(&mut tx, self.dialect, worker, limit, ttl, now)
             .await?;
         let mut claimed = rows
             .iter()
@@ -547,25 +537,20 @@ impl ImportStore for SqlStore {
     }
 
     async fn query_running(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<RunStatus> {
-        RunStatus::Starting.transition(RunStatus::Running)?;
         let mut tx = self.begin().await?;
+        if QUERIES
+            .mark_running(&mut tx, id.as_str(), token, now)
+            .await?
+            .is_some()
+        {
+            tx.commit().await?;
+            return Ok(RunStatus::Running);
+        }
         let q = self.lock_query(&mut tx, id).await?;
         if q.lease_token != token || !q.status.is_leased() {
             return Err(StoreError::LeaseLost(id.to_string()));
         }
-        if q.status == RunStatus::Starting {
-            sqlx::query("UPDATE import_queries SET status = 'RUNNING' WHERE id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let _ = now;
-        Ok(if q.status == RunStatus::Starting {
-            RunStatus::Running
-        } else {
-            q.status
-        })
+        Ok(q.status)
     }
 
     async fn heartbeat_query(
@@ -575,19 +560,9 @@ impl ImportStore for SqlStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<RunStatus> {
-        let status: Option<String> = sqlx::query_scalar(&format!(
-            "UPDATE import_queries SET lease_expires_at = $1 WHERE id = $2 \
-             AND lease_token = $3 AND status IN {LEASED} RETURNING status"
-        ))
-        .bind(micros(now) + ttl.as_micros() as i64)
-        .bind(id.as_str())
-        .bind(token)
-        .fetch_optional(&self.write)
-        .await?;
-        status
-            .ok_or_else(|| StoreError::LeaseLost(id.to_string()))?
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("{e}")))
+        QUERIES
+            .heartbeat(&self.write, id.as_str(), token, ttl, now)
+            .await
     }
 
     async fn finish_query(
@@ -701,14 +676,9 @@ impl ImportStore for SqlStore {
     }
 
     async fn reap_queries(&self, now: Timestamp) -> Result<Vec<QueryId>> {
-        let now = micros(now);
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "SELECT {QUERY_COLUMNS} FROM import_queries WHERE lease_expires_at < $1 \
-             AND status IN {LEASED} ORDER BY seq LIMIT 100{}",
-            self.dialect.skip_locked()
-        );
-        let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *tx).await?;
+        let rows = QUERIES.expired(&mut tx, self.dialect, now).await?;
+        let now = micros(now);
         let mut reaped = Vec::new();
         for row in &rows {
             let q = query_from_row(row)?;
@@ -722,11 +692,7 @@ impl ImportStore for SqlStore {
             } else {
                 (next, Some(now))
             };
-            let error = format!(
-                "attempt {} lost: worker {} stopped renewing its lease",
-                q.attempt,
-                q.lease_owner.as_deref().unwrap_or("?")
-            );
+            let error = lease::lost(q.attempt, q.lease_owner.as_deref());
             sqlx::query(
                 "UPDATE import_queries SET status = $1, error = $2, finished_at = $3, \
                  lease_token = lease_token + 1, lease_expires_at = NULL WHERE id = $4",

@@ -1,0 +1,160 @@
+//! Leased work, written once: runs and import queries (and whatever else
+//! workers come to claim) are picked, kept alive, moved to RUNNING and
+//! reaped the same way.
+//!
+//! A table of leased work has `seq` (claim order), `id`, `status` (the run
+//! states), `attempt`, `lease_token` (the fencing token: every claim and
+//! every reap moves it on, so a write carrying an older token is refused),
+//! `lease_owner`, `lease_expires_at`, `started_at` and `error`.
+
+use std::time::Duration;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{micros, Dialect};
+use crate::{Result, StoreError};
+use sluice_domain::time::Timestamp;
+use sluice_domain::RunStatus;
+
+/// The statuses a lease is held in, as an SQL list.
+pub(crate) const LEASED: &str = "('STARTING', 'RUNNING', 'CANCELING')";
+
+/// One table of leased work.
+pub(crate) struct Leased {
+    pub table: &'static str,
+    /// The columns a claim or a reap reads back.
+    pub columns: &'static str,
+    /// Whether the table keeps a `modified_at`, set by a claim and by the
+    /// move to RUNNING.
+    pub modified_at: bool,
+}
+
+impl Leased {
+    /// Moves up to `limit` RUNNABLE rows, oldest first, to STARTING under
+    /// a new lease of `worker` until `now + ttl`; answers them.
+    ///
+    /// The pick is a MATERIALIZED CTE: evaluated once. As an `IN
+    /// (subquery)` PostgreSQL may rescan it, and with SKIP LOCKED each
+    /// rescan picks other rows, so one claim could take more than `limit`.
+    pub async fn claim(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        dialect: Dialect,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<AnyRow>> {
+        RunStatus::Runnable.transition(RunStatus::Starting)?;
+        let now = micros(now);
+        let (table, columns) = (self.table, self.columns);
+        let stamp = if self.modified_at {
+            ", modified_at = $3"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "WITH picked AS MATERIALIZED (SELECT seq FROM {table} WHERE status = 'RUNNABLE' \
+             ORDER BY seq LIMIT $4{}) \
+             UPDATE {table} SET status = 'STARTING', attempt = attempt + 1, \
+             lease_token = lease_token + 1, lease_owner = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), error = NULL{stamp} \
+             WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM picked) RETURNING {columns}",
+            dialect.skip_locked()
+        );
+        Ok(sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + ttl.as_micros() as i64)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+
+    /// Moves the lease of `id` holding `token` from STARTING to RUNNING;
+    /// answers the attempt it moved, or None when it was not STARTING (the
+    /// caller then checks the lease is still its own).
+    pub async fn mark_running(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        token: i64,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
+        RunStatus::Starting.transition(RunStatus::Running)?;
+        let stamp = if self.modified_at {
+            ", modified_at = $3"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE {} SET status = 'RUNNING'{stamp} \
+             WHERE id = $1 AND lease_token = $2 AND status = 'STARTING' RETURNING attempt",
+            self.table
+        );
+        let mut query = sqlx::query(&sql).bind(id).bind(token);
+        if self.modified_at {
+            query = query.bind(micros(now));
+        }
+        let row = query.fetch_optional(&mut **tx).await?;
+        row.map(|r| r.try_get::<i64, _>("attempt").map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Renews the lease of `id` holding `token` until `now + ttl`; answers
+    /// the status (CANCELING tells the holder to stop), or
+    /// [`StoreError::LeaseLost`].
+    pub async fn heartbeat(
+        &self,
+        pool: &sqlx::AnyPool,
+        id: &str,
+        token: i64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
+        let status: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE {} SET lease_expires_at = $1 \
+             WHERE id = $2 AND lease_token = $3 AND status IN {LEASED} RETURNING status",
+            self.table
+        ))
+        .bind(micros(now) + ttl.as_micros() as i64)
+        .bind(id)
+        .bind(token)
+        .fetch_optional(pool)
+        .await?;
+        status
+            .ok_or_else(|| StoreError::LeaseLost(id.to_owned()))?
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))
+    }
+
+    /// Up to 100 leases that expired before `now`, locked in `tx` (others
+    /// reaping at once skip them); the caller ends each.
+    pub async fn expired(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        dialect: Dialect,
+        now: Timestamp,
+    ) -> Result<Vec<AnyRow>> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE lease_expires_at < $1 AND status IN {LEASED} \
+             ORDER BY seq LIMIT 100{}",
+            self.columns,
+            self.table,
+            dialect.skip_locked()
+        );
+        Ok(sqlx::query(&sql)
+            .bind(micros(now))
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+}
+
+/// Why an attempt whose lease expired ended, as its error says.
+pub(crate) fn lost(attempt: i32, owner: Option<&str>) -> String {
+    format!(
+        "attempt {attempt} lost: worker {} stopped renewing its lease",
+        owner.unwrap_or("?")
+    )
+}
