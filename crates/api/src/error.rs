@@ -29,7 +29,7 @@ impl ApiError {
             ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ControlError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ControlError::Internal(_) => {
+            ControlError::Internal(_) | ControlError::Store(_) | ControlError::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
             }
         }

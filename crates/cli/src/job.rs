@@ -34,7 +34,6 @@ use serde_json::{json, Value};
 use sluice_domain::time;
 use sluice_domain::*;
 use sluice_engine::control::{Control, JobChange, NewJob, Validation};
-use sluice_engine::importer::Importer;
 use sluice_store::JobFilter;
 
 use crate::{print_error, Bar, EngineArgs, StoreArgs};
@@ -292,7 +291,7 @@ fn print_query(q: &Query) {
 async fn open(common: &Common) -> anyhow::Result<(Arc<Control>, OrganizationId)> {
     let (control, _, _) = crate::control(&common.store).await?;
     let org = OrganizationId::parse(&common.org)?;
-    control.store().get_organization(&org).await?;
+    control.organization(&org).await.map_err(print_error)?;
     Ok((control, org))
 }
 
@@ -482,17 +481,8 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             let data_dir = crate::absolute(&common.store.data_dir)?;
-            let config = engine.config(data_dir.clone())?;
-            let keys = sluice_engine::auth::Keys::load(control.store().as_ref(), &data_dir)
-                .await
-                .context("cannot load the server key")?;
-            let importer = Importer::new(
-                control.store().clone(),
-                keys.sealer(),
-                &config,
-                format!("cli-{}", std::process::id()),
-                Arc::new(sluice_engine::Wakers::default()),
-            );
+            let config = engine.config(data_dir)?;
+            let importer = control.importer(&config, format!("cli-{}", std::process::id()));
             let q = control
                 .run_job(
                     &org,

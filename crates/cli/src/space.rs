@@ -99,7 +99,7 @@ pub async fn space(command: SpaceCommand) -> anyhow::Result<()> {
         SpaceCommand::List { org, json, store } => {
             let (control, _, _) = crate::control(&store).await?;
             let org = OrganizationId::parse(&org)?;
-            control.store().get_organization(&org).await?;
+            control.organization(&org).await.map_err(print_error)?;
             let all = KeyHolder {
                 organization: org,
                 space: None,

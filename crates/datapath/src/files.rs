@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use crate::rows::{Col, Kind, Val};
+use crate::types::{invalid, Col, Kind, Val};
 use crate::window::{format_time, parse_time};
-use crate::{ImportError, Result};
+use crate::Result;
 
 /// Rows a batch of the first pass holds.
 const BATCH_ROWS: usize = 10_000;
@@ -59,10 +59,6 @@ enum Filter {
         from: String,
         to: String,
     },
-}
-
-fn invalid(m: impl Into<String>) -> ImportError {
-    ImportError::Invalid(m.into())
 }
 
 /// The path a `file://` URL and a table name point at.

@@ -2,8 +2,8 @@
 //! types, and a sample value of a column. Validation (a dry run) is built
 //! on these; nothing here writes.
 
-use crate::postgres::TableName;
 use crate::rows::{self, Kind};
+use crate::types::TableName;
 use crate::Result;
 
 /// What a column can stand for, as validation asks.

@@ -20,7 +20,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Row;
 
-use crate::postgres::TableName;
+use crate::types::{db, TableName};
 use crate::window::Watermark;
 use crate::{ImportError, ImportSpec, Mode, Result};
 
@@ -53,11 +53,6 @@ CREATE TABLE IF NOT EXISTS sluice_table_owners (
 const WATERMARK: &str = "SELECT window_end, boundary_rows FROM sluice_load_ledger WHERE job = $1 \
      AND window_end IS NOT NULL AND window_start NOT LIKE 'explicit:%' \
      ORDER BY seq DESC LIMIT 1";
-
-fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> ImportError {
-    let what = what.into();
-    move |source| ImportError::Database { what, source }
-}
 
 /// A destination connection, as the bookkeeping needs it.
 pub(crate) enum Conn<'a> {

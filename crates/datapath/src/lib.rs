@@ -23,6 +23,7 @@ mod ledger;
 pub mod postgres;
 pub mod rows;
 pub mod stage;
+pub mod types;
 pub mod window;
 
 pub use stage::{Stage, StageHandle};
@@ -40,6 +41,10 @@ pub enum ImportError {
     Cancelled,
     #[error("staging a batch: {0}")]
     Stage(String),
+    /// The import's own thread could not start or did not end normally
+    /// (a bug or the process's limits, not the import's input).
+    #[error("the import stopped: {0}")]
+    Stopped(#[source] std::io::Error),
     #[error("{what}: {source}")]
     Database {
         what: String,
@@ -50,40 +55,9 @@ pub enum ImportError {
 
 pub type Result<T, E = ImportError> = std::result::Result<T, E>;
 
-/// How a run treats the destination table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Append the rows whose change column passed the watermark.
-    Incremental,
-    /// Load the whole table into a new table and swap it in.
-    Destructive,
-    /// Like incremental, but each row replaces the target's row with the
-    /// same key (`ImportSpec::key`): the window lands in a stage table,
-    /// then the target's rows with those keys are deleted and the stage's
-    /// rows inserted (the last of a key wins), in the load's transaction.
-    Merge,
-}
-
-impl Mode {
-    /// Whether runs of this mode load windows of the change column.
-    pub fn windowed(self) -> bool {
-        self != Mode::Destructive
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "incremental" => Ok(Mode::Incremental),
-            "destructive" | "full" => Ok(Mode::Destructive),
-            "merge" => Ok(Mode::Merge),
-            other => Err(format!(
-                "mode must be incremental, merge or destructive, got `{other}`"
-            )),
-        }
-    }
-}
+/// How a run treats the destination table: the domain's load mode, the
+/// one every face and the engine use.
+pub use sluice_domain::LoadMode as Mode;
 
 /// One import: where from, where to, how.
 #[derive(Debug, Clone)]
@@ -487,7 +461,7 @@ async fn rows_on_own_thread(
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ImportError::Invalid(format!("cannot start the import: {e}")))?;
+            .map_err(ImportError::Stopped)?;
         rt.block_on(rows::import(&spec, &mut Forward(tx, events_tx)))
     });
     tokio::pin!(work);
@@ -498,7 +472,7 @@ async fn rows_on_own_thread(
                 while let Ok(event) = events.try_recv() {
                     progress.stage(event);
                 }
-                return done.map_err(|e| ImportError::Invalid(format!("the import stopped: {e}")))?;
+                return done.map_err(|e| ImportError::Stopped(std::io::Error::other(e)))?;
             }
             Some(event) = events.recv() => progress.stage(event),
             changed = rx.changed(), if counting => match changed {

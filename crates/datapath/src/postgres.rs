@@ -7,6 +7,8 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 
+pub use crate::types::TableName;
+use crate::types::{db, ident as quote_ident, invalid, literal as quote_literal};
 use crate::window::Replace;
 use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
 
@@ -14,65 +16,6 @@ use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Resul
 const BATCH_BYTES: usize = 1 << 20;
 /// Batches in flight between the two connections.
 const BATCHES_IN_FLIGHT: usize = 4;
-
-fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> ImportError {
-    let what = what.into();
-    move |source| ImportError::Database { what, source }
-}
-
-fn invalid(msg: impl Into<String>) -> ImportError {
-    ImportError::Invalid(msg.into())
-}
-
-/// A table name, `schema.table` or `table`, quoted for SQL.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableName {
-    pub schema: Option<String>,
-    pub table: String,
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-impl TableName {
-    pub fn parse(name: &str) -> Result<TableName> {
-        let parts: Vec<&str> = name.split('.').collect();
-        let ok = |p: &&str| !p.is_empty() && !p.contains('\0');
-        match parts.as_slice() {
-            [t] if ok(t) => Ok(TableName {
-                schema: None,
-                table: t.to_string(),
-            }),
-            [s, t] if ok(s) && ok(t) => Ok(TableName {
-                schema: Some(s.to_string()),
-                table: t.to_string(),
-            }),
-            _ => Err(invalid(format!(
-                "`{name}` is not a table name: expected table or schema.table"
-            ))),
-        }
-    }
-
-    pub fn quoted(&self) -> String {
-        match &self.schema {
-            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&self.table)),
-            None => quote_ident(&self.table),
-        }
-    }
-
-    /// The same schema, another table name.
-    fn sibling(&self, table: String) -> TableName {
-        TableName {
-            schema: self.schema.clone(),
-            table,
-        }
-    }
-}
 
 /// A column as the source declares it.
 #[derive(Debug, Clone, PartialEq)]

@@ -59,11 +59,41 @@ pub enum LoadMode {
 }
 
 impl LoadMode {
+    /// The mode a job made from a mapping alone loads in: incremental
+    /// when the mapping names a change timestamp, else the whole table
+    /// each time.
+    pub fn for_mapping(mapping: &Mapping) -> LoadMode {
+        if mapping.change_timestamp.is_some() {
+            LoadMode::Incremental
+        } else {
+            LoadMode::Destructive
+        }
+    }
+
+    /// Whether loads of this mode read windows of the change column.
+    pub fn windowed(self) -> bool {
+        self != LoadMode::Destructive
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             LoadMode::Incremental => "incremental",
             LoadMode::Destructive => "destructive",
             LoadMode::Merge => "merge",
+        }
+    }
+}
+
+impl std::str::FromStr for LoadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LoadMode, String> {
+        match s {
+            "incremental" => Ok(LoadMode::Incremental),
+            "destructive" | "full" => Ok(LoadMode::Destructive),
+            "merge" => Ok(LoadMode::Merge),
+            other => Err(format!(
+                "mode must be incremental, merge or destructive, got `{other}`"
+            )),
         }
     }
 }
@@ -433,6 +463,190 @@ pub const WAREHOUSES: [(&str, &str); 3] = [
 ];
 
 /// The warehouse a source URL names, if it names one.
+/// The destination table a model's rows load into: its name in lower case,
+/// every other character `_` (`My Test Model` → `my_test_model`), never
+/// empty nor starting with a digit.
+pub fn table_for_model(model: &str) -> String {
+    let s: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_matches('_').to_owned();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("model_{s}")
+    } else {
+        s
+    }
+}
+
+/// One of sluice's own stores, which a source names by URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnStore {
+    PostgreSQL,
+    MySQL,
+    SQLite,
+    Files,
+}
+
+impl OwnStore {
+    /// The URL schemes a source of this store may have.
+    pub fn schemes(self) -> &'static [&'static str] {
+        match self {
+            OwnStore::PostgreSQL => &["postgres://", "postgresql://"],
+            OwnStore::MySQL => &["mysql://", "mariadb://"],
+            OwnStore::SQLite => &["sqlite:"],
+            OwnStore::Files => &["file://"],
+        }
+    }
+}
+
+/// Where a table import reads, as the faces describe it: a table of one of
+/// the warehouses the Arize-style importer names, or of one of sluice's own
+/// stores.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableSource {
+    BigQuery {
+        project_id: String,
+        dataset: String,
+        table_name: String,
+    },
+    Snowflake {
+        account_id: String,
+        database: String,
+        schema: String,
+        table_name: String,
+    },
+    Databricks {
+        host_name: String,
+        endpoint: String,
+        port: String,
+        token: Option<String>,
+        catalog: String,
+        schema: String,
+        table_name: String,
+    },
+    Own {
+        store: OwnStore,
+        url: String,
+        table_name: String,
+    },
+}
+
+/// A source as a job keeps it: the URL it reads, the table, and the labels
+/// its faces show (`projectId`, `dataset`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocatedSource {
+    pub url: String,
+    pub table: String,
+    pub labels: BTreeMap<String, Value>,
+}
+
+/// What is wrong with a source's field (named as the faces name it, e.g.
+/// `projectId`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceProblem {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl TableSource {
+    /// The source's URL, table and labels, every field checked.
+    pub fn locate(self) -> Result<LocatedSource, SourceProblem> {
+        fn need(field: &'static str, value: &str) -> Result<(), SourceProblem> {
+            if value.trim().is_empty() {
+                return Err(SourceProblem {
+                    field,
+                    problem: "must not be empty".into(),
+                });
+            }
+            Ok(())
+        }
+        let mut labels = BTreeMap::new();
+        let (url, table) = match self {
+            TableSource::BigQuery {
+                project_id,
+                dataset,
+                table_name,
+            } => {
+                need("projectId", &project_id)?;
+                need("dataset", &dataset)?;
+                need("tableName", &table_name)?;
+                let url = format!("bigquery://{project_id}/{dataset}");
+                labels.insert("projectId".into(), project_id.into());
+                labels.insert("dataset".into(), dataset.into());
+                (url, table_name)
+            }
+            TableSource::Snowflake {
+                account_id,
+                database,
+                schema,
+                table_name,
+            } => {
+                need("accountID", &account_id)?;
+                need("database", &database)?;
+                need("schema", &schema)?;
+                need("tableName", &table_name)?;
+                labels.insert("dataset".into(), format!("{database}.{schema}").into());
+                (
+                    format!("snowflake://{account_id}/{database}/{schema}"),
+                    table_name,
+                )
+            }
+            TableSource::Databricks {
+                host_name,
+                endpoint,
+                port,
+                token,
+                catalog,
+                schema,
+                table_name,
+            } => {
+                need("hostName", &host_name)?;
+                need("endpoint", &endpoint)?;
+                need("catalog", &catalog)?;
+                need("databricksSchema", &schema)?;
+                need("tableName", &table_name)?;
+                if port.parse::<u16>().is_err() {
+                    return Err(SourceProblem {
+                        field: "port",
+                        problem: format!("must be a port number, got `{port}`"),
+                    });
+                }
+                labels.insert("dataset".into(), format!("{catalog}.{schema}").into());
+                let token = token.map(|t| format!("token:{t}@")).unwrap_or_default();
+                (
+                    format!(
+                        "databricks://{token}{host_name}:{port}{endpoint}?catalog={catalog}&schema={schema}"
+                    ),
+                    table_name,
+                )
+            }
+            TableSource::Own {
+                store,
+                url,
+                table_name,
+            } => {
+                need("url", &url)?;
+                need("tableName", &table_name)?;
+                if !store.schemes().iter().any(|s| url.starts_with(s)) {
+                    return Err(SourceProblem {
+                        field: "url",
+                        problem: format!("must start with {}", store.schemes().join(" or ")),
+                    });
+                }
+                (url, table_name)
+            }
+        };
+        Ok(LocatedSource { url, table, labels })
+    }
+}
+
 pub fn warehouse_of(source: &str) -> Option<&'static str> {
     WAREHOUSES
         .iter()

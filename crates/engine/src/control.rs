@@ -46,6 +46,23 @@ pub enum ControlError {
     TooLarge(String),
     #[error("{0}")]
     Internal(String),
+    /// The metadata store failed (its error, with its cause, kept).
+    #[error("{0}")]
+    Store(#[source] StoreError),
+    /// A file could not be read or written.
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ControlError {
+    /// Whether the server, not the caller, is at fault (a 500): its
+    /// message stays in the server's log.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            ControlError::Internal(_) | ControlError::Store(_) | ControlError::Io(_)
+        )
+    }
 }
 
 impl From<StoreError> for ControlError {
@@ -56,14 +73,8 @@ impl From<StoreError> for ControlError {
             StoreError::LeaseLost(_) | StoreError::Transition(_) => {
                 ControlError::Conflict(e.to_string())
             }
-            other => ControlError::Internal(other.to_string()),
+            other => ControlError::Store(other),
         }
-    }
-}
-
-impl From<std::io::Error> for ControlError {
-    fn from(e: std::io::Error) -> Self {
-        ControlError::Internal(format!("storage error: {e}"))
     }
 }
 
@@ -131,6 +142,41 @@ pub struct NewVersionRequest {
     pub handler: String,
     pub image: String,
     pub user_parameters: Option<Value>,
+}
+
+/// How a run (or each run of a trigger) is run, as a request asks, checked.
+pub(crate) struct RunOptions {
+    pub retry_count: i32,
+    pub distribution: Option<i64>,
+    /// Alias → model id (`{}` when none).
+    pub models: Value,
+}
+
+impl RunOptions {
+    pub(crate) fn check(
+        retry_count: Option<i64>,
+        distribution: Option<i64>,
+        models: Option<Value>,
+    ) -> Result<RunOptions> {
+        let retry_count = RetryPolicy::validate_retry_count(
+            retry_count.unwrap_or(RetryPolicy::DEFAULT_RETRY_COUNT as i64),
+        )
+        .map_err(bad)?;
+        if let Some(n) = distribution.filter(|n| *n < 0) {
+            return Err(bad(format!("distribution must be 0 or more, got {n}")));
+        }
+        let models = models
+            .filter(|m| !m.is_null())
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if !models.is_object() {
+            return Err(bad("models must be an object of alias: model id"));
+        }
+        Ok(RunOptions {
+            retry_count,
+            distribution,
+            models,
+        })
+    }
 }
 
 /// A run as a client submits it.
@@ -260,8 +306,20 @@ impl Control {
         &self.settings
     }
 
-    pub fn store(&self) -> &Arc<dyn MetadataStore> {
-        &self.store
+    /// An importer over this control's store and sealed connections, for
+    /// a command that runs a job's query in its own process.
+    pub fn importer(
+        &self,
+        config: &crate::EngineConfig,
+        name: String,
+    ) -> crate::importer::Importer {
+        crate::importer::Importer::new(
+            self.store.clone(),
+            self.sealer.clone(),
+            config,
+            name,
+            self.wakers.clone(),
+        )
     }
 
     // ---- who is calling -------------------------------------------------
@@ -702,20 +760,14 @@ impl Control {
 
     // ---- runs -----------------------------------------------------------
 
-    pub async fn submit_run(
-        &self,
-        who: &Principal,
-        org: &str,
-        dep: &str,
-        req: SubmitRun,
-    ) -> Result<RunView> {
-        let d = self.get_deployment(who, org, dep).await?;
-        if req.version_id.is_empty() {
-            return Err(bad("\"version_id\" is necessary"));
-        }
-        let ver_id = VersionId::parse(&req.version_id).map_err(|e| bad(e.to_string()))?;
-        let ver = self
-            .store
+    /// The version of `d` a request names (`"version_id"`, necessary); a
+    /// version of another deployment is not found.
+    pub(crate) async fn version_named(&self, d: &Deployment, id: Option<&str>) -> Result<Version> {
+        let id = id
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| bad("\"version_id\" is necessary"))?;
+        let ver_id = VersionId::parse(id).map_err(|e| bad(e.to_string()))?;
+        self.store
             .get_version(&d.organization_id, &d.id, &ver_id)
             .await
             .map_err(|e| match e {
@@ -724,22 +776,27 @@ impl Control {
                     d.id
                 )),
                 e => e.into(),
-            })?;
+            })
+    }
+
+    pub async fn submit_run(
+        &self,
+        who: &Principal,
+        org: &str,
+        dep: &str,
+        req: SubmitRun,
+    ) -> Result<RunView> {
+        let d = self.get_deployment(who, org, dep).await?;
+        let ver = self
+            .version_named(&d, Some(req.version_id.as_str()))
+            .await?;
         if ver.archive.is_none() {
             return Err(bad(format!(
-                "version {ver_id} has no code yet: PUT its archive to the version's upload_url first"
+                "version {} has no code yet: PUT its archive to the version's upload_url first",
+                ver.id
             )));
         }
-        let retry_count = RetryPolicy::validate_retry_count(
-            req.retry_count
-                .unwrap_or(RetryPolicy::DEFAULT_RETRY_COUNT as i64),
-        )
-        .map_err(bad)?;
-        if let Some(d) = req.distribution {
-            if d < 0 {
-                return Err(bad(format!("distribution must be 0 or more, got {d}")));
-            }
-        }
+        let options = RunOptions::check(req.retry_count, req.distribution, req.models)?;
         let input_data = req.input_data.unwrap_or(Value::Null);
         if !(input_data.is_null() || input_data.is_object()) {
             return Err(bad(
@@ -756,24 +813,18 @@ impl Control {
             Err(crate::worker::InputError::Invalid(why)) => return Err(bad(why)),
             Err(crate::worker::InputError::Store(e)) => return Err(e.into()),
         }
-        let models = req
-            .models
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        if !models.is_object() {
-            return Err(bad("models must be an object of alias: model id"));
-        }
         let new = NewRun {
             id: RunId::generate(),
             organization_id: d.organization_id.clone(),
             deployment_id: d.id.clone(),
-            version_id: ver_id,
+            version_id: ver.id,
             trigger_id: None,
             input_data,
-            models,
+            models: options.models,
             output_template: req.output_template.unwrap_or(Value::Null),
             environment: environment("environment", req.environment)?,
-            retry_count,
-            distribution: req.distribution,
+            retry_count: options.retry_count,
+            distribution: options.distribution,
             idempotency_key: req.idempotency_key,
             created_at: time::now(),
         };

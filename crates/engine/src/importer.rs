@@ -276,11 +276,7 @@ impl Importer {
             source_table: spec.table.clone(),
             dest_url: dest,
             target: spec.target.clone(),
-            mode: match spec.mode {
-                LoadMode::Incremental => sluice_datapath::Mode::Incremental,
-                LoadMode::Destructive => sluice_datapath::Mode::Destructive,
-                LoadMode::Merge => sluice_datapath::Mode::Merge,
-            },
+            mode: spec.mode,
             change_column: spec.change_column().map(str::to_owned),
             job: Some(job.id.to_string()),
             window,

@@ -1,9 +1,6 @@
 //! The Arize-style importer's mutations, each translated onto `engine::control`.
 
-use std::collections::BTreeMap;
-
 use async_graphql::{Context, Enum, InputObject, Object, Result, SimpleObject, ID};
-use serde_json::Value;
 use sluice_domain::*;
 use sluice_engine::control::{ControlError, JobChange, NewJob, Validation};
 
@@ -322,25 +319,6 @@ fn job_id(id: &ID) -> String {
     }
 }
 
-fn slug(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let s = s.trim_matches('_').to_owned();
-    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("model_{s}")
-    } else {
-        s
-    }
-}
-
 fn bad(m: impl Into<String>) -> async_graphql::Error {
     gql(ControlError::BadRequest(m.into()))
 }
@@ -352,118 +330,101 @@ fn need(field: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
-/// The source URL, table and labels a create input names.
-fn source_of(
-    input: &mut CreateTableImportJobInput,
-    labels: &mut BTreeMap<String, Value>,
-) -> Result<(String, String)> {
+/// The source a create input names (the config its `tableStore` asks
+/// for), located by the domain's rules; a problem names the input's field.
+fn source_of(input: &mut CreateTableImportJobInput) -> Result<LocatedSource> {
     let store = input.table_store;
     let missing =
         |field: &str, store: &str| bad(format!("{field} is required when tableStore is {store}"));
-    let sluice = |cfg: Option<SluiceTableConfig>, field: &str, store: &str, schemes: &[&str]| {
+    let own = |cfg: Option<SluiceTableConfig>, kind: OwnStore, field: &'static str, store: &str| {
         let cfg = cfg.ok_or_else(|| missing(field, store))?;
-        need(&format!("{field}.url"), &cfg.url)?;
-        need(&format!("{field}.tableName"), &cfg.table_name)?;
-        if !schemes.iter().any(|s| cfg.url.starts_with(s)) {
-            return Err(bad(format!(
-                "{field}.url must start with {}",
-                schemes.join(" or ")
-            )));
-        }
-        Ok((cfg.url, cfg.table_name))
+        Ok::<_, async_graphql::Error>((
+            field,
+            TableSource::Own {
+                store: kind,
+                url: cfg.url,
+                table_name: cfg.table_name,
+            },
+        ))
     };
-    match store {
+    let (field, source) = match store {
         TableStore::BigQuery => {
             let c = input
                 .big_query_table_config
                 .take()
                 .ok_or_else(|| missing("bigQueryTableConfig", "BigQuery"))?;
-            need("bigQueryTableConfig.projectId", &c.project_id)?;
-            need("bigQueryTableConfig.dataset", &c.dataset)?;
-            need("bigQueryTableConfig.tableName", &c.table_name)?;
-            labels.insert("projectId".into(), c.project_id.clone().into());
-            labels.insert("dataset".into(), c.dataset.clone().into());
-            Ok((
-                format!("bigquery://{}/{}", c.project_id, c.dataset),
-                c.table_name,
-            ))
+            (
+                "bigQueryTableConfig",
+                TableSource::BigQuery {
+                    project_id: c.project_id,
+                    dataset: c.dataset,
+                    table_name: c.table_name,
+                },
+            )
         }
         TableStore::Snowflake => {
             let c = input
                 .snowflake_table_config
                 .take()
                 .ok_or_else(|| missing("snowflakeTableConfig", "Snowflake"))?;
-            need("snowflakeTableConfig.accountID", &c.account_id)?;
-            need("snowflakeTableConfig.database", &c.database)?;
-            need("snowflakeTableConfig.schema", &c.schema)?;
-            need("snowflakeTableConfig.tableName", &c.table_name)?;
-            labels.insert(
-                "dataset".into(),
-                format!("{}.{}", c.database, c.schema).into(),
-            );
-            Ok((
-                format!("snowflake://{}/{}/{}", c.account_id, c.database, c.schema),
-                c.table_name,
-            ))
+            (
+                "snowflakeTableConfig",
+                TableSource::Snowflake {
+                    account_id: c.account_id,
+                    database: c.database,
+                    schema: c.schema,
+                    table_name: c.table_name,
+                },
+            )
         }
         TableStore::Databricks => {
             let c = input
                 .databricks_table_config
                 .take()
                 .ok_or_else(|| missing("databricksTableConfig", "Databricks"))?;
-            need("databricksTableConfig.hostName", &c.host_name)?;
-            need("databricksTableConfig.endpoint", &c.endpoint)?;
-            need("databricksTableConfig.catalog", &c.catalog)?;
-            need(
-                "databricksTableConfig.databricksSchema",
-                &c.databricks_schema,
-            )?;
-            need("databricksTableConfig.tableName", &c.table_name)?;
-            if c.port.parse::<u16>().is_err() {
-                return Err(bad(format!(
-                    "databricksTableConfig.port must be a port number, got `{}`",
-                    c.port
-                )));
-            }
+            // Kept by Arize for Azure; a connector would use them.
             let _ = (&c.azure_resource_id, &c.azure_tenant_id);
-            labels.insert(
-                "dataset".into(),
-                format!("{}.{}", c.catalog, c.databricks_schema).into(),
-            );
-            let token = c.token.map(|t| format!("token:{t}@")).unwrap_or_default();
-            Ok((
-                format!(
-                    "databricks://{token}{}:{}{}?catalog={}&schema={}",
-                    c.host_name, c.port, c.endpoint, c.catalog, c.databricks_schema
-                ),
-                c.table_name,
-            ))
+            (
+                "databricksTableConfig",
+                TableSource::Databricks {
+                    host_name: c.host_name,
+                    endpoint: c.endpoint,
+                    port: c.port,
+                    token: c.token,
+                    catalog: c.catalog,
+                    schema: c.databricks_schema,
+                    table_name: c.table_name,
+                },
+            )
         }
-        TableStore::PostgreSQL => sluice(
+        TableStore::PostgreSQL => own(
             input.postgres_table_config.take(),
+            OwnStore::PostgreSQL,
             "postgresTableConfig",
             "PostgreSQL",
-            &["postgres://", "postgresql://"],
-        ),
-        TableStore::MySQL => sluice(
+        )?,
+        TableStore::MySQL => own(
             input.mysql_table_config.take(),
+            OwnStore::MySQL,
             "mysqlTableConfig",
             "MySQL",
-            &["mysql://", "mariadb://"],
-        ),
-        TableStore::SQLite => sluice(
+        )?,
+        TableStore::SQLite => own(
             input.sqlite_table_config.take(),
+            OwnStore::SQLite,
             "sqliteTableConfig",
             "SQLite",
-            &["sqlite:"],
-        ),
-        TableStore::Files => sluice(
+        )?,
+        TableStore::Files => own(
             input.file_table_config.take(),
+            OwnStore::Files,
             "fileTableConfig",
             "Files",
-            &["file://"],
-        ),
-    }
+        )?,
+    };
+    source
+        .locate()
+        .map_err(|p| bad(format!("{field}.{} {}", p.field, p.problem)))
 }
 
 async fn create(
@@ -479,8 +440,11 @@ async fn create(
     };
     let space = c.space_for(who, &space_raw).await.map_err(gql)?;
     need("modelName", &input.model_name)?;
-    let mut labels = BTreeMap::new();
-    let (source, table) = source_of(&mut input, &mut labels)?;
+    let LocatedSource {
+        url: source,
+        table,
+        mut labels,
+    } = source_of(&mut input)?;
     labels.insert("modelName".into(), input.model_name.clone().into());
     labels.insert("modelType".into(), input.model_type.as_str().into());
     labels.insert(
@@ -504,12 +468,8 @@ async fn create(
         .params(&IngestionParams::default())?;
     let spec = JobSpec {
         table,
-        target: slug(&input.model_name),
-        mode: if mapping.change_timestamp.is_some() {
-            LoadMode::Incremental
-        } else {
-            LoadMode::Destructive
-        },
+        target: table_for_model(&input.model_name),
+        mode: LoadMode::for_mapping(&mapping),
         change_column: None,
         key: None,
         mapping,

@@ -20,15 +20,16 @@ pub(crate) fn gql(e: ControlError) -> async_graphql::Error {
         ControlError::NotFound(_) => "NOT_FOUND",
         ControlError::Conflict(_) => "CONFLICT",
         ControlError::TooLarge(_) => "BAD_USER_INPUT",
-        ControlError::Internal(_) => "INTERNAL_SERVER_ERROR",
-    };
-    let message = match &e {
-        // A database's own words stay in the server's log.
-        ControlError::Internal(m) => {
-            tracing::error!(error = %m, "a GraphQL operation failed");
-            "internal error (the server's log has it)".to_owned()
+        ControlError::Internal(_) | ControlError::Store(_) | ControlError::Io(_) => {
+            "INTERNAL_SERVER_ERROR"
         }
-        other => other.to_string(),
+    };
+    let message = if e.is_internal() {
+        // A database's own words stay in the server's log.
+        tracing::error!(error = %e, "a GraphQL operation failed");
+        "internal error (the server's log has it)".to_owned()
+    } else {
+        e.to_string()
     };
     async_graphql::Error::new(message).extend_with(|_, x| x.set("code", code))
 }

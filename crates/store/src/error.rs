@@ -21,7 +21,7 @@ pub enum StoreError {
     #[error("{0}")]
     NoStore(String),
     #[error("database error: {0}")]
-    Database(sqlx::Error),
+    Database(#[source] sqlx::Error),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -552,22 +552,7 @@ impl Control {
         req: NewTriggerRequest,
     ) -> Result<TriggerView> {
         let d = self.get_deployment(who, org, dep).await?;
-        let ver_id = req
-            .version_id
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| bad("\"version_id\" is necessary"))?;
-        let ver_id = VersionId::parse(&ver_id).map_err(|e| bad(e.to_string()))?;
-        let ver = self
-            .store
-            .get_version(&d.organization_id, &d.id, &ver_id)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => ControlError::NotFound(format!(
-                    "version {ver_id} not found in deployment {}",
-                    d.id
-                )),
-                e => e.into(),
-            })?;
+        let ver = self.version_named(&d, req.version_id.as_deref()).await?;
         match req.input_service_name.as_deref() {
             Some(SERVICE) => {}
             None => return Err(bad("\"input_service_name\" is necessary: \"datalake\"")),
@@ -608,23 +593,7 @@ impl Control {
                 ))
             }
         };
-        let retry_count = RetryPolicy::validate_retry_count(
-            req.retry_count
-                .unwrap_or(RetryPolicy::DEFAULT_RETRY_COUNT as i64),
-        )
-        .map_err(bad)?;
-        if let Some(n) = req.distribution {
-            if n < 0 {
-                return Err(bad(format!("distribution must be 0 or more, got {n}")));
-            }
-        }
-        let models = req
-            .models
-            .filter(|m| !m.is_null())
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        if !models.is_object() {
-            return Err(bad("models must be an object of alias: model id"));
-        }
+        let options = super::RunOptions::check(req.retry_count, req.distribution, req.models)?;
         let now = time::now();
         let trigger = Trigger {
             id: TriggerId::generate(),
@@ -633,10 +602,10 @@ impl Control {
             version_id: ver.id.clone(),
             input_channel_id: input,
             output_channel_id: output,
-            models,
+            models: options.models,
             environment: environment("environment", req.environment)?,
-            retry_count,
-            distribution: req.distribution,
+            retry_count: options.retry_count,
+            distribution: options.distribution,
             created_at: now,
             modified_at: now,
             deleted_at: None,
