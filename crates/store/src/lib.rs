@@ -57,12 +57,17 @@ pub struct LogQuery {
 }
 
 /// The metadata store's contract: everything sluice keeps, scoped by
-/// organization, and the run engine's claim/lease/finish steps.
-#[async_trait]
-pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync + 'static {
+/// organization, one smaller contract per subject.
+pub trait MetadataStore:
+    AccountStore + DeploymentStore + RunStore + DatalakeStore + ImportStore + SpaceStore
+{
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
+}
 
+/// The server's secrets, organizations and their users.
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
     /// The server secret `name`: the stored one, or `candidate`, stored
     /// now when there was none (the first of racing processes wins; all
     /// answer the same).
@@ -80,8 +85,11 @@ pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync 
     async fn users_of(&self, org: &OrganizationId) -> Result<Vec<User>>;
     /// The first user of an organization, by creation.
     async fn first_user(&self, org: &OrganizationId) -> Result<Option<User>>;
+}
 
-    // Deployments and versions.
+/// Deployments and their versions.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync + 'static {
     async fn create_deployment(&self, dep: &Deployment) -> Result<()>;
     async fn get_deployment(&self, org: &OrganizationId, id: &DeploymentId) -> Result<Deployment>;
     async fn list_deployments(&self, org: &OrganizationId) -> Result<Vec<Deployment>>;
@@ -112,8 +120,12 @@ pub trait MetadataStore: DatalakeStore + ImportStore + SpaceStore + Send + Sync 
         dep: &DeploymentId,
         id: &VersionId,
     ) -> Result<()>;
+}
 
-    // Runs.
+/// Runs, the run engine's steps (schedule, claim under a lease, renew,
+/// finish, reap, cancel) and runs' logs.
+#[async_trait]
+pub trait RunStore: Send + Sync + 'static {
     /// Stores a new SUBMITTED run. With an idempotency key already used for
     /// this deployment, stores nothing and answers the earlier run (`false`).
     async fn create_run(&self, run: &NewRun, queue: Option<&str>) -> Result<(Run, bool)>;

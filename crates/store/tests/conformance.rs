@@ -14,8 +14,8 @@ use serde_json::json;
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
 use sluice_store::{
-    DatalakeStore, FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome,
-    SpaceStore, SqlStore, StoreError,
+    AccountStore, DatalakeStore, DeploymentStore, FileQuery, ImportStore, JobFilter, LogQuery,
+    MetadataStore, QueryOutcome, RunStore, SpaceStore, SqlStore, StoreError,
 };
 
 /// A store, and what must live as long as it (removed after the test).

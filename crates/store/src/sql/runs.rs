@@ -1,0 +1,399 @@
+//! [`RunStore`] over SQL: runs, the engine's steps on them (their leases
+//! through [`super::lease`]) and their logs.
+
+use super::*;
+use crate::RunStore;
+
+#[async_trait]
+impl RunStore for SqlStore {
+    async fn create_run(&self, run: &NewRun, queue: Option<&str>) -> Result<(Run, bool)> {
+        let mut tx = self.begin().await?;
+        if let Some(key) = &run.idempotency_key {
+            if let Some(earlier) = run_by_idempotency_key(&mut *tx, &run.deployment_id, key).await?
+            {
+                return Ok((earlier, false));
+            }
+        }
+        let row = insert_run(&mut tx, run, queue).await;
+        match row {
+            Ok(run) => {
+                tx.commit().await?;
+                Ok((run, true))
+            }
+            // Two submits with one key raced: the other one won; answer it.
+            Err(e) => match (e, &run.idempotency_key) {
+                (StoreError::Conflict(_), Some(key)) => {
+                    drop(tx);
+                    let earlier =
+                        run_by_idempotency_key(&self.write, &run.deployment_id, key).await?;
+                    Ok((
+                        earlier.ok_or_else(|| not_found("run with idempotency key", key))?,
+                        false,
+                    ))
+                }
+                (e, _) => Err(e),
+            },
+        }
+    }
+
+    async fn get_run(&self, org: &OrganizationId, id: &RunId) -> Result<Run> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = $1 AND id = $2");
+        let row = sqlx::query(&sql)
+            .bind(org.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| not_found("run", id))?;
+        run_from_row(&row)
+    }
+
+    async fn list_runs(
+        &self,
+        org: &OrganizationId,
+        dep: &DeploymentId,
+        trigger: Option<&TriggerId>,
+        page: PageRequest,
+    ) -> Result<Page<Run>> {
+        let (cmp, order) = if page.forward {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        let after = page
+            .after
+            .unwrap_or(if page.forward { 0 } else { i64::MAX });
+        let trigger_clause = if trigger.is_some() {
+            " AND trigger_id = $5"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = $1 AND deployment_id = $2 \
+             AND seq {cmp} $3{trigger_clause} ORDER BY seq {order} LIMIT $4"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(org.as_str())
+            .bind(dep.as_str())
+            .bind(after)
+            .bind(page.limit as i64 + 1);
+        if let Some(t) = trigger {
+            query = query.bind(t.as_str());
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        let mut items = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        let more = items.len() > page.limit as usize;
+        items.truncate(page.limit as usize);
+        let next = if more {
+            items.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn list_attempts(&self, run: &RunId) -> Result<Vec<RunAttempt>> {
+        let rows = sqlx::query(
+            "SELECT run_id, attempt, worker, started_at, running_at, finished_at, outcome, error \
+             FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunAttempt {
+                    run_id: RunId::parse(&row.try_get::<String, _>("run_id")?)?,
+                    attempt: row.try_get::<i64, _>("attempt")? as i32,
+                    worker: row.try_get("worker")?,
+                    started_at: ts(row, "started_at")?,
+                    running_at: opt_ts(row, "running_at")?,
+                    finished_at: opt_ts(row, "finished_at")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn schedule(&self, now: Timestamp) -> Result<u64> {
+        use RunStatus::*;
+        Submitted.transition(Rejected)?;
+        Submitted.transition(Pending)?;
+        Pending.transition(Runnable)?;
+        let now = micros(now);
+        let mut tx = self.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // One scheduler at a time, so two never free the same queue twice.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SCHEDULER_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE runs SET status = 'REJECTED', modified_at = $1, finished_at = $1, \
+             error = 'the run''s version was deleted or its code was never uploaded' \
+             WHERE status = 'SUBMITTED' AND NOT EXISTS (SELECT 1 FROM versions v \
+             WHERE v.id = runs.version_id AND v.archive IS NOT NULL)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET status = 'PENDING', modified_at = $1 WHERE status = 'SUBMITTED'",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let free = sqlx::query(
+            "UPDATE runs SET status = 'RUNNABLE', modified_at = $1 \
+             WHERE status = 'PENDING' AND queue IS NULL AND not_before <= $1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // A distributed queue runs one run at a time, in submission order:
+        // only its oldest PENDING run may start, and only when none is active.
+        let queued = sqlx::query(&format!(
+            "UPDATE runs SET status = 'RUNNABLE', modified_at = $1 WHERE not_before <= $1 \
+             AND seq IN (SELECT MIN(p.seq) FROM runs p WHERE p.status = 'PENDING' \
+             AND p.queue IS NOT NULL AND NOT EXISTS (SELECT 1 FROM runs a \
+             WHERE a.queue = p.queue AND (a.status = 'RUNNABLE' OR a.status IN {LEASED})) \
+             GROUP BY p.queue)"
+        ))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(free + queued)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<Lease>> {
+        let mut tx = self.begin().await?;
+        let rows = RUNS
+            .claim(&mut tx, self.dialect, worker, limit, ttl, now)
+            .await?;
+        let now = micros(now);
+        let mut leases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run = run_from_row(row)?;
+            sqlx::query(
+                "INSERT INTO run_attempts (run_id, attempt, worker, started_at, outcome) \
+                 VALUES ($1, $2, $3, $4, 'RUNNING')",
+            )
+            .bind(run.id.as_str())
+            .bind(run.attempt as i64)
+            .bind(worker)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            leases.push(Lease {
+                attempt: run.attempt,
+                token: run.lease_token,
+                run,
+            });
+        }
+        tx.commit().await?;
+        leases.sort_by_key(|l| l.run.seq);
+        Ok(leases)
+    }
+
+    async fn mark_running(&self, run: &RunId, token: i64, now: Timestamp) -> Result<RunStatus> {
+        let mut tx = self.begin().await?;
+        let moved = RUNS.mark_running(&mut tx, run.as_str(), token, now).await?;
+        if let Some(attempt) = moved {
+            sqlx::query(
+                "UPDATE run_attempts SET running_at = $1 WHERE run_id = $2 AND attempt = $3",
+            )
+            .bind(micros(now))
+            .bind(run.as_str())
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(RunStatus::Running);
+        }
+        let current = self.lock_run(&mut tx, run).await?;
+        if current.lease_token != token || !current.status.is_leased() {
+            return Err(StoreError::LeaseLost(run.to_string()));
+        }
+        Ok(current.status)
+    }
+
+    async fn heartbeat(
+        &self,
+        run: &RunId,
+        token: i64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
+        RUNS.heartbeat(&self.write, run.as_str(), token, ttl, now)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        run: &RunId,
+        token: i64,
+        outcome: &AttemptOutcome,
+        retry: RetryPolicy,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
+        let mut tx = self.begin().await?;
+        let next = self
+            .finish_in(&mut tx, run, token, outcome, retry, now)
+            .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn reap(&self, retry: RetryPolicy, now: Timestamp) -> Result<Vec<RunId>> {
+        let mut tx = self.begin().await?;
+        let rows = RUNS.expired(&mut tx, self.dialect, now).await?;
+        let now = micros(now);
+        let mut reaped = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run = run_from_row(row)?;
+            let next = run
+                .status
+                .after_attempt(AttemptEnd::Lost, run.attempt, run.retry_count);
+            run.status.transition(next)?;
+            let error = lease::lost(run.attempt, run.lease_owner.as_deref());
+            end_attempt(
+                &mut tx,
+                &run,
+                next,
+                AttemptEnd::Lost,
+                Some(error),
+                retry,
+                now,
+            )
+            .await?;
+            reaped.push(run.id);
+        }
+        tx.commit().await?;
+        Ok(reaped)
+    }
+
+    async fn request_cancel(
+        &self,
+        org: &OrganizationId,
+        id: &RunId,
+        now: Timestamp,
+    ) -> Result<Run> {
+        let mut tx = self.begin().await?;
+        let run = self.lock_run(&mut tx, id).await?;
+        if &run.organization_id != org {
+            return Err(not_found("run", id));
+        }
+        let Some(next) = run.status.on_cancel() else {
+            return Ok(run);
+        };
+        run.status.transition(next)?;
+        let finished = next.is_final().then_some(micros(now));
+        let sql = format!(
+            "UPDATE runs SET status = $1, modified_at = $2, finished_at = $3 \
+             WHERE id = $4 AND status = $5 RETURNING {RUN_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(next.as_str())
+            .bind(micros(now))
+            .bind(finished)
+            .bind(id.as_str())
+            .bind(run.status.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        run_from_row(&row)
+    }
+
+    async fn append_logs(
+        &self,
+        run: &RunId,
+        token: i64,
+        attempt: i32,
+        events: &[(Timestamp, String)],
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT lease_token FROM runs WHERE id = $1{}",
+            self.dialect.for_share()
+        );
+        let held: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(run.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if held != Some(token) {
+            return Err(StoreError::LeaseLost(run.to_string()));
+        }
+        for chunk in events.chunks(200) {
+            let mut sql =
+                String::from("INSERT INTO log_events (run_id, attempt, ts, message) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 2 + 3;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("($1, $2, ${b}, ${})", b + 1));
+            }
+            let mut query = sqlx::query(&sql).bind(run.as_str()).bind(attempt as i64);
+            for (ts, message) in chunk {
+                query = query.bind(micros(*ts)).bind(message.as_str());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn read_logs(&self, run: &RunId, q: LogQuery) -> Result<Vec<LogEvent>> {
+        let mut sql = String::from("SELECT seq, ts, message FROM log_events WHERE run_id = $1");
+        let mut binds: Vec<i64> = Vec::new();
+        let mut clause = |sql: &mut String, cond: &str, v: i64| {
+            binds.push(v);
+            sql.push_str(&format!(" AND {cond} ${}", binds.len() + 1));
+        };
+        if let Some(after) = q.after {
+            clause(&mut sql, "seq >", after);
+        }
+        if let Some(before) = q.before {
+            clause(&mut sql, "seq <", before);
+        }
+        if let Some(t) = q.start_time {
+            clause(&mut sql, "ts >=", micros(t));
+        }
+        if let Some(t) = q.end_time {
+            clause(&mut sql, "ts <=", micros(t));
+        }
+        sql.push_str(if q.descending {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq ASC"
+        });
+        sql.push_str(&format!(" LIMIT {}", q.limit));
+        let mut query = sqlx::query(&sql).bind(run.as_str());
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogEvent {
+                    seq: row.try_get("seq")?,
+                    timestamp: ts(row, "ts")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+}
