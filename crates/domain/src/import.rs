@@ -346,12 +346,13 @@ impl IngestionParams {
     }
 
     /// What is wrong with these parameters, if anything.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), crate::Invalid> {
         if let Some(h) = self.query_window_size_hours {
             if !h.is_finite() || h < 0.0 {
                 return Err(format!(
                     "tableIngestionParameters.queryWindowSizeHours must be 0 or more, got {h}"
-                ));
+                )
+                .into());
             }
         }
         if self.refresh_interval_minutes == Some(0) {

@@ -31,3 +31,41 @@ pub use import::*;
 pub use model::*;
 pub use run::{AttemptEnd, RetryPolicy, RunStatus, TransitionError};
 pub use space::{ApiKey, Model, Space, MODEL_TYPES};
+
+/// Input that breaks one of sluice's rules, with a message that says what
+/// and where: what every check a face passes its input through answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Invalid {
+        Invalid(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Invalid {
+        Invalid(message.to_owned())
+    }
+}
+
+/// The message, to read and match on.
+impl std::ops::Deref for Invalid {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for Invalid {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> String {
+        e.0
+    }
+}

@@ -96,7 +96,7 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn parse(s: &str) -> Result<Handler, String> {
+    pub fn parse(s: &str) -> Result<Handler, crate::Invalid> {
         let ident = |p: &str| {
             !p.is_empty()
                 && !p.starts_with(|c: char| c.is_ascii_digit())
@@ -109,9 +109,9 @@ impl Handler {
                     function: function.to_owned(),
                 })
             }
-            _ => Err(format!(
-                "handler `{s}` must be `module:function`, e.g. `main:handler`"
-            )),
+            _ => {
+                Err(format!("handler `{s}` must be `module:function`, e.g. `main:handler`").into())
+            }
         }
     }
 }

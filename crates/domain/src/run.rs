@@ -219,11 +219,11 @@ impl RetryPolicy {
     pub const MAX_RETRY_COUNT: i32 = 9;
 
     /// Checks a `retry_count` given by a client.
-    pub fn validate_retry_count(count: i64) -> Result<i32, String> {
+    pub fn validate_retry_count(count: i64) -> Result<i32, crate::Invalid> {
         if (0..=Self::MAX_RETRY_COUNT as i64).contains(&count) {
             Ok(count as i32)
         } else {
-            Err(format!("retry_count must be between 0 and 9, got {count}"))
+            Err(format!("retry_count must be between 0 and 9, got {count}").into())
         }
     }
 

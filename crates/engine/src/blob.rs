@@ -36,7 +36,7 @@ impl Blobs {
 
     /// The store a URL names: `s3://bucket[/prefix]` (with the `s3`
     /// feature) or `file:///path`.
-    pub fn open(url: &str) -> Result<Blobs, String> {
+    pub fn open(url: &str) -> Result<Blobs, sluice_domain::Invalid> {
         if let Some(path) = url.strip_prefix("file://") {
             return Ok(Blobs::local(path));
         }
@@ -46,12 +46,14 @@ impl Blobs {
             use object_store::prefix::PrefixStore;
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("object store URL `{url}` names no bucket"));
+                return Err(format!("object store URL `{url}` names no bucket").into());
             }
             let s3 = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .build()
-                .map_err(|e| format!("cannot use object store {url}: {e}"))?;
+                .map_err(|e| {
+                    sluice_domain::Invalid(format!("cannot use object store {url}: {e}"))
+                })?;
             let prefix = prefix.trim_matches('/');
             return Ok(Blobs::Remote(if prefix.is_empty() {
                 std::sync::Arc::new(s3)
@@ -61,7 +63,8 @@ impl Blobs {
         }
         Err(format!(
             "unsupported object store URL `{url}`: expected s3://bucket/prefix or file:///path"
-        ))
+        )
+        .into())
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {

@@ -210,13 +210,13 @@ async fn execute(
     )
     .and_then(|()| {
         if query.contains('\0') || query.contains("\\u0000") {
-            Err("the query contains a NUL character".to_owned())
+            Err("the query contains a NUL character".into())
         } else {
             Ok(())
         }
     });
     if let Err(m) = text {
-        return error(StatusCode::BAD_REQUEST, m, "BAD_USER_INPUT");
+        return error(StatusCode::BAD_REQUEST, m.0, "BAD_USER_INPUT");
     }
     let mut request = async_graphql::Request::new(fill_empty_selections(query));
     if let Some(vars) = body.get("variables").filter(|v| v.is_object()) {

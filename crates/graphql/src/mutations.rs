@@ -141,7 +141,7 @@ impl IngestionInput {
             .or(base.query_window_size_hours),
             ..base.clone()
         };
-        p.check().map_err(|m| gql(ControlError::BadRequest(m)))?;
+        p.check().map_err(|m| gql(ControlError::BadRequest(m.0)))?;
         Ok(p)
     }
 }

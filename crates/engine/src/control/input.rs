@@ -4,13 +4,14 @@
 //! cases themselves.
 
 use serde_json::Value;
+use sluice_domain::Invalid;
 
 /// The longest string a JSON body may hold, in bytes.
 pub const MAX_STRING: usize = 64 * 1024;
 
 /// Checks every string (and key) of `value`; `at` names where it is, for
 /// the message (`body.environment.KEY`).
-pub fn check_json(value: &Value, at: &str) -> Result<(), String> {
+pub fn check_json(value: &Value, at: &str) -> Result<(), Invalid> {
     match value {
         Value::String(s) => check_text(s, at),
         Value::Array(items) => items
@@ -27,15 +28,16 @@ pub fn check_json(value: &Value, at: &str) -> Result<(), String> {
 }
 
 /// A text is refused when it holds a NUL or is longer than [`MAX_STRING`].
-pub fn check_text(s: &str, at: &str) -> Result<(), String> {
+pub fn check_text(s: &str, at: &str) -> Result<(), Invalid> {
     if s.contains('\0') {
-        return Err(format!("`{at}` contains a NUL character"));
+        return Err(format!("`{at}` contains a NUL character").into());
     }
     if s.len() > MAX_STRING {
         return Err(format!(
             "`{at}` is {} bytes long; at most {MAX_STRING} are taken",
             s.len()
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -46,18 +48,19 @@ pub const MAX_NAME: usize = 255;
 
 /// A name as the use cases take it: not empty, at most [`MAX_NAME`]
 /// characters, no control characters (NUL among them).
-pub fn check_name(field: &str, name: &str) -> Result<(), String> {
+pub fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
     if name.trim().is_empty() {
-        return Err(format!("\"{field}\" must not be empty"));
+        return Err(format!("\"{field}\" must not be empty").into());
     }
     if name.chars().count() > MAX_NAME {
         return Err(format!(
             "\"{field}\" is {} characters long; at most {MAX_NAME} are taken",
             name.chars().count()
-        ));
+        )
+        .into());
     }
     if name.chars().any(char::is_control) {
-        return Err(format!("\"{field}\" contains a control character"));
+        return Err(format!("\"{field}\" contains a control character").into());
     }
     Ok(())
 }
