@@ -306,15 +306,9 @@ impl SqlStore {
 
     /// Reads one run under a row lock (PostgreSQL) inside `tx`.
     async fn lock_run(&self, tx: &mut Transaction<'static, Any>, id: &RunId) -> Result<Run> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1{}",
-            self.dialect.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.as_ref()
+        RUNS.lock(tx, self.dialect, id.as_str())
+            .await?
+            .as_ref()
             .map(run_from_row)
             .transpose()?
             .ok_or_else(|| not_found("run", id))

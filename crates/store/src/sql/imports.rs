@@ -99,15 +99,10 @@ const QUERY_ATTEMPTS: i32 = 3;
 
 impl SqlStore {
     async fn lock_query(&self, tx: &mut Transaction<'static, Any>, id: &QueryId) -> Result<Query> {
-        let sql = format!(
-            "SELECT {QUERY_COLUMNS} FROM import_queries WHERE id = $1{}",
-            self.dialect.for_update()
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.as_ref()
+        QUERIES
+            .lock(tx, self.dialect, id.as_str())
+            .await?
+            .as_ref()
             .map(query_from_row)
             .transpose()?
             .ok_or_else(|| not_found("query", id))

@@ -102,6 +102,23 @@ impl Leased {
             .transpose()
     }
 
+    /// The row `id`, under a row lock (PostgreSQL) inside `tx`: what a
+    /// step reads before it decides on a status move.
+    pub async fn lock(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        dialect: Dialect,
+        id: &str,
+    ) -> Result<Option<AnyRow>> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE id = $1{}",
+            self.columns,
+            self.table,
+            dialect.for_update()
+        );
+        Ok(sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?)
+    }
+
     /// Renews the lease of `id` holding `token` until `now + ttl`; answers
     /// the status (CANCELING tells the holder to stop), or
     /// [`StoreError::LeaseLost`].
