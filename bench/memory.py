@@ -17,7 +17,6 @@ when the RSS grows from round to round by more than 20% (memory that is
 never given back) or stays more than 16 MiB above its start.
 """
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -113,7 +112,6 @@ def main():
     ap.add_argument("--backends", default="sqlite,postgres")
     args = ap.parse_args()
     ensure_built()
-    print(f"binary: {os.path.relpath(BIN)}")
     print(f"{args.records} deployments and {args.records} channels with {DESCRIPTION + 1} B descriptions; "
           f"{args.requests} list requests, {args.concurrency} at once")
     failed = False
