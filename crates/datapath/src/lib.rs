@@ -235,6 +235,76 @@ pub(crate) fn change_column<'a, C>(
     Ok(Some(c))
 }
 
+/// What an import decides before its transaction, the same way on both
+/// load paths: the columns it loads (of `all`, the source's), the change
+/// column and merge key, the window's shape, and the destination's
+/// bookkeeping (the target inspected and checked, the watermark read).
+pub(crate) struct Decided<C> {
+    pub cols: Vec<C>,
+    pub change: Option<C>,
+    pub key: Option<String>,
+    pub shape: window::Shape,
+    pub before: ledger::Before,
+    pub report: ImportReport,
+}
+
+pub(crate) async fn decide<C: Clone>(
+    spec: &ImportSpec,
+    all: &[C],
+    name: impl Fn(&C) -> &str,
+    unorderable: impl Fn(&C) -> Option<String>,
+    bookkeeping: &mut ledger::Conn<'_>,
+    target: &types::TableName,
+    job: &str,
+) -> Result<Decided<C>> {
+    if all.is_empty() {
+        return Err(ImportError::Invalid(format!(
+            "source table {} does not exist (or has no columns)",
+            spec.source_table
+        )));
+    }
+    let cols = spec.select(all, &name)?;
+    let change = change_column(spec, &cols, &name, unorderable)?.cloned();
+    let names: Vec<&str> = cols.iter().map(&name).collect();
+    let key = spec.merge_key(&names)?;
+    let shape = spec.shape()?;
+    let windowed = change.is_some() && spec.mode.windowed();
+    let before = ledger::before_load(bookkeeping, spec, target, job, &names, windowed).await?;
+    let report = ImportReport {
+        reloaded: before.verdict.reload.clone(),
+        ..ImportReport::default()
+    };
+    Ok(Decided {
+        cols,
+        change,
+        key,
+        shape,
+        before,
+        report,
+    })
+}
+
+/// The target's rows a window replaces, as a condition on `column` (its
+/// values written by `literal`), and whether they are the watermark's rows
+/// read again (which are not new rows). A merge replaces the watermark's
+/// rows by their key anyway: none then.
+pub(crate) fn replaced(
+    spec: &ImportSpec,
+    replace: Option<window::Replace>,
+    column: &str,
+    literal: impl Fn(&str) -> String,
+) -> Option<(String, bool)> {
+    use window::Replace;
+    let by_key = |r: &Replace| spec.mode == Mode::Merge && matches!(r, Replace::At(_));
+    replace.filter(|r| !by_key(r)).map(|r| match r {
+        Replace::Range(a, b) => (
+            format!("{column} >= {} AND {column} < {}", literal(&a), literal(&b)),
+            false,
+        ),
+        Replace::At(v) => (format!("{column} = {}", literal(&v)), true),
+    })
+}
+
 /// The statements that merge `stage` into `target` (both quoted), `cols`
 /// (quoted, joined) keyed by `key` (quoted): the target's rows with the
 /// stage's keys go, then the stage's rows come in — the last row of a key
@@ -319,6 +389,21 @@ impl ImportReport {
             Some(start) => format!("{open}{start}, {end}{close}"),
             None => format!("[first row, {end}{close}"),
         })
+    }
+
+    /// Ends a run: tells `progress` the load committed (or that another
+    /// attempt had loaded the window), and times it from `started`.
+    pub(crate) fn ended(
+        mut self,
+        started: std::time::Instant,
+        progress: &mut dyn Progress,
+    ) -> ImportReport {
+        progress.stage(StageEvent::Committed {
+            rows: self.rows,
+            already_loaded: self.already_loaded,
+        });
+        self.elapsed = started.elapsed();
+        self
     }
 
     /// Records a run's planned window (telling `progress`) and hands it

@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 
 pub use crate::types::TableName;
 use crate::types::{db, ident as quote_ident, invalid, literal as quote_literal};
-use crate::window::Replace;
 use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
 
 /// Bytes gathered before one write to the destination.
@@ -159,42 +158,28 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let (mut src, mut dst) = (src?, dst?);
 
     let all = columns(&mut src, &source).await?;
-    if all.is_empty() {
-        return Err(invalid(format!(
-            "source table {} does not exist (or has no columns)",
-            spec.source_table
-        )));
-    }
-    let cols = spec.select(&all, |c| c.name.as_str())?;
-    let change = crate::change_column(
+    let crate::Decided {
+        cols,
+        change,
+        key,
+        shape,
+        before:
+            ledger::Before {
+                target: owned,
+                verdict,
+                watermark,
+            },
+        mut report,
+    } = crate::decide(
         spec,
-        &cols,
-        |c| c.name.as_str(),
+        &all,
+        |c: &Column| c.name.as_str(),
         |c| (!orderable(&c.sql_type)).then(|| c.sql_type.clone()),
-    )?
-    .cloned();
-    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-    let key = spec.merge_key(&names)?;
-    let shape = spec.shape()?;
-    let windowed = change.is_some() && spec.mode.windowed();
-    let ledger::Before {
-        target: owned,
-        verdict,
-        watermark,
-    } = ledger::before_load(
         &mut ledger::Conn::Postgres(&mut dst),
-        spec,
         &target,
         &job,
-        &names,
-        windowed,
     )
     .await?;
-
-    let mut report = ImportReport {
-        reloaded: verdict.reload.clone(),
-        ..ImportReport::default()
-    };
     let cols_sql = column_list(&cols);
     let mut select = format!("SELECT {cols_sql} FROM {}", source.quoted());
     let mut replace = None;
@@ -214,18 +199,8 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
         boundary_rows = plan.boundary_rows;
-        // A merge replaces the watermark's rows by their key anyway.
-        let boundary_by_key = |r: &Replace| spec.mode == Mode::Merge && matches!(r, Replace::At(_));
-        replace = plan.replace.filter(|r| !boundary_by_key(r)).map(|r| {
-            let col = quote_ident(&c.name);
-            let lit = |v: &str| format!("{}::{}", quote_literal(v), c.sql_type);
-            match r {
-                Replace::Range(a, b) => (
-                    format!("{col} >= {} AND {col} < {}", lit(&a), lit(&b)),
-                    false,
-                ),
-                Replace::At(v) => (format!("{col} = {}", lit(&v)), true),
-            }
+        replace = crate::replaced(spec, plan.replace, &quote_ident(&c.name), |v| {
+            format!("{}::{}", quote_literal(v), c.sql_type)
         });
     }
     let estimate = estimate(&mut src, &source).await;
@@ -246,12 +221,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     if !claimed {
         tx.rollback().await.map_err(db("ending the load"))?;
         report.already_loaded = true;
-        report.elapsed = started.elapsed();
-        progress.stage(crate::StageEvent::Committed {
-            rows: 0,
-            already_loaded: true,
-        });
-        return Ok(report);
+        return Ok(report.ended(started, progress));
     }
 
     let load_into = match spec.mode {
@@ -360,13 +330,8 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     progress.stage(crate::StageEvent::Loaded { rows });
     spec.check_cancel()?;
     tx.commit().await.map_err(db("committing the load"))?;
-    progress.stage(crate::StageEvent::Committed {
-        rows,
-        already_loaded: false,
-    });
     report.rows = rows;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    Ok(report.ended(started, progress))
 }
 
 /// Makes the target when it is missing, or brings an existing one to the

@@ -14,7 +14,6 @@ use sqlx::{Connection, Row, ValueRef};
 
 use crate::types::{db, invalid, literal as lit, q, TableName, Val};
 pub use crate::types::{Col, Kind};
-use crate::window::Replace;
 use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result};
 
 /// Rows per write to the destination.
@@ -460,42 +459,28 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
     let mut src = open_source(&spec.source_url, &spec.source_table).await?;
     let mut dst = open_dest(&spec.dest_url).await?;
     let all = src.columns(&source).await?;
-    if all.is_empty() {
-        return Err(invalid(format!(
-            "source table {} does not exist (or has no columns)",
-            spec.source_table
-        )));
-    }
-    let cols = spec.select(&all, |c| c.name.as_str())?;
-    let change = crate::change_column(
+    let crate::Decided {
+        cols,
+        change,
+        key,
+        shape,
+        before:
+            ledger::Before {
+                target: owned,
+                verdict,
+                watermark,
+            },
+        mut report,
+    } = crate::decide(
         spec,
-        &cols,
-        |c| c.name.as_str(),
+        &all,
+        |c: &Col| c.name.as_str(),
         |c| (!c.kind.orderable()).then(|| format!("{:?}", c.kind)),
-    )?
-    .cloned();
-    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-    let key = spec.merge_key(&names)?;
-    let shape = spec.shape()?;
-    let windowed = change.is_some() && spec.mode.windowed();
-    let ledger::Before {
-        target: owned,
-        verdict,
-        watermark,
-    } = ledger::before_load(
         &mut dst.bookkeeping(),
-        spec,
         &target,
         &job,
-        &names,
-        windowed,
     )
     .await?;
-
-    let mut report = ImportReport {
-        reloaded: verdict.reload.clone(),
-        ..ImportReport::default()
-    };
     let src_table = src.table(&source);
     let exprs = cols
         .iter()
@@ -525,26 +510,15 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
         boundary_rows = plan.boundary_rows;
-        // A merge replaces the watermark's rows by their key anyway.
-        let boundary_by_key = |r: &Replace| spec.mode == Mode::Merge && matches!(r, Replace::At(_));
-        replace = plan.replace.filter(|r| !boundary_by_key(r)).map(|r| {
-            let n = q(&c.name, false);
-            let lit = |v: &str| match &dst {
-                Dest::Postgres(_) => format!("{}::{}", lit(v), c.kind.postgres()),
-                // The warehouse keeps times in one spelling (see write_batch).
-                Dest::Sqlite(_) => lit(&match c.kind {
-                    Kind::Timestamp | Kind::TimestampTz => crate::window::parse_time(v)
-                        .map(crate::window::format_time)
-                        .unwrap_or_else(|| v.to_owned()),
-                    _ => v.to_owned(),
-                }),
-            };
-            match r {
-                Replace::Range(a, b) => {
-                    (format!("{n} >= {} AND {n} < {}", lit(&a), lit(&b)), false)
-                }
-                Replace::At(v) => (format!("{n} = {}", lit(&v)), true),
-            }
+        replace = crate::replaced(spec, plan.replace, &q(&c.name, false), |v| match &dst {
+            Dest::Postgres(_) => format!("{}::{}", lit(v), c.kind.postgres()),
+            // The warehouse keeps times in one spelling (see write_batch).
+            Dest::Sqlite(_) => lit(&match c.kind {
+                Kind::Timestamp | Kind::TimestampTz => crate::window::parse_time(v)
+                    .map(crate::window::format_time)
+                    .unwrap_or_else(|| v.to_owned()),
+                _ => v.to_owned(),
+            }),
         });
     }
     let live = dest_table(&target);
@@ -694,12 +668,7 @@ pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<Im
         }
         None => report.already_loaded = true,
     }
-    progress.stage(crate::StageEvent::Committed {
-        rows: report.rows,
-        already_loaded: report.already_loaded,
-    });
-    report.elapsed = started.elapsed();
-    Ok(report)
+    Ok(report.ended(started, progress))
 }
 
 /// Reads every row of `select` on its own task (which owns the source
