@@ -29,6 +29,7 @@ impl ApiError {
             ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ControlError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ControlError::Internal(_) | ControlError::Store(_) | ControlError::Io(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
             }
@@ -39,7 +40,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status();
-        let description = if status.is_server_error() {
+        let description = if self.0.is_internal() {
             // A database's own words stay in the server's log.
             tracing::error!(error = %self.0, "a request failed");
             "internal error (the server's log has it)".to_owned()

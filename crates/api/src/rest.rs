@@ -90,6 +90,7 @@ pub(crate) fn table() -> Table {
         .public(Method::GET, "/healthz", || async {
             Json(json!({"status": "ok"}))
         })
+        .public(Method::GET, "/readyz", ready)
         .at(
             Method::GET,
             "/organizations/{org}/deployments",
@@ -216,6 +217,13 @@ async fn created_by(state: &ApiState, d: &sluice_domain::Deployment) -> Value {
         None => None,
     };
     wire::deployment(d, creator.as_ref())
+}
+
+/// Readiness: 200 while the metadata store answers, else 503 saying why
+/// (`/healthz` stays the liveness probe: the process serves).
+async fn ready(State(s): State<ApiState>) -> Result<Json<Value>> {
+    s.control.ready().await?;
+    Ok(Json(json!({"status": "ready"})))
 }
 
 async fn create_deployment(

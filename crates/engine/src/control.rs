@@ -46,6 +46,9 @@ pub enum ControlError {
     TooLarge(String),
     #[error("{0}")]
     Internal(String),
+    /// This server cannot serve now (its store does not answer).
+    #[error("{0}")]
+    Unavailable(String),
     /// The metadata store failed (its error, with its cause, kept).
     #[error("{0}")]
     Store(#[source] StoreError),
@@ -320,6 +323,24 @@ impl Control {
             name,
             self.wakers.clone(),
         )
+    }
+
+    /// Whether this server can serve: its metadata store answers within
+    /// two seconds.
+    pub async fn ready(&self) -> Result<()> {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                // Its own words (hosts, users) stay in the server's log.
+                tracing::warn!(error = %e, "readiness: the metadata store does not answer");
+                Err(ControlError::Unavailable(
+                    "the metadata store does not answer (the server's log says why)".into(),
+                ))
+            }
+            Err(_) => Err(ControlError::Unavailable(
+                "the metadata store did not answer within 2 s".into(),
+            )),
+        }
     }
 
     // ---- who is calling -------------------------------------------------

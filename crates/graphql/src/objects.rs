@@ -20,6 +20,7 @@ pub(crate) fn gql(e: ControlError) -> async_graphql::Error {
         ControlError::NotFound(_) => "NOT_FOUND",
         ControlError::Conflict(_) => "CONFLICT",
         ControlError::TooLarge(_) => "BAD_USER_INPUT",
+        ControlError::Unavailable(_) => "UNAVAILABLE",
         ControlError::Internal(_) | ControlError::Store(_) | ControlError::Io(_) => {
             "INTERNAL_SERVER_ERROR"
         }

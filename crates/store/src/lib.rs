@@ -58,11 +58,15 @@ pub struct LogQuery {
 
 /// The metadata store's contract: everything sluice keeps, scoped by
 /// organization, one smaller contract per subject.
+#[async_trait]
 pub trait MetadataStore:
     AccountStore + DeploymentStore + RunStore + DatalakeStore + ImportStore + SpaceStore
 {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
+
+    /// Whether the store answers: one round trip on each pool.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// The server's secrets, organizations and their users.

@@ -468,9 +468,16 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
     })
 }
 
+#[async_trait]
 impl MetadataStore for SqlStore {
     fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.write).await?;
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
     }
 }
 
