@@ -17,6 +17,7 @@ use crate::code;
 use crate::Wakers;
 
 mod datalake;
+pub(crate) use datalake::{datalake_inputs, InputError};
 mod imports;
 pub mod input;
 mod sources;
@@ -589,11 +590,11 @@ impl Control {
         if [limits.memory_mb, limits.cpu_seconds, limits.open_files].contains(&Some(0)) {
             return Err(bad("a limit must be 1 or more (leave it out for none)"));
         }
-        let mut d = self.store.get_deployment(&org, &id).await?;
-        d.limits = limits;
-        d.modified_at = time::now();
-        self.store.update_deployment(&d).await?;
-        Ok(d)
+        let now = time::now();
+        self.store
+            .set_deployment_limits(&org, &id, &limits, now)
+            .await?;
+        Ok(self.store.get_deployment(&org, &id).await?)
     }
 
     pub async fn delete_deployment(
@@ -824,15 +825,11 @@ impl Control {
                 "input_data must be an object such as {\"$datalake:1\": \"<channel>/<file>\"}",
             ));
         }
-        match crate::worker::datalake_inputs(self.store.as_ref(), &d.organization_id, &input_data)
-            .await
-        {
+        match datalake_inputs(self.store.as_ref(), &d.organization_id, &input_data).await {
             Ok(_) => {}
-            Err(crate::worker::InputError::Missing(why)) => {
-                return Err(ControlError::NotFound(why))
-            }
-            Err(crate::worker::InputError::Invalid(why)) => return Err(bad(why)),
-            Err(crate::worker::InputError::Store(e)) => return Err(e.into()),
+            Err(InputError::Missing(why)) => return Err(ControlError::NotFound(why)),
+            Err(InputError::Invalid(why)) => return Err(bad(why)),
+            Err(InputError::Store(e)) => return Err(e.into()),
         }
         let new = NewRun {
             id: RunId::generate(),

@@ -58,20 +58,14 @@ pub struct Limits {
 impl Limits {
     /// These limits, each tightened by a deployment's own.
     pub fn with(self, deployment: sluice_domain::RunLimits) -> Limits {
-        let server = sluice_domain::RunLimits {
-            memory_mb: None,
-            cpu_seconds: self.cpu_seconds,
-            open_files: self.open_files,
+        let tighter = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let both = server.tighter(deployment);
         Limits {
-            memory_bytes: match (deployment.memory_mb, self.memory_bytes) {
-                (Some(mb), Some(b)) => Some((mb << 20).min(b)),
-                (Some(mb), None) => Some(mb << 20),
-                (None, b) => b,
-            },
-            cpu_seconds: both.cpu_seconds,
-            open_files: both.open_files,
+            memory_bytes: tighter(self.memory_bytes, deployment.memory_mb.map(|mb| mb << 20)),
+            cpu_seconds: tighter(self.cpu_seconds, deployment.cpu_seconds),
+            open_files: tighter(self.open_files, deployment.open_files),
         }
     }
 }

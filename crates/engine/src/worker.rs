@@ -335,7 +335,11 @@ impl Worker {
                     None => Ok(None),
                 }
             },
-            datalake_inputs(self.store.as_ref(), &run.organization_id, &run.input_data),
+            crate::control::datalake_inputs(
+                self.store.as_ref(),
+                &run.organization_id,
+                &run.input_data
+            ),
         );
         let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
         let ver = ver.map_err(|e| setup("the version is gone", &e))?;
@@ -343,8 +347,10 @@ impl Worker {
             .map_err(|e| setup("the trigger is gone", &e))?
             .and_then(|t| t.output_channel_id);
         let files = files.map_err(|e| match e {
-            InputError::Invalid(why) | InputError::Missing(why) => AttemptError::Invalid(why),
-            InputError::Store(e) => setup("could not read the run's input", &e),
+            crate::control::InputError::Invalid(why) | crate::control::InputError::Missing(why) => {
+                AttemptError::Invalid(why)
+            }
+            crate::control::InputError::Store(e) => setup("could not read the run's input", &e),
         })?;
         let code_dir = self
             .code_dir(&ver)
@@ -597,49 +603,6 @@ enum AttemptError {
     Setup(String),
     /// The run's input cannot be used; the run fails without a retry.
     Invalid(String),
-}
-
-/// Why a run's `input_data` cannot be read.
-pub(crate) enum InputError {
-    /// It is not in the documented shape.
-    Invalid(String),
-    /// It names a file that is not there (or not the organization's).
-    Missing(String),
-    /// The store did not answer.
-    Store(sluice_store::StoreError),
-}
-
-/// The datalake files a run's `input_data` names (`"$datalake:1":
-/// "<channel>/<file>"`), each with the key that named it; a file of another
-/// organization is not found, like a missing one.
-pub(crate) async fn datalake_inputs(
-    store: &dyn MetadataStore,
-    org: &sluice_domain::OrganizationId,
-    input_data: &Value,
-) -> Result<Vec<(String, DatalakeFile)>, InputError> {
-    let mut files = Vec::new();
-    let Some(fields) = input_data.as_object() else {
-        return Ok(files);
-    };
-    for (key, value) in fields {
-        if !key.starts_with("$datalake:") {
-            continue;
-        }
-        let Value::String(path) = value else {
-            return Err(InputError::Invalid(format!(
-                "input_data.{key} must be \"<channel>/<file>\""
-            )));
-        };
-        let (channel, file) = parse_datalake_path(path)
-            .map_err(|e| InputError::Invalid(format!("input_data.{key}: {e}")))?;
-        let missing = || InputError::Missing(format!("input_data.{key}: file {path} not found"));
-        match store.get_file(&channel, &file).await {
-            Ok(f) if &f.organization_id == org => files.push((key.clone(), f)),
-            Ok(_) | Err(sluice_store::StoreError::NotFound(_)) => return Err(missing()),
-            Err(e) => return Err(InputError::Store(e)),
-        }
-    }
-    Ok(files)
 }
 
 fn describe_exit(s: &std::process::ExitStatus) -> String {

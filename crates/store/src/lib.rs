@@ -97,8 +97,17 @@ pub trait DeploymentStore: Send + Sync + 'static {
     async fn create_deployment(&self, dep: &Deployment) -> Result<()>;
     async fn get_deployment(&self, org: &OrganizationId, id: &DeploymentId) -> Result<Deployment>;
     async fn list_deployments(&self, org: &OrganizationId) -> Result<Vec<Deployment>>;
-    /// Saves a deployment's name, description, environment and limits.
+    /// Saves a deployment's name, description and environment.
     async fn update_deployment(&self, dep: &Deployment) -> Result<()>;
+    /// Sets a deployment's run limits (apart from its other fields, so an
+    /// edit made at the same time through the API cannot undo them).
+    async fn set_deployment_limits(
+        &self,
+        org: &OrganizationId,
+        id: &DeploymentId,
+        limits: &RunLimits,
+        now: Timestamp,
+    ) -> Result<()>;
     /// Deletes a deployment and its versions. Its runs stay readable by id.
     async fn delete_deployment(&self, org: &OrganizationId, id: &DeploymentId) -> Result<()>;
     async fn create_version(&self, ver: &Version) -> Result<()>;

@@ -190,12 +190,7 @@ impl SqlStore {
         // Under the migration lock: two first starts racing to create the
         // table would otherwise collide in PostgreSQL's catalog.
         let mut tx = self.begin().await?;
-        if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.lock_exclusively(&mut tx, MIGRATION_LOCK).await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
              (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
@@ -213,12 +208,7 @@ impl SqlStore {
         tx.commit().await?;
         for &(version, sql) in self.dialect.migrations() {
             let mut tx = self.begin().await?;
-            if self.dialect == Dialect::Postgres {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(MIGRATION_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            self.lock_exclusively(&mut tx, MIGRATION_LOCK).await?;
             let checksum = {
                 use sha2::Digest;
                 hex::encode(sha2::Sha256::digest(sql.as_bytes()))
@@ -263,6 +253,18 @@ impl SqlStore {
                 }
             }
             tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Holds the advisory lock `key` until `tx` ends (PostgreSQL; on SQLite
+    /// the write transaction is exclusive already).
+    async fn lock_exclusively(&self, tx: &mut Transaction<'static, Any>, key: i64) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }

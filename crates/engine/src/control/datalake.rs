@@ -753,6 +753,49 @@ impl Control {
     }
 }
 
+/// Why a run's `input_data` cannot be read.
+pub(crate) enum InputError {
+    /// It is not in the documented shape.
+    Invalid(String),
+    /// It names a file that is not there (or not the organization's).
+    Missing(String),
+    /// The store did not answer.
+    Store(sluice_store::StoreError),
+}
+
+/// The datalake files a run's `input_data` names (`"$datalake:1":
+/// "<channel>/<file>"`), each with the key that named it; a file of another
+/// organization is not found, like a missing one.
+pub(crate) async fn datalake_inputs(
+    store: &dyn MetadataStore,
+    org: &sluice_domain::OrganizationId,
+    input_data: &Value,
+) -> Result<Vec<(String, DatalakeFile)>, InputError> {
+    let mut files = Vec::new();
+    let Some(fields) = input_data.as_object() else {
+        return Ok(files);
+    };
+    for (key, value) in fields {
+        if !key.starts_with("$datalake:") {
+            continue;
+        }
+        let Value::String(path) = value else {
+            return Err(InputError::Invalid(format!(
+                "input_data.{key} must be \"<channel>/<file>\""
+            )));
+        };
+        let (channel, file) = parse_datalake_path(path)
+            .map_err(|e| InputError::Invalid(format!("input_data.{key}: {e}")))?;
+        let missing = || InputError::Missing(format!("input_data.{key}: file {path} not found"));
+        match store.get_file(&channel, &file).await {
+            Ok(f) if &f.organization_id == org => files.push((key.clone(), f)),
+            Ok(_) | Err(sluice_store::StoreError::NotFound(_)) => return Err(missing()),
+            Err(e) => return Err(InputError::Store(e)),
+        }
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,7 @@ impl DeploymentStore for SqlStore {
     async fn update_deployment(&self, dep: &Deployment) -> Result<()> {
         let done = sqlx::query(
             "UPDATE deployments SET name = $1, description = $2, default_environment = $3, \
-             modified_at = $4, limits = $7 WHERE organization_id = $5 AND id = $6",
+             modified_at = $4 WHERE organization_id = $5 AND id = $6",
         )
         .bind(&dep.name)
         .bind(&dep.description)
@@ -60,11 +60,33 @@ impl DeploymentStore for SqlStore {
         .bind(micros(dep.modified_at))
         .bind(dep.organization_id.as_str())
         .bind(dep.id.as_str())
-        .bind(serde_json::to_string(&dep.limits).unwrap_or_else(|_| "{}".into()))
         .execute(&self.write)
         .await?;
         if done.rows_affected() == 0 {
             return Err(not_found("deployment", &dep.id));
+        }
+        Ok(())
+    }
+
+    async fn set_deployment_limits(
+        &self,
+        org: &OrganizationId,
+        id: &DeploymentId,
+        limits: &RunLimits,
+        now: Timestamp,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE deployments SET limits = $1, modified_at = $2 \
+             WHERE organization_id = $3 AND id = $4",
+        )
+        .bind(serde_json::to_string(limits)?)
+        .bind(micros(now))
+        .bind(org.as_str())
+        .bind(id.as_str())
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("deployment", id));
         }
         Ok(())
     }

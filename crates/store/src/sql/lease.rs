@@ -31,6 +31,16 @@ pub(crate) struct Leased {
 }
 
 impl Leased {
+    /// What a claim and a move to RUNNING set besides the status (`$3`
+    /// is now in both statements).
+    fn stamp(&self) -> &'static str {
+        if self.modified_at {
+            ", modified_at = $3"
+        } else {
+            ""
+        }
+    }
+
     /// Moves up to `limit` RUNNABLE rows, oldest first, to STARTING under
     /// a new lease of `worker` until `now + ttl`; answers them.
     ///
@@ -49,11 +59,7 @@ impl Leased {
         RunStatus::Runnable.transition(RunStatus::Starting)?;
         let now = micros(now);
         let (table, columns) = (self.table, self.columns);
-        let stamp = if self.modified_at {
-            ", modified_at = $3"
-        } else {
-            ""
-        };
+        let stamp = self.stamp();
         let sql = format!(
             "WITH picked AS MATERIALIZED (SELECT seq FROM {table} WHERE status = 'RUNNABLE' \
              ORDER BY seq LIMIT $4{}) \
@@ -83,11 +89,7 @@ impl Leased {
         now: Timestamp,
     ) -> Result<Option<i64>> {
         RunStatus::Starting.transition(RunStatus::Running)?;
-        let stamp = if self.modified_at {
-            ", modified_at = $3"
-        } else {
-            ""
-        };
+        let stamp = self.stamp();
         let sql = format!(
             "UPDATE {} SET status = 'RUNNING'{stamp} \
              WHERE id = $1 AND lease_token = $2 AND status = 'STARTING' RETURNING attempt",

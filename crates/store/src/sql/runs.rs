@@ -122,13 +122,8 @@ impl RunStore for SqlStore {
         Pending.transition(Runnable)?;
         let now = micros(now);
         let mut tx = self.begin().await?;
-        if self.dialect == Dialect::Postgres {
-            // One scheduler at a time, so two never free the same queue twice.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(SCHEDULER_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // One scheduler at a time, so two never free the same queue twice.
+        self.lock_exclusively(&mut tx, SCHEDULER_LOCK).await?;
         sqlx::query(
             "UPDATE runs SET status = 'REJECTED', modified_at = $1, finished_at = $1, \
              error = 'the run''s version was deleted or its code was never uploaded' \
