@@ -295,6 +295,7 @@ impl FileSource {
                 kind: merged.get(&name).copied().unwrap_or(Kind::Text),
                 name,
                 not_null: false,
+                exact: None,
             })
             .collect();
         Ok(FileSource {

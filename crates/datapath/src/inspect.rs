@@ -2,8 +2,9 @@
 //! types, and a sample value of a column. Validation (a dry run) is built
 //! on these; nothing here writes.
 
-use crate::rows::{self, Kind};
-use crate::types::TableName;
+use crate::dest::Dest;
+use crate::source::Source;
+use crate::types::{Kind, TableName};
 use crate::Result;
 
 /// What a column can stand for, as validation asks.
@@ -65,7 +66,7 @@ pub async fn columns(url: &str, table: &str) -> Result<Vec<SourceColumn>> {
     let (url, table) = (url.to_owned(), table.to_owned());
     isolated(move || async move {
         let t = TableName::parse(&table)?;
-        let mut src = rows::open_source(&url, &table).await?;
+        let mut src = Source::open(&url, &table).await?;
         Ok(src
             .columns(&t)
             .await?
@@ -85,7 +86,7 @@ pub async fn sample(url: &str, table: &str, column: &str) -> Result<Option<Strin
     let (url, table, column) = (url.to_owned(), table.to_owned(), column.to_owned());
     isolated(move || async move {
         let t = TableName::parse(&table)?;
-        let mut src = rows::open_source(&url, &table).await?;
+        let mut src = Source::open(&url, &table).await?;
         src.sample(&t, &column).await
     })
     .await
@@ -95,5 +96,5 @@ pub async fn sample(url: &str, table: &str, column: &str) -> Result<Option<Strin
 /// writes nothing.
 pub async fn destination(url: &str) -> Result<()> {
     let url = url.to_owned();
-    isolated(move || async move { rows::open_dest(&url).await.map(|_| ()) }).await
+    isolated(move || async move { Dest::open(&url).await.map(|_| ()) }).await
 }

@@ -16,10 +16,9 @@
 //!   from the beginning, saying why.
 
 use futures_util::future::BoxFuture;
-use sqlx::postgres::PgConnection;
-use sqlx::sqlite::SqliteConnection;
 use sqlx::Row;
 
+use crate::dest::Dest;
 use crate::types::{db, TableName};
 use crate::window::Watermark;
 use crate::{ImportError, ImportSpec, Mode, Result};
@@ -54,12 +53,6 @@ const WATERMARK: &str = "SELECT window_end, boundary_rows FROM sluice_load_ledge
      AND window_end IS NOT NULL AND window_start NOT LIKE 'explicit:%' \
      ORDER BY seq DESC LIMIT 1";
 
-/// A destination connection, as the bookkeeping needs it.
-pub(crate) enum Conn<'a> {
-    Postgres(&'a mut PgConnection),
-    Sqlite(&'a mut SqliteConnection),
-}
-
 /// A value bound to a bookkeeping statement.
 pub(crate) enum Bind<'a> {
     Text(Option<&'a str>),
@@ -79,7 +72,7 @@ macro_rules! bound {
     }};
 }
 
-impl Conn<'_> {
+impl Dest {
     // Boxed as Send: the PostgreSQL path's future must be Send, and rustc
     // cannot prove it through sqlx's generic executors in an async fn.
     fn exec<'a>(
@@ -88,15 +81,15 @@ impl Conn<'_> {
         binds: &'a [Bind<'a>],
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
         match self {
-            Conn::Postgres(c) => Box::pin(async move {
+            Dest::Postgres(c) => Box::pin(async move {
                 bound!(sql, binds)
-                    .execute(&mut **c)
+                    .execute(&mut *c)
                     .await
                     .map(|r| r.rows_affected())
             }),
-            Conn::Sqlite(c) => Box::pin(async move {
+            Dest::Sqlite(c) => Box::pin(async move {
                 bound!(sql, binds)
-                    .execute(&mut **c)
+                    .execute(&mut *c)
                     .await
                     .map(|r| r.rows_affected())
             }),
@@ -121,61 +114,37 @@ impl Conn<'_> {
         }
         let what = db("reading the destination's bookkeeping");
         match self {
-            Conn::Postgres(c) => Box::pin(async move {
+            Dest::Postgres(c) => Box::pin(async move {
                 let row = bound!(sql, binds)
-                    .fetch_optional(&mut **c)
+                    .fetch_optional(&mut *c)
                     .await
                     .map_err(what)?;
                 row.as_ref().map(texts).transpose()
             }),
-            Conn::Sqlite(c) => Box::pin(async move {
+            Dest::Sqlite(c) => Box::pin(async move {
                 let row = bound!(sql, binds)
-                    .fetch_optional(&mut **c)
+                    .fetch_optional(&mut *c)
                     .await
                     .map_err(what)?;
                 row.as_ref().map(texts).transpose()
             }),
         }
     }
-
-    /// The column names of `t` (none: it does not exist).
-    fn columns<'a>(&'a mut self, t: &'a TableName) -> BoxFuture<'a, Result<Vec<String>>> {
-        Box::pin(async move {
-            match self {
-                Conn::Postgres(c) => Ok(crate::postgres::columns(c, t)
-                    .await?
-                    .into_iter()
-                    .map(|c| c.name)
-                    .collect()),
-                Conn::Sqlite(c) => {
-                    let rows = sqlx::query("SELECT name FROM pragma_table_info(?)")
-                        .bind(&t.table)
-                        .fetch_all(&mut **c)
-                        .await
-                        .map_err(db(format!("reading the columns of {}", t.quoted())))?;
-                    rows.iter()
-                        .map(|r| r.try_get::<String, _>(0))
-                        .collect::<Result<_, _>>()
-                        .map_err(db(format!("reading the columns of {}", t.quoted())))
-                }
-            }
-        })
-    }
 }
 
 /// Makes the ledger and the owners' table (and brings an older ledger up
 /// to date). Two first loads may race to create them; the loser finds them
 /// made.
-pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
+pub(crate) fn ensure<'a>(conn: &'a mut Dest) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         // Made already (every load but the first): one look, no DDL.
         let made = match conn {
-            Conn::Postgres(_) => {
+            Dest::Postgres(_) => {
                 "SELECT 'made' WHERE to_regclass('sluice_table_owners') IS NOT NULL AND EXISTS \
                  (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('sluice_load_ledger') \
                  AND attname = 'boundary_rows' AND NOT attisdropped)"
             }
-            Conn::Sqlite(_) => {
+            Dest::Sqlite(_) => {
                 "SELECT 'made' WHERE EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
                  AND name = 'sluice_table_owners') AND EXISTS (SELECT 1 FROM \
                  pragma_table_info('sluice_load_ledger') WHERE name = 'boundary_rows')"
@@ -185,14 +154,14 @@ pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
             return Ok(());
         }
         let ddl = match conn {
-            Conn::Postgres(_) => POSTGRES_DDL,
-            Conn::Sqlite(_) => SQLITE_DDL,
+            Dest::Postgres(_) => POSTGRES_DDL,
+            Dest::Sqlite(_) => SQLITE_DDL,
         };
         // One maker at a time: concurrent first loads would collide in
         // PostgreSQL's catalog (SQLite's writers queue on its lock anyway).
         let (begin, lock) = match conn {
-            Conn::Postgres(_) => ("BEGIN", "SELECT pg_advisory_xact_lock(7330115912)"),
-            Conn::Sqlite(_) => ("BEGIN IMMEDIATE", "SELECT 1"),
+            Dest::Postgres(_) => ("BEGIN", "SELECT pg_advisory_xact_lock(7330115912)"),
+            Dest::Sqlite(_) => ("BEGIN IMMEDIATE", "SELECT 1"),
         };
         let made = async {
             conn.exec(begin, &[]).await?;
@@ -210,13 +179,13 @@ pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
         // A ledger from before sluice counted boundary rows. (Looked up
         // first: an ALTER would wait on every load in flight.)
         let (has_column, add_column) = match conn {
-            Conn::Postgres(_) => (
+            Dest::Postgres(_) => (
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = \
                  to_regclass('sluice_load_ledger') AND attname = 'boundary_rows' \
                  AND NOT attisdropped",
                 "ALTER TABLE sluice_load_ledger ADD COLUMN IF NOT EXISTS boundary_rows BIGINT",
             ),
-            Conn::Sqlite(_) => (
+            Dest::Sqlite(_) => (
                 "SELECT name FROM pragma_table_info('sluice_load_ledger') \
                  WHERE name = 'boundary_rows'",
                 "ALTER TABLE sluice_load_ledger ADD COLUMN boundary_rows INTEGER",
@@ -232,7 +201,7 @@ pub(crate) fn ensure<'a>(conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<()>> {
 }
 
 /// Where the job's last regular window ended.
-async fn watermark(conn: &mut Conn<'_>, job: &str) -> Result<Option<Watermark>> {
+async fn watermark(conn: &mut Dest, job: &str) -> Result<Option<Watermark>> {
     let sql = "SELECT CAST(window_end AS TEXT), CAST(boundary_rows AS TEXT) FROM (".to_owned()
         + WATERMARK
         + ") w";
@@ -270,9 +239,14 @@ pub(crate) struct Verdict {
 }
 
 impl Target {
-    pub(crate) async fn inspect(conn: &mut Conn<'_>, t: &TableName, job: &str) -> Result<Target> {
+    pub(crate) async fn inspect(conn: &mut Dest, t: &TableName, job: &str) -> Result<Target> {
         let name = t.quoted();
-        let columns = conn.columns(t).await?;
+        let columns: Vec<String> = conn
+            .columns(t)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let has_rows = !columns.is_empty()
             && conn
                 .row(&format!("SELECT 'x' FROM {name} LIMIT 1"), &[])
@@ -383,7 +357,7 @@ pub(crate) struct Before {
 /// loading the columns `loaded`, and reads the watermark of a `windowed`
 /// load: the steps both load paths take before their transaction.
 pub(crate) async fn before_load(
-    conn: &mut Conn<'_>,
+    conn: &mut Dest,
     spec: &ImportSpec,
     t: &TableName,
     job: &str,
@@ -408,7 +382,7 @@ pub(crate) async fn before_load(
 /// when it is not trusted, records the job as the target's owner, and
 /// claims the window's ledger row. False: another attempt loaded it.
 pub(crate) async fn claim(
-    conn: &mut Conn<'_>,
+    conn: &mut Dest,
     job: &str,
     target: &str,
     verdict: &Verdict,
@@ -450,12 +424,7 @@ pub(crate) async fn claim(
 }
 
 /// In the load's transaction, after its rows: the count the window loaded.
-pub(crate) async fn record(
-    conn: &mut Conn<'_>,
-    job: &str,
-    window_key: &str,
-    rows: u64,
-) -> Result<()> {
+pub(crate) async fn record(conn: &mut Dest, job: &str, window_key: &str, rows: u64) -> Result<()> {
     conn.exec(
         "UPDATE sluice_load_ledger SET rows = $1 WHERE job = $2 AND window_start = $3",
         &[

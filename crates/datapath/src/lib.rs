@@ -17,11 +17,13 @@
 //! window collides on the ledger's key and loads nothing; a killed or
 //! failed attempt commits nothing and leaves the live table as it was.
 
+mod dest;
+mod encode;
 pub mod files;
 pub mod inspect;
 mod ledger;
-pub mod postgres;
-pub mod rows;
+mod load;
+mod source;
 pub mod stage;
 pub mod types;
 pub mod window;
@@ -248,28 +250,30 @@ pub(crate) struct Decided<C> {
     pub report: ImportReport,
 }
 
-pub(crate) async fn decide<C: Clone>(
+pub(crate) async fn decide(
     spec: &ImportSpec,
-    all: &[C],
-    name: impl Fn(&C) -> &str,
-    unorderable: impl Fn(&C) -> Option<String>,
-    bookkeeping: &mut ledger::Conn<'_>,
+    all: &[types::Col],
+    dst: &mut dest::Dest,
     target: &types::TableName,
     job: &str,
-) -> Result<Decided<C>> {
+) -> Result<Decided<types::Col>> {
     if all.is_empty() {
         return Err(ImportError::Invalid(format!(
             "source table {} does not exist (or has no columns)",
             spec.source_table
         )));
     }
-    let cols = spec.select(all, &name)?;
-    let change = change_column(spec, &cols, &name, unorderable)?.cloned();
-    let names: Vec<&str> = cols.iter().map(&name).collect();
+    fn name(c: &types::Col) -> &str {
+        &c.name
+    }
+    let cols = spec.select(all, name)?;
+    let unorderable = |c: &types::Col| (!c.kind.orderable()).then(|| c.postgres_type());
+    let change = change_column(spec, &cols, name, unorderable)?.cloned();
+    let names: Vec<&str> = cols.iter().map(name).collect();
     let key = spec.merge_key(&names)?;
     let shape = spec.shape()?;
     let windowed = change.is_some() && spec.mode.windowed();
-    let before = ledger::before_load(bookkeeping, spec, target, job, &names, windowed).await?;
+    let before = ledger::before_load(dst, spec, target, job, &names, windowed).await?;
     let report = ImportReport {
         reloaded: before.verdict.reload.clone(),
         ..ImportReport::default()
@@ -504,19 +508,13 @@ impl Progress for () {
     fn rows(&mut self, _: u64, _: Option<u64>) {}
 }
 
-/// Runs one import: PostgreSQL → PostgreSQL over binary COPY; any other
-/// pair (sources postgres://, mysql:// or mariadb://, sqlite://;
-/// destinations postgres://, sqlite://) row by row.
+/// Runs one import (see [`load`]): sources postgres://, mysql:// or
+/// mariadb://, sqlite://, file://; destinations postgres://, sqlite://.
 pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
-    let pg = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
-    if pg(&spec.source_url) && pg(&spec.dest_url) {
-        postgres::import(spec, progress).await
-    } else {
-        rows_on_own_thread(spec, progress).await
-    }
+    on_own_thread(spec, progress).await
 }
 
-/// Counts and stage events sent from the row path's thread.
+/// Counts and stage events sent from the load's thread.
 struct Forward(
     tokio::sync::watch::Sender<(u64, Option<u64>)>,
     tokio::sync::mpsc::UnboundedSender<StageEvent>,
@@ -531,23 +529,23 @@ impl Progress for Forward {
     }
 }
 
-/// Runs the row path on a thread of its own, with its own single-threaded
-/// runtime: it converts every value, so it is CPU work that should not hold
-/// a worker of the caller's runtime (and rustc cannot prove its future Send
-/// across its database-generic code, which `block_on` does not need).
-async fn rows_on_own_thread(
-    spec: &ImportSpec,
-    progress: &mut dyn Progress,
-) -> Result<ImportReport> {
+/// Runs the load on a thread of its own, with its own runtime: converting
+/// values is CPU work that should not hold a worker of the caller's
+/// runtime (and rustc cannot prove the load's future Send across its
+/// database-generic code, which `block_on` does not need). The source's
+/// reader runs on the runtime's one worker, beside the writer.
+async fn on_own_thread(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
     let spec = spec.clone();
     let (tx, mut rx) = tokio::sync::watch::channel((0u64, None));
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let work = tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-import")
             .enable_all()
             .build()
             .map_err(ImportError::Stopped)?;
-        rt.block_on(rows::import(&spec, &mut Forward(tx, events_tx)))
+        rt.block_on(load::import(&spec, &mut Forward(tx, events_tx)))
     });
     tokio::pin!(work);
     let mut counting = true;

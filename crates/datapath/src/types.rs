@@ -228,11 +228,24 @@ impl Kind {
     }
 }
 
+/// A source column: its name, what it holds, and — from a PostgreSQL
+/// source — its type exactly as PostgreSQL spells it (`numeric(12,2)`,
+/// `character varying(40)`), which a PostgreSQL destination keeps.
 #[derive(Debug, Clone)]
 pub struct Col {
     pub name: String,
     pub kind: Kind,
     pub not_null: bool,
+    /// `format_type` of a PostgreSQL source's column (None: another source,
+    /// whose type follows from `kind`).
+    pub exact: Option<String>,
+}
+
+impl Col {
+    /// The column's type in a PostgreSQL destination.
+    pub fn postgres_type(&self) -> String {
+        self.exact.clone().unwrap_or_else(|| self.kind.postgres())
+    }
 }
 
 /// One value on its way: as text (already in the destination's words), an
@@ -244,4 +257,26 @@ pub(crate) enum Val {
     Int(i64),
     Float(f64),
     Bytes(Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_quote_and_refuse_nonsense() {
+        assert_eq!(TableName::parse("t").unwrap().quoted(), "\"t\"");
+        assert_eq!(
+            TableName::parse("s.We\"ird").unwrap().quoted(),
+            "\"s\".\"We\"\"ird\""
+        );
+        assert!(TableName::parse("a.b.c").is_err());
+        assert!(TableName::parse("").is_err());
+        assert!(TableName::parse(".t").is_err());
+    }
+
+    #[test]
+    fn literals_double_their_quotes() {
+        assert_eq!(literal("it's"), "'it''s'");
+    }
 }

@@ -1,0 +1,313 @@
+//! The one load every import runs, whatever its source and destination:
+//!
+//! 1. read the source's columns and decide what to load ([`crate::decide`]:
+//!    columns, change column, merge key, the destination's bookkeeping);
+//! 2. plan the window past the watermark;
+//! 3. in one destination transaction: claim the window in the ledger,
+//!    bring the target to the source's shape (or make the new table a
+//!    destructive load swaps in, or the stage a merge merges from), clear
+//!    the rows a window run again replaces, stream the rows from the
+//!    source's reader to the destination's writer, merge or swap, record
+//!    the load — and commit.
+//!
+//! What differs between pairs is only the reader ([`crate::source`]: binary
+//! COPY between two PostgreSQL databases, values otherwise) and the writer
+//! ([`crate::dest`]: COPY into PostgreSQL, INSERTs into SQLite).
+
+use std::time::Instant;
+
+use crate::dest::{Dest, Writer};
+use crate::source::{Batch, ReadAs, Reader, Source};
+use crate::types::{ident, invalid, Col, TableName};
+use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result, StageEvent};
+
+pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
+    let started = Instant::now();
+    let source = TableName::parse(&spec.source_table)?;
+    let target = TableName::parse(&spec.target)?;
+    let job = spec.job();
+    let (src, dst) = tokio::join!(
+        Source::open(&spec.source_url, &spec.source_table),
+        Dest::open(&spec.dest_url)
+    );
+    let (mut src, mut dst) = (src?, dst?);
+    let all = src.columns(&source).await?;
+    let crate::Decided {
+        cols,
+        change,
+        key,
+        shape,
+        before:
+            ledger::Before {
+                target: owned,
+                verdict,
+                watermark,
+            },
+        mut report,
+    } = crate::decide(spec, &all, &mut dst, &target, &job).await?;
+
+    // Between two PostgreSQL databases the rows pass as COPY data, never
+    // parsed: binary, or text when the batches are staged as files.
+    let read = match (&src, &dst) {
+        (Source::Postgres(_), Dest::Postgres(_)) if spec.stage.is_some() => ReadAs::TextCopy,
+        (Source::Postgres(_), Dest::Postgres(_)) => ReadAs::BinaryCopy,
+        _ => ReadAs::Values,
+    };
+    let exprs = cols
+        .iter()
+        .map(|c| src.select_expr(c, read))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut select = format!("SELECT {exprs} FROM {}", src.table(&source));
+    let mut replace = None;
+    let mut window_key = format!("full:{:016x}", rand::random::<u64>());
+    let mut boundary_rows = None;
+    if let (Some(c), true) = (&change, spec.mode.windowed()) {
+        let planned = src
+            .plan(&source, c, watermark.clone(), &spec.window, shape)
+            .await?;
+        let Some(plan) = report.take_window(planned, watermark, progress) else {
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        };
+        select = format!("{select} WHERE {}", plan.condition);
+        window_key = plan.ledger_key;
+        boundary_rows = plan.boundary_rows;
+        replace = crate::replaced(spec, plan.replace, &ident(&c.name), |v| dst.literal(c, v));
+    }
+    let estimate = src.estimate(&source).await;
+    let load = Load {
+        spec,
+        target: &target,
+        cols: &cols,
+        key: key.as_deref(),
+        replace,
+        read,
+        from_mysql: src.mysql(),
+        source_changes: src.changes(),
+        estimate,
+    };
+
+    // One destination transaction: the ledger row, the rows, the swap.
+    dst.begin().await?;
+    let outcome = async {
+        let claimed = ledger::claim(
+            &mut dst,
+            &job,
+            &owned.name,
+            &verdict,
+            &window_key,
+            report.window_end.as_deref(),
+            boundary_rows,
+        )
+        .await?;
+        if !claimed {
+            return Ok(None);
+        }
+        let rows = load
+            .rows(src, &mut dst, &select, !verdict.foreign, progress)
+            .await?;
+        ledger::record(&mut dst, &job, &window_key, rows).await?;
+        progress.stage(StageEvent::Loaded { rows });
+        spec.check_cancel()?;
+        Ok::<_, ImportError>(Some(rows))
+    }
+    .await;
+    let ended = dst.end(matches!(outcome, Ok(Some(_)))).await;
+    match outcome? {
+        Some(rows) => {
+            ended?;
+            report.rows = rows;
+        }
+        None => report.already_loaded = true,
+    }
+    Ok(report.ended(started, progress))
+}
+
+/// What the load inside the transaction needs to know.
+struct Load<'a> {
+    spec: &'a ImportSpec,
+    target: &'a TableName,
+    cols: &'a [Col],
+    key: Option<&'a str>,
+    /// The rows a window run again replaces, and whether they are the
+    /// watermark's rows read again.
+    replace: Option<(String, bool)>,
+    read: ReadAs,
+    from_mysql: bool,
+    source_changes: Vec<String>,
+    estimate: Option<u64>,
+}
+
+impl Load<'_> {
+    /// Brings the target to shape, loads the rows, merges or swaps; answers
+    /// the new rows.
+    async fn rows(
+        &self,
+        src: Source,
+        dst: &mut Dest,
+        select: &str,
+        may_change: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<u64> {
+        let (spec, target, cols) = (self.spec, self.target, self.cols);
+        let (into, mut changes) = match spec.mode {
+            Mode::Incremental => (
+                target.clone(),
+                dst.consolidate(target, cols, may_change).await?,
+            ),
+            Mode::Merge => {
+                let changes = dst.consolidate(target, cols, may_change).await?;
+                let stage = TableName {
+                    schema: None,
+                    table: format!("sluice_stage_{:08x}", rand::random::<u32>()),
+                };
+                dst.stage_table(&stage, target).await?;
+                (stage, changes)
+            }
+            Mode::Destructive => {
+                let fresh = target.sibling(format!(
+                    "{}__sluice_{:08x}",
+                    target.table,
+                    rand::random::<u32>()
+                ));
+                dst.create(&fresh, cols).await?;
+                let replaced = format!("{} is replaced by a new table", target.quoted());
+                (fresh, vec![replaced])
+            }
+        };
+        changes.extend(self.source_changes.iter().cloned());
+        progress.stage(StageEvent::Consolidated {
+            columns: cols
+                .iter()
+                .map(|c| format!("{} {}", c.name, dst.column_type(c)))
+                .collect(),
+            changes,
+        });
+        // Rows at the watermark loaded before and read again: not new rows.
+        let mut reread = 0;
+        if let Some((condition, boundary)) = &self.replace {
+            let gone = dst.delete(target, condition).await?;
+            if *boundary {
+                reread = gone;
+            }
+        }
+        let reader = src.spawn_reader(select.to_owned(), cols.to_vec(), self.read);
+        let writer = dst.writer(&into, cols, self.read, self.from_mysql).await?;
+        let rows = self
+            .stream(reader, writer, &into, progress)
+            .await?
+            .saturating_sub(reread);
+        spec.check_cancel()?;
+        if let Some(key) = self.key {
+            dst.merge(target, &into, cols, key).await?;
+        }
+        if spec.mode == Mode::Destructive {
+            dst.swap(&into, target).await?;
+        }
+        Ok(rows)
+    }
+
+    /// Streams the reader's batches into the writer (staging each one as
+    /// a text COPY file when the spec says so); answers the rows written.
+    async fn stream(
+        &self,
+        mut reader: Reader,
+        mut writer: Writer<'_>,
+        into: &TableName,
+        progress: &mut dyn Progress,
+    ) -> Result<u64> {
+        let spec = self.spec;
+        let mut staged = Vec::new();
+        let (mut seen, mut batches) = (0u64, 0u64);
+        let mut last = Instant::now();
+        while let Some(batch) = reader.batches.recv().await {
+            let batch = writer.shape(batch);
+            let rows = batch.rows();
+            let written = async {
+                spec.check_cancel()?;
+                let object = match &spec.stage {
+                    Some(stage) => {
+                        let text = match &batch {
+                            Batch::Copy { bytes, .. } => bytes.clone(),
+                            Batch::Rows(r) => crate::encode::tsv(r, self.cols, self.from_mysql),
+                        };
+                        let bytes = text.len() as u64;
+                        let name = crate::stage::batch_name(staged.len() as u64 + 1);
+                        let object = stage.0.put(name, text).await.map_err(ImportError::Stage)?;
+                        staged.push(crate::stage::Staged {
+                            object: object.clone(),
+                            rows,
+                            bytes,
+                        });
+                        Some((object, bytes))
+                    }
+                    None => None,
+                };
+                let sent = writer.write(batch).await?;
+                Ok::<_, ImportError>(match object {
+                    Some((object, bytes)) => (Some(object), bytes),
+                    None => (None, sent),
+                })
+            }
+            .await;
+            let (object, bytes) = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    reader.task.abort();
+                    writer.abort("the load stopped").await;
+                    return Err(e);
+                }
+            };
+            batches += 1;
+            seen += rows;
+            progress.stage(StageEvent::Extracted {
+                batch: batches,
+                rows,
+                bytes,
+                object,
+            });
+            if last.elapsed().as_millis() >= 200 {
+                progress.rows(seen, self.estimate);
+                last = Instant::now();
+            }
+        }
+        // The reader's channel closed: it read everything, or failed.
+        let read = reader
+            .task
+            .await
+            .map_err(|e| invalid(format!("the source reader stopped: {e}")))
+            .and_then(|r| r);
+        if let Err(e) = read {
+            writer.abort("the source failed").await;
+            return Err(e);
+        }
+        let manifest = match &spec.stage {
+            Some(stage) => {
+                let columns: Vec<(String, String)> = self
+                    .cols
+                    .iter()
+                    .map(|c| (c.name.clone(), c.postgres_type()))
+                    .collect();
+                let doc =
+                    crate::stage::manifest(&spec.source_table, &into.quoted(), &columns, &staged);
+                Some(
+                    stage
+                        .0
+                        .put("manifest.json".into(), doc)
+                        .await
+                        .map_err(ImportError::Stage)?,
+                )
+            }
+            None => None,
+        };
+        progress.stage(StageEvent::ExtractDone {
+            rows: seen,
+            batches,
+            manifest,
+        });
+        let rows = writer.finish().await?;
+        progress.rows(rows, self.estimate);
+        Ok(rows)
+    }
+}

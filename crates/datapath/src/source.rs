@@ -1,0 +1,530 @@
+//! Sources: PostgreSQL, MySQL/MariaDB, SQLite and files (CSV, JSONL) —
+//! their columns, how the window planner asks them, and their reader, which
+//! sends the rows to the destination's writer in batches.
+
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::mysql::MySqlConnection;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row, ValueRef};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::types::{db, invalid, literal as lit, q, Col, Kind, TableName, Val};
+use crate::Result;
+
+/// Bytes of COPY data gathered into one batch.
+const BATCH_BYTES: usize = 1 << 20;
+/// Rows gathered into one batch when they are read as values.
+const BATCH_ROWS: usize = 2000;
+/// Batches in flight between the reader and the writer.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+pub(crate) enum Source {
+    Postgres(PgConnection),
+    MySql(MySqlConnection),
+    Sqlite(SqliteConnection),
+    /// A CSV or JSONL file (`file:///folder`, the file as the table).
+    File(crate::files::FileSource),
+}
+
+/// One batch on its way from the source's reader to the destination's
+/// writer.
+pub(crate) enum Batch {
+    /// PostgreSQL COPY data (binary, or text: a row a line), `rows` rows.
+    Copy { bytes: Vec<u8>, rows: u64 },
+    /// Rows as values.
+    Rows(Vec<Vec<Val>>),
+}
+
+impl Batch {
+    pub(crate) fn rows(&self) -> u64 {
+        match self {
+            Batch::Copy { rows, .. } => *rows,
+            Batch::Rows(r) => r.len() as u64,
+        }
+    }
+}
+
+/// How the reader sends the rows: PostgreSQL's own COPY format (only to a
+/// PostgreSQL destination), or values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadAs {
+    /// `COPY … (FORMAT binary)`: no parsing at either end.
+    BinaryCopy,
+    /// `COPY …` in text, a row a line (the staged files' format).
+    TextCopy,
+    Values,
+}
+
+impl ReadAs {
+    /// The COPY statement's format option.
+    pub(crate) fn copy_format(self) -> Option<&'static str> {
+        match self {
+            ReadAs::BinaryCopy => Some("binary"),
+            ReadAs::TextCopy => Some("text"),
+            ReadAs::Values => None,
+        }
+    }
+}
+
+/// A reader on its own task, and its batches.
+pub(crate) struct Reader {
+    pub batches: mpsc::Receiver<Batch>,
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// Connects to PostgreSQL; times print and read in UTC, whatever the
+/// server's zone.
+pub(crate) async fn connect_postgres(url: &str, side: &str) -> Result<PgConnection> {
+    let mut c = PgConnection::connect(url)
+        .await
+        .map_err(db(format!("cannot connect to the {side} database")))?;
+    sqlx::query("SET TIME ZONE 'UTC'")
+        .execute(&mut c)
+        .await
+        .map_err(db(format!("cannot set up the {side} connection")))?;
+    Ok(c)
+}
+
+/// The columns of a PostgreSQL table with their exact types (none: it does
+/// not exist).
+pub(crate) async fn postgres_columns(conn: &mut PgConnection, t: &TableName) -> Result<Vec<Col>> {
+    let what = || db(format!("reading the columns of {}", t.quoted()));
+    let rows = sqlx::query(
+        "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type, \
+         a.attnotnull AS not_null FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
+    )
+    .bind(t.quoted())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(what())?;
+    rows.iter()
+        .map(|r| {
+            let sql_type: String = r.try_get("sql_type").map_err(what())?;
+            Ok(Col {
+                name: r.try_get("name").map_err(what())?,
+                kind: Kind::of_postgres(&sql_type),
+                not_null: r.try_get("not_null").map_err(what())?,
+                exact: Some(sql_type),
+            })
+        })
+        .collect()
+}
+
+/// Reads `select` row by row as values, in batches of [`BATCH_ROWS`].
+macro_rules! read_values {
+    ($conn:expr, $select:expr, $cols:expr, $tx:expr, $row:ident) => {{
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        let mut stream = sqlx::query(&$select).fetch($conn);
+        let mut open = true;
+        while let Some(row) = stream.try_next().await.map_err(db("reading the source"))? {
+            batch.push(row_values(&$cols, RowRef::$row(&row))?);
+            if batch.len() >= BATCH_ROWS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                if $tx.send(Batch::Rows(full)).await.is_err() {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if open && !batch.is_empty() {
+            let _ = $tx.send(Batch::Rows(batch)).await;
+        }
+        Ok(())
+    }};
+}
+
+impl Source {
+    pub(crate) async fn open(url: &str, table: &str) -> Result<Source> {
+        let what = || db("cannot connect to the source database");
+        if url.starts_with("file://") {
+            let (url, table) = (url.to_owned(), table.to_owned());
+            return tokio::task::spawn_blocking(move || {
+                crate::files::FileSource::open(&url, &table)
+            })
+            .await
+            .map_err(|e| invalid(format!("reading the file stopped: {e}")))?
+            .map(Source::File);
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Source::Postgres(connect_postgres(url, "source").await?))
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let mut c = MySqlConnection::connect(&url).await.map_err(what())?;
+            sqlx::query("SET time_zone = '+00:00'")
+                .execute(&mut c)
+                .await
+                .map_err(what())?;
+            Ok(Source::MySql(c))
+        } else if url.starts_with("sqlite:") {
+            Ok(Source::Sqlite(
+                SqliteConnection::connect(url).await.map_err(what())?,
+            ))
+        } else {
+            Err(invalid(format!(
+                "unsupported source `{}`: expected postgres://, mysql:// (mariadb://), sqlite:// or file://",
+                url.split("://").next().unwrap_or(url)
+            )))
+        }
+    }
+
+    pub(crate) fn mysql(&self) -> bool {
+        matches!(self, Source::MySql(_))
+    }
+
+    /// The source table, quoted in the source's words.
+    pub(crate) fn table(&self, t: &TableName) -> String {
+        if let Source::File(_) = self {
+            return t.table.clone();
+        }
+        let m = self.mysql();
+        match &t.schema {
+            Some(s) => format!("{}.{}", q(s, m), q(&t.table, m)),
+            None => q(&t.table, m),
+        }
+    }
+
+    /// Schema changes the source itself reports (a file's kinds widened
+    /// between its batches).
+    pub(crate) fn changes(&self) -> Vec<String> {
+        match self {
+            Source::File(f) => f.changes.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub(crate) async fn columns(&mut self, t: &TableName) -> Result<Vec<Col>> {
+        let what = || db(format!("reading the columns of {}", t.table));
+        match self {
+            Source::File(f) => Ok(f.cols.clone()),
+            Source::Postgres(c) => postgres_columns(c, t).await,
+            Source::MySql(c) => {
+                let rows = sqlx::query(
+                    "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS dt, \
+                     CAST(COLUMN_TYPE AS CHAR) AS ct, CAST(NUMERIC_PRECISION AS UNSIGNED) AS p, \
+                     CAST(NUMERIC_SCALE AS UNSIGNED) AS s, CAST(IS_NULLABLE AS CHAR) AS nullable \
+                     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) \
+                     AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                )
+                .bind(t.schema.clone())
+                .bind(&t.table)
+                .fetch_all(&mut *c)
+                .await
+                .map_err(what())?;
+                rows.iter()
+                    .map(|r| {
+                        let dt: String = r.try_get("dt").map_err(what())?;
+                        let ct: String = r.try_get("ct").map_err(what())?;
+                        Ok(Col {
+                            name: r.try_get("name").map_err(what())?,
+                            kind: Kind::of_mysql(
+                                &dt.to_ascii_lowercase(),
+                                &ct.to_ascii_lowercase(),
+                                r.try_get("p").map_err(what())?,
+                                r.try_get("s").map_err(what())?,
+                            ),
+                            not_null: r.try_get::<String, _>("nullable").map_err(what())? == "NO",
+                            exact: None,
+                        })
+                    })
+                    .collect()
+            }
+            Source::Sqlite(c) => {
+                let rows = sqlx::query(&format!("PRAGMA table_info({})", q(&t.table, false)))
+                    .fetch_all(&mut *c)
+                    .await
+                    .map_err(what())?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Col {
+                            name: r.try_get("name").map_err(what())?,
+                            kind: Kind::of_sqlite(&r.try_get::<String, _>("type").map_err(what())?),
+                            not_null: r.try_get::<i64, _>("notnull").map_err(what())? != 0,
+                            exact: None,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The source table's row estimate, when the source keeps one
+    /// (PostgreSQL's planner statistics).
+    pub(crate) async fn estimate(&mut self, t: &TableName) -> Option<u64> {
+        let Source::Postgres(c) = self else {
+            return None;
+        };
+        sqlx::query_scalar::<_, f32>("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+            .bind(t.quoted())
+            .fetch_optional(c)
+            .await
+            .ok()
+            .flatten()
+            .filter(|n| *n >= 0.0)
+            .map(|n| n as u64)
+    }
+
+    /// The first non-NULL value of `column`, as text.
+    pub(crate) async fn sample(&mut self, t: &TableName, column: &str) -> Result<Option<String>> {
+        if let Source::File(f) = self {
+            let col: Vec<Col> = f
+                .cols
+                .iter()
+                .filter(|c| c.name == column)
+                .cloned()
+                .collect();
+            let mut first = None;
+            f.read(&col, 1, |b| {
+                first = b.into_iter().find_map(|r| match r.into_iter().next() {
+                    Some(Val::Text(s)) => Some(s),
+                    _ => None,
+                });
+                first.is_none()
+            })?;
+            return Ok(first);
+        }
+        let n = q(column, self.mysql());
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {n} IS NOT NULL LIMIT 1",
+            self.as_text(&n),
+            self.table(t)
+        );
+        self.text(&sql)
+            .await
+            .map_err(db(format!("reading a value of {column}")))
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    async fn text(&mut self, sql: &str) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            Source::Postgres(c) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten),
+            Source::MySql(c) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten),
+            Source::Sqlite(c) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(c)
+                .await
+                .map(Option::flatten),
+            Source::File(_) => Err(sqlx::Error::Protocol("a file answers no SQL".into())),
+        }
+    }
+
+    /// `expr` as text in the source's dialect.
+    fn as_text(&self, expr: &str) -> String {
+        match self {
+            Source::Postgres(_) => format!("({expr})::text"),
+            Source::MySql(_) => format!("CAST({expr} AS CHAR CHARACTER SET utf8mb4)"),
+            Source::Sqlite(_) | Source::File(_) => format!("CAST({expr} AS TEXT)"),
+        }
+    }
+
+    /// How to select one column: as it is for COPY, else so that it
+    /// decodes as a [`Val`].
+    pub(crate) fn select_expr(&self, c: &Col, read: ReadAs) -> String {
+        let m = self.mysql();
+        let n = q(&c.name, m);
+        match (self, c.kind) {
+            (Source::Postgres(_), _) if read != ReadAs::Values => n,
+            (Source::Postgres(_), Kind::Bytes) => format!("encode({n}, 'hex')"),
+            (Source::Postgres(_), _) => format!("{n}::text"),
+            (Source::MySql(_), Kind::Real | Kind::Double) => n,
+            (Source::MySql(_), Kind::Bytes) => format!("HEX({n})"),
+            (Source::MySql(_), Kind::Bool | Kind::BigInt) => format!("CAST({n} AS SIGNED)"),
+            (Source::MySql(_), _) => format!("CAST({n} AS CHAR CHARACTER SET utf8mb4)"),
+            (Source::Sqlite(_) | Source::File(_), _) => n,
+        }
+    }
+
+    /// Plans the window of change column `c` (see [`crate::window::plan`]).
+    pub(crate) async fn plan(
+        &mut self,
+        t: &TableName,
+        c: &Col,
+        watermark: Option<crate::window::Watermark>,
+        request: &crate::WindowRequest,
+        shape: crate::window::Shape,
+    ) -> Result<Option<crate::window::Plan>> {
+        if let Source::File(f) = self {
+            return f.plan(c, watermark, request, shape);
+        }
+        let table = self.table(t);
+        let mut w = SourceWindow {
+            src: self,
+            table,
+            col: c.clone(),
+        };
+        crate::window::plan(&mut w, watermark, request, shape).await
+    }
+
+    /// Reads every row of `select` on its own task (which owns the source
+    /// connection), sending them in batches read `how`.
+    pub(crate) fn spawn_reader(self, select: String, cols: Vec<Col>, how: ReadAs) -> Reader {
+        let (tx, batches) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let task = tokio::spawn(async move {
+            match (self, how.copy_format()) {
+                (Source::Postgres(mut c), Some(format)) => {
+                    read_copy(&mut c, &select, format, tx).await
+                }
+                (Source::Postgres(mut c), None) => read_values!(&mut c, select, cols, tx, Pg),
+                (Source::MySql(mut c), _) => read_values!(&mut c, select, cols, tx, My),
+                (Source::Sqlite(mut c), _) => read_values!(&mut c, select, cols, tx, Lite),
+                (Source::File(f), _) => tokio::task::spawn_blocking(move || {
+                    f.read(&cols, BATCH_ROWS, |b| {
+                        tx.blocking_send(Batch::Rows(b)).is_ok()
+                    })
+                })
+                .await
+                .map_err(|e| invalid(format!("reading the file stopped: {e}")))?,
+            }
+        });
+        Reader { batches, task }
+    }
+}
+
+/// Reads `select` with COPY in `format`, in batches of about
+/// [`BATCH_BYTES`].
+async fn read_copy(
+    c: &mut PgConnection,
+    select: &str,
+    format: &str,
+    tx: mpsc::Sender<Batch>,
+) -> Result<()> {
+    let mut stream = c
+        .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT {format})"))
+        .await
+        .map_err(db("reading the source"))?;
+    let text = format == "text";
+    let fresh = || Vec::with_capacity(BATCH_BYTES + 64 * 1024);
+    let mut bytes = fresh();
+    let mut messages = 0u64;
+    // Binary: one COPY message a row (the header rides with the first);
+    // text: one line a row (newlines in values are escaped).
+    let batch = |bytes: Vec<u8>, messages: u64| {
+        let rows = if text {
+            bytes.iter().filter(|b| **b == b'\n').count() as u64
+        } else {
+            messages
+        };
+        Batch::Copy { bytes, rows }
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(db("reading the source"))?;
+        bytes.extend_from_slice(&chunk);
+        messages += 1;
+        if bytes.len() >= BATCH_BYTES {
+            let full = std::mem::replace(&mut bytes, fresh());
+            if tx.send(batch(full, messages)).await.is_err() {
+                return Ok(());
+            }
+            messages = 0;
+        }
+    }
+    if !bytes.is_empty() {
+        let _ = tx.send(batch(bytes, messages)).await;
+    }
+    Ok(())
+}
+
+/// The window planner's view of a database source.
+struct SourceWindow<'a> {
+    src: &'a mut Source,
+    table: String,
+    col: Col,
+}
+
+impl crate::window::WindowSql for SourceWindow<'_> {
+    fn column(&self) -> String {
+        q(&self.col.name, self.src.mysql())
+    }
+    fn compared(&self) -> String {
+        match self.src {
+            Source::Sqlite(_) if self.is_time() => format!("julianday({})", self.column()),
+            _ => self.column(),
+        }
+    }
+    fn literal(&self, value: &str) -> String {
+        match self.src {
+            Source::Postgres(_) => format!("{}::{}", lit(value), self.col.postgres_type()),
+            // SQLite keeps times as text in any spelling: compared as days.
+            Source::Sqlite(_) if self.is_time() => format!("julianday({})", lit(value)),
+            _ => lit(value),
+        }
+    }
+    fn table(&self) -> String {
+        self.table.clone()
+    }
+    fn is_time(&self) -> bool {
+        matches!(
+            self.col.kind,
+            Kind::Date | Kind::Timestamp | Kind::TimestampTz
+        )
+    }
+    async fn text(&mut self, sql: String) -> Result<Option<String>> {
+        self.src.text(&sql).await.map_err(db("planning the window"))
+    }
+    fn as_text(&self, expr: &str) -> String {
+        self.src.as_text(expr)
+    }
+}
+
+/// One source row as values.
+fn row_values(cols: &[Col], row: RowRef<'_>) -> Result<Vec<Val>> {
+    let what = || db("reading a source row");
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| -> Result<Val> {
+            Ok(match row {
+                RowRef::Pg(r) => r
+                    .try_get::<Option<String>, _>(i)
+                    .map_err(what())?
+                    .map_or(Val::Null, Val::Text),
+                RowRef::My(r) => match c.kind {
+                    Kind::Real => r
+                        .try_get::<Option<f32>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, |f| Val::Float(f as f64)),
+                    Kind::Double => r
+                        .try_get::<Option<f64>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, Val::Float),
+                    Kind::Bool | Kind::BigInt => r
+                        .try_get::<Option<i64>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, Val::Int),
+                    _ => r
+                        .try_get::<Option<String>, _>(i)
+                        .map_err(what())?
+                        .map_or(Val::Null, Val::Text),
+                },
+                RowRef::Lite(r) => {
+                    let raw = r.try_get_raw(i).map_err(what())?;
+                    if raw.is_null() {
+                        Val::Null
+                    } else {
+                        let storage = raw.type_info().to_string();
+                        match storage.as_str() {
+                            "INTEGER" => Val::Int(r.try_get(i).map_err(what())?),
+                            "REAL" => Val::Float(r.try_get(i).map_err(what())?),
+                            "BLOB" => Val::Bytes(r.try_get(i).map_err(what())?),
+                            _ => Val::Text(r.try_get(i).map_err(what())?),
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum RowRef<'a> {
+    Pg(&'a sqlx::postgres::PgRow),
+    My(&'a sqlx::mysql::MySqlRow),
+    Lite(&'a sqlx::sqlite::SqliteRow),
+}
