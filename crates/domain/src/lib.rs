@@ -10,10 +10,13 @@
 //! - [`import`]: table import jobs, their queries (runs) and tasks, and
 //!   Arize's column mapping.
 //! - [`space`]: spaces, their models, API keys (the Arize-style importer's GraphQL face).
+//! - [`action`]: the Tailer-style action API's configurations (their task
+//!   DAG, template variables, job ids) and run statuses.
 //! - [`time`]: the one timestamp format of the wire.
 //!
 //! This crate is pure: no I/O, no async, no SQL, no HTTP.
 
+pub mod action;
 pub mod datalake;
 pub mod ids;
 pub mod import;

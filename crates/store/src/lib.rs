@@ -60,7 +60,13 @@ pub struct LogQuery {
 /// organization, one smaller contract per subject.
 #[async_trait]
 pub trait MetadataStore:
-    AccountStore + DeploymentStore + RunStore + DatalakeStore + ImportStore + SpaceStore
+    AccountStore
+    + DeploymentStore
+    + RunStore
+    + DatalakeStore
+    + ImportStore
+    + SpaceStore
+    + ActionStore
 {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
@@ -466,6 +472,145 @@ pub trait SpaceStore: Send + Sync + 'static {
     async fn create_api_key(&self, key: &ApiKey) -> Result<()>;
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>>;
 }
+
+/// Which runs of a configuration to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct ActionRunFilter {
+    pub configuration_type: String,
+    pub api_id: String,
+    /// Only runs the API reports in this status.
+    pub status: Option<action::ActionStatus>,
+    /// Only runs whose logical date (or start) is this day.
+    pub execution_date: Option<action::NaiveDate>,
+    pub limit: u32,
+}
+
+/// How a run's attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionOutcome {
+    Succeeded { warned: bool },
+    Failed { error: String },
+}
+
+/// The Tailer-style action API's records: account codes, warehouses,
+/// deployed configurations (every version kept), their runs — leased work,
+/// as runs and import queries are — and the runs' tasks.
+#[async_trait]
+pub trait ActionStore: Send + Sync + 'static {
+    /// Gives `org` its account code (unique across organizations).
+    async fn set_account(&self, org: &OrganizationId, account: &str) -> Result<()>;
+    async fn account_of(&self, org: &OrganizationId) -> Result<Option<String>>;
+
+    /// Adds a warehouse, or replaces the one of that name.
+    async fn put_warehouse(&self, warehouse: &action::Warehouse) -> Result<()>;
+    async fn warehouses_of(&self, org: &OrganizationId) -> Result<Vec<action::Warehouse>>;
+    async fn remove_warehouse(&self, org: &OrganizationId, name: &str) -> Result<()>;
+
+    /// Stores a configuration's new version (the next number) and makes it
+    /// the current one, in one transaction; answers the version.
+    async fn deploy_configuration(&self, config: &action::Deployed) -> Result<i64>;
+    async fn get_configuration(
+        &self,
+        org: &OrganizationId,
+        configuration_type: &str,
+        api_id: &str,
+    ) -> Result<action::Deployed>;
+    /// The body of one version.
+    async fn configuration_version(
+        &self,
+        org: &OrganizationId,
+        configuration_type: &str,
+        api_id: &str,
+        version: i64,
+    ) -> Result<serde_json::Value>;
+    async fn list_configurations(&self, org: &OrganizationId) -> Result<Vec<action::Deployed>>;
+    async fn set_configuration_status(
+        &self,
+        org: &OrganizationId,
+        configuration_type: &str,
+        api_id: &str,
+        activated: bool,
+        archived: bool,
+        now: Timestamp,
+    ) -> Result<action::Deployed>;
+    /// Configurations (activated, not archived) whose next scheduled run
+    /// is due at `now`.
+    async fn due_configurations(&self, now: Timestamp) -> Result<Vec<action::Deployed>>;
+    /// Creates a scheduled run and moves its configuration's next time
+    /// from `due` to `next`, in one transaction — only when the next time is
+    /// still `due` (another scheduler did not take it): answers whether it
+    /// did.
+    async fn schedule_action_run(
+        &self,
+        run: &action::ActionRun,
+        due: Timestamp,
+        next: Option<Timestamp>,
+    ) -> Result<bool>;
+    /// Makes the first schedule time of a configuration.
+    async fn set_next_run(
+        &self,
+        org: &OrganizationId,
+        configuration_type: &str,
+        api_id: &str,
+        at: Option<Timestamp>,
+    ) -> Result<()>;
+
+    /// Stores a new run (PENDING).
+    async fn create_action_run(&self, run: &action::ActionRun) -> Result<()>;
+    async fn get_action_run(&self, org: &OrganizationId, id: &str) -> Result<action::ActionRun>;
+    async fn list_action_runs(
+        &self,
+        org: &OrganizationId,
+        filter: &ActionRunFilter,
+    ) -> Result<Vec<action::ActionRun>>;
+    /// Runs of `org` the API reports in `status`, newest first.
+    async fn action_runs_in(
+        &self,
+        org: &OrganizationId,
+        status: action::ActionStatus,
+        limit: u32,
+    ) -> Result<Vec<action::ActionRun>>;
+    /// Sets the status the API reports (`CHECKED` on a failed run).
+    async fn report_action_run(
+        &self,
+        org: &OrganizationId,
+        id: &str,
+        status: action::ActionStatus,
+        now: Timestamp,
+    ) -> Result<action::ActionRun>;
+    /// Moves PENDING runs to RUNNABLE while their configuration has fewer
+    /// than `max_active_runs` runs under way; answers how many moved.
+    async fn queue_action_runs(&self, now: Timestamp) -> Result<u64>;
+    async fn claim_action_runs(
+        &self,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<action::ActionRun>>;
+    async fn action_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus>;
+    async fn heartbeat_action_run(
+        &self,
+        id: &str,
+        token: i64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
+    async fn finish_action_run(
+        &self,
+        id: &str,
+        token: i64,
+        outcome: &ActionOutcome,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
+    /// Runs whose lease expired: tried again (their tasks start over) or
+    /// failed after the last attempt; answers their ids.
+    async fn reap_action_runs(&self, now: Timestamp) -> Result<Vec<String>>;
+    /// Writes a task's state, under the run's lease.
+    async fn put_action_task(&self, task: &action::ActionTask, token: i64) -> Result<()>;
+    async fn list_action_tasks(&self, run_id: &str) -> Result<Vec<action::ActionTask>>;
+}
+
 
 /// Opens the store a URL names: `sqlite://path/to/file.db` or
 /// `postgres://user@host/db`, and brings its schema up to date.

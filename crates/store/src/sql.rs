@@ -16,6 +16,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use crate::{LogQuery, MetadataStore, Result, StoreError};
 
 mod accounts;
+mod actions;
 mod datalake;
 mod deployments;
 mod imports;
@@ -82,6 +83,7 @@ impl Dialect {
                     9,
                     include_str!("../migrations/sqlite/0009_deployment_limits.sql"),
                 ),
+                (10, include_str!("../migrations/sqlite/0010_actions.sql")),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -105,6 +107,7 @@ impl Dialect {
                     9,
                     include_str!("../migrations/postgres/0009_deployment_limits.sql"),
                 ),
+                (10, include_str!("../migrations/postgres/0010_actions.sql")),
             ],
         }
     }
