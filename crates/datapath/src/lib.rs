@@ -26,6 +26,7 @@ mod load;
 mod source;
 pub mod stage;
 pub mod types;
+pub mod warehouse;
 pub mod window;
 
 pub use stage::{Stage, StageHandle};

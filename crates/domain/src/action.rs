@@ -255,7 +255,9 @@ pub fn valid_task_id(id: &str) -> bool {
     let b = id.as_bytes();
     b.len() >= 3
         && b[0].is_ascii_alphabetic()
-        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
@@ -338,10 +340,10 @@ pub fn substitute_constants(
                 problems.push(problem(
                     format!("{{{{{name}}}}}"),
                     match context {
-                        Some(c) => format!("no constant `{name}` in context {}", c.configuration_id),
-                        None => format!(
-                            "constant `{name}` needs a context: deploy with --context"
-                        ),
+                        Some(c) => {
+                            format!("no constant `{name}` in context {}", c.configuration_id)
+                        }
+                        None => format!("constant `{name}` needs a context: deploy with --context"),
                     },
                 ));
                 out.push_str(&rest[..end]);
@@ -535,7 +537,10 @@ pub fn parse_table_to_table(
         Some(Value::Array(list)) if !list.is_empty() => {
             for (i, t) in list.iter().enumerate() {
                 let prefix = format!("workflow[{i}].");
-                let tf = Fields { doc: t, prefix: &prefix };
+                let tf = Fields {
+                    doc: t,
+                    prefix: &prefix,
+                };
                 if let Some(task) = tf.task(
                     files,
                     &default_project,
@@ -554,7 +559,10 @@ pub fn parse_table_to_table(
     let mut seen = BTreeSet::new();
     for t in &tasks {
         if !seen.insert(t.id.as_str()) {
-            p.push(problem("workflow", format!("task id `{}` is used twice", t.id)));
+            p.push(problem(
+                "workflow",
+                format!("task id `{}` is used twice", t.id),
+            ));
         }
     }
     let deps: Vec<String> = match doc.get("task_dependencies") {
@@ -564,7 +572,10 @@ pub fn parse_table_to_table(
             .filter_map(|(i, d)| match d {
                 Value::String(s) => Some(s.clone()),
                 _ => {
-                    p.push(problem(format!("task_dependencies[{i}]"), "expected a string"));
+                    p.push(problem(
+                        format!("task_dependencies[{i}]"),
+                        "expected a string",
+                    ));
                     None
                 }
             })
@@ -760,7 +771,10 @@ impl Fields<'_> {
         p: &mut Vec<Problem>,
     ) -> Option<Task> {
         if !self.doc.is_object() {
-            p.push(problem(self.prefix.trim_end_matches('.'), "expected a task object"));
+            p.push(problem(
+                self.prefix.trim_end_matches('.'),
+                "expected a task object",
+            ));
             return None;
         }
         let id = self.text("id", p);
@@ -789,21 +803,21 @@ impl Fields<'_> {
                 Criticality::Critical
             }
         };
-        let task_type = self.opt_text("task_type", p).unwrap_or_else(|| "sql".into());
+        let task_type = self
+            .opt_text("task_type", p)
+            .unwrap_or_else(|| "sql".into());
         let kind = match task_type.as_str() {
             "sql" => {
                 let sql = self.file("sql_file", files, p).cloned();
-                let table = self
-                    .opt_text("table_name", p)
-                    .map(|t| TableRef {
-                        project: self
-                            .opt_text("gcp_project_id", p)
-                            .unwrap_or_else(|| project.to_owned()),
-                        dataset: self
-                            .opt_text("bq_dataset", p)
-                            .unwrap_or_else(|| dataset.to_owned()),
-                        table: t,
-                    });
+                let table = self.opt_text("table_name", p).map(|t| TableRef {
+                    project: self
+                        .opt_text("gcp_project_id", p)
+                        .unwrap_or_else(|| project.to_owned()),
+                    dataset: self
+                        .opt_text("bq_dataset", p)
+                        .unwrap_or_else(|| dataset.to_owned()),
+                    table: t,
+                });
                 let write = self.disposition("write_disposition", write, p);
                 TaskKind::Sql {
                     sql: sql.unwrap_or_default(),
@@ -982,10 +996,7 @@ pub fn dependencies(deps: &[String], ids: &[&str]) -> Result<Vec<Vec<usize>>, Ve
             for n in names {
                 match ids.iter().position(|id| *id == n) {
                     Some(k) => group.push(k),
-                    None => problems.push(problem(
-                        &path,
-                        format!("task `{n}` is not in workflow"),
-                    )),
+                    None => problems.push(problem(&path, format!("task `{n}` is not in workflow"))),
                 }
             }
             if let Some(prev) = &previous {
@@ -1012,7 +1023,10 @@ pub fn dependencies(deps: &[String], ids: &[&str]) -> Result<Vec<Vec<usize>>, Ve
         }
     }
     if problems.is_empty() {
-        Ok(parents.into_iter().map(|s| s.into_iter().collect()).collect())
+        Ok(parents
+            .into_iter()
+            .map(|s| s.into_iter().collect())
+            .collect())
     } else {
         Err(problems)
     }
@@ -1226,8 +1240,7 @@ mod tests {
     #[test]
     fn dependencies_follow_airflow_bitshift_groups_and_commas() {
         let ids = ["a", "b", "c", "d", "h", "e"];
-        let parents =
-            dependencies(&["[a, d] >> h >> [b, e]".into(), "a, c".into()], &ids).unwrap();
+        let parents = dependencies(&["[a, d] >> h >> [b, e]".into(), "a, c".into()], &ids).unwrap();
         assert_eq!(parents[4], vec![0, 3]); // h after a and d
         assert_eq!(parents[1], vec![4]); // b after h
         assert_eq!(parents[5], vec![4]);
@@ -1284,7 +1297,10 @@ mod tests {
         let has = |s: &str| text.iter().any(|t| t.contains(s));
         assert!(has("default_bq_dataset: required"), "{text:?}");
         assert!(has("workflow[0].id: `bad-id` is not a task id"), "{text:?}");
-        assert!(has("workflow[0].sql_file: file `missing.sql` was not found"), "{text:?}");
+        assert!(
+            has("workflow[0].sql_file: file `missing.sql` was not found"),
+            "{text:?}"
+        );
         assert!(has("workflow[1].task_type: expected sql"), "{text:?}");
         assert!(has("task `nope` is not in workflow"), "{text:?}");
     }
@@ -1320,7 +1336,10 @@ mod tests {
     fn dates_and_durations_print_as_tailer_does() {
         let d = NaiveDate::from_ymd_opt(2020, 12, 30).unwrap();
         assert_eq!(
-            substitute_date("t_{{FD_DATE}} {{TEMPLATE_CURRENT_DATE}} {{FD_DATE_YEAR_2}}", d),
+            substitute_date(
+                "t_{{FD_DATE}} {{TEMPLATE_CURRENT_DATE}} {{FD_DATE_YEAR_2}}",
+                d
+            ),
             "t_20201230 2020-12-30 20"
         );
         assert_eq!(duration_text(84_002_519), "0:01:24.002519");

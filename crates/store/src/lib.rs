@@ -60,13 +60,7 @@ pub struct LogQuery {
 /// organization, one smaller contract per subject.
 #[async_trait]
 pub trait MetadataStore:
-    AccountStore
-    + DeploymentStore
-    + RunStore
-    + DatalakeStore
-    + ImportStore
-    + SpaceStore
-    + ActionStore
+    AccountStore + DeploymentStore + RunStore + DatalakeStore + ImportStore + SpaceStore + ActionStore
 {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
@@ -610,7 +604,6 @@ pub trait ActionStore: Send + Sync + 'static {
     async fn put_action_task(&self, task: &action::ActionTask, token: i64) -> Result<()>;
     async fn list_action_tasks(&self, run_id: &str) -> Result<Vec<action::ActionTask>>;
 }
-
 
 /// Opens the store a URL names: `sqlite://path/to/file.db` or
 /// `postgres://user@host/db`, and brings its schema up to date.

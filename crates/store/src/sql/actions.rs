@@ -1,9 +1,7 @@
 //! [`ActionStore`] over SQL: the Tailer-style action API's account codes,
 //! warehouses, configurations (every version kept), runs and tasks.
 
-use sluice_domain::action::{
-    ActionRun, ActionStatus, ActionTask, Deployed, NaiveDate, Warehouse,
-};
+use sluice_domain::action::{ActionRun, ActionStatus, ActionTask, Deployed, NaiveDate, Warehouse};
 
 use super::lease::{self, Leased, LEASED};
 use super::*;
@@ -336,7 +334,8 @@ impl ActionStore for SqlStore {
         .bind(version)
         .fetch_optional(&self.read)
         .await?;
-        let body = body.ok_or_else(|| not_found(configuration_type, format!("{api_id} v{version}")))?;
+        let body =
+            body.ok_or_else(|| not_found(configuration_type, format!("{api_id} v{version}")))?;
         Ok(serde_json::from_str(&body)?)
     }
 
@@ -376,7 +375,8 @@ impl ActionStore for SqlStore {
         if changed == 0 {
             return Err(not_found(configuration_type, api_id));
         }
-        self.get_configuration(org, configuration_type, api_id).await
+        self.get_configuration(org, configuration_type, api_id)
+            .await
     }
 
     async fn due_configurations(&self, now: Timestamp) -> Result<Vec<Deployed>> {
@@ -588,10 +588,7 @@ impl ActionStore for SqlStore {
         let rows = RUNS
             .claim(&mut tx, self.dialect, worker, limit, ttl, now)
             .await?;
-        let mut claimed = rows
-            .iter()
-            .map(run_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let mut claimed = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         claimed.sort_by_key(|r| r.seq);
         Ok(claimed)
