@@ -21,6 +21,7 @@ use crate::{wire, ApiState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+mod actions;
 mod datalake;
 
 /// A route of the HTTP API: what the router serves, and what `sluice
@@ -138,7 +139,7 @@ pub(crate) fn table() -> Table {
         )
         .public(Method::PUT, "/uploads/{token}", upload)
         .public(Method::GET, "/downloads/{token}", download);
-    datalake::routes(table)
+    actions::routes(datalake::routes(table))
 }
 
 pub fn routes(state: ApiState) -> Router {

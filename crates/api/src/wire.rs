@@ -137,6 +137,11 @@ pub fn iso_offset(t: &time::Timestamp) -> String {
     t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
 }
 
+/// `2020-12-30T11:30:07.960767+00:00`, as the action API shows times.
+pub fn iso_micros(t: &time::Timestamp) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
 /// Percent-encodes like Python's `urllib.parse.quote`: the client unquotes
 /// every metadata name and value it receives.
 pub fn quote(s: &str) -> String {

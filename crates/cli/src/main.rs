@@ -7,6 +7,7 @@
 //! - `sluice org create`, `sluice user create`, `sluice auth get-token`:
 //!   administration against the same store, safe while `serve` runs.
 
+mod config;
 mod job;
 mod source;
 mod space;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use sluice_engine::actions::ActionRunner;
 use sluice_engine::auth::Keys;
 use sluice_engine::blob::Blobs;
 use sluice_engine::control::{Control, Settings};
@@ -347,6 +349,16 @@ enum Command {
         #[command(subcommand)]
         command: space::ApiKeyCommand,
     },
+    /// The Tailer-style action API's configurations: deploy, list, show, status.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
+    /// The warehouses the action API's project names stand for.
+    Warehouse {
+        #[command(subcommand)]
+        command: config::WarehouseCommand,
+    },
     /// The sources an organization's jobs made through the API may read.
     Source {
         #[command(subcommand)]
@@ -631,9 +643,21 @@ enum OrgCommand {
     /// Create an organization.
     Create {
         name: String,
+        /// Its account code (6 digits), which the action API's
+        /// configurations carry.
+        #[arg(long)]
+        account: Option<String>,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Give an organization its account code (6 digits), which the action
+    /// API's configurations carry.
+    Account {
+        org: String,
+        account: String,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -820,12 +844,21 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             if !no_worker {
                 let importer = Importer::new(
                     db.clone(),
-                    sealer,
+                    sealer.clone(),
                     &config,
                     format!("serve-{}", std::process::id()),
                     wakers.clone(),
                 );
                 tokio::spawn(Arc::new(importer).run());
+                let actions = ActionRunner::new(
+                    db.clone(),
+                    sealer.clone(),
+                    &config,
+                    store.warehouse(),
+                    format!("serve-{}", std::process::id()),
+                    wakers.clone(),
+                );
+                tokio::spawn(Arc::new(actions).run());
                 let worker =
                     Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
                 tokio::spawn(worker.run());
@@ -875,23 +908,62 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 wakers.clone(),
             );
             tokio::spawn(Arc::new(importer).run());
+            let actions = ActionRunner::new(
+                db.clone(),
+                keys.sealer(),
+                &config,
+                store.warehouse(),
+                format!("worker-{}", std::process::id()),
+                wakers.clone(),
+            );
+            tokio::spawn(Arc::new(actions).run());
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
             tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
             worker.run().await;
         }
         Command::Org {
-            command: OrgCommand::Create { name, json, store },
+            command:
+                OrgCommand::Create {
+                    name,
+                    account,
+                    json,
+                    store,
+                },
         } => {
             let (control, _, _) = control(&store).await?;
             let org = control
                 .create_organization(&name)
                 .await
                 .map_err(print_error)?;
+            if let Some(a) = &account {
+                control
+                    .set_account(org.id.as_str(), a)
+                    .await
+                    .map_err(print_error)?;
+            }
             if json {
-                println!("{}", json!({"organization_id": org.id, "name": org.name}));
+                println!(
+                    "{}",
+                    json!({"organization_id": org.id, "name": org.name, "account": account})
+                );
             } else {
                 println!("organization {} created: {}", org.id, org.name);
             }
+        }
+        Command::Org {
+            command:
+                OrgCommand::Account {
+                    org,
+                    account,
+                    store,
+                },
+        } => {
+            let (control, _, _) = control(&store).await?;
+            control
+                .set_account(&org, &account)
+                .await
+                .map_err(print_error)?;
+            println!("organization {org} is account {account}");
         }
         Command::User {
             command:
@@ -928,8 +1000,24 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 .issue_token(&org, user.as_deref())
                 .await
                 .map_err(print_error)?;
+            // `User token :` is line 7, as Tailer's pipelines read it
+            // (`sed '7q;d'`, or `awk '/User token :/ {print $4}'`).
+            let ttl = control.settings().token_ttl_secs;
+            let expires = sluice_domain::time::from_micros(
+                (sluice_domain::time::now().timestamp() + ttl) * 1_000_000,
+            );
+            println!();
+            println!("sluice");
+            println!("Version : {}", env!("CARGO_PKG_VERSION"));
             println!("Organization : {org}");
+            println!(
+                "Expires : {} (in {} days)",
+                expires.format("%Y-%m-%dT%H:%M:%SZ"),
+                ttl / 86_400
+            );
+            println!();
             println!("User token : {token}");
+            println!();
         }
         Command::Auth {
             command: AuthCommand::Revoke { org, user, store },
@@ -951,6 +1039,8 @@ async fn run(started: Instant) -> anyhow::Result<()> {
         Command::Space { command } => space::space(command).await?,
         Command::Apikey { command } => space::apikey(command).await?,
         Command::Source { command } => source::source(command).await?,
+        Command::Config { command } => config::config(command).await?,
+        Command::Warehouse { command } => config::warehouse(command).await?,
         Command::Deployment {
             command:
                 DeploymentCommand::Limits {

@@ -1091,7 +1091,10 @@ pub fn cron_fields(expr: &str) -> Option<[String; 5]> {
 
 /// A run id as Tailer forms them: `YYYYMMDD-HHMMSS-<uuid>`.
 pub fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
-    let b: [u8; 16] = rand::random();
+    let mut b: [u8; 16] = rand::random();
+    // A version 4 UUID, as Tailer's are.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}-{}",

@@ -16,7 +16,12 @@ use crate::blob::Blobs;
 use crate::code;
 use crate::Wakers;
 
+mod actions;
 mod datalake;
+pub(crate) use actions::new_run;
+pub use actions::{
+    next_time, ConfigurationFiles, ConfigurationRef, EMBEDDED as EMBEDDED_WAREHOUSE,
+};
 pub(crate) use datalake::{datalake_inputs, InputError};
 mod imports;
 pub mod input;

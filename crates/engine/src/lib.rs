@@ -14,6 +14,7 @@
 //! process, woken at once through [`Wakers`]; `sluice worker` runs only a
 //! worker, which polls a shared PostgreSQL store.
 
+pub mod actions;
 pub mod auth;
 pub mod blob;
 pub mod code;
@@ -41,6 +42,7 @@ pub struct Wakers {
     pub workers: Notify,
     pub dispatcher: Notify,
     pub importer: Notify,
+    pub actions: Notify,
 }
 
 /// The queue of a run with a `distribution`: runs whose values share a

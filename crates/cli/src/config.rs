@@ -1,0 +1,297 @@
+//! `sluice config …` and `sluice warehouse …`: the Tailer-style action
+//! API's configurations (Tailer's `tailer deploy configuration`) and the
+//! warehouses their Google Cloud project names stand for.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::json;
+use sluice_domain::action;
+use sluice_engine::control::ConfigurationFiles;
+
+use crate::{print_error, StoreArgs};
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Deploy a configuration file (table-to-table or context): the SQL
+    /// and DDL files it names are read beside it, a context's constants
+    /// substituted. Deploying an id again replaces it; runs keep the
+    /// version they ran.
+    Deploy {
+        /// The configuration file (JSON).
+        file: std::path::PathBuf,
+        /// The organization (env SLUICE_ORG).
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        /// The context whose constants it uses (NO_CONTEXT: none).
+        #[arg(long)]
+        context: Option<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// An organization's configurations.
+    List {
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// A configuration as deployed (its current version).
+    Show {
+        /// Its id as the action API names it (`<configuration_id>_<ENV>`).
+        id: String,
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// A configuration's switches and its latest runs with their tasks.
+    Status {
+        id: String,
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WarehouseCommand {
+    /// Declare what a configuration's project name (`gcp_project_id`)
+    /// stands for: `embedded` (the organization's own folder of the
+    /// embedded warehouse) or a postgres:// database (sealed at rest).
+    Add {
+        name: String,
+        url: String,
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// An organization's warehouses, passwords hidden.
+    List {
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    Remove {
+        name: String,
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Reads a configuration file and the files it names, beside it.
+fn read_files(file: &Path) -> anyhow::Result<ConfigurationFiles> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut files = BTreeMap::new();
+    if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
+        let folder = file.parent().unwrap_or(Path::new("."));
+        for name in action::files_named(&doc) {
+            // A name with constants in it is read once they are known: the
+            // control layer names it missing otherwise.
+            if let Ok(t) = std::fs::read_to_string(folder.join(&name)) {
+                files.insert(name, t);
+            }
+        }
+    }
+    Ok(ConfigurationFiles { text, files })
+}
+
+pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Deploy {
+            file,
+            org,
+            context,
+            json,
+            store,
+        } => {
+            let files = read_files(&file)?;
+            let (control, _, _) = crate::control(&store).await?;
+            let c = control
+                .deploy_configuration(&org, &files, context.as_deref())
+                .await
+                .map_err(print_error)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"id": c.api_id, "configuration_type": c.configuration_type,
+                           "version": c.version, "job_id": job_id(&c)})
+                );
+            } else {
+                println!("Configuration successfully deployed with ID : {}", c.api_id);
+                if let Some(job) = job_id(&c) {
+                    println!("job id : {job} (version {})", c.version);
+                }
+            }
+        }
+        ConfigCommand::List { org, json, store } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let list = control
+                .list_configurations(&org)
+                .await
+                .map_err(print_error)?;
+            if json {
+                let out: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.api_id, "configuration_type": c.configuration_type,
+                               "environment": c.environment, "version": c.version,
+                               "activated": c.activated, "archived": c.archived})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+            } else {
+                for c in list {
+                    println!(
+                        "{:<16} {:<48} v{:<3} {}{}",
+                        c.configuration_type,
+                        c.api_id,
+                        c.version,
+                        if c.activated { "activated" } else { "disabled" },
+                        if c.archived { ", archived" } else { "" }
+                    );
+                }
+            }
+        }
+        ConfigCommand::Show { id, org, store } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let c = control
+                .configuration_named(&org, &id)
+                .await
+                .map_err(print_error)?;
+            println!("{}", serde_json::to_string_pretty(&c.body)?);
+        }
+        ConfigCommand::Status {
+            id,
+            org,
+            runs,
+            json,
+            store,
+        } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let c = control
+                .configuration_named(&org, &id)
+                .await
+                .map_err(print_error)?;
+            let list = control.runs_of(&c, runs).await.map_err(print_error)?;
+            let mut out = Vec::new();
+            for r in &list {
+                let tasks = control.action_tasks(&r.id).await.map_err(print_error)?;
+                out.push((r, tasks));
+            }
+            if json {
+                let runs: Vec<_> = out
+                    .iter()
+                    .map(|(r, tasks)| {
+                        json!({"run_id": r.id, "status": r.action_status().as_str(),
+                               "run_status": r.status.as_str(), "attempt": r.attempt,
+                               "execution_date": r.execution_date.to_string(),
+                               "error": r.error, "tasks": tasks})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"id": c.api_id, "version": c.version, "activated": c.activated,
+                           "archived": c.archived, "runs": runs})
+                );
+            } else {
+                println!(
+                    "{} (v{}): {}{}",
+                    c.api_id,
+                    c.version,
+                    if c.activated { "activated" } else { "disabled" },
+                    if c.archived { ", archived" } else { "" }
+                );
+                for (r, tasks) in out {
+                    println!(
+                        "run {} {} (attempt {}, {}){}",
+                        r.id,
+                        r.action_status().as_str(),
+                        r.attempt,
+                        r.execution_date,
+                        r.error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
+                    for t in tasks {
+                        println!(
+                            "  {:<32} {:<9} {:>8} rows  {}",
+                            t.task_id,
+                            t.status,
+                            t.rows,
+                            t.messages.join("; ")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn job_id(c: &action::Deployed) -> Option<String> {
+    (c.configuration_type == action::TABLE_TO_TABLE).then(|| format!("gbq-to-gbq|{}", c.api_id))
+}
+
+pub async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
+    match command {
+        WarehouseCommand::Add {
+            name,
+            url,
+            org,
+            store,
+        } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let w = control
+                .add_warehouse(&org, &name, &url)
+                .await
+                .map_err(print_error)?;
+            println!("warehouse {} of {org}: {}", w.name, w.url_shown);
+        }
+        WarehouseCommand::List { org, json, store } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let list = control.warehouses(&org).await.map_err(print_error)?;
+            if json {
+                let out: Vec<_> = list
+                    .iter()
+                    .map(|w| json!({"name": w.name, "url": w.url_shown}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+            } else {
+                for w in list {
+                    println!("{:<24} {}", w.name, w.url_shown);
+                }
+            }
+        }
+        WarehouseCommand::Remove { name, org, store } => {
+            let (control, _, _) = crate::control(&store).await?;
+            control
+                .remove_warehouse(&org, &name)
+                .await
+                .map_err(print_error)?;
+            println!("warehouse {name} of {org} removed");
+        }
+    }
+    Ok(())
+}

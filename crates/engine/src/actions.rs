@@ -1,0 +1,574 @@
+//! The action runner: the Tailer-style action API's runs, scheduled,
+//! queued and executed under leases, as import queries are.
+//!
+//! Each turn it gives back the runs of lost workers (tried again: a task an
+//! earlier attempt finished is found in the warehouse's ledger and not done
+//! twice), makes the runs of configurations whose schedule is due, queues
+//! PENDING runs while their configuration has room (`max_active_runs`),
+//! and claims RUNNABLE runs into its free slots.
+//!
+//! A run executes its configuration's tasks in the order
+//! `task_dependencies` gives, up to `task_concurrency` at once, each in its
+//! warehouse in one transaction. A failed task follows its criticality:
+//! `critical` fails the run; `warning` lets it go on and end WARNING;
+//! `transparent` lets it go on; `break` and `stop` skip its dependents.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use sluice_datapath::warehouse::{Done, Warehouse as Wh};
+use sluice_domain::action::{
+    self, ActionRun, ActionTask, Criticality, NaiveDate, TableRef, TableToTable, TaskKind,
+    Warehouse,
+};
+use sluice_domain::time::{self, Timestamp};
+use sluice_domain::RunStatus;
+use sluice_store::{ActionOutcome, MetadataStore, StoreError};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::secrets::Sealer;
+use crate::Wakers;
+
+pub struct ActionRunner {
+    store: Arc<dyn MetadataStore>,
+    sealer: Sealer,
+    /// The embedded warehouse's folder (None: none on this server).
+    warehouse_root: Option<PathBuf>,
+    name: String,
+    slots: usize,
+    lease_ttl: Duration,
+    heartbeat: Duration,
+    poll: Duration,
+    wakers: Arc<Wakers>,
+}
+
+/// The URL warehouse `w` stands for: `embedded` is the organization's own
+/// folder of the embedded warehouse.
+pub fn warehouse_url(
+    sealer: &Sealer,
+    root: Option<&std::path::Path>,
+    w: &Warehouse,
+) -> Result<String, String> {
+    let url = sealer.open(&w.url_sealed)?;
+    if url != crate::control::EMBEDDED_WAREHOUSE {
+        return Ok(url);
+    }
+    let root = root.ok_or("this server has no embedded warehouse")?;
+    Ok(format!(
+        "{}{}",
+        sluice_datapath::warehouse::EMBEDDED,
+        root.join("actions")
+            .join(w.organization_id.as_str())
+            .display()
+    ))
+}
+
+impl ActionRunner {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        sealer: Sealer,
+        config: &crate::EngineConfig,
+        warehouse_root: Option<PathBuf>,
+        name: String,
+        wakers: Arc<Wakers>,
+    ) -> ActionRunner {
+        ActionRunner {
+            store,
+            sealer,
+            warehouse_root,
+            name,
+            slots: config.import_slots.max(1),
+            lease_ttl: config.lease_ttl,
+            heartbeat: config.heartbeat,
+            poll: config.poll.max(Duration::from_millis(200)),
+            wakers,
+        }
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.slots));
+        loop {
+            self.turn(&slots).await;
+            tokio::select! {
+                _ = self.wakers.actions.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
+        let now = time::now();
+        if let Err(e) = self.store.reap_action_runs(now).await {
+            tracing::warn!("reaping lost action runs: {e}");
+        }
+        if let Err(e) = self.schedule(now).await {
+            tracing::warn!("scheduling action runs: {e}");
+        }
+        if let Err(e) = self.store.queue_action_runs(now).await {
+            tracing::warn!("queueing action runs: {e}");
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            return;
+        }
+        match self
+            .store
+            .claim_action_runs(&self.name, free as u32, self.lease_ttl, time::now())
+            .await
+        {
+            Ok(claimed) => {
+                for run in claimed {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.execute(run).await;
+                        drop(permit);
+                        me.wakers.actions.notify_one();
+                    });
+                }
+            }
+            Err(e) => tracing::warn!("claiming action runs: {e}"),
+        }
+    }
+
+    /// Makes the runs of configurations whose schedule is due (each once,
+    /// however many runners share the store).
+    async fn schedule(&self, now: Timestamp) -> Result<(), StoreError> {
+        for c in self.store.due_configurations(now).await? {
+            let (Some(due), Some(cron)) = (
+                c.next_run_at,
+                c.body.get("schedule").and_then(|v| v.as_str()),
+            ) else {
+                continue;
+            };
+            let next = crate::control::next_time(cron, now).ok();
+            let run = crate::control::new_run(&c, due.date_naive(), now);
+            if self.store.schedule_action_run(&run, due, next).await? {
+                tracing::info!("scheduled run {} of {}", run.id, c.api_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one claimed run to its end; answers its final status.
+    pub async fn execute(&self, run: ActionRun) -> RunStatus {
+        let token = run.lease_token;
+        match self
+            .store
+            .action_run_running(&run.id, token, time::now())
+            .await
+        {
+            Ok(RunStatus::Canceling) => {
+                return self
+                    .finish(
+                        &run,
+                        ActionOutcome::Failed {
+                            error: "cancelled before it started".into(),
+                        },
+                    )
+                    .await
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("action run {} could not start: {e}", run.id);
+                return run.status;
+            }
+        }
+        let plan = match self.plan(&run).await {
+            Ok(plan) => plan,
+            Err(error) => return self.finish(&run, ActionOutcome::Failed { error }).await,
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (store, id, ttl, every) = (
+                self.store.clone(),
+                run.id.clone(),
+                self.lease_ttl,
+                self.heartbeat,
+            );
+            let (cancel, lost) = (cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store
+                        .heartbeat_action_run(&id, token, ttl, time::now())
+                        .await
+                    {
+                        Ok(RunStatus::Canceling) => cancel.store(true, Ordering::Relaxed),
+                        Ok(_) => {}
+                        Err(StoreError::LeaseLost(_)) => {
+                            lost.store(true, Ordering::Relaxed);
+                            cancel.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => tracing::warn!("renewing the lease of action run {id}: {e}"),
+                    }
+                }
+            })
+        };
+        // Task states go to the store from this runtime; the tasks run on a
+        // thread of their own (their database futures are not Send).
+        let (tx, mut rx) = mpsc::unbounded_channel::<ActionTask>();
+        let writer = {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                while let Some(task) = rx.recv().await {
+                    if let Err(e) = store.put_action_task(&task, token).await {
+                        tracing::warn!("recording task {} of {}: {e}", task.task_id, task.run_id);
+                    }
+                }
+            })
+        };
+        let outcome = {
+            let (run, cancel) = (run.clone(), cancel.clone());
+            tokio::task::spawn_blocking(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("the run could not start: {e}"))?;
+                rt.block_on(run_tasks(plan, run, cancel, tx))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the run stopped: {e}")))
+        };
+        heartbeat.abort();
+        let _ = writer.await;
+        if lost.load(Ordering::Relaxed) {
+            tracing::warn!(
+                "action run {} lost its lease; another worker has it",
+                run.id
+            );
+            return run.status;
+        }
+        let outcome = match outcome {
+            Ok(warned) => ActionOutcome::Succeeded { warned },
+            Err(error) => ActionOutcome::Failed { error },
+        };
+        self.finish(&run, outcome).await
+    }
+
+    /// What a run needs: its configuration's version, and the URL of each
+    /// warehouse it names.
+    async fn plan(&self, run: &ActionRun) -> Result<Plan, String> {
+        let body = self
+            .store
+            .configuration_version(
+                &run.organization_id,
+                &run.configuration_type,
+                &run.api_id,
+                run.version,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let config: TableToTable = serde_json::from_value(body).map_err(|e| {
+            format!(
+                "the configuration's version {} cannot be read: {e}",
+                run.version
+            )
+        })?;
+        let mut urls = BTreeMap::new();
+        for w in self
+            .store
+            .warehouses_of(&run.organization_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let url = warehouse_url(&self.sealer, self.warehouse_root.as_deref(), &w)?;
+            urls.insert(w.name.clone(), url);
+        }
+        Ok(Plan { config, urls })
+    }
+
+    async fn finish(&self, run: &ActionRun, outcome: ActionOutcome) -> RunStatus {
+        match self
+            .store
+            .finish_action_run(&run.id, run.lease_token, &outcome, time::now())
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!("ending action run {}: {e}", run.id);
+                run.status
+            }
+        }
+    }
+}
+
+struct Plan {
+    config: TableToTable,
+    /// Warehouse name → URL.
+    urls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Waiting,
+    Running,
+    Succeeded,
+    /// Failed, and its criticality let the run go on.
+    FailedOn,
+    Skipped,
+}
+
+/// Runs the configuration's tasks; answers whether a `warning` task
+/// failed, or why the run failed.
+async fn run_tasks(
+    plan: Plan,
+    run: ActionRun,
+    cancel: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<ActionTask>,
+) -> Result<bool, String> {
+    let c = &plan.config;
+    let n = c.tasks.len();
+    let mut state = vec![State::Waiting; n];
+    let mut records: Vec<ActionTask> = c
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ActionTask {
+            run_id: run.id.clone(),
+            task_id: t.id.clone(),
+            position: i as i32,
+            status: "WAITING".into(),
+            attempt: run.attempt,
+            started_at: None,
+            finished_at: None,
+            rows: 0,
+            messages: Vec::new(),
+        })
+        .collect();
+    for r in &records {
+        let _ = tx.send(r.clone());
+    }
+    let datasets = datasets_by_project(c);
+    let mut warned = false;
+    let mut running = FuturesUnordered::new();
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err("cancelled (or the lease was lost): the running tasks rolled back".into());
+        }
+        // Skip what hangs below a skipped task or a break/stop.
+        for k in 0..n {
+            if state[k] == State::Waiting
+                && c.parents[k].iter().any(|&p| state[p] == State::Skipped)
+            {
+                state[k] = State::Skipped;
+                records[k].status = "SKIPPED".into();
+                records[k]
+                    .messages
+                    .push("a task it depends on was skipped or broke".into());
+                let _ = tx.send(records[k].clone());
+            }
+        }
+        let ready: Vec<usize> = (0..n)
+            .filter(|&k| {
+                state[k] == State::Waiting
+                    && c.parents[k]
+                        .iter()
+                        .all(|&p| matches!(state[p], State::Succeeded | State::FailedOn))
+            })
+            .collect();
+        for k in ready {
+            if running.len() >= c.task_concurrency as usize {
+                break;
+            }
+            state[k] = State::Running;
+            records[k].status = "RUNNING".into();
+            records[k].started_at = Some(time::now());
+            let _ = tx.send(records[k].clone());
+            let task = c.tasks[k].clone();
+            let (urls, datasets, run_id, date) =
+                (&plan.urls, &datasets, run.id.clone(), run.execution_date);
+            running.push(async move {
+                let done = run_task(&task.kind, &task.id, urls, datasets, &run_id, date).await;
+                (k, done)
+            });
+        }
+        let Some((k, done)) = running.next().await else {
+            break;
+        };
+        let t = &c.tasks[k];
+        records[k].finished_at = Some(time::now());
+        match done {
+            Ok(done) => {
+                state[k] = State::Succeeded;
+                records[k].status = "SUCCEEDED".into();
+                records[k].rows = done.rows as i64;
+                records[k].messages.extend(done.messages);
+                let _ = tx.send(records[k].clone());
+            }
+            Err(e) => {
+                records[k].status = "FAILED".into();
+                records[k].messages.push(e.clone());
+                let _ = tx.send(records[k].clone());
+                match t.criticality {
+                    Criticality::Critical => {
+                        return Err(format!("task {} failed: {e}", t.id));
+                    }
+                    Criticality::Warning => {
+                        warned = true;
+                        state[k] = State::FailedOn;
+                    }
+                    Criticality::Transparent => state[k] = State::FailedOn,
+                    Criticality::Break | Criticality::Stop => state[k] = State::Skipped,
+                }
+            }
+        }
+    }
+    // Temporary tables go when the run ends well.
+    for t in &c.tasks {
+        if let TaskKind::Sql {
+            table: Some(table),
+            temporary: true,
+            ..
+        } = &t.kind
+        {
+            let table = dated(table, run.execution_date);
+            if let Some(url) = plan.urls.get(&table.project) {
+                let sets = datasets.get(&table.project).cloned().unwrap_or_default();
+                if let Ok(mut w) = Wh::open(url, &sets).await {
+                    let _ = w.delete_table(&table).await;
+                }
+            }
+        }
+    }
+    Ok(warned)
+}
+
+/// Every dataset a configuration names, by project.
+fn datasets_by_project(c: &TableToTable) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut add = |t: &TableRef| {
+        out.entry(t.project.clone())
+            .or_default()
+            .insert(t.dataset.clone());
+    };
+    for t in &c.tasks {
+        match &t.kind {
+            TaskKind::Sql { table, .. } => table.iter().for_each(&mut add),
+            TaskKind::CreateTable { table, .. } | TaskKind::DeleteTable { table } => add(table),
+            TaskKind::CopyTable {
+                source,
+                destination,
+                ..
+            } => {
+                add(source);
+                add(destination);
+            }
+            TaskKind::Expectation { .. } => {}
+        }
+    }
+    out
+}
+
+/// A table's name with the run's date variables substituted.
+fn dated(t: &TableRef, date: NaiveDate) -> TableRef {
+    TableRef {
+        project: t.project.clone(),
+        dataset: action::substitute_date(&t.dataset, date),
+        table: action::substitute_date(&t.table, date),
+    }
+}
+
+/// The project a task runs in: its table's; an expectation (or a script)
+/// runs in the only warehouse, or the first its configuration names.
+fn project_of<'a>(
+    kind: &'a TaskKind,
+    datasets: &'a BTreeMap<String, BTreeSet<String>>,
+) -> Option<&'a str> {
+    match kind {
+        TaskKind::Sql { table: Some(t), .. }
+        | TaskKind::CreateTable { table: t, .. }
+        | TaskKind::DeleteTable { table: t } => Some(&t.project),
+        TaskKind::CopyTable { destination, .. } => Some(&destination.project),
+        TaskKind::Sql { table: None, .. } | TaskKind::Expectation { .. } => {
+            datasets.keys().next().map(String::as_str)
+        }
+    }
+}
+
+/// Runs one task in its warehouse, in one transaction with its ledger row.
+async fn run_task(
+    kind: &TaskKind,
+    task_id: &str,
+    urls: &BTreeMap<String, String>,
+    datasets: &BTreeMap<String, BTreeSet<String>>,
+    run_id: &str,
+    date: NaiveDate,
+) -> Result<Done, String> {
+    let project = project_of(kind, datasets)
+        .ok_or("the task names no table, and its configuration no warehouse to run it in")?;
+    let url = urls.get(project).ok_or_else(|| {
+        format!("project `{project}` is not a warehouse of this organization (any more)")
+    })?;
+    let sets: BTreeSet<String> = datasets
+        .get(project)
+        .map(|s| s.iter().map(|d| action::substitute_date(d, date)).collect())
+        .unwrap_or_default();
+    let mut w = Wh::open(url, &sets).await.map_err(|e| e.to_string())?;
+    if let Some(done) = w
+        .begin_task(run_id, task_id)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(done);
+    }
+    let work = match kind {
+        TaskKind::Sql {
+            sql,
+            table: Some(t),
+            write,
+            ..
+        } => {
+            w.query_into(&action::substitute_date(sql, date), &dated(t, date), *write)
+                .await
+        }
+        TaskKind::Sql {
+            sql, table: None, ..
+        } => w.script(&action::substitute_date(sql, date)).await,
+        TaskKind::CreateTable {
+            table,
+            columns,
+            force_delete,
+        } => {
+            w.create_table(&dated(table, date), columns, *force_delete)
+                .await
+        }
+        TaskKind::CopyTable {
+            source,
+            destination,
+            date_suffix,
+        } => {
+            let mut to = dated(destination, date);
+            if let Some(format) = date_suffix {
+                to.table = format!("{}{}", to.table, date.format(format));
+            }
+            w.copy_table(&dated(source, date), &to).await
+        }
+        TaskKind::DeleteTable { table } => w.delete_table(&dated(table, date)).await,
+        TaskKind::Expectation { sql } => {
+            match w.expect(&action::substitute_date(sql, date)).await {
+                Ok(failed) if failed.is_empty() => Ok(Done {
+                    messages: vec!["every expectation held".into()],
+                    ..Done::default()
+                }),
+                Ok(failed) => Err(sluice_datapath::ImportError::Invalid(format!(
+                    "expectation did not hold: {}",
+                    failed.join("; ")
+                ))),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    w.end_task(run_id, task_id, work)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,656 @@
+//! The Tailer-style action API's use cases: deploying configuration files
+//! (with a context's constants), the warehouses their Google Cloud project
+//! names stand for, launching runs, reading and setting their statuses, and
+//! switching configurations on, off or into the archive.
+//!
+//! A configuration belongs to the organization whose account code it
+//! carries; every read and write is scoped by the caller's organization,
+//! so another organization's configuration or run is "not found" and one of
+//! another account is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sluice_domain::action::{
+    self, ActionRun, ActionStatus, Context, Deployed, NaiveDate, Problem, TableToTable, TaskKind,
+    Warehouse,
+};
+use sluice_store::ActionRunFilter;
+
+use super::*;
+
+/// What the warehouse name `embedded` stands for: the organization's own
+/// folder of the embedded warehouse.
+pub const EMBEDDED: &str = "embedded";
+
+/// A configuration file as the deployer read it: its text and the text of
+/// each file it names (by the name it uses).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigurationFiles {
+    pub text: String,
+    pub files: BTreeMap<String, String>,
+}
+
+/// What a caller names a configuration by, as the action API's requests
+/// carry it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigurationRef {
+    pub account: String,
+    pub environment: String,
+    pub configuration_type: String,
+    pub configuration_id: String,
+}
+
+fn problems(what: &str, p: Vec<Problem>) -> ControlError {
+    ControlError::BadRequest(format!(
+        "{what}: {}",
+        p.iter()
+            .map(Problem::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    ))
+}
+
+/// The next time after `now` a cron expression (five fields, UTC) names.
+pub fn next_time(cron: &str, now: Timestamp) -> Result<Timestamp> {
+    let c: croner::Cron = cron
+        .parse()
+        .map_err(|e| bad(format!("schedule_interval `{cron}`: {e}")))?;
+    c.find_next_occurrence(&now, false)
+        .map_err(|e| bad(format!("schedule_interval `{cron}`: {e}")))
+}
+
+impl Control {
+    /// The account code of `org`, which its configurations must carry.
+    pub async fn set_account(&self, org: &str, account: &str) -> Result<()> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        self.store.get_organization(&org).await?;
+        if !(account.len() == 6 && account.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(bad(format!(
+                "account `{account}`: expected a 6-digit account code, like 000099"
+            )));
+        }
+        self.store
+            .set_account(&org, account)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => ControlError::Conflict(format!(
+                    "account {account} belongs to another organization"
+                )),
+                e => e.into(),
+            })
+    }
+
+    pub async fn account_of(&self, org: &OrganizationId) -> Result<Option<String>> {
+        Ok(self.store.account_of(org).await?)
+    }
+
+    /// Declares (or replaces) warehouse `name` of `org`: `embedded` (the
+    /// organization's folder of the embedded warehouse) or a postgres://
+    /// URL, sealed.
+    pub async fn add_warehouse(&self, org: &str, name: &str, url: &str) -> Result<Warehouse> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        self.store.get_organization(&org).await?;
+        input::check_name("warehouse name", name).map_err(bad)?;
+        let url = url.trim();
+        let embedded = url == EMBEDDED;
+        if !embedded && !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad(format!(
+                "warehouse `{name}`: expected `embedded` or a postgres:// URL, got `{}`",
+                crate::secrets::redact(url)
+            )));
+        }
+        if embedded && self.settings.warehouse.is_none() {
+            return Err(bad("this server has no embedded warehouse"));
+        }
+        let w = Warehouse {
+            organization_id: org,
+            name: name.to_owned(),
+            url_sealed: self.sealer.seal(url),
+            url_shown: crate::secrets::redact(url),
+            created_at: time::now(),
+        };
+        self.store.put_warehouse(&w).await?;
+        Ok(w)
+    }
+
+    pub async fn warehouses(&self, org: &str) -> Result<Vec<Warehouse>> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        Ok(self.store.warehouses_of(&org).await?)
+    }
+
+    pub async fn remove_warehouse(&self, org: &str, name: &str) -> Result<()> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        Ok(self.store.remove_warehouse(&org, name).await?)
+    }
+
+    /// Deploys a configuration file of `org` (Tailer's `tailer deploy
+    /// configuration`), with the constants of context `context` (deployed
+    /// before); answers it as stored. Every problem of the file is named at
+    /// once, and nothing is stored when there is one.
+    pub async fn deploy_configuration(
+        &self,
+        org: &str,
+        file: &ConfigurationFiles,
+        context: Option<&str>,
+    ) -> Result<Deployed> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        self.store.get_organization(&org).await?;
+        let account = self.store.account_of(&org).await?.ok_or_else(|| {
+            bad(format!(
+                "organization {org} has no account code: give it one with \
+                 `sluice org account {org} 000099`"
+            ))
+        })?;
+        let raw: Value = serde_json::from_str(&file.text)
+            .map_err(|e| bad(format!("the configuration is not JSON: {e}")))?;
+        let (kind, id, environment, file_account) =
+            action::identity(&raw).map_err(|p| problems("the configuration", p))?;
+        if file_account != account {
+            return Err(ControlError::Forbidden(format!(
+                "the configuration is of account {file_account}; organization {org} is account \
+                 {account}"
+            )));
+        }
+        let context = match context.filter(|c| *c != "NO_CONTEXT") {
+            Some(c) => {
+                let deployed = self.store.get_configuration(&org, action::CONTEXT, c).await;
+                let deployed = deployed.map_err(|e| match e {
+                    StoreError::NotFound(_) => {
+                        bad(format!("context `{c}` is not deployed: deploy it first"))
+                    }
+                    e => e.into(),
+                })?;
+                Some(
+                    serde_json::from_value::<Context>(deployed.body)
+                        .map_err(|e| ControlError::Internal(format!("context {c}: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let substitute = |text: &str| {
+            action::substitute_constants(text, context.as_ref(), &environment, &account)
+        };
+        let text = substitute(&file.text).map_err(|p| problems("the configuration", p))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "the configuration with its constants is not JSON: {e}"
+            ))
+        })?;
+        let now = time::now();
+        let deployed = match kind.as_str() {
+            action::CONTEXT => {
+                let c = action::parse_context(&doc).map_err(|p| problems("the context", p))?;
+                Deployed {
+                    organization_id: org.clone(),
+                    configuration_type: kind.clone(),
+                    api_id: id.clone(),
+                    configuration_id: id.clone(),
+                    account: account.clone(),
+                    environment: environment.clone(),
+                    version: 0,
+                    activated: true,
+                    archived: false,
+                    max_active_runs: 1,
+                    body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
+                    next_run_at: None,
+                    created_at: now,
+                    modified_at: now,
+                }
+            }
+            action::TABLE_TO_TABLE => {
+                let mut files = BTreeMap::new();
+                let mut p = Vec::new();
+                for name in action::files_named(&doc) {
+                    match file.files.get(&name) {
+                        Some(t) => match substitute(t) {
+                            Ok(t) => {
+                                files.insert(name, t);
+                            }
+                            Err(mut more) => {
+                                for x in &mut more {
+                                    x.path = format!("{name}: {}", x.path);
+                                }
+                                p.append(&mut more);
+                            }
+                        },
+                        None => {} // the parser names it
+                    }
+                }
+                let deployed_id = match &context {
+                    Some(c) => format!("{}_{}", c.qualified(), id),
+                    None => id.clone(),
+                };
+                let parsed = action::parse_table_to_table(&doc, &files, &deployed_id);
+                let c = match parsed {
+                    Ok(c) if p.is_empty() => c,
+                    Ok(_) => return Err(problems("the configuration", p)),
+                    Err(mut more) => {
+                        p.append(&mut more);
+                        return Err(problems("the configuration", p));
+                    }
+                };
+                self.check_projects(&org, &c).await?;
+                let api_id = match &context {
+                    Some(_) => deployed_id.clone(),
+                    None => c.api_id(),
+                };
+                let next_run_at = match (&c.schedule, c.activated && !c.archived) {
+                    (Some(cron), true) => Some(next_time(cron, now)?),
+                    (Some(cron), false) => {
+                        next_time(cron, now)?;
+                        None
+                    }
+                    (None, _) => None,
+                };
+                Deployed {
+                    organization_id: org.clone(),
+                    configuration_type: kind.clone(),
+                    api_id,
+                    configuration_id: deployed_id,
+                    account: account.clone(),
+                    environment: environment.clone(),
+                    version: 0,
+                    activated: c.activated,
+                    archived: c.archived,
+                    max_active_runs: c.max_active_runs,
+                    body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
+                    next_run_at,
+                    created_at: now,
+                    modified_at: now,
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "configuration_type `{other}`: sluice deploys table-to-table and context \
+                     configurations"
+                )))
+            }
+        };
+        let version = self.store.deploy_configuration(&deployed).await?;
+        Ok(Deployed {
+            version,
+            ..deployed
+        })
+    }
+
+    /// Every project a configuration's tasks name must be a warehouse of
+    /// the organization.
+    async fn check_projects(&self, org: &OrganizationId, c: &TableToTable) -> Result<()> {
+        let declared: BTreeSet<String> = self
+            .store
+            .warehouses_of(org)
+            .await?
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        let mut p = Vec::new();
+        for (i, t) in c.tasks.iter().enumerate() {
+            for project in task_projects(&t.kind) {
+                if !declared.contains(project) {
+                    p.push(Problem {
+                        path: format!("workflow[{i}]"),
+                        message: format!(
+                            "project `{project}` is not a warehouse of this organization: \
+                             declare it with `sluice warehouse add {project} embedded --org {org}` \
+                             (or a postgres:// URL)"
+                        ),
+                    });
+                }
+            }
+            if let TaskKind::CopyTable {
+                source,
+                destination,
+                ..
+            } = &t.kind
+            {
+                if source.project != destination.project {
+                    p.push(Problem {
+                        path: format!("workflow[{i}]"),
+                        message: "copy_gbq_table between two warehouses is not supported".into(),
+                    });
+                }
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(problems("the configuration", p))
+        }
+    }
+
+    pub async fn list_configurations(&self, org: &str) -> Result<Vec<Deployed>> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        Ok(self.store.list_configurations(&org).await?)
+    }
+
+    /// The configuration a request names, checked: the caller's account,
+    /// its environment, not archived (unless `archived_too`).
+    async fn configuration(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+        archived_too: bool,
+    ) -> Result<Deployed> {
+        self.check_account(who, &r.account).await?;
+        if r.configuration_id.is_empty() || r.configuration_type.is_empty() {
+            return Err(bad(
+                "configuration_type and configuration_id are required".to_string()
+            ));
+        }
+        let found = self
+            .store
+            .get_configuration(
+                &who.organization,
+                &r.configuration_type,
+                &r.configuration_id,
+            )
+            .await;
+        let c = match found {
+            Ok(c) if !c.archived || archived_too => c,
+            Ok(_) | Err(StoreError::NotFound(_)) => {
+                return Err(ControlError::NotFound(format!(
+                    "{} configuration `{}` not found in account {}",
+                    r.configuration_type, r.configuration_id, r.account
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !r.environment.is_empty() && r.environment != c.environment {
+            return Err(ControlError::NotFound(format!(
+                "{} configuration `{}` is not deployed in environment {}",
+                r.configuration_type, r.configuration_id, r.environment
+            )));
+        }
+        Ok(c)
+    }
+
+    /// The caller's organization must be the account the request names.
+    async fn check_account(&self, who: &Principal, account: &str) -> Result<()> {
+        if account.is_empty() {
+            return Err(bad("account is required"));
+        }
+        match self.store.account_of(&who.organization).await? {
+            Some(a) if a == account => Ok(()),
+            Some(a) => Err(ControlError::Forbidden(format!(
+                "these credentials are of account {a} and may not act on account {account}"
+            ))),
+            None => Err(ControlError::Forbidden(format!(
+                "these credentials' organization has no account code; account {account} is not \
+                 theirs"
+            ))),
+        }
+    }
+
+    /// Launches a run of a configuration (`launch_job`); answers it.
+    pub async fn launch(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+        execution_date: Option<&str>,
+    ) -> Result<ActionRun> {
+        let c = self.configuration(who, r, false).await?;
+        if c.configuration_type != action::TABLE_TO_TABLE {
+            return Err(bad(format!(
+                "{} configurations cannot be launched",
+                c.configuration_type
+            )));
+        }
+        if !c.activated {
+            return Err(ControlError::Conflict(format!(
+                "configuration `{}` is deactivated: activate it with set_configuration_status",
+                c.api_id
+            )));
+        }
+        let now = time::now();
+        let date = match execution_date {
+            Some(d) => parse_day(d)?,
+            None => now.date_naive(),
+        };
+        let run = new_run(&c, date, now);
+        self.store.create_action_run(&run).await?;
+        self.wakers.actions.notify_one();
+        Ok(run)
+    }
+
+    /// One run of a configuration (`check_run_status`).
+    pub async fn action_run(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+        job_id: Option<&str>,
+        run_id: &str,
+    ) -> Result<ActionRun> {
+        let c = self.configuration(who, r, true).await?;
+        let not_found = || {
+            ControlError::NotFound(format!(
+                "run `{run_id}` of configuration `{}` not found",
+                c.api_id
+            ))
+        };
+        let run = match self.store.get_action_run(&who.organization, run_id).await {
+            Ok(run) => run,
+            Err(StoreError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        if run.api_id != c.api_id || run.configuration_type != c.configuration_type {
+            return Err(not_found());
+        }
+        if let Some(j) = job_id.filter(|j| !j.is_empty()) {
+            if j != run.job_id {
+                return Err(ControlError::NotFound(format!(
+                    "run `{run_id}` is not a run of job `{j}` (its job is `{}`)",
+                    run.job_id
+                )));
+            }
+        }
+        Ok(run)
+    }
+
+    /// The latest runs of a configuration, newest first
+    /// (`get_last_status`).
+    pub async fn last_runs(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+        execution_date: Option<&str>,
+        status: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(Deployed, Vec<ActionRun>)> {
+        let c = self.configuration(who, r, true).await?;
+        let filter = ActionRunFilter {
+            configuration_type: c.configuration_type.clone(),
+            api_id: c.api_id.clone(),
+            status: status.map(parse_status).transpose()?,
+            execution_date: execution_date.map(parse_day).transpose()?,
+            limit: limit.unwrap_or(3).clamp(1, 1000),
+        };
+        let runs = self
+            .store
+            .list_action_runs(&who.organization, &filter)
+            .await?;
+        Ok((c, runs))
+    }
+
+    /// The runs of the caller's account in one status (`get_by_status`).
+    pub async fn runs_in(
+        &self,
+        who: &Principal,
+        account: &str,
+        status: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<ActionRun>> {
+        self.check_account(who, account).await?;
+        let status = parse_status(status)?;
+        Ok(self
+            .store
+            .action_runs_in(
+                &who.organization,
+                status,
+                limit.unwrap_or(100).clamp(1, 1000),
+            )
+            .await?)
+    }
+
+    /// Sets the status a run reports (`set_run_status`): `CHECKED` marks a
+    /// failed run as looked at.
+    pub async fn set_run_status(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+        job_id: Option<&str>,
+        run_id: &str,
+        status: &str,
+    ) -> Result<ActionRun> {
+        let run = self.action_run(who, r, job_id, run_id).await?;
+        let wanted = parse_status(status)?;
+        match wanted {
+            ActionStatus::Checked | ActionStatus::NoMatch => {}
+            other => {
+                return Err(bad(format!(
+                    "status {}: a run's status is set to CHECKED (or NO_MATCH); SUCCESS, \
+                     FAILED and RUNNING come from the run itself",
+                    other.as_str()
+                )))
+            }
+        }
+        if wanted == ActionStatus::Checked && !run.status.is_final() {
+            return Err(ControlError::Conflict(format!(
+                "run {run_id} is still running: only an ended run can be CHECKED"
+            )));
+        }
+        Ok(self
+            .store
+            .report_action_run(&who.organization, run_id, wanted, time::now())
+            .await?)
+    }
+
+    /// Activates, deactivates or archives a configuration
+    /// (`set_configuration_status`).
+    pub async fn set_configuration_status(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+        activated: bool,
+        archived: bool,
+    ) -> Result<Deployed> {
+        let c = self.configuration(who, r, true).await?;
+        let now = time::now();
+        let updated = self
+            .store
+            .set_configuration_status(
+                &who.organization,
+                &c.configuration_type,
+                &c.api_id,
+                activated,
+                archived,
+                now,
+            )
+            .await?;
+        // A schedule runs while the configuration is on and not archived.
+        let schedule = updated
+            .body
+            .get("schedule")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let next = match (schedule, activated && !archived) {
+            (Some(cron), true) if updated.next_run_at.is_none() => Some(next_time(&cron, now)?),
+            (_, true) => updated.next_run_at,
+            (_, false) => None,
+        };
+        self.store
+            .set_next_run(&who.organization, &c.configuration_type, &c.api_id, next)
+            .await?;
+        Ok(updated)
+    }
+
+    /// The tasks of a run, for the CLI.
+    pub async fn action_tasks(&self, run_id: &str) -> Result<Vec<action::ActionTask>> {
+        Ok(self.store.list_action_tasks(run_id).await?)
+    }
+
+    /// An organization's configuration by its API id, whatever its type.
+    pub async fn configuration_named(&self, org: &str, api_id: &str) -> Result<Deployed> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        for c in self.store.list_configurations(&org).await? {
+            if c.api_id == api_id || c.configuration_id == api_id {
+                return Ok(c);
+            }
+        }
+        Err(ControlError::NotFound(format!(
+            "configuration `{api_id}` not found"
+        )))
+    }
+
+    /// The latest runs of a configuration, for the CLI.
+    pub async fn runs_of(&self, c: &Deployed, limit: u32) -> Result<Vec<ActionRun>> {
+        let filter = ActionRunFilter {
+            configuration_type: c.configuration_type.clone(),
+            api_id: c.api_id.clone(),
+            status: None,
+            execution_date: None,
+            limit,
+        };
+        Ok(self
+            .store
+            .list_action_runs(&c.organization_id, &filter)
+            .await?)
+    }
+}
+
+/// The projects (warehouses) a task names.
+fn task_projects(kind: &TaskKind) -> Vec<&str> {
+    match kind {
+        TaskKind::Sql { table, .. } => table.iter().map(|t| t.project.as_str()).collect(),
+        TaskKind::CreateTable { table, .. } | TaskKind::DeleteTable { table } => {
+            vec![table.project.as_str()]
+        }
+        TaskKind::CopyTable {
+            source,
+            destination,
+            ..
+        } => vec![source.project.as_str(), destination.project.as_str()],
+        TaskKind::Expectation { .. } => Vec::new(),
+    }
+}
+
+/// A new run of configuration `c` for `date`.
+pub(crate) fn new_run(c: &Deployed, date: NaiveDate, now: Timestamp) -> ActionRun {
+    ActionRun {
+        seq: 0,
+        id: action::new_run_id(now),
+        organization_id: c.organization_id.clone(),
+        configuration_type: c.configuration_type.clone(),
+        api_id: c.api_id.clone(),
+        version: c.version,
+        job_id: format!("gbq-to-gbq|{}", c.api_id),
+        execution_date: date,
+        status: RunStatus::Pending,
+        reported: None,
+        warned: false,
+        error: None,
+        attempt: 0,
+        lease_owner: None,
+        lease_token: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        modified_at: now,
+    }
+}
+
+fn parse_day(d: &str) -> Result<NaiveDate> {
+    let day = d.get(..10).unwrap_or(d);
+    NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+        bad(format!(
+            "execution_date `{d}`: expected a day, YYYY-MM-DD (a time after it is ignored)"
+        ))
+    })
+}
+
+fn parse_status(s: &str) -> Result<ActionStatus> {
+    ActionStatus::parse(s).ok_or_else(|| {
+        bad(format!(
+            "status `{s}`: expected SUCCESS, FAILED, RUNNING, WARNING, CHECKED or NO_MATCH"
+        ))
+    })
+}
