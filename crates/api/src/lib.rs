@@ -121,13 +121,20 @@ pub async fn serve(
     state: ApiState,
     timeouts: Timeouts,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
 
     let app = app(state);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // HTTP/1.1, and HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`);
+    // an HTTP/1.1 request asking to upgrade to h2c (`curl --http2` on
+    // http://) is answered over HTTP/1.1, which the client accepts.
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -159,9 +166,9 @@ pub async fn serve(
                 })
             }
         });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let http = http.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!("connection ended: {e}");
             }
         });
