@@ -39,6 +39,15 @@ BODIES = {
     ("PUT", "/channels/{channel}/{file}/metadata"): {"x-abeja-meta-label": "changed by B"},
     ("POST", "/organizations/{org}/deployments/{dep}/triggers"):
         {"version_id": "{ver}", "input_service_name": "datalake", "input_service_id": "{channel}"},
+    # The Tailer-style action API: A's account, a configuration id.
+    ("POST", "/v1/dag/launch"): {"action": "launch_job", "account": "000777", "environment": "DEV",
+                                 "configuration_type": "table-to-table", "configuration_id": "x_DEV"},
+    ("POST", "/v1/dag/status"): {"action": "get_last_status", "account": "000777", "environment": "DEV",
+                                 "configuration_type": "table-to-table", "configuration_id": "x_DEV"},
+    ("POST", "/v1/configuration/status"): {"action": "set_configuration_status", "activated": False,
+                                           "archived": True, "account": "000777", "environment": "DEV",
+                                           "configuration_type": "table-to-table",
+                                           "configuration_id": "x_DEV"},
 }
 RAW_BODIES = {("POST", "/channels/{channel}/upload"): b"file from B"}
 # Routes answered without credentials: what a forged token gets.
@@ -107,6 +116,7 @@ def test_every_route_refuses_another_tenant(sluice):
     a_org, a_user, a_token = sluice.new_org()
     b_org, b_user, b_token = sluice.new_org()
     a = basic(a_user, a_token)
+    sluice.cli("org", "account", a_org, "000777")
     # A's things: a deployment with code, a finished run, a channel with a
     # file, a trigger.
     res = requests.post(f"{sluice.url}/organizations/{a_org}/deployments", json={"name": "a"}, headers=a)
@@ -277,6 +287,11 @@ def test_every_route_refuses_nul_and_oversized_input_in_the_envelope(sluice):
     bad_ids = {"org": org, "dep": dep, "ver": "1%00", "run": "1%00", "channel": channel, "file": "f%00",
                "tri": "t%00", "token": "t%00", "name": "n%00"}
     nul_ids = {k: "1%00" for k in bad_ids}
+    jwt = {"Authorization": f"Bearer {sluice.jwt(org)}"}
+
+    def creds(route):
+        # The action API takes a JWT only.
+        return jwt if route["path"].startswith("/v1/") else a
     before = snapshot_lists(sluice, org, dep, channel, a)
     checked = 0
     for r in routes:
@@ -286,7 +301,8 @@ def test_every_route_refuses_nul_and_oversized_input_in_the_envelope(sluice):
         for ids in (nul_ids, bad_ids):
             if "%00" not in fill(r["path"], ids):
                 continue
-            res = requests.request(r["method"], sluice.url + fill(r["path"], ids), headers=a, json={}, timeout=30)
+            res = requests.request(r["method"], sluice.url + fill(r["path"], ids), headers=creds(r), json={},
+                                   timeout=30)
             assert 400 <= res.status_code < 500, (key, res.status_code)
             assert res.headers["Content-Type"].startswith("application/json"), (key, res.text)
             assert "error" in res.json(), (key, res.text)
@@ -298,14 +314,14 @@ def test_every_route_refuses_nul_and_oversized_input_in_the_envelope(sluice):
         good = fill_body(body, ids)
         for field in good:
             nul = dict(good, **{field: "a\u0000b"})
-            res = requests.request(r["method"], sluice.url + path, headers=a, json=nul, timeout=30)
+            res = requests.request(r["method"], sluice.url + path, headers=creds(r), json=nul, timeout=30)
             assert res.status_code in (400, 404), (key, field, res.status_code, res.text)
             assert res.headers["Content-Type"].startswith("application/json"), (key, res.text)
             if res.status_code == 400:
                 assert "NUL" in res.json()["error_description"] or field in res.json()["error_description"], \
                     (key, res.text)
         huge = dict(good, padding="x" * (2 << 20))
-        res = requests.request(r["method"], sluice.url + path, headers=a, json=huge, timeout=30)
+        res = requests.request(r["method"], sluice.url + path, headers=creds(r), json=huge, timeout=30)
         assert res.status_code in (404, 413), (key, res.status_code, res.text)
         assert res.headers["Content-Type"].startswith("application/json"), (key, res.text)
         checked += 1

@@ -34,10 +34,13 @@ pub enum ConfigCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// An organization's configurations.
+    /// An organization's configurations (archived ones with --archived).
     List {
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
+        /// List archived configurations too.
+        #[arg(long)]
+        archived: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -144,12 +147,18 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        ConfigCommand::List { org, json, store } => {
+        ConfigCommand::List {
+            org,
+            archived,
+            json,
+            store,
+        } => {
             let (control, _, _) = crate::control(&store).await?;
-            let list = control
+            let mut list = control
                 .list_configurations(&org)
                 .await
                 .map_err(print_error)?;
+            list.retain(|c| archived || !c.archived);
             if json {
                 let out: Vec<_> = list
                     .iter()

@@ -215,6 +215,9 @@ pub struct TableToTable {
     pub schedule: Option<String>,
     pub max_active_runs: u32,
     pub task_concurrency: u32,
+    /// Where a task that names no table (a script, an expectation) runs.
+    pub default_project: String,
+    pub default_dataset: String,
     pub tasks: Vec<Task>,
     pub parents: Vec<Vec<usize>>,
 }
@@ -247,6 +250,11 @@ impl Context {
     pub fn qualified(&self) -> String {
         format!("{}_{}", self.account, self.configuration_id)
     }
+}
+
+/// Whether `s` is an account code: six digits (`000099`).
+pub fn account_code(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Task ids: a letter, then letters, digits and `_`, ending on a letter or
@@ -401,7 +409,7 @@ pub fn identity(doc: &Value) -> Result<(String, String, String, String), Vec<Pro
             format!("expected one of {}, got `{env}`", ENVIRONMENTS.join(", ")),
         ));
     }
-    if !account.is_empty() && !(account.len() == 6 && account.bytes().all(|b| b.is_ascii_digit())) {
+    if !account.is_empty() && !account_code(&account) {
         problems.push(problem(
             "account",
             format!("expected a 6-digit account code, got `{account}`"),
@@ -632,6 +640,8 @@ pub fn parse_table_to_table(
         schedule,
         max_active_runs,
         task_concurrency,
+        default_project,
+        default_dataset,
         tasks,
         parents,
     })

@@ -387,8 +387,10 @@ async fn run_tasks(
             let task = c.tasks[k].clone();
             let (urls, datasets, run_id, date) =
                 (&plan.urls, &datasets, run.id.clone(), run.execution_date);
+            let default = c.default_project.as_str();
             running.push(async move {
-                let done = run_task(&task.kind, &task.id, urls, datasets, &run_id, date).await;
+                let done =
+                    run_task(&task.kind, &task.id, default, urls, datasets, &run_id, date).await;
                 (k, done)
             });
         }
@@ -446,6 +448,9 @@ async fn run_tasks(
 /// Every dataset a configuration names, by project.
 fn datasets_by_project(c: &TableToTable) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    out.entry(c.default_project.clone())
+        .or_default()
+        .insert(c.default_dataset.clone());
     let mut add = |t: &TableRef| {
         out.entry(t.project.clone())
             .or_default()
@@ -478,34 +483,29 @@ fn dated(t: &TableRef, date: NaiveDate) -> TableRef {
     }
 }
 
-/// The project a task runs in: its table's; an expectation (or a script)
-/// runs in the only warehouse, or the first its configuration names.
-fn project_of<'a>(
-    kind: &'a TaskKind,
-    datasets: &'a BTreeMap<String, BTreeSet<String>>,
-) -> Option<&'a str> {
+/// The project a task runs in: its table's; an expectation or a script
+/// runs in the configuration's default project.
+fn project_of<'a>(kind: &'a TaskKind, default: &'a str) -> &'a str {
     match kind {
         TaskKind::Sql { table: Some(t), .. }
         | TaskKind::CreateTable { table: t, .. }
-        | TaskKind::DeleteTable { table: t } => Some(&t.project),
-        TaskKind::CopyTable { destination, .. } => Some(&destination.project),
-        TaskKind::Sql { table: None, .. } | TaskKind::Expectation { .. } => {
-            datasets.keys().next().map(String::as_str)
-        }
+        | TaskKind::DeleteTable { table: t } => &t.project,
+        TaskKind::CopyTable { destination, .. } => &destination.project,
+        TaskKind::Sql { table: None, .. } | TaskKind::Expectation { .. } => default,
     }
 }
 
-/// Runs one task in its warehouse, in one transaction with its ledger row.
+#[allow(clippy::too_many_arguments)]
 async fn run_task(
     kind: &TaskKind,
     task_id: &str,
+    default_project: &str,
     urls: &BTreeMap<String, String>,
     datasets: &BTreeMap<String, BTreeSet<String>>,
     run_id: &str,
     date: NaiveDate,
 ) -> Result<Done, String> {
-    let project = project_of(kind, datasets)
-        .ok_or("the task names no table, and its configuration no warehouse to run it in")?;
+    let project = project_of(kind, default_project);
     let url = urls.get(project).ok_or_else(|| {
         format!("project `{project}` is not a warehouse of this organization (any more)")
     })?;

@@ -64,7 +64,7 @@ impl Control {
     pub async fn set_account(&self, org: &str, account: &str) -> Result<()> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         self.store.get_organization(&org).await?;
-        if !(account.len() == 6 && account.bytes().all(|b| b.is_ascii_digit())) {
+        if !action::account_code(account) {
             return Err(bad(format!(
                 "account `{account}`: expected a 6-digit account code, like 000099"
             )));
@@ -93,7 +93,8 @@ impl Control {
         input::check_name("warehouse name", name).map_err(bad)?;
         let url = url.trim();
         let embedded = url == EMBEDDED;
-        if !embedded && !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !(embedded || postgres) {
             return Err(bad(format!(
                 "warehouse `{name}`: expected `embedded` or a postgres:// URL, got `{}`",
                 crate::secrets::redact(url)
@@ -200,20 +201,21 @@ impl Control {
             action::TABLE_TO_TABLE => {
                 let mut files = BTreeMap::new();
                 let mut p = Vec::new();
+                // A missing file is named by the parser.
                 for name in action::files_named(&doc) {
-                    match file.files.get(&name) {
-                        Some(t) => match substitute(t) {
-                            Ok(t) => {
-                                files.insert(name, t);
+                    let Some(text) = file.files.get(&name) else {
+                        continue;
+                    };
+                    match substitute(text) {
+                        Ok(t) => {
+                            files.insert(name, t);
+                        }
+                        Err(mut more) => {
+                            for x in &mut more {
+                                x.path = format!("{name}: {}", x.path);
                             }
-                            Err(mut more) => {
-                                for x in &mut more {
-                                    x.path = format!("{name}: {}", x.path);
-                                }
-                                p.append(&mut more);
-                            }
-                        },
-                        None => {} // the parser names it
+                            p.append(&mut more);
+                        }
                     }
                 }
                 let deployed_id = match &context {
