@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from conftest import BIN, postgres_databases, psql, wait_for
+from conftest import BIN, PG_ADMIN, postgres_databases, psql, wait_for
 
 ACCOUNT = "000099"
 CONF = "000099_iowa_liquor_prepare_pda"
@@ -169,90 +169,109 @@ def rows(warehouse, folder_of_org, sql):
     return "\n".join("|".join(str(v) for v in r) for r in out)
 
 
+def drop_roles(*orgs):
+    """The warehouse roles sluice made for these organizations (roles are the
+    server's, not a database's; their databases are dropped first)."""
+    for org in orgs:
+        psql(PG_ADMIN, f'DROP ROLE IF EXISTS "sluice_org_{org}"')
+
+
 @pytest.mark.parametrize("warehouse", ["embedded", "postgres"])
 def test_tailer_files_deploy_and_every_table_to_table_curl_works(sluice, tmp_path, warehouse):
-    with postgres_databases("sluice_wh", 1) as (pg,):
-        url = pg if warehouse == "postgres" else "embedded"
-        t = Tailer(sluice, tmp_path, url)
-        conf = write_config(tmp_path / "conf")
-        out = sluice.cli("config", "deploy", str(conf), "--org", t.org)
-        assert out.splitlines()[0] == f"Configuration successfully deployed with ID : {API_ID}", out
-        folder = sluice.data_dir / "warehouse" / "actions" / t.org
-        check = url if warehouse == "postgres" else None
+    orgs = []
+    try:
+        with postgres_databases("sluice_wh", 1) as (pg,):
+            main_test(sluice, tmp_path, warehouse, pg, orgs)
+    finally:
+        drop_roles(*orgs)
 
-        # Launch, as documented; the run id is Tailer's shape.
-        code, body = launch_curl(t)
-        assert code == 200 and set(body) == {"run_id"}, body
-        assert re.match(r"^\d{8}-\d{6}-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
-                        body["run_id"]), body
-        first = body["run_id"]
-        done = wait_run(t, first)
-        [r] = done["results"]
-        assert set(r) == RESULT_KEYS, r
-        assert r["status"] == "SUCCESS", (r, sluice.cli("config", "status", API_ID, "--org", t.org))
-        assert (r["account"], r["configuration_id"], r["configuration_type"], r["environment"], r["job_id"]) == \
-            (ACCOUNT, API_ID, "table-to-table", "DEV", JOB)
-        assert re.match(r"^\d+:\d\d:\d\d\.\d{6}$", r["duration"]), r
-        assert ISO.match(r["last_update_date"]) and ISO.match(r["start_execution_date"]), r
 
-        # The tables hold what the SQL made, the dated table its day's name.
-        day = date.today().strftime("%Y%m%d")
-        assert rows(check or "", folder, "SELECT store, total FROM sales_pda.sales_agg ORDER BY store") == \
-            "a|12\nb|1"
-        assert rows(check or "", folder, f"SELECT COUNT(*) FROM raw.stores_{day}") == "2"
-        status = json.loads(sluice.cli("config", "status", API_ID, "--org", t.org, "--json"))
-        tasks = {x["task_id"]: x for x in status["runs"][0]["tasks"]}
-        assert {k: v["status"] for k, v in tasks.items()} == {
-            "load_sales": "SUCCEEDED", "load_stores": "SUCCEEDED", "create_sales_agg": "SUCCEEDED",
-            "fill_sales_agg": "SUCCEEDED", "check_sales_agg": "SUCCEEDED"}
-        assert tasks["fill_sales_agg"]["rows"] == 2 and tasks["load_sales"]["rows"] == 3, tasks
-        # The DAG's order held: fill ran after both of its parents ended.
-        assert tasks["fill_sales_agg"]["started_at"] >= max(tasks["load_sales"]["finished_at"],
-                                                             tasks["create_sales_agg"]["finished_at"])
+def main_test(sluice, tmp_path, warehouse, pg, orgs):
+    url = pg if warehouse == "postgres" else "embedded"
+    t = Tailer(sluice, tmp_path, url)
+    orgs.append(t.org)
+    conf = write_config(tmp_path / "conf")
+    out = sluice.cli("config", "deploy", str(conf), "--org", t.org)
+    assert out.splitlines()[0] == f"Configuration successfully deployed with ID : {API_ID}", out
+    folder = sluice.data_dir / "warehouse" / "actions" / t.org
+    check = url if warehouse == "postgres" else None
 
-        # Two more runs, one with an execution date: get_last_status lists
-        # them newest first, as the documentation's job example shows.
-        code, second = launch_curl(t)
-        assert code == 200
-        wait_run(t, second["run_id"])
-        code, third = launch_curl(t, extra=',\n"execution_date": "2020-12-30"')
-        assert code == 200
-        wait_run(t, third["run_id"])
-        # WRITE_APPEND into the dated table: once a run, never twice.
-        assert rows(check or "", folder, f"SELECT COUNT(*) FROM raw.stores_{day}") == "4"
-        assert rows(check or "", folder, "SELECT COUNT(*) FROM raw.stores_20201230") == "2"
-        code, body = last_status_curl(t)
-        assert code == 200, body
-        assert [x["run_id"] for x in body["results"]] == [third["run_id"], second["run_id"], first], body
-        assert all(set(x) == RESULT_KEYS and x["configuration_type"] == "gbq-to-gbq" for x in body["results"])
-        # With the documentation's filters: execution date, status, limit.
-        code, body = last_status_curl(
-            t, extra=',\n"execution_date": "%s",\n"status": "SUCCESS",\n"limit": 1' % date.today().isoformat())
-        assert code == 200 and [x["run_id"] for x in body["results"]] == [second["run_id"]], body
+    # Launch, as documented; the run id is Tailer's shape.
+    code, body = launch_curl(t)
+    assert code == 200 and set(body) == {"run_id"}, body
+    assert re.match(r"^\d{8}-\d{6}-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
+                    body["run_id"]), body
+    first = body["run_id"]
+    done = wait_run(t, first)
+    [r] = done["results"]
+    assert set(r) == RESULT_KEYS, r
+    assert r["status"] == "SUCCESS", json.loads(sluice.cli("config", "status", API_ID, "--org", t.org,
+                                                           "--json"))["runs"][0]["error"]
+    assert (r["account"], r["configuration_id"], r["configuration_type"], r["environment"], r["job_id"]) == \
+        (ACCOUNT, API_ID, "table-to-table", "DEV", JOB)
+    assert re.match(r"^\d+:\d\d:\d\d\.\d{6}$", r["duration"]), r
+    assert ISO.match(r["last_update_date"]) and ISO.match(r["start_execution_date"]), r
 
-        # HTTP/2 with prior knowledge answers the same.
-        code, body = t.curl("/v1/dag/status", json.dumps({
-            "action": "check_run_status", "account": ACCOUNT, "environment": "DEV",
-            "configuration_type": "table-to-table", "configuration_id": API_ID, "job_id": JOB,
-            "run_id": first}), http="--http2-prior-knowledge")
-        assert code == 200 and body["results"][0]["run_id"] == first
+    # The tables hold what the SQL made, the dated table its day's name.
+    day = date.today().strftime("%Y%m%d")
+    assert rows(check or "", folder, "SELECT store, total FROM sales_pda.sales_agg ORDER BY store") == \
+        "a|12\nb|1"
+    assert rows(check or "", folder, f"SELECT COUNT(*) FROM raw.stores_{day}") == "2"
+    status = json.loads(sluice.cli("config", "status", API_ID, "--org", t.org, "--json"))
+    tasks = {x["task_id"]: x for x in status["runs"][0]["tasks"]}
+    assert {k: v["status"] for k, v in tasks.items()} == {
+        "load_sales": "SUCCEEDED", "load_stores": "SUCCEEDED", "create_sales_agg": "SUCCEEDED",
+        "fill_sales_agg": "SUCCEEDED", "check_sales_agg": "SUCCEEDED"}
+    assert tasks["fill_sales_agg"]["rows"] == 2 and tasks["load_sales"]["rows"] == 3, tasks
+    # The DAG's order held: fill ran after both of its parents ended.
+    assert tasks["fill_sales_agg"]["started_at"] >= max(tasks["load_sales"]["finished_at"],
+                                                         tasks["create_sales_agg"]["finished_at"])
 
-        # Disable: {"code": 200, "data": {}, "message": "ok"}; no launch.
-        assert configuration_status_curl(t, False, False) == (200, {"code": 200, "data": {}, "message": "ok"})
-        code, body = launch_curl(t)
-        assert code == 409 and "deactivated" in body["error_description"], body
-        assert configuration_status_curl(t, True, False)[0] == 200
-        code, body = launch_curl(t)
-        assert code == 200, body
-        wait_run(t, body["run_id"])
-        # Archive: hidden from the list, cannot be launched.
-        assert configuration_status_curl(t, False, True) == (200, {"code": 200, "data": {}, "message": "ok"})
-        code, body = launch_curl(t)
-        assert code == 404 and API_ID in body["error_description"], body
-        listed = json.loads(sluice.cli("config", "list", "--org", t.org, "--json"))
-        assert API_ID not in [c["id"] for c in listed], listed
-        listed = json.loads(sluice.cli("config", "list", "--org", t.org, "--json", "--archived"))
-        assert API_ID in [c["id"] for c in listed], listed
+    # Two more runs, one with an execution date: get_last_status lists
+    # them newest first, as the documentation's job example shows.
+    code, second = launch_curl(t)
+    assert code == 200
+    wait_run(t, second["run_id"])
+    code, third = launch_curl(t, extra=',\n"execution_date": "2020-12-30"')
+    assert code == 200
+    wait_run(t, third["run_id"])
+    # WRITE_APPEND into the dated table: once a run, never twice.
+    assert rows(check or "", folder, f"SELECT COUNT(*) FROM raw.stores_{day}") == "4"
+    assert rows(check or "", folder, "SELECT COUNT(*) FROM raw.stores_20201230") == "2"
+    code, body = last_status_curl(t)
+    assert code == 200, body
+    assert [x["run_id"] for x in body["results"]] == [third["run_id"], second["run_id"], first], body
+    assert all(set(x) == RESULT_KEYS and x["configuration_type"] == "gbq-to-gbq" for x in body["results"])
+    # With the documentation's filters: execution date, status, limit.
+    code, body = last_status_curl(
+        t, extra=',\n"execution_date": "%s",\n"status": "SUCCESS",\n"limit": 1' % date.today().isoformat())
+    assert code == 200 and [x["run_id"] for x in body["results"]] == [second["run_id"]], body
+
+    # HTTP/2 with prior knowledge answers the same.
+    code, body = t.curl("/v1/dag/status", json.dumps({
+        "action": "check_run_status", "account": ACCOUNT, "environment": "DEV",
+        "configuration_type": "table-to-table", "configuration_id": API_ID, "job_id": JOB,
+        "run_id": first}), http="--http2-prior-knowledge")
+    assert code == 200 and body["results"][0]["run_id"] == first
+
+    # Disable: {"code": 200, "data": {}, "message": "ok"}; no launch.
+    assert configuration_status_curl(t, False, False) == (200, {"code": 200, "data": {}, "message": "ok"})
+    code, body = launch_curl(t)
+    assert code == 409 and "deactivated" in body["error_description"], body
+    assert configuration_status_curl(t, True, False)[0] == 200
+    code, body = launch_curl(t)
+    assert code == 200, body
+    wait_run(t, body["run_id"])
+    # Archive: hidden from the list, cannot be launched.
+    assert configuration_status_curl(t, False, True) == (200, {"code": 200, "data": {}, "message": "ok"})
+    code, body = launch_curl(t)
+    assert code == 404 and API_ID in body["error_description"], body
+    listed = json.loads(sluice.cli("config", "list", "--org", t.org, "--json"))
+    assert API_ID not in [c["id"] for c in listed], listed
+    listed = json.loads(sluice.cli("config", "list", "--org", t.org, "--json", "--archived"))
+    assert API_ID in [c["id"] for c in listed], listed
+    psql(PG_ADMIN, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   f"WHERE datname = '{pg.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()")
 
 
 def test_bad_requests_and_other_accounts_get_json_errors_never_5xx(sluice, tmp_path):
@@ -390,20 +409,42 @@ def test_context_constants_redeploys_and_failures_follow_criticality(sluice, tmp
     assert code == 200 and [x["run_id"] for x in body["results"]] == [failed["run_id"]], body
 
 
-def test_one_organizations_sql_cannot_touch_anothers_tables(sluice, tmp_path):
-    a = Tailer(sluice, tmp_path, "embedded")
+@pytest.mark.parametrize("warehouse", ["embedded", "postgres"])
+def test_one_organizations_sql_cannot_touch_anothers_tables(sluice, tmp_path, warehouse):
+    orgs = []
+    try:
+        with postgres_databases("sluice_wh", 1) as (pg,):
+            url = pg if warehouse == "postgres" else "embedded"
+            a = Tailer(sluice, tmp_path, url)
+            orgs.append(a.org)
+            b = Tailer(sluice, tmp_path, url, account="000100")
+            orgs.append(b.org)
+            steal(sluice, tmp_path, a, b, pg if warehouse == "postgres" else None)
+    finally:
+        drop_roles(*orgs)
+
+
+def steal(sluice, tmp_path, a, b, pg):
     sluice.cli("config", "deploy", str(write_config(tmp_path / "a")), "--org", a.org)
     code, body = launch_curl(a)
     assert wait_run(a, body["run_id"])["results"][0]["status"] == "SUCCESS"
     a_folder = sluice.data_dir / "warehouse" / "actions" / a.org
-    before = rows("", a_folder, "SELECT store, total FROM sales_pda.sales_agg ORDER BY store")
-
-    b = Tailer(sluice, tmp_path, "embedded", account="000100")
-    attempts = {
-        "attach": f"ATTACH DATABASE '{a_folder / 'sales_pda.db'}' AS theirs",
-        "read_by_name": "SELECT * FROM sales_pda.sales_agg",
-        "vacuum_into": f"VACUUM INTO '{a_folder / 'stolen.db'}'",
-    }
+    query = "SELECT store, total FROM sales_pda.sales_agg ORDER BY store"
+    before = rows(pg or "", a_folder, query)
+    assert before == "a|12\nb|1"
+    if pg:
+        attempts = {
+            "read_by_name": "SELECT * FROM sales_pda.sales_agg",
+            "reset_role": "RESET ROLE; DELETE FROM sales_pda.sales_agg",
+            "set_role": "SET ROLE postgres; DELETE FROM sales_pda.sales_agg",
+            "session": "SET SESSION AUTHORIZATION postgres; DELETE FROM sales_pda.sales_agg",
+        }
+    else:
+        attempts = {
+            "attach": f"ATTACH DATABASE '{a_folder / 'sales_pda.db'}' AS theirs",
+            "read_by_name": "SELECT * FROM sales_pda.sales_agg",
+            "vacuum_into": f"VACUUM INTO '{a_folder / 'stolen.db'}'",
+        }
     for name, text in attempts.items():
         conf = {**TTT, "account": "000100", "configuration_id": f"000100_{name}",
                 "task_dependencies": ["steal"],
@@ -414,5 +455,9 @@ def test_one_organizations_sql_cannot_touch_anothers_tables(sluice, tmp_path):
         assert code == 200, body
         result = wait_run(b, body["run_id"], f"000100_{name}_DEV")["results"][0]
         assert result["status"] == "FAILED", (name, result)
+        status = json.loads(sluice.cli("config", "status", f"000100_{name}_DEV", "--org", b.org, "--json"))
+        error = status["runs"][0]["error"]
+        assert any(w in error for w in ("permission denied", "not authorized", "authorization denied",
+                                        "no such table", "cannot VACUUM")), (name, error)
     assert not (a_folder / "stolen.db").exists()
-    assert rows("", a_folder, "SELECT store, total FROM sales_pda.sales_agg ORDER BY store") == before
+    assert rows(pg or "", a_folder, query) == before

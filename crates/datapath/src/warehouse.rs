@@ -30,6 +30,17 @@ pub const EMBEDDED: &str = "sluice-warehouse://";
 
 pub struct Warehouse {
     conn: Conn,
+    /// The task ledger, qualified.
+    ledger: String,
+}
+
+/// The PostgreSQL role an organization's SQL runs as: it logs in with its
+/// own password, owns the organization's schemas and reaches nothing else
+/// (another organization's schemas are another role's).
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub password: String,
 }
 
 enum Conn {
@@ -72,8 +83,15 @@ fn table_sql(t: &TableRef) -> Result<String> {
 
 impl Warehouse {
     /// Connects to `url`, with `datasets` reachable (on the embedded
-    /// warehouse: made and attached; on PostgreSQL: schemas made).
-    pub async fn open(url: &str, datasets: &BTreeSet<String>) -> Result<Warehouse> {
+    /// warehouse: made and attached; on PostgreSQL: schemas made). On
+    /// PostgreSQL with a `role`, `url` is the administrator's connection:
+    /// the role is made (or its password set), given the dataset schemas
+    /// and a ledger schema of its own, and the SQL runs logged in as it.
+    pub async fn open(
+        url: &str,
+        datasets: &BTreeSet<String>,
+        role: Option<&Role>,
+    ) -> Result<Warehouse> {
         for d in datasets {
             dataset_name(d)?;
         }
@@ -85,24 +103,84 @@ impl Warehouse {
                 "a warehouse is `embedded` or a postgres:// database",
             ));
         }
-        let mut c = crate::source::connect_postgres(url, "warehouse").await?;
-        let mut ddl = String::from(
-            "CREATE TABLE IF NOT EXISTS public.sluice_action_ledger (run_id TEXT NOT NULL, \
-             task_id TEXT NOT NULL, row_count BIGINT NOT NULL, \
-             done_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (run_id, task_id));",
-        );
-        for d in datasets {
-            ddl.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", ident(d)));
+        let mut admin = crate::source::connect_postgres(url, "warehouse").await?;
+        let (owner, ledger_schema) = match role {
+            Some(r) => (
+                format!(" AUTHORIZATION {}", ident(&r.name)),
+                format!("{}_ledger", r.name),
+            ),
+            None => (String::new(), "public".to_owned()),
+        };
+        let mut ddl = String::new();
+        if let Some(r) = role {
+            let db_name: String = sqlx::query_scalar("SELECT current_database()::text")
+                .fetch_one(&mut admin)
+                .await
+                .map_err(db("preparing the warehouse"))?;
+            // Made or brought up to date under the lock below, so two
+            // first tasks at once do not both make it.
+            let settings = format!(
+                "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT PASSWORD {}",
+                crate::types::literal(&r.password)
+            );
+            ddl.push_str(&format!(
+                "DO $sluice$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) \
+                 THEN ALTER ROLE {role} {settings}; ELSE CREATE ROLE {role} {settings}; END IF; \
+                 END $sluice$; GRANT CONNECT ON DATABASE {db} TO {role};",
+                name = crate::types::literal(&r.name),
+                role = ident(&r.name),
+                db = ident(&db_name),
+            ));
+            ddl.push_str(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}{owner};",
+                ident(&ledger_schema)
+            ));
         }
-        // Two runs making the same schema at once: one waits for the other.
+        for d in datasets {
+            ddl.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {}{owner};", ident(d)));
+        }
+        let ledger = format!("{}.sluice_action_ledger", ident(&ledger_schema));
+        ddl.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {ledger} (run_id TEXT NOT NULL, \
+             task_id TEXT NOT NULL, row_count BIGINT NOT NULL, \
+             done_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (run_id, task_id));"
+        ));
+        if let Some(r) = role {
+            ddl.push_str(&format!(
+                "ALTER TABLE {ledger} OWNER TO {};",
+                ident(&r.name)
+            ));
+        }
+        // Two tasks making the same role, schema or ledger at once: one
+        // waits for the other.
         sqlx::raw_sql(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock(7330115913); {ddl} COMMIT;"
         ))
-        .execute(&mut c)
+        .execute(&mut admin)
         .await
         .map_err(db("preparing the warehouse"))?;
+        let c = match role {
+            Some(r) => {
+                drop(admin);
+                let options: sqlx::postgres::PgConnectOptions =
+                    url.parse().map_err(db("reading the warehouse's URL"))?;
+                let mut c = options
+                    .username(&r.name)
+                    .password(&r.password)
+                    .connect()
+                    .await
+                    .map_err(db(format!("logging in to the warehouse as {}", r.name)))?;
+                sqlx::query("SET TIME ZONE 'UTC'")
+                    .execute(&mut c)
+                    .await
+                    .map_err(db("preparing the warehouse connection"))?;
+                c
+            }
+            None => admin,
+        };
         Ok(Warehouse {
             conn: Conn::Postgres(c),
+            ledger,
         })
     }
 
@@ -160,11 +238,8 @@ impl Warehouse {
             .unwrap_or(0) as u64)
     }
 
-    fn ledger(&self) -> &'static str {
-        match self.conn {
-            Conn::Postgres(_) => "public.sluice_action_ledger",
-            Conn::Sqlite(_) => "main.sluice_action_ledger",
-        }
+    fn ledger(&self) -> &str {
+        &self.ledger
     }
 
     /// Begins task `task_id` of run `run_id`: its transaction opens, unless
@@ -462,6 +537,7 @@ async fn open_embedded(folder: &Path, datasets: &BTreeSet<String>) -> Result<War
     seal(&mut c, names.len()).await?;
     Ok(Warehouse {
         conn: Conn::Sqlite(c),
+        ledger: "main.sluice_action_ledger".into(),
     })
 }
 

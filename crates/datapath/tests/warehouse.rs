@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use sluice_datapath::warehouse::{Done, Warehouse, EMBEDDED};
+use sluice_datapath::warehouse::{Done, Role, Warehouse, EMBEDDED};
 use sluice_domain::action::{DdlColumn, TableRef, WriteDisposition};
 
 fn t(dataset: &str, table: &str) -> TableRef {
@@ -23,8 +23,8 @@ fn sets(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn dispositions_and_the_ledger(url: &str) {
-    let mut w = Warehouse::open(url, &sets(&["sales", "raw"]))
+async fn dispositions_and_the_ledger(url: &str, role: Option<&Role>) {
+    let mut w = Warehouse::open(url, &sets(&["sales", "raw"]), role)
         .await
         .unwrap();
     let cols = vec![
@@ -122,14 +122,77 @@ async fn dispositions_and_the_ledger(url: &str) {
 #[tokio::test]
 async fn the_embedded_warehouse_writes_each_task_once() {
     let dir = tempdir();
-    dispositions_and_the_ledger(&format!("{EMBEDDED}{}", dir.display())).await;
+    dispositions_and_the_ledger(&format!("{EMBEDDED}{}", dir.display()), None).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn a_postgres_warehouse_writes_each_task_once() {
     let db = sluice_testkit::TempDb::postgres("sluice_wh").await;
-    dispositions_and_the_ledger(db.url()).await;
+    dispositions_and_the_ledger(db.url(), None).await;
+    // Logged in as an organization's role, the same.
+    let db = sluice_testkit::TempDb::postgres("sluice_wh").await;
+    let role = role("w");
+    dispositions_and_the_ledger(db.url(), Some(&role)).await;
+    drop_role(db.url(), &role).await;
+}
+
+/// Roles are the server's, not the database's: dropped after the test.
+async fn drop_role(url: &str, r: &Role) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "REASSIGN OWNED BY \"{0}\" TO CURRENT_USER; DROP OWNED BY \"{0}\"; DROP ROLE \"{0}\"",
+        r.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+fn role(tag: &str) -> Role {
+    Role {
+        name: format!("sluice_test_{tag}_{:08x}", rand::random::<u32>()),
+        password: format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_role_reaches_only_its_own_schemas() {
+    let db = sluice_testkit::TempDb::postgres("sluice_wh").await;
+    let (a, b) = (role("a"), role("b"));
+    let mut wa = Warehouse::open(db.url(), &sets(&["sales"]), Some(&a))
+        .await
+        .unwrap();
+    wa.script("CREATE TABLE sales.secret (k TEXT); INSERT INTO sales.secret VALUES ('x')")
+        .await
+        .unwrap();
+    // B names A's schema among its datasets: it exists, and stays A's.
+    let mut wb = Warehouse::open(db.url(), &sets(&["mine", "sales"]), Some(&b))
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT * FROM sales.secret",
+        "RESET ROLE; SELECT * FROM sales.secret",
+        "SET ROLE postgres; SELECT * FROM sales.secret",
+        "INSERT INTO sales.secret VALUES ('from b')",
+        "DROP TABLE sales.secret",
+        "CREATE TABLE sales.planted (x INT)",
+    ] {
+        let err = wb.script(sql).await.unwrap_err().to_string();
+        assert!(err.contains("permission denied"), "{sql}: {err}");
+    }
+    wb.script("CREATE TABLE mine.t (x INT); INSERT INTO mine.t VALUES (1)")
+        .await
+        .unwrap();
+    assert!(wa
+        .expect("SELECT COUNT(*) = 1 FROM sales.secret")
+        .await
+        .unwrap()
+        .is_empty());
+    drop((wa, wb));
+    drop_role(db.url(), &a).await;
+    drop_role(db.url(), &b).await;
 }
 
 fn tempdir() -> std::path::PathBuf {
@@ -146,6 +209,7 @@ async fn user_sql_cannot_leave_the_organizations_folder() {
     let mut other = Warehouse::open(
         &format!("{EMBEDDED}{}", theirs.display()),
         &sets(&["secret"]),
+        None,
     )
     .await
     .unwrap();
@@ -153,9 +217,13 @@ async fn user_sql_cannot_leave_the_organizations_folder() {
         .script("CREATE TABLE secret.keys (k TEXT); INSERT INTO secret.keys VALUES ('x')")
         .await
         .unwrap();
-    let mut w = Warehouse::open(&format!("{EMBEDDED}{}", mine.display()), &sets(&["sales"]))
-        .await
-        .unwrap();
+    let mut w = Warehouse::open(
+        &format!("{EMBEDDED}{}", mine.display()),
+        &sets(&["sales"]),
+        None,
+    )
+    .await
+    .unwrap();
     let their_file = theirs.join("secret.db");
     let escape = mine.join("copy.db");
     let attempts = [

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use sluice_datapath::warehouse::{Done, Warehouse as Wh};
+use sluice_datapath::warehouse::{Done, Role, Warehouse as Wh};
 use sluice_domain::action::{
     self, ActionRun, ActionTask, Criticality, NaiveDate, TableRef, TableToTable, TaskKind,
     Warehouse,
@@ -284,7 +284,12 @@ impl ActionRunner {
             let url = warehouse_url(&self.sealer, self.warehouse_root.as_deref(), &w)?;
             urls.insert(w.name.clone(), url);
         }
-        Ok(Plan { config, urls })
+        let name = format!("sluice_org_{}", run.organization_id);
+        let role = Role {
+            password: self.sealer.derive(&format!("warehouse role {name}")),
+            name,
+        };
+        Ok(Plan { config, urls, role })
     }
 
     async fn finish(&self, run: &ActionRun, outcome: ActionOutcome) -> RunStatus {
@@ -306,6 +311,8 @@ struct Plan {
     config: TableToTable,
     /// Warehouse name → URL.
     urls: BTreeMap<String, String>,
+    /// The PostgreSQL role the organization's SQL runs as.
+    role: Role,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -387,10 +394,12 @@ async fn run_tasks(
             let task = c.tasks[k].clone();
             let (urls, datasets, run_id, date) =
                 (&plan.urls, &datasets, run.id.clone(), run.execution_date);
-            let default = c.default_project.as_str();
+            let (default, role) = (c.default_project.as_str(), &plan.role);
             running.push(async move {
-                let done =
-                    run_task(&task.kind, &task.id, default, urls, datasets, &run_id, date).await;
+                let done = run_task(
+                    &task.kind, &task.id, default, role, urls, datasets, &run_id, date,
+                )
+                .await;
                 (k, done)
             });
         }
@@ -436,7 +445,7 @@ async fn run_tasks(
             let table = dated(table, run.execution_date);
             if let Some(url) = plan.urls.get(&table.project) {
                 let sets = datasets.get(&table.project).cloned().unwrap_or_default();
-                if let Ok(mut w) = Wh::open(url, &sets).await {
+                if let Ok(mut w) = Wh::open(url, &sets, Some(&plan.role)).await {
                     let _ = w.delete_table(&table).await;
                 }
             }
@@ -500,6 +509,7 @@ async fn run_task(
     kind: &TaskKind,
     task_id: &str,
     default_project: &str,
+    role: &Role,
     urls: &BTreeMap<String, String>,
     datasets: &BTreeMap<String, BTreeSet<String>>,
     run_id: &str,
@@ -513,7 +523,9 @@ async fn run_task(
         .get(project)
         .map(|s| s.iter().map(|d| action::substitute_date(d, date)).collect())
         .unwrap_or_default();
-    let mut w = Wh::open(url, &sets).await.map_err(|e| e.to_string())?;
+    let mut w = Wh::open(url, &sets, Some(role))
+        .await
+        .map_err(|e| e.to_string())?;
     if let Some(done) = w
         .begin_task(run_id, task_id)
         .await

@@ -17,6 +17,8 @@ use sha2::Sha256;
 #[derive(Clone)]
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// The key secrets are derived with ([`Sealer::derive`]).
+    derive: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -33,9 +35,20 @@ impl Sealer {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
         mac.update(b"sluice connection secrets v1");
         let key = mac.finalize().into_bytes();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
+        mac.update(b"sluice derived secrets v1");
         Sealer {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            derive: mac.finalize().into_bytes().into(),
         }
+    }
+
+    /// A secret of this server for `label` (the same on every process that
+    /// shares the server key): a warehouse role's password, say.
+    pub fn derive(&self, label: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.derive).expect("any key length");
+        mac.update(label.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
     }
 
     pub fn seal(&self, plain: &str) -> String {
