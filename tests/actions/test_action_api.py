@@ -224,8 +224,9 @@ def main_test(sluice, tmp_path, warehouse, pg, orgs):
         "fill_sales_agg": "SUCCEEDED", "check_sales_agg": "SUCCEEDED"}
     assert tasks["fill_sales_agg"]["rows"] == 2 and tasks["load_sales"]["rows"] == 3, tasks
     # The DAG's order held: fill ran after both of its parents ended.
-    assert tasks["fill_sales_agg"]["started_at"] >= max(tasks["load_sales"]["finished_at"],
-                                                         tasks["create_sales_agg"]["finished_at"])
+    when = lambda x: datetime.fromisoformat(x.replace("Z", "+00:00"))  # noqa: E731
+    assert when(tasks["fill_sales_agg"]["started_at"]) >= max(when(tasks["load_sales"]["finished_at"]),
+                                                               when(tasks["create_sales_agg"]["finished_at"]))
 
     # Two more runs, one with an execution date: get_last_status lists
     # them newest first, as the documentation's job example shows.

@@ -14,8 +14,9 @@ use serde_json::json;
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
 use sluice_store::{
-    AccountStore, DatalakeStore, DeploymentStore, FileQuery, ImportStore, JobFilter, LogQuery,
-    MetadataStore, QueryOutcome, RunStore, SpaceStore, SqlStore, StoreError,
+    AccountStore, ActionOutcome, ActionRunFilter, ActionStore, DatalakeStore, DeploymentStore,
+    FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome, RunStore,
+    SpaceStore, SqlStore, StoreError,
 };
 
 /// A store, and what must live as long as it (removed after the test).
@@ -112,6 +113,9 @@ suite!(
     a_destination_table_belongs_to_one_live_job,
     a_server_secret_is_made_once,
     an_organization_has_one_default_space_and_models_are_made_once,
+    configurations_keep_every_version_and_accounts_are_unique,
+    action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced,
+    racing_schedulers_make_one_action_run_per_due_time,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1625,4 +1629,203 @@ async fn a_server_secret_is_made_once(store: Arc<SqlStore>) {
         store.server_secret("signing-key", "other").await.unwrap(),
         kept
     );
+}
+
+// ---- the action API --------------------------------------------------------
+
+fn configuration(org: &OrganizationId, api_id: &str, max_active: u32, next: Option<Timestamp>) -> action::Deployed {
+    let now = time::now();
+    action::Deployed {
+        organization_id: org.clone(),
+        configuration_type: "table-to-table".into(),
+        api_id: api_id.into(),
+        configuration_id: api_id.trim_end_matches("_DEV").into(),
+        account: "000099".into(),
+        environment: "DEV".into(),
+        version: 0,
+        activated: true,
+        archived: false,
+        max_active_runs: max_active,
+        body: json!({"schedule": "0 7 * * *", "v": 1}),
+        next_run_at: next,
+        created_at: now,
+        modified_at: now,
+    }
+}
+
+fn action_run(c: &action::Deployed, version: i64) -> action::ActionRun {
+    let now = time::now();
+    action::ActionRun {
+        seq: 0,
+        id: action::new_run_id(now),
+        organization_id: c.organization_id.clone(),
+        configuration_type: c.configuration_type.clone(),
+        api_id: c.api_id.clone(),
+        version,
+        job_id: format!("gbq-to-gbq|{}", c.api_id),
+        execution_date: now.date_naive(),
+        status: RunStatus::Pending,
+        reported: None,
+        warned: false,
+        error: None,
+        attempt: 0,
+        lease_owner: None,
+        lease_token: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        modified_at: now,
+    }
+}
+
+async fn configurations_keep_every_version_and_accounts_are_unique(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let other = fixture(store.as_ref()).await;
+    store.set_account(&f.org, "000099").await.unwrap();
+    assert!(matches!(
+        store.set_account(&other.org, "000099").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.account_of(&f.org).await.unwrap().as_deref(), Some("000099"));
+
+    let mut c = configuration(&f.org, "x_DEV", 1, None);
+    assert_eq!(store.deploy_configuration(&c).await.unwrap(), 1);
+    c.body = json!({"v": 2});
+    assert_eq!(store.deploy_configuration(&c).await.unwrap(), 2);
+    let got = store.get_configuration(&f.org, "table-to-table", "x_DEV").await.unwrap();
+    assert_eq!((got.version, got.body.clone()), (2, json!({"v": 2})));
+    assert_eq!(
+        store
+            .configuration_version(&f.org, "table-to-table", "x_DEV", 1)
+            .await
+            .unwrap()["v"],
+        1
+    );
+    // Another organization sees none of it.
+    assert!(matches!(
+        store.get_configuration(&other.org, "table-to-table", "x_DEV").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.list_configurations(&other.org).await.unwrap().is_empty());
+    let off = store
+        .set_configuration_status(&f.org, "table-to-table", "x_DEV", false, true, time::now())
+        .await
+        .unwrap();
+    assert!(!off.activated && off.archived);
+}
+
+async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let c = configuration(&f.org, "q_DEV", 1, None);
+    store.deploy_configuration(&c).await.unwrap();
+    let runs: Vec<_> = (0..3).map(|_| action_run(&c, 1)).collect();
+    for r in &runs {
+        store.create_action_run(r).await.unwrap();
+    }
+    // One at a time: the first is queued, the others wait.
+    assert_eq!(store.queue_action_runs(time::now()).await.unwrap(), 1);
+    assert_eq!(store.queue_action_runs(time::now()).await.unwrap(), 0);
+    let claimed = store
+        .claim_action_runs("w1", 10, TTL, time::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, runs[0].id);
+    let token = claimed[0].lease_token;
+    assert_eq!(
+        store.action_run_running(&runs[0].id, token, time::now()).await.unwrap(),
+        RunStatus::Running
+    );
+    assert_eq!(store.queue_action_runs(time::now()).await.unwrap(), 0);
+    // Its worker stops renewing: the run is given back and w1 is fenced.
+    let reaped = store.reap_action_runs(later(60)).await.unwrap();
+    assert_eq!(reaped, vec![runs[0].id.clone()]);
+    let task = action::ActionTask {
+        run_id: runs[0].id.clone(),
+        task_id: "t".into(),
+        position: 0,
+        status: "SUCCEEDED".into(),
+        attempt: 1,
+        started_at: None,
+        finished_at: None,
+        rows: 1,
+        messages: vec![],
+    };
+    assert!(matches!(
+        store.put_action_task(&task, token).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store
+            .finish_action_run(&runs[0].id, token, &ActionOutcome::Succeeded { warned: false }, time::now())
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let again = store
+        .claim_action_runs("w2", 10, TTL, time::now())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.clone(), again[0].attempt), (runs[0].id.clone(), 2));
+    store.put_action_task(&task, again[0].lease_token).await.unwrap();
+    assert_eq!(
+        store
+            .finish_action_run(
+                &runs[0].id,
+                again[0].lease_token,
+                &ActionOutcome::Succeeded { warned: true },
+                time::now()
+            )
+            .await
+            .unwrap(),
+        RunStatus::Succeeded
+    );
+    // The next one may start now; the list is newest first and filters.
+    assert_eq!(store.queue_action_runs(time::now()).await.unwrap(), 1);
+    let filter = ActionRunFilter {
+        configuration_type: "table-to-table".into(),
+        api_id: "q_DEV".into(),
+        status: Some(action::ActionStatus::Warning),
+        execution_date: None,
+        limit: 10,
+    };
+    let warned = store.list_action_runs(&f.org, &filter).await.unwrap();
+    assert_eq!(warned.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![runs[0].id.clone()]);
+    assert_eq!(warned[0].action_status(), action::ActionStatus::Warning);
+    let all = store
+        .list_action_runs(&f.org, &ActionRunFilter { status: None, ..filter })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        runs.iter().rev().map(|r| r.id.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(store.list_action_tasks(&runs[0].id).await.unwrap(), vec![task]);
+}
+
+async fn racing_schedulers_make_one_action_run_per_due_time(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let due = time::now();
+    let c = configuration(&f.org, "s_DEV", 5, Some(due));
+    store.deploy_configuration(&c).await.unwrap();
+    let found = store.due_configurations(later(1)).await.unwrap();
+    assert_eq!(found.len(), 1);
+    let due = found[0].next_run_at.unwrap();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, c) = (store.clone(), found[0].clone());
+            tokio::spawn(async move {
+                store
+                    .schedule_action_run(&action_run(&c, 1), due, Some(later(3600)))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut made = 0;
+    for r in racers {
+        made += r.await.unwrap() as usize;
+    }
+    assert_eq!(made, 1, "one run per due time");
+    assert!(store.due_configurations(later(1)).await.unwrap().is_empty());
 }
