@@ -28,6 +28,7 @@ FULL = {
     "import.py": [],
     "graphql.py": [],
     "memory.py": [],
+    "actions.py": [],
 }
 SMOKE = {
     "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
@@ -35,6 +36,7 @@ SMOKE = {
     "import.py": ["--rows", "20000", "--repeat", "2"],
     "graphql.py": ["--jobs", "60", "--requests", "20"],
     "memory.py": ["--records", "5", "--requests", "100", "--concurrency", "20", "--rounds", "2"],
+    "actions.py": ["--launches", "10", "--rate", "10", "--dags", "1"],
 }
 
 
