@@ -462,3 +462,28 @@ def steal(sluice, tmp_path, a, b, pg):
                                         "no such table", "cannot VACUUM")), (name, error)
     assert not (a_folder / "stolen.db").exists()
     assert rows(pg or "", a_folder, query) == before
+
+
+def test_break_skips_dependents_and_transparent_lets_them_run(sluice, tmp_path):
+    t = Tailer(sluice, tmp_path, "embedded")
+    conf = {**TTT, "configuration_id": "000099_crit",
+            "task_dependencies": ["breaks >> after_break", "see_through >> after_see_through", "alone"],
+            "workflow": [
+                {"id": "breaks", "sql_file": "bad.sql", "criticality": "break"},
+                {"id": "after_break", "sql_file": "ok.sql", "table_name": "b", "bq_dataset": "raw"},
+                {"id": "see_through", "sql_file": "bad.sql", "criticality": "transparent"},
+                {"id": "after_see_through", "sql_file": "ok.sql", "table_name": "s", "bq_dataset": "raw",
+                 "criticality": "warning"},
+                {"id": "alone", "sql_file": "ok.sql", "table_name": "a", "bq_dataset": "raw"},
+            ]}
+    sluice.cli("config", "deploy", str(write_config(tmp_path / "k", conf,
+                                                      {"bad.sql": "SELECT nope FROM nowhere",
+                                                       "ok.sql": "SELECT 1 AS x"})), "--org", t.org)
+    code, body = launch_curl(t, "000099_crit_DEV")
+    assert code == 200, body
+    result = wait_run(t, body["run_id"], "000099_crit_DEV")["results"][0]
+    assert result["status"] == "SUCCESS", result
+    status = json.loads(sluice.cli("config", "status", "000099_crit_DEV", "--org", t.org, "--json"))
+    tasks = {x["task_id"]: x["status"] for x in status["runs"][0]["tasks"]}
+    assert tasks == {"breaks": "FAILED", "after_break": "SKIPPED", "see_through": "FAILED",
+                     "after_see_through": "SUCCEEDED", "alone": "SUCCEEDED"}, tasks
