@@ -1130,18 +1130,10 @@ pub fn duration_text(micros: i64) -> String {
     )
 }
 
-/// A warehouse an administrator declared for an organization: what a
-/// configuration's Google Cloud project name (`gcp_project_id`) stands for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Warehouse {
-    pub organization_id: crate::OrganizationId,
-    pub name: String,
-    /// The URL, sealed (it may hold a password).
-    pub url_sealed: String,
-    /// The URL with its password taken out.
-    pub url_shown: String,
-    pub created_at: crate::time::Timestamp,
-}
+/// A warehouse an administrator declared for an organization
+/// (`sluice warehouse add`): what a configuration's Google Cloud project
+/// name (`gcp_project_id`) stands for — `embedded`, or a PostgreSQL URL.
+pub type Warehouse = crate::NamedConnection;
 
 /// A configuration as deployed: its latest version's body (the parsed
 /// configuration as JSON) and its switches.

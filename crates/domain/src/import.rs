@@ -416,11 +416,11 @@ impl JobSpec {
     }
 }
 
-/// A source an administrator declared for an organization's jobs
-/// (`sluice source add`): jobs of that organization may read it, or
-/// anything under it.
+/// A connection an administrator declared for an organization by name: a
+/// source its jobs may read ([`SourceGrant`]), a warehouse its action runs
+/// write ([`crate::action::Warehouse`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SourceGrant {
+pub struct NamedConnection {
     pub organization_id: OrganizationId,
     pub name: String,
     /// The URL, sealed like a job's connections (it may hold a password).
@@ -429,6 +429,11 @@ pub struct SourceGrant {
     pub url_shown: String,
     pub created_at: Timestamp,
 }
+
+/// A source an administrator declared for an organization's jobs
+/// (`sluice source add`): jobs of that organization may read it, or
+/// anything under it.
+pub type SourceGrant = NamedConnection;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportJob {

@@ -30,6 +30,7 @@ use sluice_domain::RunStatus;
 use sluice_store::{ActionOutcome, MetadataStore, StoreError};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::lease::KeepAlive;
 use crate::secrets::Sealer;
 use crate::Wakers;
 
@@ -185,34 +186,20 @@ impl ActionRunner {
             Ok(plan) => plan,
             Err(error) => return self.finish(&run, ActionOutcome::Failed { error }).await,
         };
-        let cancel = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = {
-            let (store, id, ttl, every) = (
-                self.store.clone(),
-                run.id.clone(),
-                self.lease_ttl,
+        let lease = {
+            let (store, id, ttl) = (self.store.clone(), run.id.clone(), self.lease_ttl);
+            KeepAlive::start(
+                format!("action run {}", run.id),
                 self.heartbeat,
-            );
-            let (cancel, lost) = (cancel.clone(), lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match store
-                        .heartbeat_action_run(&id, token, ttl, time::now())
-                        .await
-                    {
-                        Ok(RunStatus::Canceling) => cancel.store(true, Ordering::Relaxed),
-                        Ok(_) => {}
-                        Err(StoreError::LeaseLost(_)) => {
-                            lost.store(true, Ordering::Relaxed);
-                            cancel.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                        Err(e) => tracing::warn!("renewing the lease of action run {id}: {e}"),
+                move || {
+                    let (store, id) = (store.clone(), id.clone());
+                    async move {
+                        store
+                            .heartbeat_action_run(&id, token, ttl, time::now())
+                            .await
                     }
-                }
-            })
+                },
+            )
         };
         // Task states go to the store from this runtime; the tasks run on a
         // thread of their own (their database futures are not Send).
@@ -228,7 +215,7 @@ impl ActionRunner {
             })
         };
         let outcome = {
-            let (run, cancel) = (run.clone(), cancel.clone());
+            let (run, cancel) = (run.clone(), lease.cancel.clone());
             tokio::task::spawn_blocking(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -239,9 +226,10 @@ impl ActionRunner {
             .await
             .unwrap_or_else(|e| Err(format!("the run stopped: {e}")))
         };
-        heartbeat.abort();
+        let lost = lease.lost();
+        drop(lease);
         let _ = writer.await;
-        if lost.load(Ordering::Relaxed) {
+        if lost {
             tracing::warn!(
                 "action run {} lost its lease; another worker has it",
                 run.id

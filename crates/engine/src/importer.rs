@@ -9,7 +9,7 @@
 //! lease; a cancel (CANCELING) or a lost lease stops the load, which then
 //! rolls back: the destination holds the window entirely or not at all.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +18,11 @@ use sluice_datapath::{ImportError, ImportReport, ImportSpec, Progress, StageEven
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::NullChange;
 use sluice_domain::*;
-use sluice_store::{MetadataStore, QueryOutcome, StoreError};
+use sluice_store::{MetadataStore, QueryOutcome};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::blob::Blobs;
+use crate::lease::KeepAlive;
 use crate::secrets::Sealer;
 use crate::Wakers;
 
@@ -157,30 +158,11 @@ impl Importer {
                 return self.finish(&q, QueryOutcome::Failed { error }).await;
             }
         };
-        let cancel = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = {
-            let (store, id, ttl, every) = (
-                self.store.clone(),
-                q.id.clone(),
-                self.lease_ttl,
-                self.heartbeat,
-            );
-            let (cancel, lost) = (cancel.clone(), lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match store.heartbeat_query(&id, token, ttl, time::now()).await {
-                        Ok(RunStatus::Canceling) => cancel.store(true, Ordering::Relaxed),
-                        Ok(_) => {}
-                        Err(StoreError::LeaseLost(_)) => {
-                            lost.store(true, Ordering::Relaxed);
-                            cancel.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                        Err(e) => tracing::warn!("renewing the lease of query {id}: {e}"),
-                    }
-                }
+        let lease = {
+            let (store, id, ttl) = (self.store.clone(), q.id.clone(), self.lease_ttl);
+            KeepAlive::start(format!("query {}", q.id), self.heartbeat, move || {
+                let (store, id) = (store.clone(), id.clone());
+                async move { store.heartbeat_query(&id, token, ttl, time::now()).await }
             })
         };
 
@@ -195,15 +177,16 @@ impl Importer {
             tx: tx.clone(),
             rows,
         };
-        let result = self.load(&job, &q, cancel, &mut recorder).await;
-        heartbeat.abort();
+        let result = self
+            .load(&job, &q, lease.cancel.clone(), &mut recorder)
+            .await;
         let _ = tx.send(Note::Done(
             result.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
         ));
         drop(recorder);
         drop(tx);
         let _ = writer.await;
-        if lost.load(Ordering::Relaxed) {
+        if lease.lost() {
             tracing::warn!("query {} lost its lease; another worker has it", q.id);
             return q.status;
         }

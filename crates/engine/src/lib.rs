@@ -21,6 +21,7 @@ pub mod code;
 pub mod control;
 pub mod dispatcher;
 pub mod importer;
+mod lease;
 pub mod memory;
 pub mod sandbox;
 pub mod scheduler;

@@ -21,6 +21,7 @@ mod datalake;
 mod deployments;
 mod imports;
 mod lease;
+mod named;
 mod runs;
 mod spaces;
 

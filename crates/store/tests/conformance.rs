@@ -15,8 +15,8 @@ use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
 use sluice_store::{
     AccountStore, ActionOutcome, ActionRunFilter, ActionStore, DatalakeStore, DeploymentStore,
-    FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome, RunStore,
-    SpaceStore, SqlStore, StoreError,
+    FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome, RunStore, SpaceStore,
+    SqlStore, StoreError,
 };
 
 /// A store, and what must live as long as it (removed after the test).
@@ -1633,7 +1633,12 @@ async fn a_server_secret_is_made_once(store: Arc<SqlStore>) {
 
 // ---- the action API --------------------------------------------------------
 
-fn configuration(org: &OrganizationId, api_id: &str, max_active: u32, next: Option<Timestamp>) -> action::Deployed {
+fn configuration(
+    org: &OrganizationId,
+    api_id: &str,
+    max_active: u32,
+    next: Option<Timestamp>,
+) -> action::Deployed {
     let now = time::now();
     action::Deployed {
         organization_id: org.clone(),
@@ -1686,13 +1691,19 @@ async fn configurations_keep_every_version_and_accounts_are_unique(store: Arc<Sq
         store.set_account(&other.org, "000099").await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(store.account_of(&f.org).await.unwrap().as_deref(), Some("000099"));
+    assert_eq!(
+        store.account_of(&f.org).await.unwrap().as_deref(),
+        Some("000099")
+    );
 
     let mut c = configuration(&f.org, "x_DEV", 1, None);
     assert_eq!(store.deploy_configuration(&c).await.unwrap(), 1);
     c.body = json!({"v": 2});
     assert_eq!(store.deploy_configuration(&c).await.unwrap(), 2);
-    let got = store.get_configuration(&f.org, "table-to-table", "x_DEV").await.unwrap();
+    let got = store
+        .get_configuration(&f.org, "table-to-table", "x_DEV")
+        .await
+        .unwrap();
     assert_eq!((got.version, got.body.clone()), (2, json!({"v": 2})));
     assert_eq!(
         store
@@ -1703,10 +1714,16 @@ async fn configurations_keep_every_version_and_accounts_are_unique(store: Arc<Sq
     );
     // Another organization sees none of it.
     assert!(matches!(
-        store.get_configuration(&other.org, "table-to-table", "x_DEV").await,
+        store
+            .get_configuration(&other.org, "table-to-table", "x_DEV")
+            .await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(store.list_configurations(&other.org).await.unwrap().is_empty());
+    assert!(store
+        .list_configurations(&other.org)
+        .await
+        .unwrap()
+        .is_empty());
     let off = store
         .set_configuration_status(&f.org, "table-to-table", "x_DEV", false, true, time::now())
         .await
@@ -1733,7 +1750,10 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
     assert_eq!(claimed[0].id, runs[0].id);
     let token = claimed[0].lease_token;
     assert_eq!(
-        store.action_run_running(&runs[0].id, token, time::now()).await.unwrap(),
+        store
+            .action_run_running(&runs[0].id, token, time::now())
+            .await
+            .unwrap(),
         RunStatus::Running
     );
     assert_eq!(store.queue_action_runs(time::now()).await.unwrap(), 0);
@@ -1757,7 +1777,12 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
     ));
     assert!(matches!(
         store
-            .finish_action_run(&runs[0].id, token, &ActionOutcome::Succeeded { warned: false }, time::now())
+            .finish_action_run(
+                &runs[0].id,
+                token,
+                &ActionOutcome::Succeeded { warned: false },
+                time::now()
+            )
             .await,
         Err(StoreError::LeaseLost(_))
     ));
@@ -1766,8 +1791,14 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!((again[0].id.clone(), again[0].attempt), (runs[0].id.clone(), 2));
-    store.put_action_task(&task, again[0].lease_token).await.unwrap();
+    assert_eq!(
+        (again[0].id.clone(), again[0].attempt),
+        (runs[0].id.clone(), 2)
+    );
+    store
+        .put_action_task(&task, again[0].lease_token)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .finish_action_run(
@@ -1790,17 +1821,29 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
         limit: 10,
     };
     let warned = store.list_action_runs(&f.org, &filter).await.unwrap();
-    assert_eq!(warned.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![runs[0].id.clone()]);
+    assert_eq!(
+        warned.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![runs[0].id.clone()]
+    );
     assert_eq!(warned[0].action_status(), action::ActionStatus::Warning);
     let all = store
-        .list_action_runs(&f.org, &ActionRunFilter { status: None, ..filter })
+        .list_action_runs(
+            &f.org,
+            &ActionRunFilter {
+                status: None,
+                ..filter
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
         all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
         runs.iter().rev().map(|r| r.id.clone()).collect::<Vec<_>>()
     );
-    assert_eq!(store.list_action_tasks(&runs[0].id).await.unwrap(), vec![task]);
+    assert_eq!(
+        store.list_action_tasks(&runs[0].id).await.unwrap(),
+        vec![task]
+    );
 }
 
 async fn racing_schedulers_make_one_action_run_per_due_time(store: Arc<SqlStore>) {

@@ -3,7 +3,8 @@
 
 use sluice_domain::action::{ActionRun, ActionStatus, ActionTask, Deployed, NaiveDate, Warehouse};
 
-use super::lease::{self, Leased, LEASED};
+use super::lease::{Leased, LEASED};
+use super::named::WAREHOUSES;
 use super::*;
 use crate::{ActionOutcome, ActionRunFilter, ActionStore};
 
@@ -179,61 +180,15 @@ impl ActionStore for SqlStore {
     }
 
     async fn put_warehouse(&self, w: &Warehouse) -> Result<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM warehouses WHERE organization_id = $1 AND name = $2")
-            .bind(w.organization_id.as_str())
-            .bind(&w.name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO warehouses (organization_id, name, url_sealed, url_shown, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(w.organization_id.as_str())
-        .bind(&w.name)
-        .bind(&w.url_sealed)
-        .bind(&w.url_shown)
-        .bind(micros(w.created_at))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        WAREHOUSES.put(self, w, true).await
     }
 
     async fn warehouses_of(&self, org: &OrganizationId) -> Result<Vec<Warehouse>> {
-        let rows = sqlx::query(
-            "SELECT organization_id, name, url_sealed, url_shown, created_at FROM warehouses \
-             WHERE organization_id = $1 ORDER BY name",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Warehouse {
-                    organization_id: OrganizationId::parse(
-                        &r.try_get::<String, _>("organization_id")?,
-                    )?,
-                    name: r.try_get("name")?,
-                    url_sealed: r.try_get("url_sealed")?,
-                    url_shown: r.try_get("url_shown")?,
-                    created_at: ts(r, "created_at")?,
-                })
-            })
-            .collect()
+        WAREHOUSES.of(self, org).await
     }
 
     async fn remove_warehouse(&self, org: &OrganizationId, name: &str) -> Result<()> {
-        let gone = sqlx::query("DELETE FROM warehouses WHERE organization_id = $1 AND name = $2")
-            .bind(org.as_str())
-            .bind(name)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
-        if gone == 0 {
-            return Err(not_found("warehouse", name));
-        }
-        Ok(())
+        WAREHOUSES.remove(self, org, name).await
     }
 
     async fn deploy_configuration(&self, c: &Deployed) -> Result<i64> {
@@ -596,15 +551,9 @@ impl ActionStore for SqlStore {
 
     async fn action_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        if RUNS.mark_running(&mut tx, id, token, now).await?.is_some() {
-            tx.commit().await?;
-            return Ok(RunStatus::Running);
-        }
-        let run = self.lock_action_run(&mut tx, id).await?;
-        if run.lease_token != token || !run.status.is_leased() {
-            return Err(StoreError::LeaseLost(id.to_owned()));
-        }
-        Ok(run.status)
+        let status = RUNS.start(&mut tx, self.dialect, id, token, now).await?;
+        tx.commit().await?;
+        Ok(status)
     }
 
     async fn heartbeat_action_run(
@@ -659,35 +608,9 @@ impl ActionStore for SqlStore {
 
     async fn reap_action_runs(&self, now: Timestamp) -> Result<Vec<String>> {
         let mut tx = self.begin().await?;
-        let rows = RUNS.expired(&mut tx, self.dialect, now).await?;
-        let now = micros(now);
-        let mut reaped = Vec::new();
-        for row in &rows {
-            let run = run_from_row(row)?;
-            let next = run
-                .status
-                .after_attempt(AttemptEnd::Lost, run.attempt, RUN_ATTEMPTS - 1);
-            run.status.transition(next)?;
-            // A lost attempt tried again goes straight back to the workers.
-            let (status, finished) = if next == RunStatus::Pending {
-                (next.transition(RunStatus::Runnable)?, None)
-            } else {
-                (next, Some(now))
-            };
-            sqlx::query(
-                "UPDATE action_runs SET status = $1, error = $2, finished_at = $3, \
-                 modified_at = $4, lease_token = lease_token + 1, lease_expires_at = NULL \
-                 WHERE id = $5",
-            )
-            .bind(status.as_str())
-            .bind(lease::lost(run.attempt, run.lease_owner.as_deref()))
-            .bind(finished)
-            .bind(now)
-            .bind(&run.id)
-            .execute(&mut *tx)
+        let reaped = RUNS
+            .give_back(&mut tx, self.dialect, now, RUN_ATTEMPTS)
             .await?;
-            reaped.push(run.id);
-        }
         tx.commit().await?;
         Ok(reaped)
     }

@@ -1,7 +1,8 @@
 //! [`ImportStore`] over SQL: table import jobs, their queries and tasks.
 
 use super::datalake::{into_page, keyset};
-use super::lease::{self, Leased, LEASED};
+use super::lease::{Leased, LEASED};
+use super::named::SOURCES;
 use super::*;
 use crate::{ImportStore, JobFilter, QueryOutcome};
 
@@ -188,55 +189,15 @@ impl ImportStore for SqlStore {
     }
 
     async fn add_source(&self, grant: &SourceGrant) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO sources (organization_id, name, url_sealed, url_shown, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(grant.organization_id.as_str())
-        .bind(&grant.name)
-        .bind(&grant.url_sealed)
-        .bind(&grant.url_shown)
-        .bind(micros(grant.created_at))
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        SOURCES.put(self, grant, false).await
     }
 
     async fn sources_of(&self, org: &OrganizationId) -> Result<Vec<SourceGrant>> {
-        let rows = sqlx::query(
-            "SELECT organization_id, name, url_sealed, url_shown, created_at FROM sources \
-             WHERE organization_id = $1 ORDER BY name",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SourceGrant {
-                    organization_id: OrganizationId::parse(
-                        &row.try_get::<String, _>("organization_id")?,
-                    )?,
-                    name: row.try_get("name")?,
-                    url_sealed: row.try_get("url_sealed")?,
-                    url_shown: row.try_get("url_shown")?,
-                    created_at: ts(row, "created_at")?,
-                })
-            })
-            .collect()
+        SOURCES.of(self, org).await
     }
 
     async fn remove_source(&self, org: &OrganizationId, name: &str) -> Result<()> {
-        let done = sqlx::query("DELETE FROM sources WHERE organization_id = $1 AND name = $2")
-            .bind(org.as_str())
-            .bind(name)
-            .execute(&self.write)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "source {name} of organization {org}"
-            )));
-        }
-        Ok(())
+        SOURCES.remove(self, org, name).await
     }
 
     async fn job_loading(&self, destination_key: &str) -> Result<Option<ImportJob>> {
@@ -533,19 +494,11 @@ impl ImportStore for SqlStore {
 
     async fn query_running(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        if QUERIES
-            .mark_running(&mut tx, id.as_str(), token, now)
-            .await?
-            .is_some()
-        {
-            tx.commit().await?;
-            return Ok(RunStatus::Running);
-        }
-        let q = self.lock_query(&mut tx, id).await?;
-        if q.lease_token != token || !q.status.is_leased() {
-            return Err(StoreError::LeaseLost(id.to_string()));
-        }
-        Ok(q.status)
+        let status = QUERIES
+            .start(&mut tx, self.dialect, id.as_str(), token, now)
+            .await?;
+        tx.commit().await?;
+        Ok(status)
     }
 
     async fn heartbeat_query(
@@ -672,36 +625,11 @@ impl ImportStore for SqlStore {
 
     async fn reap_queries(&self, now: Timestamp) -> Result<Vec<QueryId>> {
         let mut tx = self.begin().await?;
-        let rows = QUERIES.expired(&mut tx, self.dialect, now).await?;
-        let now = micros(now);
-        let mut reaped = Vec::new();
-        for row in &rows {
-            let q = query_from_row(row)?;
-            let next = q
-                .status
-                .after_attempt(AttemptEnd::Lost, q.attempt, QUERY_ATTEMPTS - 1);
-            q.status.transition(next)?;
-            // A lost attempt tried again goes straight back to the workers.
-            let (status, finished) = if next == RunStatus::Pending {
-                (next.transition(RunStatus::Runnable)?, None)
-            } else {
-                (next, Some(now))
-            };
-            let error = lease::lost(q.attempt, q.lease_owner.as_deref());
-            sqlx::query(
-                "UPDATE import_queries SET status = $1, error = $2, finished_at = $3, \
-                 lease_token = lease_token + 1, lease_expires_at = NULL WHERE id = $4",
-            )
-            .bind(status.as_str())
-            .bind(error)
-            .bind(finished)
-            .bind(q.id.as_str())
-            .execute(&mut *tx)
+        let reaped = QUERIES
+            .give_back(&mut tx, self.dialect, now, QUERY_ATTEMPTS)
             .await?;
-            reaped.push(q.id);
-        }
         tx.commit().await?;
-        Ok(reaped)
+        reaped.iter().map(|id| Ok(QueryId::parse(id)?)).collect()
     }
 
     async fn put_task(&self, task: &QueryTask, token: i64) -> Result<()> {

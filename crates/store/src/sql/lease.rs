@@ -15,7 +15,7 @@ use sqlx::{Any, Row, Transaction};
 use super::{micros, Dialect};
 use crate::{Result, StoreError};
 use sluice_domain::time::Timestamp;
-use sluice_domain::RunStatus;
+use sluice_domain::{AttemptEnd, RunStatus};
 
 /// The statuses a lease is held in, as an SQL list.
 pub(crate) const LEASED: &str = "('STARTING', 'RUNNING', 'CANCELING')";
@@ -167,6 +167,91 @@ impl Leased {
             .bind(micros(now))
             .fetch_all(&mut **tx)
             .await?)
+    }
+}
+
+impl Leased {
+    /// Moves the lease of `id` holding `token` to RUNNING (a STARTING one)
+    /// and answers its status — RUNNING, or CANCELING when a cancel came
+    /// first — or [`StoreError::LeaseLost`] when the lease is not `token`'s.
+    /// The caller commits `tx`.
+    pub async fn start(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        dialect: Dialect,
+        id: &str,
+        token: i64,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
+        if self.mark_running(tx, id, token, now).await?.is_some() {
+            return Ok(RunStatus::Running);
+        }
+        let row = self
+            .lock(tx, dialect, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("`{id}`")))?;
+        let status: RunStatus = row
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+        if row.try_get::<i64, _>("lease_token")? != token || !status.is_leased() {
+            return Err(StoreError::LeaseLost(id.to_owned()));
+        }
+        Ok(status)
+    }
+
+    /// Gives back the leases that expired before `now` (up to 100): each is
+    /// tried again — straight back to RUNNABLE — while `attempts` allows,
+    /// else fails; its error says which attempt was lost, and its token
+    /// moves on so the lost worker's late writes are refused. Answers their
+    /// ids.
+    pub async fn give_back(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        dialect: Dialect,
+        now: Timestamp,
+        attempts: i32,
+    ) -> Result<Vec<String>> {
+        let rows = self.expired(tx, dialect, now).await?;
+        let at = micros(now);
+        let mut reaped = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let status: RunStatus = row
+                .try_get::<String, _>("status")?
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+            let attempt = row.try_get::<i64, _>("attempt")? as i32;
+            let owner: Option<String> = row.try_get("lease_owner")?;
+            let next = status.after_attempt(AttemptEnd::Lost, attempt, attempts - 1);
+            status.transition(next)?;
+            let (status, finished) = if next == RunStatus::Pending {
+                (next.transition(RunStatus::Runnable)?, None)
+            } else {
+                (next, Some(at))
+            };
+            let stamp = if self.modified_at {
+                ", modified_at = $5"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "UPDATE {} SET status = $1, error = $2, finished_at = $3, \
+                 lease_token = lease_token + 1, lease_expires_at = NULL{stamp} WHERE id = $4",
+                self.table
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(status.as_str())
+                .bind(lost(attempt, owner.as_deref()))
+                .bind(finished)
+                .bind(&id);
+            if self.modified_at {
+                query = query.bind(at);
+            }
+            query.execute(&mut **tx).await?;
+            reaped.push(id);
+        }
+        Ok(reaped)
     }
 }
 

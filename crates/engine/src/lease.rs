@@ -1,0 +1,60 @@
+//! A lease kept alive while its holder works: import queries and action
+//! runs renew theirs the same way.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_domain::RunStatus;
+use sluice_store::StoreError;
+use tokio::task::JoinHandle;
+
+/// Renews a lease every `every` until dropped. `cancel` is set when the
+/// holder should stop — a cancel was asked (CANCELING) or the lease was
+/// lost — and `lost` when it was lost (another worker has the work now).
+pub(crate) struct KeepAlive {
+    task: JoinHandle<()>,
+    pub cancel: Arc<AtomicBool>,
+    pub lost: Arc<AtomicBool>,
+}
+
+impl KeepAlive {
+    /// `renew` renews the lease once and answers the work's status; `what`
+    /// names the work in the log.
+    pub fn start<F, Fut>(what: String, every: Duration, renew: F) -> KeepAlive
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<RunStatus, StoreError>> + Send,
+    {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicBool::new(false));
+        let (c, l) = (cancel.clone(), lost.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match renew().await {
+                    Ok(RunStatus::Canceling) => c.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost(_)) => {
+                        l.store(true, Ordering::Relaxed);
+                        c.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(e) => tracing::warn!("renewing the lease of {what}: {e}"),
+                }
+            }
+        });
+        KeepAlive { task, cancel, lost }
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
