@@ -36,11 +36,13 @@ pub enum ConfigCommand {
     },
     /// An organization's configurations (archived ones with --archived).
     List {
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
         /// List archived configurations too.
         #[arg(long)]
         archived: bool,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -50,6 +52,7 @@ pub enum ConfigCommand {
     Show {
         /// Its id as the action API names it (`<configuration_id>_<ENV>`).
         id: String,
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
         #[command(flatten)]
@@ -58,11 +61,13 @@ pub enum ConfigCommand {
     /// A configuration's switches and its latest runs with their tasks.
     Status {
         id: String,
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
-        /// How many runs.
+        /// How many of its latest runs to show.
         #[arg(long, default_value_t = 5)]
         runs: u32,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -76,8 +81,12 @@ pub enum WarehouseCommand {
     /// stands for: `embedded` (the organization's own folder of the
     /// embedded warehouse) or a postgres:// database (sealed at rest).
     Add {
+        /// The name configurations use (their `gcp_project_id`).
         name: String,
+        /// `embedded`, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (its user
+        /// must be able to create roles and schemas).
         url: String,
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
         #[command(flatten)]
@@ -85,15 +94,20 @@ pub enum WarehouseCommand {
     },
     /// An organization's warehouses, passwords hidden.
     List {
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Take a warehouse back: configurations naming it fail until it is
+    /// declared again.
     Remove {
         name: String,
+        /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
         org: String,
         #[command(flatten)]
