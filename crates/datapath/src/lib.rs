@@ -43,7 +43,7 @@ pub enum ImportError {
     #[error("cancelled: nothing of this window was loaded")]
     Cancelled,
     #[error("staging a batch: {0}")]
-    Stage(String),
+    Stage(#[source] std::io::Error),
     /// The import's own thread could not start or did not end normally
     /// (a bug or the process's limits, not the import's input).
     #[error("the import stopped: {0}")]

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 /// Object storage for one run's batches.
 pub trait Stage: Send + Sync {
     /// Writes `bytes` as `name` under this run's prefix; answers where.
-    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, Result<String, String>>;
+    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, std::io::Result<String>>;
 }
 
 /// A [`Stage`] an [`ImportSpec`](crate::ImportSpec) can carry.

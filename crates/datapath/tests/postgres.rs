@@ -367,10 +367,10 @@ impl sluice_datapath::Stage for Folder {
         &self,
         name: String,
         bytes: Vec<u8>,
-    ) -> futures_util::future::BoxFuture<'_, Result<String, String>> {
+    ) -> futures_util::future::BoxFuture<'_, std::io::Result<String>> {
         Box::pin(async move {
             let path = self.0.join(&name);
-            std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+            std::fs::write(&path, bytes)?;
             Ok(path.display().to_string())
         })
     }

@@ -49,7 +49,7 @@ pub struct ActionRunner {
 
 /// The URL warehouse `w` stands for: `embedded` is the organization's own
 /// folder of the embedded warehouse.
-pub fn warehouse_url(
+fn warehouse_url(
     sealer: &Sealer,
     root: Option<&std::path::Path>,
     w: &Warehouse,

@@ -39,7 +39,7 @@ pub enum Credential {
 
 impl Credential {
     /// Reads an `Authorization` header value.
-    pub fn parse(header: &str) -> Result<Credential, String> {
+    pub(crate) fn parse(header: &str) -> Result<Credential, String> {
         let (scheme, rest) = header
             .trim()
             .split_once(' ')
@@ -182,7 +182,7 @@ impl Keys {
     }
 
     /// Checks a JWT's signature, algorithm and expiry, and that it names a user.
-    pub fn verify_jwt(&self, token: &str, now: i64) -> Result<JwtClaims, String> {
+    pub(crate) fn verify_jwt(&self, token: &str, now: i64) -> Result<JwtClaims, String> {
         let mut parts = token.split('.');
         let (Some(h), Some(b), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -227,7 +227,12 @@ impl Keys {
     }
 
     /// Checks a pre-signed token; answers its subject.
-    pub fn verify_presigned(&self, purpose: &str, token: &str, now: i64) -> Result<String, String> {
+    pub(crate) fn verify_presigned(
+        &self,
+        purpose: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<String, String> {
         let (p, s) = token.split_once('.').ok_or("malformed signed URL")?;
         let payload = URL_SAFE_NO_PAD
             .decode(p)

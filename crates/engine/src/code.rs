@@ -11,7 +11,7 @@ pub enum ArchiveFormat {
 }
 
 impl ArchiveFormat {
-    pub fn detect(bytes: &[u8]) -> Result<ArchiveFormat, String> {
+    pub(crate) fn detect(bytes: &[u8]) -> Result<ArchiveFormat, String> {
         match bytes {
             [0x1f, 0x8b, ..] => Ok(ArchiveFormat::TarGz),
             [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Ok(ArchiveFormat::Zip),

@@ -45,13 +45,13 @@ struct BlobStage {
 }
 
 impl sluice_datapath::Stage for BlobStage {
-    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, Result<String, String>> {
+    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, std::io::Result<String>> {
         Box::pin(async move {
             let key = format!("{}/{name}", self.prefix);
             self.blobs
                 .put(&key, &bytes)
                 .await
-                .map_err(|e| format!("writing {key}: {e}"))?;
+                .map_err(|e| std::io::Error::other(format!("writing {key}: {e}")))?;
             Ok(key)
         })
     }

@@ -66,7 +66,7 @@ impl Sealer {
         )
     }
 
-    pub fn open(&self, sealed: &str) -> Result<String, String> {
+    pub(crate) fn open(&self, sealed: &str) -> Result<String, String> {
         let unreadable = || {
             "a stored connection cannot be opened: it was sealed with another server key \
              (SLUICE_JWT_KEY, or the one in the metadata store)"
