@@ -216,6 +216,42 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 .configuration_named(&org, &id)
                 .await
                 .map_err(print_error)?;
+            if c.configuration_type == action::WORKFLOW {
+                let state = control.awaited(&c).await.map_err(print_error)?;
+                if json {
+                    let jobs: serde_json::Map<String, serde_json::Value> = state
+                        .iter()
+                        .map(|(j, r)| (j.clone(), json!(u8::from(r.is_some()))))
+                        .collect();
+                    println!(
+                        "{}",
+                        json!({"id": c.api_id, "version": c.version, "activated": c.activated,
+                               "archived": c.archived, "authorized_job_ids": jobs,
+                               "target_dag": {"configuration_type": c.body.get("target_type"),
+                                              "configuration_id": c.body.get("target_id")}})
+                    );
+                } else {
+                    println!(
+                        "workflow {} (v{}): {}{}, fires {}",
+                        c.api_id,
+                        c.version,
+                        if c.activated { "activated" } else { "disabled" },
+                        if c.archived { ", archived" } else { "" },
+                        c.body
+                            .get("target_id")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("?")
+                    );
+                    for (job, run) in state {
+                        println!(
+                            "  {job} ({}){}",
+                            u8::from(run.is_some()),
+                            run.map(|r| format!("  run {r}")).unwrap_or_default()
+                        );
+                    }
+                }
+                return Ok(());
+            }
             let list = control.runs_of(&c, runs).await.map_err(print_error)?;
             let mut out = Vec::new();
             for r in &list {

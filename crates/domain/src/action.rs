@@ -40,10 +40,12 @@ fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
 /// The environments Tailer knows.
 pub const ENVIRONMENTS: [&str; 4] = ["PROD", "PREPROD", "STAGING", "DEV"];
 
-/// The configuration types of the action API. Only table-to-table
-/// configurations run today; contexts hold constants.
+/// The configuration types of the action API: table-to-table
+/// configurations run; contexts hold constants; workflows launch a target
+/// when the jobs they await have succeeded.
 pub const TABLE_TO_TABLE: &str = "table-to-table";
 pub const CONTEXT: &str = "context";
+pub const WORKFLOW: &str = "workflow";
 
 /// A run's status as the action API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1099,6 +1101,140 @@ pub fn cron_fields(expr: &str) -> Option<[String; 5]> {
         .then(|| [a, b, c, d, e].map(|s| s.to_string()))
 }
 
+/// The job id of a configuration's runs, as Tailer forms them:
+/// `gbq-to-gbq|<api id>` for table-to-table, `<type>|<api id>` otherwise.
+pub fn job_id(configuration_type: &str, api_id: &str) -> String {
+    match configuration_type {
+        TABLE_TO_TABLE => format!("gbq-to-gbq|{api_id}"),
+        other => format!("{other}|{api_id}"),
+    }
+}
+
+/// A workflow (version 2): when every job of `authorized_job_ids` has
+/// succeeded since it last fired, `target_dag` runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub configuration_id: String,
+    pub account: String,
+    pub environment: String,
+    pub activated: bool,
+    pub archived: bool,
+    pub authorized_job_ids: Vec<String>,
+    /// The target's configuration type and API id.
+    pub target_type: String,
+    pub target_id: String,
+    /// A cron expression (UTC) at which the fired jobs are forgotten.
+    pub reset_schedule: Option<String>,
+}
+
+/// Parses and checks a workflow configuration (version 2).
+pub fn parse_workflow(doc: &Value) -> Result<Workflow, Vec<Problem>> {
+    let (kind, configuration_id, environment, account) = identity(doc)?;
+    let mut p = Vec::new();
+    if kind != WORKFLOW {
+        return Err(vec![problem(
+            "configuration_type",
+            format!("expected `{WORKFLOW}`, got `{kind}`"),
+        )]);
+    }
+    let f = Fields { doc, prefix: "" };
+    match f.opt_text("version", &mut p).as_deref() {
+        Some("2") => {}
+        other => p.push(problem(
+            "version",
+            format!(
+                "sluice deploys version \"2\" workflows (target_dag an object), got {}",
+                other
+                    .map(|v| format!("\"{v}\""))
+                    .unwrap_or_else(|| "none".into())
+            ),
+        )),
+    }
+    let activated = f.boolean("activated", true, &mut p);
+    let archived = f.boolean("archived", false, &mut p);
+    let reset_schedule = f
+        .opt_text("schedule_interval_reset", &mut p)
+        .filter(|s| !s.is_empty() && s != "None");
+    if let Some(cron) = &reset_schedule {
+        if cron_fields(cron).is_none() {
+            p.push(problem(
+                "schedule_interval_reset",
+                format!("expected a cron expression of 5 fields, got `{cron}`"),
+            ));
+        }
+    }
+    let authorized_job_ids = match doc.get("authorized_job_ids") {
+        Some(Value::Array(list)) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| match j.as_str() {
+                Some(s) if !s.is_empty() => Some(s.to_owned()),
+                _ => {
+                    p.push(problem(
+                        format!("authorized_job_ids[{i}]"),
+                        "expected a job id",
+                    ));
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            p.push(problem(
+                "authorized_job_ids",
+                "expected a non-empty array of job ids",
+            ));
+            Vec::new()
+        }
+        None => {
+            p.push(problem("authorized_job_ids", "required"));
+            Vec::new()
+        }
+    };
+    let (target_type, target_id) = match doc.get("target_dag") {
+        Some(t @ Value::Object(_)) => {
+            let tf = Fields {
+                doc: t,
+                prefix: "target_dag.",
+            };
+            (
+                tf.text("configuration_type", &mut p),
+                tf.text("configuration_id", &mut p),
+            )
+        }
+        Some(_) => {
+            p.push(problem(
+                "target_dag",
+                "expected {configuration_type, configuration_id} (version 2)",
+            ));
+            (String::new(), String::new())
+        }
+        None => {
+            p.push(problem("target_dag", "required"));
+            (String::new(), String::new())
+        }
+    };
+    if !target_type.is_empty() && target_type != TABLE_TO_TABLE {
+        p.push(problem(
+            "target_dag.configuration_type",
+            format!("sluice runs table-to-table targets, got `{target_type}`"),
+        ));
+    }
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(Workflow {
+        configuration_id,
+        account,
+        environment,
+        activated,
+        archived,
+        authorized_job_ids,
+        target_type,
+        target_id,
+        reset_schedule,
+    })
+}
+
 /// A run id as Tailer forms them: `YYYYMMDD-HHMMSS-<uuid>`.
 pub fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
     let mut b: [u8; 16] = rand::random();
@@ -1177,6 +1313,9 @@ pub struct ActionRun {
     pub reported: Option<ActionStatus>,
     /// A `warning` task failed.
     pub warned: bool,
+    /// A `stop` task failed: the run succeeded, and workflows awaiting it
+    /// do not count it.
+    pub stopped: bool,
     pub error: Option<String>,
     pub attempt: i32,
     pub lease_owner: Option<String>,
@@ -1188,6 +1327,33 @@ pub struct ActionRun {
 }
 
 impl ActionRun {
+    /// A new run (PENDING) of configuration `c`'s current version, for the
+    /// logical date `date`.
+    pub fn new(c: &Deployed, date: NaiveDate, now: crate::time::Timestamp) -> ActionRun {
+        ActionRun {
+            seq: 0,
+            id: new_run_id(now),
+            organization_id: c.organization_id.clone(),
+            configuration_type: c.configuration_type.clone(),
+            api_id: c.api_id.clone(),
+            version: c.version,
+            job_id: job_id(&c.configuration_type, &c.api_id),
+            execution_date: date,
+            status: RunStatus::Pending,
+            reported: None,
+            warned: false,
+            stopped: false,
+            error: None,
+            attempt: 0,
+            lease_owner: None,
+            lease_token: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            modified_at: now,
+        }
+    }
+
     /// The status the action API reports.
     pub fn action_status(&self) -> ActionStatus {
         self.reported

@@ -143,14 +143,23 @@ impl ActionRunner {
     /// however many runners share the store).
     async fn schedule(&self, now: Timestamp) -> Result<(), StoreError> {
         for c in self.store.due_configurations(now).await? {
-            let (Some(due), Some(cron)) = (
-                c.next_run_at,
-                c.body.get("schedule").and_then(|v| v.as_str()),
-            ) else {
+            let (Some(due), Some(cron)) = (c.next_run_at, crate::control::schedule_of(&c.body))
+            else {
                 continue;
             };
             let next = crate::control::next_time(cron, now).ok();
-            let run = crate::control::new_run(&c, due.date_naive(), now);
+            if c.configuration_type == action::WORKFLOW {
+                // A workflow's schedule resets what it awaits.
+                if self
+                    .store
+                    .reset_workflow_at(&c.organization_id, &c.api_id, due, next)
+                    .await?
+                {
+                    tracing::info!("workflow {} reset on its schedule", c.api_id);
+                }
+                continue;
+            }
+            let run = ActionRun::new(&c, due.date_naive(), now);
             if self.store.schedule_action_run(&run, due, next).await? {
                 tracing::info!("scheduled run {} of {}", run.id, c.api_id);
             }
@@ -237,7 +246,7 @@ impl ActionRunner {
             return run.status;
         }
         let outcome = match outcome {
-            Ok(warned) => ActionOutcome::Succeeded { warned },
+            Ok((warned, stopped)) => ActionOutcome::Succeeded { warned, stopped },
             Err(error) => ActionOutcome::Failed { error },
         };
         self.finish(&run, outcome).await
@@ -314,13 +323,13 @@ enum State {
 }
 
 /// Runs the configuration's tasks; answers whether a `warning` task
-/// failed, or why the run failed.
+/// failed and whether a `stop` task did, or why the run failed.
 async fn run_tasks(
     plan: Plan,
     run: ActionRun,
     cancel: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<ActionTask>,
-) -> Result<bool, String> {
+) -> Result<(bool, bool), String> {
     let c = &plan.config;
     let n = c.tasks.len();
     let mut state = vec![State::Waiting; n];
@@ -344,7 +353,7 @@ async fn run_tasks(
         let _ = tx.send(r.clone());
     }
     let datasets = datasets_by_project(c);
-    let mut warned = false;
+    let (mut warned, mut stopped) = (false, false);
     let mut running = FuturesUnordered::new();
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -417,7 +426,11 @@ async fn run_tasks(
                         state[k] = State::FailedOn;
                     }
                     Criticality::Transparent => state[k] = State::FailedOn,
-                    Criticality::Break | Criticality::Stop => state[k] = State::Skipped,
+                    Criticality::Break => state[k] = State::Skipped,
+                    Criticality::Stop => {
+                        stopped = true;
+                        state[k] = State::Skipped;
+                    }
                 }
             }
         }
@@ -439,7 +452,7 @@ async fn run_tasks(
             }
         }
     }
-    Ok(warned)
+    Ok((warned, stopped))
 }
 
 /// Every dataset a configuration names, by project.

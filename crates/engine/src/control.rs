@@ -18,9 +18,8 @@ use crate::Wakers;
 
 mod actions;
 mod datalake;
-pub(crate) use actions::new_run;
 pub use actions::{
-    next_time, ConfigurationFiles, ConfigurationRef, EMBEDDED as EMBEDDED_WAREHOUSE,
+    next_time, schedule_of, ConfigurationFiles, ConfigurationRef, EMBEDDED as EMBEDDED_WAREHOUSE,
 };
 pub(crate) use datalake::{datalake_inputs, InputError};
 mod imports;

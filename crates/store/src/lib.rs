@@ -482,8 +482,15 @@ pub struct ActionRunFilter {
 /// How a run's attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionOutcome {
-    Succeeded { warned: bool },
-    Failed { error: String },
+    /// `warned`: a `warning` task failed; `stopped`: a `stop` task failed
+    /// (workflows awaiting the run do not count it).
+    Succeeded {
+        warned: bool,
+        stopped: bool,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// The Tailer-style action API's records: account codes, warehouses,
@@ -590,6 +597,10 @@ pub trait ActionStore: Send + Sync + 'static {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<RunStatus>;
+    /// Ends a run's attempt. A success counts, in the same transaction,
+    /// for every workflow (activated, not archived) awaiting its job; a
+    /// workflow whose awaited jobs have all succeeded since it last fired
+    /// fires: its target's run is made and its count starts again.
     async fn finish_action_run(
         &self,
         id: &str,
@@ -600,6 +611,26 @@ pub trait ActionStore: Send + Sync + 'static {
     /// Runs whose lease expired: tried again (their tasks start over) or
     /// failed after the last attempt; answers their ids.
     async fn reap_action_runs(&self, now: Timestamp) -> Result<Vec<String>>;
+    /// Forgets which of a workflow's awaited jobs succeeded, as when it was
+    /// just deployed.
+    async fn reset_workflow(&self, org: &OrganizationId, workflow_id: &str) -> Result<()>;
+    /// Resets a workflow on its schedule and moves its next reset from
+    /// `due` to `next`, in one transaction — only when the next time is
+    /// still `due`: answers whether it did.
+    async fn reset_workflow_at(
+        &self,
+        org: &OrganizationId,
+        workflow_id: &str,
+        due: Timestamp,
+        next: Option<Timestamp>,
+    ) -> Result<bool>;
+    /// The awaited jobs of a workflow that succeeded since it last fired:
+    /// (job id, run id, when).
+    async fn workflow_successes(
+        &self,
+        org: &OrganizationId,
+        workflow_id: &str,
+    ) -> Result<Vec<(String, String, Timestamp)>>;
     /// Writes a task's state, under the run's lease.
     async fn put_action_task(&self, task: &action::ActionTask, token: i64) -> Result<()>;
     async fn list_action_tasks(&self, run_id: &str) -> Result<Vec<action::ActionTask>>;

@@ -1672,6 +1672,7 @@ fn action_run(c: &action::Deployed, version: i64) -> action::ActionRun {
         status: RunStatus::Pending,
         reported: None,
         warned: false,
+        stopped: false,
         error: None,
         attempt: 0,
         lease_owner: None,

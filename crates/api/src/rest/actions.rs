@@ -1,5 +1,6 @@
 //! Handlers of the Tailer-style action API: `POST /v1/dag/launch`,
-//! `POST /v1/dag/status` and `POST /v1/configuration/status`, each a JSON
+//! `POST /v1/dag/status`, `POST /v1/configuration/status` and
+//! `POST /v1/workflow/status`, each a JSON
 //! body naming its `action`, answered as Tailer's API answers. Bearer JWT
 //! only (`sluice auth get-token`).
 
@@ -18,6 +19,7 @@ pub(super) fn routes(table: Table) -> Table {
             "/v1/configuration/status",
             configuration_status,
         )
+        .at(Method::POST, "/v1/workflow/status", workflow_status)
 }
 
 /// The caller, from a Bearer JWT (the action API takes nothing else).
@@ -236,4 +238,40 @@ async fn configuration_status(
         .set_configuration_status(&who, &req.configuration(), activated, archived)
         .await?;
     Ok(ok(json!({})).into_response())
+}
+
+/// A workflow's state: `reset_workflow_status` forgets which awaited jobs
+/// succeeded; `get_workflow_status` (sluice's own) shows each awaited job
+/// with 1 when it succeeded since the workflow last fired, else 0.
+async fn workflow_status(
+    State(s): State<ApiState>,
+    Bearer(who): Bearer,
+    raw: Bytes,
+) -> Result<Response> {
+    let req: ActionRequest = body(&raw)?;
+    let action = req.action(&["reset_workflow_status", "get_workflow_status"])?;
+    let conf = req.configuration();
+    if action == "reset_workflow_status" {
+        s.control.reset_workflow(&who, &conf).await?;
+        return Ok(ok(json!({})).into_response());
+    }
+    let (c, state) = s.control.workflow_state(&who, &conf).await?;
+    let jobs: serde_json::Map<String, Value> = state
+        .iter()
+        .map(|(job, run)| (job.clone(), json!(u8::from(run.is_some()))))
+        .collect();
+    let runs: serde_json::Map<String, Value> = state
+        .into_iter()
+        .filter_map(|(job, run)| run.map(|r| (job, json!(r))))
+        .collect();
+    Ok(ok(json!({
+        "configuration_id": c.api_id,
+        "authorized_job_ids": jobs,
+        "runs": runs,
+        "target_dag": {
+            "configuration_type": c.body.get("target_type"),
+            "configuration_id": c.body.get("target_id"),
+        },
+    }))
+    .into_response())
 }

@@ -50,6 +50,15 @@ fn problems(what: &str, p: Vec<Problem>) -> ControlError {
     ))
 }
 
+/// The cron expression a configuration's body runs on: a table-to-table
+/// configuration's `schedule_interval`, a workflow's
+/// `schedule_interval_reset`.
+pub fn schedule_of(body: &Value) -> Option<&str> {
+    body.get("schedule")
+        .or_else(|| body.get("reset_schedule"))
+        .and_then(Value::as_str)
+}
+
 /// The next time after `now` a cron expression (five fields, UTC) names.
 pub fn next_time(cron: &str, now: Timestamp) -> Result<Timestamp> {
     let c: croner::Cron = cron
@@ -261,10 +270,33 @@ impl Control {
                     modified_at: now,
                 }
             }
+            action::WORKFLOW => {
+                let w = action::parse_workflow(&doc).map_err(|p| problems("the workflow", p))?;
+                let next_run_at = match (&w.reset_schedule, w.activated && !w.archived) {
+                    (Some(cron), true) => Some(next_time(cron, now)?),
+                    _ => None,
+                };
+                Deployed {
+                    organization_id: org.clone(),
+                    configuration_type: kind.clone(),
+                    api_id: id.clone(),
+                    configuration_id: id.clone(),
+                    account: account.clone(),
+                    environment: environment.clone(),
+                    version: 0,
+                    activated: w.activated,
+                    archived: w.archived,
+                    max_active_runs: 1,
+                    body: serde_json::to_value(&w).map_err(|e| bad(e.to_string()))?,
+                    next_run_at,
+                    created_at: now,
+                    modified_at: now,
+                }
+            }
             other => {
                 return Err(bad(format!(
-                    "configuration_type `{other}`: sluice deploys table-to-table and context \
-                     configurations"
+                    "configuration_type `{other}`: sluice deploys table-to-table, workflow and \
+                     context configurations"
                 )))
             }
         };
@@ -393,8 +425,13 @@ impl Control {
         let c = self.configuration(who, r, false).await?;
         if c.configuration_type != action::TABLE_TO_TABLE {
             return Err(bad(format!(
-                "{} configurations cannot be launched",
-                c.configuration_type
+                "{} configurations cannot be launched{}",
+                c.configuration_type,
+                if c.configuration_type == action::WORKFLOW {
+                    ": a workflow fires when the jobs it awaits have succeeded"
+                } else {
+                    ""
+                }
             )));
         }
         if !c.activated {
@@ -408,7 +445,7 @@ impl Control {
             Some(d) => parse_day(d)?,
             None => now.date_naive(),
         };
-        let run = new_run(&c, date, now);
+        let run = ActionRun::new(&c, date, now);
         self.store.create_action_run(&run).await?;
         self.wakers.actions.notify_one();
         Ok(run)
@@ -549,11 +586,7 @@ impl Control {
             )
             .await?;
         // A schedule runs while the configuration is on and not archived.
-        let schedule = updated
-            .body
-            .get("schedule")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let schedule = schedule_of(&updated.body).map(str::to_owned);
         let next = match (schedule, activated && !archived) {
             (Some(cron), true) if updated.next_run_at.is_none() => Some(next_time(&cron, now)?),
             (_, true) => updated.next_run_at,
@@ -563,6 +596,66 @@ impl Control {
             .set_next_run(&who.organization, &c.configuration_type, &c.api_id, next)
             .await?;
         Ok(updated)
+    }
+
+    /// Forgets which of a workflow's awaited jobs succeeded
+    /// (`reset_workflow_status`), as when it was just deployed.
+    pub async fn reset_workflow(&self, who: &Principal, r: &ConfigurationRef) -> Result<()> {
+        let c = self.workflow(who, r).await?;
+        Ok(self
+            .store
+            .reset_workflow(&who.organization, &c.api_id)
+            .await?)
+    }
+
+    /// A workflow's awaited jobs, each with the run that counted for it
+    /// since it last fired (None: not yet).
+    pub async fn workflow_state(
+        &self,
+        who: &Principal,
+        r: &ConfigurationRef,
+    ) -> Result<(Deployed, Vec<(String, Option<String>)>)> {
+        let c = self.workflow(who, r).await?;
+        let state = self.awaited(&c).await?;
+        Ok((c, state))
+    }
+
+    /// A workflow's awaited jobs, each with the run that counted for it.
+    pub async fn awaited(&self, c: &Deployed) -> Result<Vec<(String, Option<String>)>> {
+        let done = self
+            .store
+            .workflow_successes(&c.organization_id, &c.api_id)
+            .await?;
+        let awaited: Vec<String> = c
+            .body
+            .get("authorized_job_ids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|j| j.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(awaited
+            .into_iter()
+            .map(|job| {
+                let run = done
+                    .iter()
+                    .find(|(j, _, _)| *j == job)
+                    .map(|(_, r, _)| r.clone());
+                (job, run)
+            })
+            .collect())
+    }
+
+    async fn workflow(&self, who: &Principal, r: &ConfigurationRef) -> Result<Deployed> {
+        if r.configuration_type != action::WORKFLOW {
+            return Err(bad(format!(
+                "configuration_type `{}`: this action is a workflow's",
+                r.configuration_type
+            )));
+        }
+        self.configuration(who, r, true).await
     }
 
     /// The tasks of a run, for the CLI.
@@ -612,31 +705,6 @@ fn task_projects(kind: &TaskKind) -> Vec<&str> {
             ..
         } => vec![source.project.as_str(), destination.project.as_str()],
         TaskKind::Expectation { .. } => Vec::new(),
-    }
-}
-
-/// A new run of configuration `c` for `date`.
-pub(crate) fn new_run(c: &Deployed, date: NaiveDate, now: Timestamp) -> ActionRun {
-    ActionRun {
-        seq: 0,
-        id: action::new_run_id(now),
-        organization_id: c.organization_id.clone(),
-        configuration_type: c.configuration_type.clone(),
-        api_id: c.api_id.clone(),
-        version: c.version,
-        job_id: format!("gbq-to-gbq|{}", c.api_id),
-        execution_date: date,
-        status: RunStatus::Pending,
-        reported: None,
-        warned: false,
-        error: None,
-        attempt: 0,
-        lease_owner: None,
-        lease_token: 0,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        modified_at: now,
     }
 }
 

@@ -55,6 +55,7 @@ CREATE TABLE action_runs (
     status              TEXT NOT NULL,
     reported            TEXT,
     warned              INTEGER NOT NULL DEFAULT 0,
+    stopped             INTEGER NOT NULL DEFAULT 0,
     error               TEXT,
     attempt             INTEGER NOT NULL DEFAULT 0,
     lease_owner         TEXT,
@@ -81,4 +82,15 @@ CREATE TABLE action_tasks (
     row_count    INTEGER NOT NULL DEFAULT 0,
     messages     TEXT NOT NULL,
     PRIMARY KEY (run_id, task_id)
+);
+
+-- A workflow's awaited jobs that succeeded since it last fired (or was
+-- reset): written in the transaction that records each success.
+CREATE TABLE workflow_successes (
+    organization_id  TEXT NOT NULL,
+    workflow_id      TEXT NOT NULL,
+    job_id           TEXT NOT NULL,
+    run_id           TEXT NOT NULL,
+    succeeded_at     INTEGER NOT NULL,
+    PRIMARY KEY (organization_id, workflow_id, job_id)
 );

@@ -39,7 +39,8 @@ fn config_from_row(row: &AnyRow) -> Result<Deployed> {
 }
 
 const RUN_COLUMNS: &str = "seq, id, organization_id, configuration_type, api_id, version, \
-     job_id, execution_date, status, reported, warned, error, attempt, lease_owner, lease_token, \
+     job_id, execution_date, status, reported, warned, stopped, error, attempt, lease_owner, \
+     lease_token, \
      created_at, started_at, finished_at, modified_at";
 
 fn run_from_row(row: &AnyRow) -> Result<ActionRun> {
@@ -66,6 +67,7 @@ fn run_from_row(row: &AnyRow) -> Result<ActionRun> {
             })
             .transpose()?,
         warned: row.try_get::<i64, _>("warned")? != 0,
+        stopped: row.try_get::<i64, _>("stopped")? != 0,
         error: row.try_get("error")?,
         attempt: row.try_get::<i64, _>("attempt")? as i32,
         lease_owner: row.try_get("lease_owner")?,
@@ -75,6 +77,18 @@ fn run_from_row(row: &AnyRow) -> Result<ActionRun> {
         finished_at: opt_ts(row, "finished_at")?,
         modified_at: ts(row, "modified_at")?,
     })
+}
+
+/// The job ids a workflow's body awaits.
+fn awaited_jobs(body: &Value) -> Vec<String> {
+    body.get("authorized_job_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|j| j.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn task_from_row(row: &AnyRow) -> Result<ActionTask> {
@@ -115,6 +129,89 @@ fn reported_as(status: ActionStatus) -> &'static str {
 }
 
 impl SqlStore {
+    /// Counts run `run`'s success for the workflows awaiting its job, in
+    /// `tx` (see [`ActionStore::finish_action_run`]). Each workflow's row
+    /// is locked first, so two successes at once count one after the other.
+    async fn count_for_workflows(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        run: &ActionRun,
+        now: Timestamp,
+    ) -> Result<()> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM {CONFIG_FROM} WHERE c.organization_id = $1 \
+             AND c.configuration_type = 'workflow' AND c.activated <> 0 AND c.archived = 0 \
+             ORDER BY c.api_id{}",
+            self.dialect.for_update()
+        ))
+        .bind(run.organization_id.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &rows {
+            let w = config_from_row(row)?;
+            let awaited = awaited_jobs(&w.body);
+            if !awaited.contains(&run.job_id) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO workflow_successes (organization_id, workflow_id, job_id, run_id, \
+                 succeeded_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (organization_id, \
+                 workflow_id, job_id) DO UPDATE SET run_id = $4, succeeded_at = $5",
+            )
+            .bind(w.organization_id.as_str())
+            .bind(&w.api_id)
+            .bind(&run.job_id)
+            .bind(&run.id)
+            .bind(micros(now))
+            .execute(&mut **tx)
+            .await?;
+            let done: Vec<String> = sqlx::query_scalar(
+                "SELECT job_id FROM workflow_successes WHERE organization_id = $1 \
+                 AND workflow_id = $2",
+            )
+            .bind(w.organization_id.as_str())
+            .bind(&w.api_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            if !awaited.iter().all(|j| done.contains(j)) {
+                continue;
+            }
+            // Every awaited job succeeded: the workflow fires, and counts
+            // again from nothing.
+            sqlx::query(
+                "DELETE FROM workflow_successes WHERE organization_id = $1 AND workflow_id = $2",
+            )
+            .bind(w.organization_id.as_str())
+            .bind(&w.api_id)
+            .execute(&mut **tx)
+            .await?;
+            let (Some(kind), Some(target)) = (
+                w.body.get("target_type").and_then(Value::as_str),
+                w.body.get("target_id").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let found = sqlx::query(&format!(
+                "SELECT {CONFIG_COLUMNS} FROM {CONFIG_FROM} WHERE c.organization_id = $1 \
+                 AND c.configuration_type = $2 AND c.api_id = $3"
+            ))
+            .bind(w.organization_id.as_str())
+            .bind(kind)
+            .bind(target)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(t) = found.as_ref().map(config_from_row).transpose()? else {
+                continue;
+            };
+            // A deactivated or archived target does not run.
+            if t.activated && !t.archived {
+                self.insert_action_run(tx, &ActionRun::new(&t, run.execution_date, now))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn lock_action_run(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -578,12 +675,16 @@ impl ActionStore for SqlStore {
         if run.lease_token != token || !run.status.is_leased() {
             return Err(StoreError::LeaseLost(id.to_owned()));
         }
-        let (next, error, warned) = match outcome {
-            ActionOutcome::Succeeded { warned } => (RunStatus::Succeeded, None, *warned),
-            ActionOutcome::Failed { error } if run.status == RunStatus::Canceling => {
-                (RunStatus::Cancelled, Some(error.clone()), false)
+        let (next, error, warned, stopped) = match outcome {
+            ActionOutcome::Succeeded { warned, stopped } => {
+                (RunStatus::Succeeded, None, *warned, *stopped)
             }
-            ActionOutcome::Failed { error } => (RunStatus::Failed, Some(error.clone()), false),
+            ActionOutcome::Failed { error } if run.status == RunStatus::Canceling => {
+                (RunStatus::Cancelled, Some(error.clone()), false, false)
+            }
+            ActionOutcome::Failed { error } => {
+                (RunStatus::Failed, Some(error.clone()), false, false)
+            }
         };
         let from = if run.status == RunStatus::Starting {
             RunStatus::Starting.transition(RunStatus::Running)?
@@ -592,16 +693,20 @@ impl ActionStore for SqlStore {
         };
         from.transition(next)?;
         sqlx::query(
-            "UPDATE action_runs SET status = $1, error = $2, warned = $3, finished_at = $4, \
-             modified_at = $4, lease_expires_at = NULL WHERE id = $5",
+            "UPDATE action_runs SET status = $1, error = $2, warned = $3, stopped = $4, \
+             finished_at = $5, modified_at = $5, lease_expires_at = NULL WHERE id = $6",
         )
         .bind(next.as_str())
         .bind(error)
         .bind(warned as i64)
+        .bind(stopped as i64)
         .bind(micros(now))
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if next == RunStatus::Succeeded && !stopped {
+            self.count_for_workflows(&mut tx, &run, now).await?;
+        }
         tx.commit().await?;
         Ok(next)
     }
@@ -613,6 +718,68 @@ impl ActionStore for SqlStore {
             .await?;
         tx.commit().await?;
         Ok(reaped)
+    }
+
+    async fn reset_workflow(&self, org: &OrganizationId, workflow_id: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM workflow_successes WHERE organization_id = $1 AND workflow_id = $2",
+        )
+        .bind(org.as_str())
+        .bind(workflow_id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset_workflow_at(
+        &self,
+        org: &OrganizationId,
+        workflow_id: &str,
+        due: Timestamp,
+        next: Option<Timestamp>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE action_configurations SET next_run_at = $1 WHERE organization_id = $2 \
+             AND configuration_type = 'workflow' AND api_id = $3 AND next_run_at = $4",
+        )
+        .bind(next.map(micros))
+        .bind(org.as_str())
+        .bind(workflow_id)
+        .bind(micros(due))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM workflow_successes WHERE organization_id = $1 AND workflow_id = $2",
+        )
+        .bind(org.as_str())
+        .bind(workflow_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn workflow_successes(
+        &self,
+        org: &OrganizationId,
+        workflow_id: &str,
+    ) -> Result<Vec<(String, String, Timestamp)>> {
+        let rows = sqlx::query(
+            "SELECT job_id, run_id, succeeded_at FROM workflow_successes \
+             WHERE organization_id = $1 AND workflow_id = $2 ORDER BY job_id",
+        )
+        .bind(org.as_str())
+        .bind(workflow_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, ts(r, "succeeded_at")?)))
+            .collect()
     }
 
     async fn put_action_task(&self, task: &ActionTask, token: i64) -> Result<()> {
