@@ -116,6 +116,7 @@ suite!(
     configurations_keep_every_version_and_accounts_are_unique,
     action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced,
     racing_schedulers_make_one_action_run_per_due_time,
+    a_workflow_fires_once_when_every_awaited_job_succeeded,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1781,7 +1782,10 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
             .finish_action_run(
                 &runs[0].id,
                 token,
-                &ActionOutcome::Succeeded { warned: false },
+                &ActionOutcome::Succeeded {
+                    warned: false,
+                    stopped: false,
+                },
                 time::now()
             )
             .await,
@@ -1805,7 +1809,10 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
             .finish_action_run(
                 &runs[0].id,
                 again[0].lease_token,
-                &ActionOutcome::Succeeded { warned: true },
+                &ActionOutcome::Succeeded {
+                    warned: true,
+                    stopped: false,
+                },
                 time::now()
             )
             .await
@@ -1872,4 +1879,86 @@ async fn racing_schedulers_make_one_action_run_per_due_time(store: Arc<SqlStore>
     }
     assert_eq!(made, 1, "one run per due time");
     assert!(store.due_configurations(later(1)).await.unwrap().is_empty());
+}
+
+/// Claims `run` (alone in the queue) and ends it as `outcome`.
+async fn run_to_end(store: &SqlStore, run: &action::ActionRun, outcome: ActionOutcome) {
+    store.create_action_run(run).await.unwrap();
+    store.queue_action_runs(time::now()).await.unwrap();
+    let claimed = store
+        .claim_action_runs("w", 10, TTL, time::now())
+        .await
+        .unwrap();
+    let mine = claimed.iter().find(|r| r.id == run.id).expect("claimed");
+    store
+        .finish_action_run(&run.id, mine.lease_token, &outcome, time::now())
+        .await
+        .unwrap();
+}
+
+async fn a_workflow_fires_once_when_every_awaited_job_succeeded(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let (ja, jb, jt) = (
+        configuration(&f.org, "ja_DEV", 5, None),
+        configuration(&f.org, "jb_DEV", 5, None),
+        configuration(&f.org, "jt_DEV", 5, None),
+    );
+    for c in [&ja, &jb, &jt] {
+        store.deploy_configuration(c).await.unwrap();
+    }
+    let mut wf = configuration(&f.org, "wf", 1, None);
+    wf.configuration_type = "workflow".into();
+    wf.body = json!({"authorized_job_ids": ["gbq-to-gbq|ja_DEV", "gbq-to-gbq|jb_DEV"],
+                     "target_type": "table-to-table", "target_id": "jt_DEV"});
+    store.deploy_configuration(&wf).await.unwrap();
+    let ok = || ActionOutcome::Succeeded {
+        warned: false,
+        stopped: false,
+    };
+    let filter = ActionRunFilter {
+        configuration_type: "table-to-table".into(),
+        api_id: "jt_DEV".into(),
+        status: None,
+        execution_date: None,
+        limit: 100,
+    };
+    // JA twice, and a stopped JB: not yet.
+    run_to_end(&store, &action_run(&ja, 1), ok()).await;
+    run_to_end(&store, &action_run(&ja, 1), ok()).await;
+    run_to_end(
+        &store,
+        &action_run(&jb, 1),
+        ActionOutcome::Succeeded {
+            warned: false,
+            stopped: true,
+        },
+    )
+    .await;
+    assert_eq!(
+        store.list_action_runs(&f.org, &filter).await.unwrap().len(),
+        0
+    );
+    assert_eq!(
+        store.workflow_successes(&f.org, "wf").await.unwrap().len(),
+        1
+    );
+    // JB: the workflow fires, once, and counts from nothing again.
+    run_to_end(&store, &action_run(&jb, 1), ok()).await;
+    assert_eq!(
+        store.list_action_runs(&f.org, &filter).await.unwrap().len(),
+        1
+    );
+    assert!(store
+        .workflow_successes(&f.org, "wf")
+        .await
+        .unwrap()
+        .is_empty());
+    // A reset forgets a success.
+    run_to_end(&store, &action_run(&ja, 1), ok()).await;
+    store.reset_workflow(&f.org, "wf").await.unwrap();
+    run_to_end(&store, &action_run(&jb, 1), ok()).await;
+    assert_eq!(
+        store.list_action_runs(&f.org, &filter).await.unwrap().len(),
+        1
+    );
 }
