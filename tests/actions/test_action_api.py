@@ -487,3 +487,79 @@ def test_break_skips_dependents_and_transparent_lets_them_run(sluice, tmp_path):
     tasks = {x["task_id"]: x["status"] for x in status["runs"][0]["tasks"]}
     assert tasks == {"breaks": "FAILED", "after_break": "SKIPPED", "see_through": "FAILED",
                      "after_see_through": "SUCCEEDED", "alone": "SUCCEEDED"}, tasks
+
+
+def test_table_to_storage_writes_each_querys_rows_as_a_file(sluice, tmp_path):
+    import csv
+    import gzip
+    import io
+    t = Tailer(sluice, tmp_path, "embedded")
+    sluice.cli("bucket", "add", "acme-out", "local", "--org", t.org)
+    # The tables first, with the documentation's table-to-table file.
+    sluice.cli("config", "deploy", str(write_config(tmp_path / "ttt")), "--org", t.org)
+    code, body = launch_curl(t)
+    assert wait_run(t, body["run_id"])["results"][0]["status"] == "SUCCESS"
+    tts = {"configuration_type": "table-to-storage", "configuration_id": "000099_extract_sales",
+           "environment": "DEV", "account": ACCOUNT, "version": "3", "gcp_project_id": "acme-dlk",
+           "gcs_dest_bucket": "acme-out", "gcs_dest_prefix": "sales/{{FD_DATE}}", "field_delimiter": ";",
+           "compression": "GZIP", "generate_top_file": True, "delete_dest_bucket_content": True,
+           "tasks": [
+               {"task_id": "export_agg", "sql_file": "agg.sql", "output_filename": "agg_{{FD_DATE}}_{{FD_TIME}}.csv"},
+               {"task_id": "export_raw", "sql_file": "raw.sql", "output_filename": "raw_{{FD_DATE}}.json",
+                "destination_format": "NEWLINE_DELIMITED_JSON", "compression": "None"}]}
+    folder = tmp_path / "tts"
+    folder.mkdir()
+    (folder / "conf.json").write_text(json.dumps(tts))
+    (folder / "agg.sql").write_text("SELECT store, total FROM sales_pda.sales_agg ORDER BY store")
+    (folder / "raw.sql").write_text("SELECT store, amount FROM raw.sales ORDER BY amount")
+    out = sluice.cli("config", "deploy", str(folder / "conf.json"), "--org", t.org)
+    assert out.splitlines()[0] == "Configuration successfully deployed with ID : 000099_extract_sales", out
+
+    def launch_export():
+        code, body = t.curl("/v1/dag/launch", json.dumps({
+            "action": "launch_job", "account": ACCOUNT, "environment": "DEV",
+            "configuration_type": "table-to-storage", "configuration_id": "000099_extract_sales"}))
+        assert code == 200, body
+        code, done = t.curl("/v1/dag/status", json.dumps({
+            "action": "check_run_status", "account": ACCOUNT, "environment": "DEV",
+            "configuration_type": "table-to-storage", "configuration_id": "000099_extract_sales",
+            "job_id": "table-to-storage|000099_extract_sales", "run_id": body["run_id"]}))
+        assert code == 200, done
+        return wait_run_any(t, body["run_id"])
+
+    def files():
+        root = sluice.data_dir / "buckets" / t.org / "acme-out" / "sales" / date.today().strftime("%Y%m%d")
+        return sorted(p.name for p in root.iterdir()), root
+
+    assert launch_export() == "SUCCESS"
+    names, root = files()
+    day = date.today().strftime("%Y%m%d")
+    [agg] = [n for n in names if n.startswith("agg_") and n.endswith(".csv.gz")]
+    assert re.match(rf"^agg_{day}_\d{{6}}-000000000000\.csv\.gz$", agg), names
+    assert f"raw_{day}-000000000000.json" in names and f"raw_{day}.top" in names, names
+    rows = list(csv.reader(io.StringIO(gzip.decompress((root / agg).read_bytes()).decode()), delimiter=";"))
+    assert rows == [["store", "total"], ["a", "12"], ["b", "1"]], rows
+    lines = (root / f"raw_{day}-000000000000.json").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [{"store": "b", "amount": 1}, {"store": "a", "amount": 5},
+                                              {"store": "a", "amount": 7}], lines
+    # Run again: the folder is cleared first, so one file of each, not two.
+    time.sleep(1.1)
+    assert launch_export() == "SUCCESS"
+    again, _ = files()
+    [agg_again] = [n for n in again if n.endswith(".csv.gz")]
+    assert agg_again != agg and len(again) == 4, again
+
+
+def wait_run_any(t, run_id):
+    def ended():
+        code, body = t.curl("/v1/dag/status", json.dumps({"action": "get_by_status", "account": ACCOUNT,
+                                                          "status": "RUNNING"}))
+        assert code == 200, body
+        return run_id not in [r["run_id"] for r in body["results"]]
+    wait_for(ended, f"run {run_id}", timeout=60)
+    for status in ("SUCCESS", "FAILED", "WARNING"):
+        code, body = t.curl("/v1/dag/status", json.dumps({"action": "get_by_status", "account": ACCOUNT,
+                                                          "status": status}))
+        if run_id in [r["run_id"] for r in body["results"]]:
+            return status
+    raise AssertionError(f"run {run_id} ended in no known status")

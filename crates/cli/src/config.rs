@@ -76,6 +76,86 @@ pub enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
+pub enum BucketCommand {
+    /// Declare what a table-to-storage file's bucket name
+    /// (`gcs_dest_bucket`) stands for.
+    Add {
+        /// The name configurations use (their `gcs_dest_bucket`).
+        name: String,
+        /// `local` (a folder of the organization's under the data dir),
+        /// file:///FOLDER or s3://BUCKET/PREFIX.
+        url: String,
+        /// The organization (env SLUICE_ORG).
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// An organization's buckets.
+    List {
+        /// The organization (env SLUICE_ORG).
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Take a bucket back.
+    Remove {
+        name: String,
+        /// The organization (env SLUICE_ORG).
+        #[arg(long, env = "SLUICE_ORG")]
+        org: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub async fn bucket(command: BucketCommand) -> anyhow::Result<()> {
+    match command {
+        BucketCommand::Add {
+            name,
+            url,
+            org,
+            store,
+        } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let b = control
+                .add_bucket(&org, &name, &url)
+                .await
+                .map_err(print_error)?;
+            println!("bucket {} of {org}: {}", b.name, b.url_shown);
+        }
+        BucketCommand::List { org, json, store } => {
+            let (control, _, _) = crate::control(&store).await?;
+            let list = control.buckets(&org).await.map_err(print_error)?;
+            if json {
+                let out: Vec<_> = list
+                    .iter()
+                    .map(|b| json!({"name": b.name, "url": b.url_shown}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+            } else {
+                for b in list {
+                    println!("{:<24} {}", b.name, b.url_shown);
+                }
+            }
+        }
+        BucketCommand::Remove { name, org, store } => {
+            let (control, _, _) = crate::control(&store).await?;
+            control
+                .remove_bucket(&org, &name)
+                .await
+                .map_err(print_error)?;
+            println!("bucket {name} of {org} removed");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum WarehouseCommand {
     /// Declare what a configuration's project name (`gcp_project_id`)
     /// stands for: `embedded` (the organization's own folder of the
@@ -310,7 +390,9 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
 }
 
 fn job_id(c: &action::Deployed) -> Option<String> {
-    (c.configuration_type == action::TABLE_TO_TABLE).then(|| format!("gbq-to-gbq|{}", c.api_id))
+    [action::TABLE_TO_TABLE, action::TABLE_TO_STORAGE]
+        .contains(&c.configuration_type.as_str())
+        .then(|| action::job_id(&c.configuration_type, &c.api_id))
 }
 
 pub async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {

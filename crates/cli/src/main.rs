@@ -359,6 +359,11 @@ enum Command {
         #[command(subcommand)]
         command: config::WarehouseCommand,
     },
+    /// The object stores the action API's bucket names stand for.
+    Bucket {
+        #[command(subcommand)]
+        command: config::BucketCommand,
+    },
     /// The sources an organization's jobs made through the API may read.
     Source {
         #[command(subcommand)]
@@ -1041,6 +1046,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
         Command::Source { command } => source::source(command).await?,
         Command::Config { command } => config::config(command).await?,
         Command::Warehouse { command } => config::warehouse(command).await?,
+        Command::Bucket { command } => config::bucket(command).await?,
         Command::Deployment {
             command:
                 DeploymentCommand::Limits {

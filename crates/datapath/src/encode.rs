@@ -113,3 +113,8 @@ pub(crate) fn sqlite_time(v: &str) -> String {
         .map(crate::window::format_time)
         .unwrap_or_else(|| v.to_owned())
 }
+
+/// Bytes as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -453,6 +453,133 @@ impl Warehouse {
         })
     }
 
+    /// The rows of a SELECT as a file of `format` (uncompressed): CSV (with
+    /// its header when asked, the delimiter given), or JSON a row a line.
+    /// Answers the bytes and the rows.
+    pub async fn export(
+        &mut self,
+        sql: &str,
+        format: &sluice_domain::action::FileFormat,
+    ) -> Result<(Vec<u8>, u64)> {
+        let query = sql.trim().trim_end_matches(';');
+        let (names, rows) = self.rows(query).await?;
+        let mut out = Vec::new();
+        if format.csv {
+            let delimiter = format.delimiter.bytes().next().unwrap_or(b',');
+            let mut w = csv::WriterBuilder::new()
+                .delimiter(delimiter)
+                .from_writer(&mut out);
+            let fail = |e: csv::Error| invalid(format!("writing the file: {e}"));
+            if format.header {
+                w.write_record(&names).map_err(fail)?;
+            }
+            for row in &rows {
+                w.write_record(row.iter().map(|v| match v {
+                    serde_json::Value::Null => String::new(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }))
+                .map_err(fail)?;
+            }
+            w.flush()
+                .map_err(|e| invalid(format!("writing the file: {e}")))?;
+        } else {
+            for row in &rows {
+                let object: serde_json::Map<String, serde_json::Value> =
+                    names.iter().cloned().zip(row.iter().cloned()).collect();
+                out.extend_from_slice(serde_json::Value::Object(object).to_string().as_bytes());
+                out.push(b'\n');
+            }
+        }
+        Ok((out, rows.len() as u64))
+    }
+
+    /// The rows of `query`, each value as JSON, with the column names in
+    /// the query's order.
+    async fn rows(&mut self, query: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
+        use sqlx::{Column, Executor, ValueRef};
+        let what = || db("running the export's query");
+        match &mut self.conn {
+            Conn::Postgres(c) => {
+                let names: Vec<String> = c
+                    .describe(query)
+                    .await
+                    .map_err(what())?
+                    .columns()
+                    .iter()
+                    .map(|col| col.name().to_owned())
+                    .collect();
+                let texts: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT row_to_json(q)::text FROM ({query}) q"))
+                        .fetch_all(&mut *c)
+                        .await
+                        .map_err(what())?;
+                let rows = texts
+                    .iter()
+                    .map(|t| {
+                        let object: serde_json::Value = serde_json::from_str(t)
+                            .map_err(|e| invalid(format!("reading a row: {e}")))?;
+                        Ok(names
+                            .iter()
+                            .map(|n| object.get(n).cloned().unwrap_or(serde_json::Value::Null))
+                            .collect())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((names, rows))
+            }
+            Conn::Sqlite(c) => {
+                let fetched = sqlx::query(query)
+                    .fetch_all(&mut *c)
+                    .await
+                    .map_err(what())?;
+                let names = match fetched.first() {
+                    Some(r) => r
+                        .columns()
+                        .iter()
+                        .map(|col| col.name().to_owned())
+                        .collect(),
+                    None => c
+                        .describe(query)
+                        .await
+                        .map_err(what())?
+                        .columns()
+                        .iter()
+                        .map(|col| col.name().to_owned())
+                        .collect(),
+                };
+                let rows = fetched
+                    .iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| {
+                                let raw = r.try_get_raw(i).map_err(what())?;
+                                if raw.is_null() {
+                                    return Ok(serde_json::Value::Null);
+                                }
+                                let kind = raw.type_info().to_string();
+                                Ok(match kind.as_str() {
+                                    "INTEGER" => {
+                                        serde_json::json!(r.try_get::<i64, _>(i).map_err(what())?)
+                                    }
+                                    "REAL" => {
+                                        serde_json::json!(r.try_get::<f64, _>(i).map_err(what())?)
+                                    }
+                                    "BLOB" => serde_json::json!(crate::encode::hex(
+                                        &r.try_get::<Vec<u8>, _>(i).map_err(what())?
+                                    )),
+                                    _ => serde_json::json!(r
+                                        .try_get::<String, _>(i)
+                                        .map_err(what())?),
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((names, rows))
+            }
+        }
+    }
+
     /// An expectation: each `;`-separated statement answers one row whose
     /// first column is true (or 1) when it holds. Answers the statements
     /// that did not hold, each with its text.

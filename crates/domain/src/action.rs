@@ -46,6 +46,7 @@ pub const ENVIRONMENTS: [&str; 4] = ["PROD", "PREPROD", "STAGING", "DEV"];
 pub const TABLE_TO_TABLE: &str = "table-to-table";
 pub const CONTEXT: &str = "context";
 pub const WORKFLOW: &str = "workflow";
+pub const TABLE_TO_STORAGE: &str = "table-to-storage";
 
 /// A run's status as the action API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,6 +370,11 @@ pub fn substitute_constants(
     }
 }
 
+/// Substitutes `{{FD_TIME}}` (hhmmss) with `time`'s.
+pub fn substitute_time(text: &str, time: chrono::NaiveTime) -> String {
+    text.replace("{{FD_TIME}}", &time.format("%H%M%S").to_string())
+}
+
 /// Substitutes the run's date variables: `{{FD_DATE}}` (YYYYMMDD),
 /// `{{FD_DATE_YEAR_4}}`, `{{FD_DATE_YEAR_2}}`, `{{FD_DATE_MONTH}}`,
 /// `{{FD_DATE_DAY}}`, and `{{TEMPLATE_CURRENT_DATE}}` (YYYY-MM-DD).
@@ -473,10 +479,10 @@ pub fn parse_context(doc: &Value) -> Result<Context, Vec<Problem>> {
     }
 }
 
-/// The files a table-to-table configuration names (`sql_file`,
-/// `ddl_file`), which the deployer reads beside it.
+/// The files a configuration names (`sql_file`, `ddl_file`), which the
+/// deployer reads beside it.
 pub fn files_named(doc: &Value) -> Vec<String> {
-    let mut files = Vec::new();
+    let mut files = export_files(doc);
     if let Some(Value::Array(tasks)) = doc.get("workflow") {
         for t in tasks {
             for field in ["sql_file", "ddl_file"] {
@@ -1099,6 +1105,230 @@ pub fn cron_fields(expr: &str) -> Option<[String; 5]> {
         .iter()
         .all(|f| ok(f))
         .then(|| [a, b, c, d, e].map(|s| s.to_string()))
+}
+
+/// How a table-to-storage task writes its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileFormat {
+    /// CSV (else JSON, a row a line).
+    pub csv: bool,
+    pub header: bool,
+    pub delimiter: String,
+    pub gzip: bool,
+}
+
+/// One task of a table-to-storage configuration: a SELECT whose rows go to
+/// a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportTask {
+    pub task_id: String,
+    pub sql: String,
+    /// The warehouse the query runs in (`gcp_project_id`).
+    pub project: String,
+    /// The object store it writes to (`gcs_dest_bucket`).
+    pub bucket: String,
+    /// The folder in it (`gcs_dest_prefix`; date variables allowed).
+    pub prefix: String,
+    /// The file's name (`output_filename`; `{{FD_DATE}}`, `{{FD_TIME}}`).
+    pub output_filename: String,
+    pub format: FileFormat,
+}
+
+/// A table-to-storage configuration (version 3), checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableToStorage {
+    pub configuration_id: String,
+    pub account: String,
+    pub environment: String,
+    pub activated: bool,
+    pub archived: bool,
+    pub schedule: Option<String>,
+    pub generate_top_file: bool,
+    pub delete_dest_bucket_content: bool,
+    pub tasks: Vec<ExportTask>,
+}
+
+/// The files a table-to-storage configuration names (`sql_file` of its
+/// tasks).
+fn export_files(doc: &Value) -> Vec<String> {
+    doc.get("tasks")
+        .and_then(Value::as_array)
+        .map(|tasks| {
+            tasks
+                .iter()
+                .filter_map(|t| t.get("sql_file").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses and checks a table-to-storage configuration (version 3): the
+/// globals are each task's defaults.
+pub fn parse_table_to_storage(
+    doc: &Value,
+    files: &BTreeMap<String, String>,
+    deployed_id: &str,
+) -> Result<TableToStorage, Vec<Problem>> {
+    let (kind, _, environment, account) = identity(doc)?;
+    let mut p = Vec::new();
+    if kind != TABLE_TO_STORAGE {
+        return Err(vec![problem(
+            "configuration_type",
+            format!("expected `{TABLE_TO_STORAGE}`, got `{kind}`"),
+        )]);
+    }
+    let f = Fields { doc, prefix: "" };
+    if f.opt_text("version", &mut p).as_deref() != Some("3") {
+        p.push(problem(
+            "version",
+            "sluice deploys version \"3\" table-to-storage files (tasks with their sql_file)",
+        ));
+    }
+    let activated = f.boolean("activated", true, &mut p);
+    let archived = f.boolean("archived", false, &mut p);
+    let schedule = f
+        .opt_text("schedule_interval", &mut p)
+        .filter(|s| !s.is_empty() && s != "None" && s != "none");
+    if let Some(cron) = &schedule {
+        if cron_fields(cron).is_none() {
+            p.push(problem(
+                "schedule_interval",
+                format!("expected \"None\" or a cron expression of 5 fields, got `{cron}`"),
+            ));
+        }
+    }
+    let generate_top_file = f.boolean("generate_top_file", false, &mut p);
+    let delete_dest_bucket_content = f.boolean("delete_dest_bucket_content", false, &mut p);
+    let mut tasks = Vec::new();
+    match doc.get("tasks") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            for (i, t) in list.iter().enumerate() {
+                let prefix = format!("tasks[{i}].");
+                let tf = Fields {
+                    doc: t,
+                    prefix: &prefix,
+                };
+                // A task's field, else the configuration's.
+                let text = |field: &str, p: &mut Vec<Problem>| {
+                    tf.opt_text(field, p)
+                        .or_else(|| f.opt_text(field, p))
+                        .unwrap_or_default()
+                };
+                let task_id = tf.text("task_id", &mut p);
+                if !task_id.is_empty() && !valid_task_id(&task_id) {
+                    p.push(problem(
+                        tf.path("task_id"),
+                        format!(
+                            "`{task_id}` is not a task id (^[a-zA-Z][a-zA-Z0-9_]+[a-zA-Z0-9]$)"
+                        ),
+                    ));
+                }
+                let sql = tf
+                    .file("sql_file", files, &mut p)
+                    .cloned()
+                    .unwrap_or_default();
+                let output_filename = tf.text("output_filename", &mut p);
+                let required = |field: &str, p: &mut Vec<Problem>| {
+                    let v = text(field, p);
+                    if v.is_empty() {
+                        p.push(problem(
+                            tf.path(field),
+                            "required (in the task or the configuration)",
+                        ));
+                    }
+                    v
+                };
+                let project = required("gcp_project_id", &mut p);
+                let bucket = required("gcs_dest_bucket", &mut p);
+                let dest_prefix = required("gcs_dest_prefix", &mut p);
+                let csv = match text("destination_format", &mut p).as_str() {
+                    "" | "CSV" => true,
+                    "NEWLINE_DELIMITED_JSON" | "JSON" => false,
+                    other => {
+                        p.push(problem(
+                            tf.path("destination_format"),
+                            format!("expected CSV or NEWLINE_DELIMITED_JSON, got `{other}` (AVRO and PARQUET are not written)"),
+                        ));
+                        true
+                    }
+                };
+                let header = match tf
+                    .doc
+                    .get("print_header")
+                    .or_else(|| doc.get("print_header"))
+                {
+                    None => true,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => {
+                        p.push(problem(tf.path("print_header"), "expected true or false"));
+                        true
+                    }
+                };
+                let delimiter = match text("field_delimiter", &mut p) {
+                    d if d.is_empty() => ",".to_owned(),
+                    d if d.chars().count() == 1 => d,
+                    d => {
+                        p.push(problem(
+                            tf.path("field_delimiter"),
+                            format!("expected one character, got `{d}`"),
+                        ));
+                        ",".to_owned()
+                    }
+                };
+                let gzip = match text("compression", &mut p).as_str() {
+                    "" | "None" | "NONE" => false,
+                    "GZIP" => true,
+                    other => {
+                        p.push(problem(
+                            tf.path("compression"),
+                            format!("expected None or GZIP, got `{other}`"),
+                        ));
+                        false
+                    }
+                };
+                tasks.push(ExportTask {
+                    task_id,
+                    sql,
+                    project,
+                    bucket,
+                    prefix: dest_prefix.trim_matches('/').to_owned(),
+                    output_filename,
+                    format: FileFormat {
+                        csv,
+                        header,
+                        delimiter,
+                        gzip,
+                    },
+                });
+            }
+        }
+        Some(_) => p.push(problem("tasks", "expected a non-empty array of tasks")),
+        None => p.push(problem("tasks", "required")),
+    }
+    let mut seen = BTreeSet::new();
+    for t in &tasks {
+        if !seen.insert(t.task_id.as_str()) {
+            p.push(problem(
+                "tasks",
+                format!("task id `{}` is used twice", t.task_id),
+            ));
+        }
+    }
+    p.dedup();
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(TableToStorage {
+        configuration_id: deployed_id.to_owned(),
+        account,
+        environment,
+        activated,
+        archived,
+        schedule,
+        generate_top_file,
+        delete_dest_bucket_content,
+        tasks,
+    })
 }
 
 /// The job id of a configuration's runs, as Tailer forms them:

@@ -230,7 +230,14 @@ impl ActionRunner {
                     .enable_all()
                     .build()
                     .map_err(|e| format!("the run could not start: {e}"))?;
-                rt.block_on(run_tasks(plan, run, cancel, tx))
+                rt.block_on(async move {
+                    match &plan.work {
+                        Work::Tables(c) => run_tasks(c, &plan, run, cancel, tx).await,
+                        Work::Exports(c) => run_exports(c, &plan, run, tx)
+                            .await
+                            .map(|()| (false, false)),
+                    }
+                })
             })
             .await
             .unwrap_or_else(|e| Err(format!("the run stopped: {e}")))
@@ -265,12 +272,26 @@ impl ActionRunner {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let config: TableToTable = serde_json::from_value(body).map_err(|e| {
+        let unreadable = |e: serde_json::Error| {
             format!(
                 "the configuration's version {} cannot be read: {e}",
                 run.version
             )
-        })?;
+        };
+        let work = if run.configuration_type == action::TABLE_TO_STORAGE {
+            Work::Exports(serde_json::from_value(body).map_err(unreadable)?)
+        } else {
+            Work::Tables(serde_json::from_value(body).map_err(unreadable)?)
+        };
+        let mut buckets = BTreeMap::new();
+        for b in self
+            .store
+            .buckets_of(&run.organization_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            buckets.insert(b.name.clone(), self.sealer.open(&b.url_sealed)?);
+        }
         let mut urls = BTreeMap::new();
         for w in self
             .store
@@ -286,7 +307,12 @@ impl ActionRunner {
             password: self.sealer.derive(&format!("warehouse role {name}")),
             name,
         };
-        Ok(Plan { config, urls, role })
+        Ok(Plan {
+            work,
+            urls,
+            buckets,
+            role,
+        })
     }
 
     async fn finish(&self, run: &ActionRun, outcome: ActionOutcome) -> RunStatus {
@@ -305,11 +331,20 @@ impl ActionRunner {
 }
 
 struct Plan {
-    config: TableToTable,
+    work: Work,
     /// Warehouse name → URL.
     urls: BTreeMap<String, String>,
+    /// Bucket name → URL (table-to-storage).
+    buckets: BTreeMap<String, String>,
     /// The PostgreSQL role the organization's SQL runs as.
     role: Role,
+}
+
+/// What a run does: a table-to-table configuration's tasks, or a
+/// table-to-storage configuration's exports.
+enum Work {
+    Tables(TableToTable),
+    Exports(action::TableToStorage),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -325,12 +360,12 @@ enum State {
 /// Runs the configuration's tasks; answers whether a `warning` task
 /// failed and whether a `stop` task did, or why the run failed.
 async fn run_tasks(
-    plan: Plan,
+    c: &TableToTable,
+    plan: &Plan,
     run: ActionRun,
     cancel: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<ActionTask>,
 ) -> Result<(bool, bool), String> {
-    let c = &plan.config;
     let n = c.tasks.len();
     let mut state = vec![State::Waiting; n];
     let mut records: Vec<ActionTask> = c
@@ -584,4 +619,124 @@ async fn run_task(
     w.end_task(run_id, task_id, work)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Runs a table-to-storage configuration's tasks in order: each SELECT's
+/// rows written as one file. A file's name is the same on every attempt of
+/// the run (its `{{FD_TIME}}` is the run's creation time), so an attempt
+/// taken over writes the same objects again, never a second set.
+async fn run_exports(
+    c: &action::TableToStorage,
+    plan: &Plan,
+    run: ActionRun,
+    tx: mpsc::UnboundedSender<ActionTask>,
+) -> Result<(), String> {
+    let date = run.execution_date;
+    let clock = run.created_at.time();
+    let mut cleared = BTreeSet::new();
+    for (i, t) in c.tasks.iter().enumerate() {
+        let mut record = ActionTask {
+            run_id: run.id.clone(),
+            task_id: t.task_id.clone(),
+            position: i as i32,
+            status: "RUNNING".into(),
+            attempt: run.attempt,
+            started_at: Some(time::now()),
+            finished_at: None,
+            rows: 0,
+            messages: Vec::new(),
+        };
+        let _ = tx.send(record.clone());
+        let done = export(c, t, plan, date, clock, &mut cleared).await;
+        record.finished_at = Some(time::now());
+        match done {
+            Ok((rows, messages)) => {
+                record.status = "SUCCEEDED".into();
+                record.rows = rows as i64;
+                record.messages = messages;
+                let _ = tx.send(record);
+            }
+            Err(e) => {
+                record.status = "FAILED".into();
+                record.messages.push(e.clone());
+                let _ = tx.send(record);
+                return Err(format!("task {} failed: {e}", t.task_id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One export: the query's rows as a file in its bucket; answers the rows
+/// and what was written.
+async fn export(
+    c: &action::TableToStorage,
+    t: &action::ExportTask,
+    plan: &Plan,
+    date: NaiveDate,
+    clock: chrono::NaiveTime,
+    cleared: &mut BTreeSet<(String, String)>,
+) -> Result<(u64, Vec<String>), String> {
+    let url = plan.urls.get(&t.project).ok_or_else(|| {
+        format!(
+            "project `{}` is not a warehouse of this organization (any more)",
+            t.project
+        )
+    })?;
+    let bucket = plan.buckets.get(&t.bucket).ok_or_else(|| {
+        format!(
+            "bucket `{}` is not a bucket of this organization (any more)",
+            t.bucket
+        )
+    })?;
+    let mut w = Wh::open(url, &BTreeSet::new(), Some(&plan.role))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (bytes, rows) = w
+        .export(&action::substitute_date(&t.sql, date), &t.format)
+        .await
+        .map_err(|e| e.to_string())?;
+    let blobs = crate::blob::Blobs::open(bucket).map_err(|e| e.to_string())?;
+    let prefix = action::substitute_date(&t.prefix, date);
+    let mut messages = Vec::new();
+    if c.delete_dest_bucket_content && cleared.insert((t.bucket.clone(), prefix.clone())) {
+        let old = blobs.list(&prefix).await.map_err(|e| e.to_string())?;
+        for key in &old {
+            blobs.delete(key).await.map_err(|e| e.to_string())?;
+        }
+        messages.push(format!("{} objects cleared under {prefix}", old.len()));
+    }
+    let name = action::substitute_time(&action::substitute_date(&t.output_filename, date), clock);
+    // Tailer's shard number, before the extension.
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((stem, ext)) => (stem.to_owned(), format!(".{ext}")),
+        None => (name.clone(), String::new()),
+    };
+    let mut file = format!("{stem}-000000000000{ext}");
+    let body = if t.format.gzip {
+        use std::io::Write;
+        file.push_str(".gz");
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&bytes).map_err(|e| e.to_string())?;
+        z.finish().map_err(|e| e.to_string())?
+    } else {
+        bytes
+    };
+    let key = if prefix.is_empty() {
+        file
+    } else {
+        format!("{prefix}/{file}")
+    };
+    blobs.put(&key, &body).await.map_err(|e| e.to_string())?;
+    messages.push(format!("wrote {key} ({} bytes)", body.len()));
+    if c.generate_top_file {
+        let top = if prefix.is_empty() {
+            format!("{stem}.top")
+        } else {
+            format!("{prefix}/{stem}.top")
+        };
+        blobs.put(&top, b"").await.map_err(|e| e.to_string())?;
+        messages.push(format!("wrote {top}"));
+    }
+    Ok((rows, messages))
 }

@@ -104,6 +104,23 @@ impl Blobs {
         }
     }
 
+    /// The keys under `prefix` (a folder's), every depth.
+    pub async fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        match self {
+            Blobs::Local(l) => l.list(prefix).await,
+            #[cfg(feature = "s3")]
+            Blobs::Remote(s) => {
+                use futures_util::TryStreamExt;
+                let prefix = remote_path(prefix)?;
+                let objects: Vec<_> = s.list(Some(&prefix)).try_collect().await?;
+                Ok(objects
+                    .into_iter()
+                    .map(|o| o.location.to_string())
+                    .collect())
+            }
+        }
+    }
+
     /// Copies an object to a local file. (A copy, not a link: the code that
     /// reads it may write to it, and the object must stay as uploaded.)
     pub async fn copy_to(&self, key: &str, dest: &Path) -> std::io::Result<()> {
@@ -161,6 +178,32 @@ impl LocalBlobs {
 
     pub async fn get(&self, key: &str) -> std::io::Result<Vec<u8>> {
         tokio::fs::read(self.path(key)?).await
+    }
+
+    /// The keys under `prefix`, every depth (none: the folder is missing).
+    pub async fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        let top = self.path(prefix)?;
+        let mut keys = Vec::new();
+        let mut folders = vec![top];
+        while let Some(dir) = folders.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            while let Some(e) = entries.next_entry().await? {
+                let kind = e.file_type().await?;
+                if kind.is_dir() {
+                    folders.push(e.path());
+                } else if kind.is_file() {
+                    if let Ok(rel) = e.path().strip_prefix(&self.root) {
+                        keys.push(rel.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
     }
 }
 

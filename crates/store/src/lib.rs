@@ -507,6 +507,12 @@ pub trait ActionStore: Send + Sync + 'static {
     async fn warehouses_of(&self, org: &OrganizationId) -> Result<Vec<action::Warehouse>>;
     async fn remove_warehouse(&self, org: &OrganizationId, name: &str) -> Result<()>;
 
+    /// Adds a bucket (what a table-to-storage file's `gcs_dest_bucket`
+    /// stands for), or replaces the one of that name.
+    async fn put_bucket(&self, bucket: &NamedConnection) -> Result<()>;
+    async fn buckets_of(&self, org: &OrganizationId) -> Result<Vec<NamedConnection>>;
+    async fn remove_bucket(&self, org: &OrganizationId, name: &str) -> Result<()>;
+
     /// Stores a configuration's new version (the next number) and makes it
     /// the current one, in one transaction; answers the version.
     async fn deploy_configuration(&self, config: &action::Deployed) -> Result<i64>;

@@ -123,6 +123,55 @@ impl Control {
         Ok(w)
     }
 
+    /// Declares (or replaces) bucket `name` of `org`, what a
+    /// table-to-storage file's `gcs_dest_bucket` stands for: `local` (a
+    /// folder of the organization's under the data dir), `file:///folder`
+    /// or `s3://bucket/prefix`.
+    pub async fn add_bucket(&self, org: &str, name: &str, url: &str) -> Result<Warehouse> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        self.store.get_organization(&org).await?;
+        input::check_name("bucket name", name).map_err(bad)?;
+        let url = match url.trim() {
+            "local" => {
+                let data = self
+                    .settings
+                    .warehouse
+                    .as_ref()
+                    .and_then(|w| w.parent())
+                    .ok_or_else(|| bad("this server has no data dir for local buckets"))?;
+                format!(
+                    "file://{}",
+                    data.join("buckets").join(org.as_str()).join(name).display()
+                )
+            }
+            u if u.starts_with("file:///") || u.starts_with("s3://") => u.to_owned(),
+            u => return Err(bad(format!(
+                "bucket `{name}`: expected `local`, file:///FOLDER or s3://BUCKET/PREFIX, got `{}`",
+                crate::secrets::redact(u)
+            ))),
+        };
+        crate::blob::Blobs::open(&url).map_err(|e| bad(e.to_string()))?;
+        let b = Warehouse {
+            organization_id: org,
+            name: name.to_owned(),
+            url_sealed: self.sealer.seal(&url),
+            url_shown: crate::secrets::redact(&url),
+            created_at: time::now(),
+        };
+        self.store.put_bucket(&b).await?;
+        Ok(b)
+    }
+
+    pub async fn buckets(&self, org: &str) -> Result<Vec<Warehouse>> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        Ok(self.store.buckets_of(&org).await?)
+    }
+
+    pub async fn remove_bucket(&self, org: &str, name: &str) -> Result<()> {
+        let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
+        Ok(self.store.remove_bucket(&org, name).await?)
+    }
+
     pub async fn warehouses(&self, org: &str) -> Result<Vec<Warehouse>> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         Ok(self.store.warehouses_of(&org).await?)
@@ -270,6 +319,59 @@ impl Control {
                     modified_at: now,
                 }
             }
+            action::TABLE_TO_STORAGE => {
+                let mut files = BTreeMap::new();
+                let mut p = Vec::new();
+                for name in action::files_named(&doc) {
+                    let Some(text) = file.files.get(&name) else {
+                        continue;
+                    };
+                    match substitute(text) {
+                        Ok(t) => {
+                            files.insert(name, t);
+                        }
+                        Err(mut more) => {
+                            for x in &mut more {
+                                x.path = format!("{name}: {}", x.path);
+                            }
+                            p.append(&mut more);
+                        }
+                    }
+                }
+                let deployed_id = match &context {
+                    Some(c) => format!("{}_{}", c.qualified(), id),
+                    None => id.clone(),
+                };
+                let c = match action::parse_table_to_storage(&doc, &files, &deployed_id) {
+                    Ok(c) if p.is_empty() => c,
+                    Ok(_) => return Err(problems("the configuration", p)),
+                    Err(mut more) => {
+                        p.append(&mut more);
+                        return Err(problems("the configuration", p));
+                    }
+                };
+                self.check_exports(&org, &c).await?;
+                let next_run_at = match (&c.schedule, c.activated && !c.archived) {
+                    (Some(cron), true) => Some(next_time(cron, now)?),
+                    _ => None,
+                };
+                Deployed {
+                    organization_id: org.clone(),
+                    configuration_type: kind.clone(),
+                    api_id: deployed_id.clone(),
+                    configuration_id: deployed_id,
+                    account: account.clone(),
+                    environment: environment.clone(),
+                    version: 0,
+                    activated: c.activated,
+                    archived: c.archived,
+                    max_active_runs: 1,
+                    body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
+                    next_run_at,
+                    created_at: now,
+                    modified_at: now,
+                }
+            }
             action::WORKFLOW => {
                 let w = action::parse_workflow(&doc).map_err(|p| problems("the workflow", p))?;
                 let next_run_at = match (&w.reset_schedule, w.activated && !w.archived) {
@@ -352,6 +454,53 @@ impl Control {
         }
     }
 
+    /// Every warehouse and bucket a table-to-storage configuration names
+    /// must be the organization's.
+    async fn check_exports(&self, org: &OrganizationId, c: &action::TableToStorage) -> Result<()> {
+        let warehouses: BTreeSet<String> = self
+            .store
+            .warehouses_of(org)
+            .await?
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        let buckets: BTreeSet<String> = self
+            .store
+            .buckets_of(org)
+            .await?
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        let mut p = Vec::new();
+        for (i, t) in c.tasks.iter().enumerate() {
+            if !warehouses.contains(&t.project) {
+                p.push(Problem {
+                    path: format!("tasks[{i}].gcp_project_id"),
+                    message: format!(
+                        "project `{}` is not a warehouse of this organization: declare it with \
+                         `sluice warehouse add {} embedded --org {org}`",
+                        t.project, t.project
+                    ),
+                });
+            }
+            if !buckets.contains(&t.bucket) {
+                p.push(Problem {
+                    path: format!("tasks[{i}].gcs_dest_bucket"),
+                    message: format!(
+                        "bucket `{}` is not a bucket of this organization: declare it with \
+                         `sluice bucket add {} local --org {org}` (or file:///…, s3://…)",
+                        t.bucket, t.bucket
+                    ),
+                });
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(problems("the configuration", p))
+        }
+    }
+
     pub async fn list_configurations(&self, org: &str) -> Result<Vec<Deployed>> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         Ok(self.store.list_configurations(&org).await?)
@@ -423,7 +572,8 @@ impl Control {
         execution_date: Option<&str>,
     ) -> Result<ActionRun> {
         let c = self.configuration(who, r, false).await?;
-        if c.configuration_type != action::TABLE_TO_TABLE {
+        let runnable = [action::TABLE_TO_TABLE, action::TABLE_TO_STORAGE];
+        if !runnable.contains(&c.configuration_type.as_str()) {
             return Err(bad(format!(
                 "{} configurations cannot be launched{}",
                 c.configuration_type,

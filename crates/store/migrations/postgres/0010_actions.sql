@@ -1,5 +1,5 @@
 -- The Tailer-style action API: an organization's account code, its
--- warehouses, deployed configurations (every version kept: a run runs the
+-- warehouses and buckets, deployed configurations (every version kept: a run runs the
 -- version it was launched with), their runs (leased work) and tasks.
 CREATE TABLE action_accounts (
     account          TEXT PRIMARY KEY,
@@ -7,6 +7,16 @@ CREATE TABLE action_accounts (
 );
 
 CREATE TABLE warehouses (
+    organization_id  TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    url_sealed       TEXT NOT NULL,
+    url_shown        TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    PRIMARY KEY (organization_id, name)
+);
+
+-- What a table-to-storage configuration's bucket name stands for.
+CREATE TABLE buckets (
     organization_id  TEXT NOT NULL,
     name             TEXT NOT NULL,
     url_sealed       TEXT NOT NULL,

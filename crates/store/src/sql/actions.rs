@@ -4,7 +4,7 @@
 use sluice_domain::action::{ActionRun, ActionStatus, ActionTask, Deployed, NaiveDate, Warehouse};
 
 use super::lease::{Leased, LEASED};
-use super::named::WAREHOUSES;
+use super::named::{BUCKETS, WAREHOUSES};
 use super::*;
 use crate::{ActionOutcome, ActionRunFilter, ActionStore};
 
@@ -286,6 +286,18 @@ impl ActionStore for SqlStore {
 
     async fn remove_warehouse(&self, org: &OrganizationId, name: &str) -> Result<()> {
         WAREHOUSES.remove(self, org, name).await
+    }
+
+    async fn put_bucket(&self, b: &Warehouse) -> Result<()> {
+        BUCKETS.put(self, b, true).await
+    }
+
+    async fn buckets_of(&self, org: &OrganizationId) -> Result<Vec<Warehouse>> {
+        BUCKETS.of(self, org).await
+    }
+
+    async fn remove_bucket(&self, org: &OrganizationId, name: &str) -> Result<()> {
+        BUCKETS.remove(self, org, name).await
     }
 
     async fn deploy_configuration(&self, c: &Deployed) -> Result<i64> {

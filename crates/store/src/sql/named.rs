@@ -1,5 +1,6 @@
 //! Connections an administrator declares for an organization by name —
-//! the sources its jobs may read, the warehouses its action runs write —
+//! the sources its jobs may read, the warehouses its action runs write,
+//! the buckets their exports go to —
 //! kept the same way: a row per (organization, name), the URL sealed.
 
 use super::*;
@@ -93,3 +94,8 @@ impl Named {
         Ok(())
     }
 }
+
+pub(crate) const BUCKETS: Named = Named {
+    table: "buckets",
+    kind: "bucket",
+};
