@@ -48,6 +48,9 @@ BODIES = {
                                            "archived": True, "account": "000777", "environment": "DEV",
                                            "configuration_type": "table-to-table",
                                            "configuration_id": "x_DEV"},
+    ("POST", "/v1/workflow/status"): {"action": "reset_workflow_status", "account": "000777",
+                                      "environment": "DEV", "configuration_type": "workflow",
+                                      "configuration_id": "x"},
 }
 RAW_BODIES = {("POST", "/channels/{channel}/upload"): b"file from B"}
 # Routes answered without credentials: what a forged token gets.

@@ -145,10 +145,12 @@ impl Control {
                 )
             }
             u if u.starts_with("file:///") || u.starts_with("s3://") => u.to_owned(),
-            u => return Err(bad(format!(
+            u => {
+                return Err(bad(format!(
                 "bucket `{name}`: expected `local`, file:///FOLDER or s3://BUCKET/PREFIX, got `{}`",
                 crate::secrets::redact(u)
-            ))),
+            )))
+            }
         };
         crate::blob::Blobs::open(&url).map_err(|e| bad(e.to_string()))?;
         let b = Warehouse {
@@ -257,25 +259,7 @@ impl Control {
                 }
             }
             action::TABLE_TO_TABLE => {
-                let mut files = BTreeMap::new();
-                let mut p = Vec::new();
-                // A missing file is named by the parser.
-                for name in action::files_named(&doc) {
-                    let Some(text) = file.files.get(&name) else {
-                        continue;
-                    };
-                    match substitute(text) {
-                        Ok(t) => {
-                            files.insert(name, t);
-                        }
-                        Err(mut more) => {
-                            for x in &mut more {
-                                x.path = format!("{name}: {}", x.path);
-                            }
-                            p.append(&mut more);
-                        }
-                    }
-                }
+                let (files, mut p) = named_files(&doc, file, &substitute);
                 let deployed_id = match &context {
                     Some(c) => format!("{}_{}", c.qualified(), id),
                     None => id.clone(),
@@ -320,24 +304,7 @@ impl Control {
                 }
             }
             action::TABLE_TO_STORAGE => {
-                let mut files = BTreeMap::new();
-                let mut p = Vec::new();
-                for name in action::files_named(&doc) {
-                    let Some(text) = file.files.get(&name) else {
-                        continue;
-                    };
-                    match substitute(text) {
-                        Ok(t) => {
-                            files.insert(name, t);
-                        }
-                        Err(mut more) => {
-                            for x in &mut more {
-                                x.path = format!("{name}: {}", x.path);
-                            }
-                            p.append(&mut more);
-                        }
-                    }
-                }
+                let (files, mut p) = named_files(&doc, file, &substitute);
                 let deployed_id = match &context {
                     Some(c) => format!("{}_{}", c.qualified(), id),
                     None => id.clone(),
@@ -840,6 +807,35 @@ impl Control {
             .list_action_runs(&c.organization_id, &filter)
             .await?)
     }
+}
+
+/// The files a configuration names, read beside it, with the constants
+/// substituted; a file's own problems are named with its name. (A missing
+/// file is named by the configuration's parser.)
+fn named_files(
+    doc: &Value,
+    file: &ConfigurationFiles,
+    substitute: &dyn Fn(&str) -> std::result::Result<String, Vec<Problem>>,
+) -> (BTreeMap<String, String>, Vec<Problem>) {
+    let mut files = BTreeMap::new();
+    let mut p = Vec::new();
+    for name in action::files_named(doc) {
+        let Some(text) = file.files.get(&name) else {
+            continue;
+        };
+        match substitute(text) {
+            Ok(t) => {
+                files.insert(name, t);
+            }
+            Err(mut more) => {
+                for x in &mut more {
+                    x.path = format!("{name}: {}", x.path);
+                }
+                p.append(&mut more);
+            }
+        }
+    }
+    (files, p)
 }
 
 /// The projects (warehouses) a task names.
