@@ -75,15 +75,19 @@ pub enum ConfigCommand {
     },
 }
 
+/// The connections configurations name: warehouses (`gcp_project_id`)
+/// and buckets (`gcs_dest_bucket`).
 #[derive(Subcommand)]
-pub enum BucketCommand {
-    /// Declare what a table-to-storage file's bucket name
-    /// (`gcs_dest_bucket`) stands for.
+pub enum NamedCommand {
+    /// Declare what a name configurations use stands for: a warehouse is
+    /// `embedded` or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (its user must
+    /// be able to create roles and schemas); a bucket is `local` (a folder of
+    /// the organization's under the data dir), file:///FOLDER or
+    /// s3://BUCKET/PREFIX. Sealed at rest; replaces one of the same name.
     Add {
-        /// The name configurations use (their `gcs_dest_bucket`).
+        /// The name configurations use.
         name: String,
-        /// `local` (a folder of the organization's under the data dir),
-        /// file:///FOLDER or s3://BUCKET/PREFIX.
+        /// What it stands for (see above).
         url: String,
         /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
@@ -91,7 +95,7 @@ pub enum BucketCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// An organization's buckets.
+    /// An organization's, passwords hidden.
     List {
         /// The organization (env SLUICE_ORG).
         #[arg(long, env = "SLUICE_ORG")]
@@ -102,7 +106,8 @@ pub enum BucketCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Take a bucket back.
+    /// Take one back: configurations naming it fail until it is declared
+    /// again.
     Remove {
         name: String,
         /// The organization (env SLUICE_ORG).
@@ -113,86 +118,73 @@ pub enum BucketCommand {
     },
 }
 
-pub async fn bucket(command: BucketCommand) -> anyhow::Result<()> {
+/// Which kind of named connection a command acts on.
+#[derive(Clone, Copy)]
+pub enum Named {
+    Warehouse,
+    Bucket,
+}
+
+impl Named {
+    fn word(self) -> &'static str {
+        match self {
+            Named::Warehouse => "warehouse",
+            Named::Bucket => "bucket",
+        }
+    }
+}
+
+pub async fn named(kind: Named, command: NamedCommand) -> anyhow::Result<()> {
     match command {
-        BucketCommand::Add {
+        NamedCommand::Add {
             name,
             url,
             org,
             store,
         } => {
             let (control, _, _) = crate::control(&store).await?;
-            let b = control
-                .add_bucket(&org, &name, &url)
-                .await
-                .map_err(print_error)?;
-            println!("bucket {} of {org}: {}", b.name, b.url_shown);
+            let added = match kind {
+                Named::Warehouse => control.add_warehouse(&org, &name, &url).await,
+                Named::Bucket => control.add_bucket(&org, &name, &url).await,
+            }
+            .map_err(print_error)?;
+            println!(
+                "{} {} of {org}: {}",
+                kind.word(),
+                added.name,
+                added.url_shown
+            );
         }
-        BucketCommand::List { org, json, store } => {
+        NamedCommand::List { org, json, store } => {
             let (control, _, _) = crate::control(&store).await?;
-            let list = control.buckets(&org).await.map_err(print_error)?;
+            let list = match kind {
+                Named::Warehouse => control.warehouses(&org).await,
+                Named::Bucket => control.buckets(&org).await,
+            }
+            .map_err(print_error)?;
             if json {
                 let out: Vec<_> = list
                     .iter()
-                    .map(|b| json!({"name": b.name, "url": b.url_shown}))
+                    .map(|c| json!({"name": c.name, "url": c.url_shown}))
                     .collect();
                 println!("{}", serde_json::Value::Array(out));
             } else {
-                for b in list {
-                    println!("{:<24} {}", b.name, b.url_shown);
+                for c in list {
+                    println!("{:<24} {}", c.name, c.url_shown);
                 }
             }
         }
-        BucketCommand::Remove { name, org, store } => {
+        NamedCommand::Remove { name, org, store } => {
             let (control, _, _) = crate::control(&store).await?;
-            control
-                .remove_bucket(&org, &name)
-                .await
-                .map_err(print_error)?;
-            println!("bucket {name} of {org} removed");
+            match kind {
+                Named::Warehouse => control.remove_warehouse(&org, &name).await,
+                Named::Bucket => control.remove_bucket(&org, &name).await,
+            }
+            .map_err(print_error)?;
+            println!("{} {name} of {org} removed", kind.word());
         }
     }
     Ok(())
-}
-
-#[derive(Subcommand)]
-pub enum WarehouseCommand {
-    /// Declare what a configuration's project name (`gcp_project_id`)
-    /// stands for: `embedded` (the organization's own folder of the
-    /// embedded warehouse) or a postgres:// database (sealed at rest).
-    Add {
-        /// The name configurations use (their `gcp_project_id`).
-        name: String,
-        /// `embedded`, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (its user
-        /// must be able to create roles and schemas).
-        url: String,
-        /// The organization (env SLUICE_ORG).
-        #[arg(long, env = "SLUICE_ORG")]
-        org: String,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
-    /// An organization's warehouses, passwords hidden.
-    List {
-        /// The organization (env SLUICE_ORG).
-        #[arg(long, env = "SLUICE_ORG")]
-        org: String,
-        /// Print the outcome as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
-    /// Take a warehouse back: configurations naming it fail until it is
-    /// declared again.
-    Remove {
-        name: String,
-        /// The organization (env SLUICE_ORG).
-        #[arg(long, env = "SLUICE_ORG")]
-        org: String,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
 }
 
 /// Reads a configuration file and the files it names, beside it.
@@ -393,46 +385,4 @@ fn job_id(c: &action::Deployed) -> Option<String> {
     [action::TABLE_TO_TABLE, action::TABLE_TO_STORAGE]
         .contains(&c.configuration_type.as_str())
         .then(|| action::job_id(&c.configuration_type, &c.api_id))
-}
-
-pub async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
-    match command {
-        WarehouseCommand::Add {
-            name,
-            url,
-            org,
-            store,
-        } => {
-            let (control, _, _) = crate::control(&store).await?;
-            let w = control
-                .add_warehouse(&org, &name, &url)
-                .await
-                .map_err(print_error)?;
-            println!("warehouse {} of {org}: {}", w.name, w.url_shown);
-        }
-        WarehouseCommand::List { org, json, store } => {
-            let (control, _, _) = crate::control(&store).await?;
-            let list = control.warehouses(&org).await.map_err(print_error)?;
-            if json {
-                let out: Vec<_> = list
-                    .iter()
-                    .map(|w| json!({"name": w.name, "url": w.url_shown}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(out));
-            } else {
-                for w in list {
-                    println!("{:<24} {}", w.name, w.url_shown);
-                }
-            }
-        }
-        WarehouseCommand::Remove { name, org, store } => {
-            let (control, _, _) = crate::control(&store).await?;
-            control
-                .remove_warehouse(&org, &name)
-                .await
-                .map_err(print_error)?;
-            println!("warehouse {name} of {org} removed");
-        }
-    }
-    Ok(())
 }

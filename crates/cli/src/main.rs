@@ -357,12 +357,12 @@ enum Command {
     /// The warehouses the action API's project names stand for.
     Warehouse {
         #[command(subcommand)]
-        command: config::WarehouseCommand,
+        command: config::NamedCommand,
     },
     /// The object stores the action API's bucket names stand for.
     Bucket {
         #[command(subcommand)]
-        command: config::BucketCommand,
+        command: config::NamedCommand,
     },
     /// The sources an organization's jobs made through the API may read.
     Source {
@@ -1045,8 +1045,8 @@ async fn run(started: Instant) -> anyhow::Result<()> {
         Command::Apikey { command } => space::apikey(command).await?,
         Command::Source { command } => source::source(command).await?,
         Command::Config { command } => config::config(command).await?,
-        Command::Warehouse { command } => config::warehouse(command).await?,
-        Command::Bucket { command } => config::bucket(command).await?,
+        Command::Warehouse { command } => config::named(config::Named::Warehouse, command).await?,
+        Command::Bucket { command } => config::named(config::Named::Bucket, command).await?,
         Command::Deployment {
             command:
                 DeploymentCommand::Limits {

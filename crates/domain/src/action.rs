@@ -530,18 +530,10 @@ pub fn parse_table_to_table(
             None
         })
     });
-    let schedule = match f.text("schedule_interval", &mut p) {
-        s if s.is_empty() || s == "None" || s == "none" => None,
-        s => {
-            if cron_fields(&s).is_none() {
-                p.push(problem(
-                    "schedule_interval",
-                    format!("expected \"None\" or a cron expression of 5 fields, got `{s}`"),
-                ));
-            }
-            Some(s)
-        }
-    };
+    if doc.get("schedule_interval").is_none() {
+        p.push(problem("schedule_interval", "required"));
+    }
+    let schedule = f.schedule("schedule_interval", &mut p);
     let max_active_runs = f.count("max_active_runs", 1, &mut p);
     let task_concurrency = f.count("task_concurrency", 5, &mut p);
     let default_project = f.text("default_gcp_project_id", &mut p);
@@ -572,15 +564,7 @@ pub fn parse_table_to_table(
         Some(_) => p.push(problem("workflow", "expected an array of tasks")),
         None => p.push(problem("workflow", "required")),
     }
-    let mut seen = BTreeSet::new();
-    for t in &tasks {
-        if !seen.insert(t.id.as_str()) {
-            p.push(problem(
-                "workflow",
-                format!("task id `{}` is used twice", t.id),
-            ));
-        }
-    }
+    twice("workflow", tasks.iter().map(|t| t.id.as_str()), &mut p);
     let deps: Vec<String> = match doc.get("task_dependencies") {
         Some(Value::Array(list)) => list
             .iter()
@@ -655,6 +639,16 @@ pub fn parse_table_to_table(
     })
 }
 
+/// Names each task id of `ids` used more than once.
+fn twice<'a>(path: &str, ids: impl Iterator<Item = &'a str>, p: &mut Vec<Problem>) {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            p.push(problem(path, format!("task id `{id}` is used twice")));
+        }
+    }
+}
+
 /// The fields of one JSON object, read with their path for problems.
 struct Fields<'a> {
     doc: &'a Value,
@@ -664,6 +658,21 @@ struct Fields<'a> {
 impl Fields<'_> {
     fn path(&self, field: &str) -> String {
         format!("{}{field}", self.prefix)
+    }
+
+    /// A schedule: `"None"` (or nothing) for none, else a five-field cron
+    /// expression.
+    fn schedule(&self, field: &str, p: &mut Vec<Problem>) -> Option<String> {
+        let s = self
+            .opt_text(field, p)
+            .filter(|s| !s.is_empty() && s != "None" && s != "none")?;
+        if cron_fields(&s).is_none() {
+            p.push(problem(
+                self.path(field),
+                format!("expected \"None\" or a cron expression of 5 fields, got `{s}`"),
+            ));
+        }
+        Some(s)
     }
 
     fn opt_text(&self, field: &str, p: &mut Vec<Problem>) -> Option<String> {
@@ -1186,17 +1195,7 @@ pub fn parse_table_to_storage(
     }
     let activated = f.boolean("activated", true, &mut p);
     let archived = f.boolean("archived", false, &mut p);
-    let schedule = f
-        .opt_text("schedule_interval", &mut p)
-        .filter(|s| !s.is_empty() && s != "None" && s != "none");
-    if let Some(cron) = &schedule {
-        if cron_fields(cron).is_none() {
-            p.push(problem(
-                "schedule_interval",
-                format!("expected \"None\" or a cron expression of 5 fields, got `{cron}`"),
-            ));
-        }
-    }
+    let schedule = f.schedule("schedule_interval", &mut p);
     let generate_top_file = f.boolean("generate_top_file", false, &mut p);
     let delete_dest_bucket_content = f.boolean("delete_dest_bucket_content", false, &mut p);
     let mut tasks = Vec::new();
@@ -1305,15 +1304,7 @@ pub fn parse_table_to_storage(
         Some(_) => p.push(problem("tasks", "expected a non-empty array of tasks")),
         None => p.push(problem("tasks", "required")),
     }
-    let mut seen = BTreeSet::new();
-    for t in &tasks {
-        if !seen.insert(t.task_id.as_str()) {
-            p.push(problem(
-                "tasks",
-                format!("task id `{}` is used twice", t.task_id),
-            ));
-        }
-    }
+    twice("tasks", tasks.iter().map(|t| t.task_id.as_str()), &mut p);
     p.dedup();
     if !p.is_empty() {
         return Err(p);
@@ -1382,17 +1373,7 @@ pub fn parse_workflow(doc: &Value) -> Result<Workflow, Vec<Problem>> {
     }
     let activated = f.boolean("activated", true, &mut p);
     let archived = f.boolean("archived", false, &mut p);
-    let reset_schedule = f
-        .opt_text("schedule_interval_reset", &mut p)
-        .filter(|s| !s.is_empty() && s != "None");
-    if let Some(cron) = &reset_schedule {
-        if cron_fields(cron).is_none() {
-            p.push(problem(
-                "schedule_interval_reset",
-                format!("expected a cron expression of 5 fields, got `{cron}`"),
-            ));
-        }
-    }
+    let reset_schedule = f.schedule("schedule_interval_reset", &mut p);
     let authorized_job_ids = match doc.get("authorized_job_ids") {
         Some(Value::Array(list)) if !list.is_empty() => list
             .iter()
