@@ -212,19 +212,6 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn lock_action_run(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        id: &str,
-    ) -> Result<ActionRun> {
-        RUNS.lock(tx, self.dialect, id)
-            .await?
-            .as_ref()
-            .map(run_from_row)
-            .transpose()?
-            .ok_or_else(|| not_found("run", id))
-    }
-
     async fn insert_action_run(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -660,7 +647,16 @@ impl ActionStore for SqlStore {
 
     async fn action_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        let status = RUNS.start(&mut tx, self.dialect, id, token, now).await?;
+        let started = RUNS.start(&mut tx, self.dialect, id, token, now).await;
+        let status = match started {
+            Ok(v) => v,
+            Err(e) => {
+                // At once: a dropped transaction's row lock would make
+                // claimers skip the row until its connection is reused.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
         tx.commit().await?;
         Ok(status)
     }
@@ -683,10 +679,17 @@ impl ActionStore for SqlStore {
         now: Timestamp,
     ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        let run = self.lock_action_run(&mut tx, id).await?;
-        if run.lease_token != token || !run.status.is_leased() {
-            return Err(StoreError::LeaseLost(id.to_owned()));
-        }
+        let ended = RUNS.ending(&mut tx, self.dialect, id, token).await;
+        let (from, row) = match ended {
+            Ok(v) => v,
+            Err(e) => {
+                // At once: a dropped transaction's row lock would make
+                // claimers skip the row until its connection is reused.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        let run = run_from_row(&row)?;
         let (next, error, warned, stopped) = match outcome {
             ActionOutcome::Succeeded { warned, stopped } => {
                 (RunStatus::Succeeded, None, *warned, *stopped)
@@ -697,11 +700,6 @@ impl ActionStore for SqlStore {
             ActionOutcome::Failed { error } => {
                 (RunStatus::Failed, Some(error.clone()), false, false)
             }
-        };
-        let from = if run.status == RunStatus::Starting {
-            RunStatus::Starting.transition(RunStatus::Running)?
-        } else {
-            run.status
         };
         from.transition(next)?;
         sqlx::query(

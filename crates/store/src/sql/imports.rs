@@ -479,24 +479,25 @@ impl ImportStore for SqlStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<Query>> {
-        let mut tx = self.begin().await?;
-        let rows = QUERIES
-            .claim(&mut tx, self.dialect, worker, limit, ttl, now)
-            .await?;
-        let mut claimed = rows
-            .iter()
-            .map(query_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit().await?;
-        claimed.sort_by_key(|q| q.seq);
-        Ok(claimed)
+        QUERIES
+            .claim_into(self, worker, limit, ttl, now, query_from_row)
+            .await
     }
 
     async fn query_running(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        let status = QUERIES
+        let started = QUERIES
             .start(&mut tx, self.dialect, id.as_str(), token, now)
-            .await?;
+            .await;
+        let status = match started {
+            Ok(v) => v,
+            Err(e) => {
+                // At once: a dropped transaction's row lock would make
+                // claimers skip the row until its connection is reused.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
         tx.commit().await?;
         Ok(status)
     }
@@ -521,10 +522,19 @@ impl ImportStore for SqlStore {
         now: Timestamp,
     ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
-        let q = self.lock_query(&mut tx, id).await?;
-        if q.lease_token != token || !q.status.is_leased() {
-            return Err(StoreError::LeaseLost(id.to_string()));
-        }
+        let ended = QUERIES
+            .ending(&mut tx, self.dialect, id.as_str(), token)
+            .await;
+        let (from, row) = match ended {
+            Ok(v) => v,
+            Err(e) => {
+                // At once: a dropped transaction's row lock would make
+                // claimers skip the row until its connection is reused.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        let q = query_from_row(&row)?;
         let (next, error, records, window) = match outcome {
             QueryOutcome::Succeeded {
                 records,
@@ -545,11 +555,6 @@ impl ImportStore for SqlStore {
         };
         // A query started by hand goes STARTING → RUNNING → end; one that
         // never reached RUNNING ends through it.
-        let from = if q.status == RunStatus::Starting {
-            RunStatus::Starting.transition(RunStatus::Running)?
-        } else {
-            q.status
-        };
         from.transition(next)?;
         sqlx::query(
             "UPDATE import_queries SET status = $1, error = $2, records = $3, \

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{micros, Dialect};
+use super::{micros, Dialect, SqlStore};
 use crate::{Result, StoreError};
 use sluice_domain::time::Timestamp;
 use sluice_domain::{AttemptEnd, RunStatus};
@@ -171,6 +171,60 @@ impl Leased {
 }
 
 impl Leased {
+    /// Claims up to `limit` RUNNABLE rows (see [`Leased::claim`]) in a
+    /// transaction of its own; answers them read by `parse`, in claim
+    /// order (`seq`).
+    pub async fn claim_into<T>(
+        &self,
+        store: &SqlStore,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+        parse: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut tx = store.begin().await?;
+        let rows = self
+            .claim(&mut tx, store.dialect, worker, limit, ttl, now)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((row.try_get::<i64, _>("seq")?, parse(row)?));
+        }
+        tx.commit().await?;
+        claimed.sort_by_key(|(seq, _)| *seq);
+        Ok(claimed.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// The status an attempt of `id` holding `token` ends from, locked in
+    /// `tx`: a STARTING one ends through RUNNING. [`StoreError::LeaseLost`]
+    /// when the lease is not `token`'s any more.
+    pub async fn ending(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        dialect: Dialect,
+        id: &str,
+        token: i64,
+    ) -> Result<(RunStatus, AnyRow)> {
+        let row = self
+            .lock(tx, dialect, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("`{id}`")))?;
+        let status: RunStatus = row
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+        if row.try_get::<i64, _>("lease_token")? != token || !status.is_leased() {
+            return Err(StoreError::LeaseLost(id.to_owned()));
+        }
+        let from = if status == RunStatus::Starting {
+            RunStatus::Starting.transition(RunStatus::Running)?
+        } else {
+            status
+        };
+        Ok((from, row))
+    }
+
     /// Moves the lease of `id` holding `token` to RUNNING (a STARTING one)
     /// and answers its status — RUNNING, or CANCELING when a cancel came
     /// first — or [`StoreError::LeaseLost`] when the lease is not `token`'s.
