@@ -435,7 +435,16 @@ async fn run_tasks(
                 (k, done)
             });
         }
-        let Some((k, done)) = running.next().await else {
+        // A cancel, or a lease lost, stops the run at once: the running
+        // tasks' connections are dropped with them, so their transactions
+        // roll back.
+        let next = tokio::select! {
+            next = running.next() => next,
+            () = stopped_by(&cancel) => {
+                return Err("cancelled (or the lease was lost): the running tasks rolled back".into());
+            }
+        };
+        let Some((k, done)) = next else {
             break;
         };
         let t = &c.tasks[k];
@@ -488,6 +497,13 @@ async fn run_tasks(
         }
     }
     Ok((warned, stopped))
+}
+
+/// Resolves once `cancel` is set.
+async fn stopped_by(cancel: &AtomicBool) {
+    while !cancel.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Every dataset a configuration names, by project.
