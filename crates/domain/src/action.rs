@@ -47,6 +47,7 @@ pub const TABLE_TO_TABLE: &str = "table-to-table";
 pub const CONTEXT: &str = "context";
 pub const WORKFLOW: &str = "workflow";
 pub const TABLE_TO_STORAGE: &str = "table-to-storage";
+pub const STORAGE_TO_STORAGE: &str = "storage-to-storage";
 
 /// A run's status as the action API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1322,6 +1323,282 @@ pub fn parse_table_to_storage(
     })
 }
 
+/// Where a storage-to-storage file comes from or goes: a bucket the
+/// administrator declared, and a folder in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Place {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+/// A storage-to-storage configuration (version 3), checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageToStorage {
+    pub configuration_id: String,
+    pub account: String,
+    pub environment: String,
+    pub activated: bool,
+    pub archived: bool,
+    pub templates: Vec<String>,
+    pub source: Place,
+    /// Where a copied file is archived in the source's bucket (None: not).
+    pub archive_prefix: Option<String>,
+    pub destinations: Vec<Place>,
+    /// NONE, PROCESS, TRIGGER_FAILED_STATUS or TRIGGER_SUCCESS_STATUS.
+    pub empty_file_policy: String,
+    pub max_active_runs: u32,
+}
+
+impl StorageToStorage {
+    /// The job id of a template's runs:
+    /// `storage-to-storage|<account>|<configuration_id>|<ENV>|<template>`.
+    pub fn job_id(&self, template: &str) -> String {
+        format!(
+            "storage-to-storage|{}|{}|{}|{template}",
+            self.account, self.configuration_id, self.environment
+        )
+    }
+
+    /// The first template `name` matches, and the file's date by it.
+    pub fn matching(&self, name: &str) -> Option<(&str, Option<NaiveDate>)> {
+        self.templates
+            .iter()
+            .find_map(|t| match_template(t, name).map(|d| (t.as_str(), d)))
+    }
+}
+
+/// One piece of a filename template.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    /// `n` digits standing for a date part.
+    Digits(usize, &'static str),
+    /// `{{FD_BLOB_n}}`: any `n` characters.
+    Any(usize),
+}
+
+fn pieces(template: &str) -> Option<Vec<Piece>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            out.push(Piece::Text(rest[..start].to_owned()));
+        }
+        let end = rest[start..].find("}}")? + start;
+        let var = &rest[start + 2..end];
+        out.push(match var {
+            "FD_DATE" => Piece::Digits(8, "date"),
+            "FD_TIME" => Piece::Digits(6, "time"),
+            "FD_DATE_YEAR_4" => Piece::Digits(4, "year4"),
+            "FD_DATE_YEAR_2" => Piece::Digits(2, "year2"),
+            "FD_DATE_MONTH" => Piece::Digits(2, "month"),
+            "FD_DATE_DAY" => Piece::Digits(2, "day"),
+            v => Piece::Any(
+                v.strip_prefix("FD_BLOB_")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)?,
+            ),
+        });
+        rest = &rest[end + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest.to_owned()));
+    }
+    Some(out)
+}
+
+/// Whether file `name` matches `template` (`*` matches every file); the
+/// file's date when the template carries one: `{{FD_DATE}}` first, else
+/// the year, month and day parts (a missing month or day is 01; a two-digit
+/// year is 20YY).
+pub fn match_template(template: &str, name: &str) -> Option<Option<NaiveDate>> {
+    if template == "*" {
+        return Some(None);
+    }
+    let pieces = pieces(template)?;
+    let mut at = 0;
+    let mut parts: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in &pieces {
+        match p {
+            Piece::Text(t) => {
+                if !name[at..].starts_with(t.as_str()) {
+                    return None;
+                }
+                at += t.len();
+            }
+            Piece::Digits(n, kind) => {
+                let part = name.get(at..at + n)?;
+                if !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                parts.insert(kind, part);
+                at += n;
+            }
+            Piece::Any(n) => {
+                let part = name.get(at..)?;
+                let len: usize = part.chars().take(*n).map(char::len_utf8).sum();
+                if part.chars().count() < *n {
+                    return None;
+                }
+                at += len;
+            }
+        }
+    }
+    if at != name.len() {
+        return None;
+    }
+    let date = if let Some(d) = parts.get("date") {
+        NaiveDate::parse_from_str(d, "%Y%m%d").ok()
+    } else {
+        let year = match (parts.get("year4"), parts.get("year2")) {
+            (Some(y), _) => y.parse::<i32>().ok(),
+            (None, Some(y)) => y.parse::<i32>().ok().map(|y| 2000 + y),
+            _ => None,
+        };
+        let part = |k: &str| {
+            parts
+                .get(k)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(1)
+        };
+        year.and_then(|y| NaiveDate::from_ymd_opt(y, part("month"), part("day")))
+    };
+    Some(date)
+}
+
+/// Parses and checks a storage-to-storage configuration (version 3).
+pub fn parse_storage_to_storage(doc: &Value) -> Result<StorageToStorage, Vec<Problem>> {
+    let (kind, configuration_id, environment, account) = identity(doc)?;
+    if kind != STORAGE_TO_STORAGE {
+        return Err(vec![problem(
+            "configuration_type",
+            format!("expected `{STORAGE_TO_STORAGE}`, got `{kind}`"),
+        )]);
+    }
+    let mut p = Vec::new();
+    let f = Fields { doc, prefix: "" };
+    let activated = f.boolean("activated", true, &mut p);
+    let archived = f.boolean("archived", false, &mut p);
+    let max_active_runs = f.count("max_active_runs", 5, &mut p);
+    let empty_file_policy = f
+        .opt_text("empty_file_policy", &mut p)
+        .unwrap_or_else(|| "NONE".into());
+    if ![
+        "NONE",
+        "PROCESS",
+        "TRIGGER_FAILED_STATUS",
+        "TRIGGER_SUCCESS_STATUS",
+    ]
+    .contains(&empty_file_policy.as_str())
+    {
+        p.push(problem(
+            "empty_file_policy",
+            format!(
+                "expected NONE, PROCESS, TRIGGER_FAILED_STATUS or TRIGGER_SUCCESS_STATUS, got \
+                 `{empty_file_policy}`"
+            ),
+        ));
+    }
+    let mut templates = Vec::new();
+    match doc.get("filename_templates") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            for (i, t) in list.iter().enumerate() {
+                let path = format!("filename_templates[{i}].filename_template");
+                match t.get("filename_template").and_then(Value::as_str) {
+                    Some(x) if x == "*" || pieces(x).is_some() => templates.push(x.to_owned()),
+                    Some(x) => p.push(problem(
+                        path,
+                        format!("`{x}`: a template's variables are FD_DATE, FD_TIME, FD_DATE_YEAR_4, FD_DATE_YEAR_2, FD_DATE_MONTH, FD_DATE_DAY and FD_BLOB_n"),
+                    )),
+                    None => p.push(problem(path, "required")),
+                }
+            }
+        }
+        _ => p.push(problem(
+            "filename_templates",
+            "required: an array of {filename_template}",
+        )),
+    }
+    let place = |v: Option<&Value>,
+                 path: &str,
+                 bucket: [&str; 3],
+                 prefix: [&str; 3],
+                 p: &mut Vec<Problem>| {
+        let Some(v) = v.filter(|v| v.is_object()) else {
+            p.push(problem(path, "required: an object"));
+            return None;
+        };
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("gcs");
+        let (b, x) = match kind {
+            "gcs" => (bucket[0], prefix[0]),
+            "s3" => (bucket[1], prefix[1]),
+            "local" => (bucket[2], prefix[2]),
+            other => {
+                p.push(problem(
+                    format!("{path}.type"),
+                    format!(
+                        "expected gcs, s3 or local, got `{other}` (azure and sftp are not served)"
+                    ),
+                ));
+                return None;
+            }
+        };
+        let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let Some(bucket) = get(b).filter(|s| !s.is_empty()) else {
+            p.push(problem(format!("{path}.{b}"), "required"));
+            return None;
+        };
+        Some((
+            Place {
+                bucket,
+                prefix: get(x).unwrap_or_default().trim_matches('/').to_owned(),
+            },
+            get("archive_prefix").filter(|a| !a.is_empty()),
+        ))
+    };
+    let source = place(
+        doc.get("source"),
+        "source",
+        ["gcs_source_bucket", "s3_source_bucket", "bucket"],
+        ["gcs_source_prefix", "s3_source_prefix", "prefix"],
+        &mut p,
+    );
+    let mut destinations = Vec::new();
+    match doc.get("destinations") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            for (i, d) in list.iter().enumerate() {
+                if let Some((place, _)) = place(
+                    Some(d),
+                    &format!("destinations[{i}]"),
+                    ["gcs_destination_bucket", "s3_bucket", "bucket"],
+                    ["gcs_destination_prefix", "s3_destination_prefix", "prefix"],
+                    &mut p,
+                ) {
+                    destinations.push(place);
+                }
+            }
+        }
+        _ => p.push(problem("destinations", "required: a non-empty array")),
+    }
+    let (Some((source, archive_prefix)), true) = (source, p.is_empty()) else {
+        return Err(p);
+    };
+    Ok(StorageToStorage {
+        configuration_id,
+        account,
+        environment,
+        activated,
+        archived,
+        templates,
+        source,
+        archive_prefix: archive_prefix.map(|a| a.trim_matches('/').to_owned()),
+        destinations,
+        empty_file_policy,
+        max_active_runs,
+    })
+}
+
 /// The job id of a configuration's runs, as Tailer forms them:
 /// `gbq-to-gbq|<api id>` for table-to-table, `<type>|<api id>` otherwise.
 pub fn job_id(configuration_type: &str, api_id: &str) -> String {
@@ -1519,6 +1796,8 @@ pub struct ActionRun {
     pub job_id: String,
     /// The run's logical date (`{{FD_DATE}}`).
     pub execution_date: NaiveDate,
+    /// What the run works on: a storage-to-storage run's file.
+    pub input: Option<String>,
     pub status: RunStatus,
     /// A status set by hand (`CHECKED`), which the API reports instead.
     pub reported: Option<ActionStatus>,
@@ -1550,6 +1829,7 @@ impl ActionRun {
             version: c.version,
             job_id: job_id(&c.configuration_type, &c.api_id),
             execution_date: date,
+            input: None,
             status: RunStatus::Pending,
             reported: None,
             warned: false,
@@ -1729,6 +2009,36 @@ mod tests {
         assert!(valid_task_id("fill_orders_agg"));
         assert!(!valid_task_id("fill-orders"));
         assert!(!valid_task_id("ab_"));
+    }
+
+    #[test]
+    fn filename_templates_match_and_date_their_files() {
+        let d = |y, m, day| Some(Some(NaiveDate::from_ymd_opt(y, m, day).unwrap()));
+        assert_eq!(
+            match_template(
+                "orders_{{FD_DATE}}_{{FD_TIME}}.csv",
+                "orders_20240131_235959.csv"
+            ),
+            d(2024, 1, 31)
+        );
+        assert_eq!(
+            match_template("orders_{{FD_DATE}}.csv", "orders_2024013.csv"),
+            None
+        );
+        assert_eq!(
+            match_template("orders_{{FD_DATE}}.csv", "stores_20240131.csv"),
+            None
+        );
+        assert_eq!(
+            match_template(
+                "s_{{FD_DATE_YEAR_2}}{{FD_DATE_MONTH}}_{{FD_BLOB_3}}.txt",
+                "s_2403_abc.txt"
+            ),
+            d(2024, 3, 1)
+        );
+        assert_eq!(match_template("s_{{FD_BLOB_3}}.txt", "s_ab.txt"), None);
+        assert_eq!(match_template("*", "anything"), Some(None));
+        assert_eq!(match_template("plain.csv", "plain.csv"), Some(None));
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl ActionRunner {
         if let Err(e) = self.schedule(now).await {
             tracing::warn!("scheduling action runs: {e}");
         }
+        if let Err(e) = self.watch(now).await {
+            tracing::warn!("watching storage-to-storage sources: {e}");
+        }
         if let Err(e) = self.store.queue_action_runs(now).await {
             tracing::warn!("queueing action runs: {e}");
         }
@@ -162,6 +165,76 @@ impl ActionRunner {
             let run = ActionRun::new(&c, due.date_naive(), now);
             if self.store.schedule_action_run(&run, due, next).await? {
                 tracing::info!("scheduled run {} of {}", run.id, c.api_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at every storage-to-storage source: each file there (by name,
+    /// size and time) is recorded once, with the run that copies it — the
+    /// run of the first template it matches, or one that ends NO_MATCH.
+    async fn watch(&self, now: Timestamp) -> Result<(), String> {
+        let configs = self
+            .store
+            .active_configurations(action::STORAGE_TO_STORAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        for c in configs {
+            let Ok(sts) = serde_json::from_value::<action::StorageToStorage>(c.body.clone()) else {
+                continue;
+            };
+            let buckets = self
+                .store
+                .buckets_of(&c.organization_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(bucket) = buckets.iter().find(|b| b.name == sts.source.bucket) else {
+                continue;
+            };
+            let blobs = crate::blob::Blobs::open(&self.sealer.open(&bucket.url_sealed)?)
+                .map_err(|e| e.to_string())?;
+            let prefix = &sts.source.prefix;
+            let entries = match blobs.entries(prefix).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("listing {} of {}: {e}", sts.source.bucket, c.api_id);
+                    continue;
+                }
+            };
+            for e in entries {
+                let name = if prefix.is_empty() {
+                    e.key.as_str()
+                } else {
+                    match e
+                        .key
+                        .strip_prefix(prefix.as_str())
+                        .and_then(|r| r.strip_prefix('/'))
+                    {
+                        Some(n) => n,
+                        None => continue,
+                    }
+                };
+                // Files in the source's own folder, not below it.
+                if name.contains('/') {
+                    continue;
+                }
+                let (job, date) = match sts.matching(name) {
+                    Some((template, date)) => (sts.job_id(template), date),
+                    None => (sts.job_id("NO_MATCH"), None),
+                };
+                let mut run = ActionRun::new(&c, date.unwrap_or_else(|| now.date_naive()), now);
+                run.job_id = job;
+                run.input = Some(e.key.clone());
+                let fingerprint = format!("{}:{}", e.size, e.changed);
+                if self
+                    .store
+                    .record_arrival(&run, &e.key, &fingerprint)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    tracing::info!("{} arrived for {}: run {}", e.key, c.api_id, run.id);
+                    self.wakers.actions.notify_one();
+                }
             }
         }
         Ok(())
@@ -236,6 +309,7 @@ impl ActionRunner {
                         Work::Exports(c) => run_exports(c, &plan, run, tx)
                             .await
                             .map(|()| (false, false)),
+                        Work::Transfer(c) => run_transfer(c, &plan, run, tx).await,
                     }
                 })
             })
@@ -254,7 +328,12 @@ impl ActionRunner {
         }
         let outcome = match outcome {
             Ok((warned, stopped)) => ActionOutcome::Succeeded { warned, stopped },
-            Err(error) => ActionOutcome::Failed { error },
+            Err(error) => match error.strip_prefix(NO_MATCH) {
+                Some(error) => ActionOutcome::NoMatch {
+                    error: error.to_owned(),
+                },
+                None => ActionOutcome::Failed { error },
+            },
         };
         self.finish(&run, outcome).await
     }
@@ -280,6 +359,8 @@ impl ActionRunner {
         };
         let work = if run.configuration_type == action::TABLE_TO_STORAGE {
             Work::Exports(serde_json::from_value(body).map_err(unreadable)?)
+        } else if run.configuration_type == action::STORAGE_TO_STORAGE {
+            Work::Transfer(serde_json::from_value(body).map_err(unreadable)?)
         } else {
             Work::Tables(serde_json::from_value(body).map_err(unreadable)?)
         };
@@ -345,6 +426,7 @@ struct Plan {
 enum Work {
     Tables(TableToTable),
     Exports(action::TableToStorage),
+    Transfer(action::StorageToStorage),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -755,4 +837,155 @@ async fn export(
         messages.push(format!("wrote {top}"));
     }
     Ok((rows, messages))
+}
+
+/// How a transfer's error says no template matched its file.
+const NO_MATCH: &str = "NO_MATCH: ";
+
+/// Copies a storage-to-storage run's file to every destination, checks
+/// each copy (size and SHA-256 read back), archives it, then removes it
+/// from the source. Run again after a crash, it finds what is done: copies
+/// are written to the same keys, and a source already removed means an
+/// earlier attempt checked every copy first.
+async fn run_transfer(
+    c: &action::StorageToStorage,
+    plan: &Plan,
+    run: ActionRun,
+    tx: mpsc::UnboundedSender<ActionTask>,
+) -> Result<(bool, bool), String> {
+    use sha2::Digest;
+    let key = run.input.clone().ok_or("the run names no file")?;
+    let name = key.rsplit('/').next().unwrap_or(&key).to_owned();
+    let mut record = ActionTask {
+        run_id: run.id.clone(),
+        task_id: "transfer".into(),
+        position: 0,
+        status: "RUNNING".into(),
+        attempt: run.attempt,
+        started_at: Some(time::now()),
+        finished_at: None,
+        rows: 0,
+        messages: vec![format!("file {key}")],
+    };
+    let _ = tx.send(record.clone());
+    let open = |bucket: &str| -> Result<crate::blob::Blobs, String> {
+        let url = plan.buckets.get(bucket).ok_or_else(|| {
+            format!("bucket `{bucket}` is not a bucket of this organization (any more)")
+        })?;
+        crate::blob::Blobs::open(url).map_err(|e| e.to_string())
+    };
+    let result =
+        async {
+            let Some((_, date)) = c.matching(&name) else {
+                return Err(format!("{NO_MATCH}no filename template matches {name}"));
+            };
+            let source = open(&c.source.bucket)?;
+            let join = |prefix: &str, n: &str| {
+                if prefix.is_empty() {
+                    n.to_owned()
+                } else {
+                    format!("{prefix}/{n}")
+                }
+            };
+            let bytes = match source.get(&key).await {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // An earlier attempt checked every copy, then removed it.
+                    for d in &c.destinations {
+                        let there = open(&d.bucket)?.get(&join(&d.prefix, &name)).await;
+                        if there.is_err() {
+                            return Err(format!(
+                                "{key} is gone from the source and not in {}",
+                                d.bucket
+                            ));
+                        }
+                    }
+                    return Ok(vec!["copied and removed by an earlier attempt".to_owned()]);
+                }
+                Err(e) => return Err(format!("reading {key}: {e}")),
+            };
+            let mut said = Vec::new();
+            if bytes.is_empty() {
+                match c.empty_file_policy.as_str() {
+                    "PROCESS" => {}
+                    "TRIGGER_FAILED_STATUS" => return Err(format!("{key} is empty")),
+                    "TRIGGER_SUCCESS_STATUS" => {
+                        return Ok(vec![format!("{key} is empty: nothing copied")]);
+                    }
+                    _ => {
+                        return Ok(vec![format!(
+                            "{key} is empty: ignored (empty_file_policy NONE)"
+                        )])
+                    }
+                }
+            }
+            let sum = hex::encode(sha2::Sha256::digest(&bytes));
+            let put_checked =
+                |blobs: crate::blob::Blobs, to: String, bytes: Vec<u8>, sum: String| async move {
+                    blobs
+                        .put(&to, &bytes)
+                        .await
+                        .map_err(|e| format!("writing {to}: {e}"))?;
+                    let back = blobs
+                        .get(&to)
+                        .await
+                        .map_err(|e| format!("reading {to} back: {e}"))?;
+                    if back.len() != bytes.len() || hex::encode(sha2::Sha256::digest(&back)) != sum
+                    {
+                        return Err(format!("{to} differs from the source once written"));
+                    }
+                    Ok::<_, String>(to)
+                };
+            for d in &c.destinations {
+                let to = put_checked(
+                    open(&d.bucket)?,
+                    join(&d.prefix, &name),
+                    bytes.clone(),
+                    sum.clone(),
+                )
+                .await?;
+                said.push(format!(
+                    "copied to {}:{to} ({} bytes, sha256 {})",
+                    d.bucket,
+                    bytes.len(),
+                    &sum[..12]
+                ));
+            }
+            if let Some(archive) = &c.archive_prefix {
+                let day = date.map_or("ALL".to_owned(), |d| d.format("%Y%m%d").to_string());
+                let to = put_checked(
+                    open(&c.source.bucket)?,
+                    format!("{archive}/{day}/{name}"),
+                    bytes.clone(),
+                    sum.clone(),
+                )
+                .await?;
+                said.push(format!("archived to {to}"));
+            }
+            source
+                .delete(&key)
+                .await
+                .map_err(|e| format!("removing {key}: {e}"))?;
+            said.push(format!("removed {key} from the source"));
+            Ok(said)
+        }
+        .await;
+    record.finished_at = Some(time::now());
+    match result {
+        Ok(messages) => {
+            record.status = "SUCCEEDED".into();
+            record.rows = 1;
+            record.messages.extend(messages);
+            let _ = tx.send(record);
+            Ok((false, false))
+        }
+        Err(e) => {
+            record.status = "FAILED".into();
+            record
+                .messages
+                .push(e.trim_start_matches(NO_MATCH).to_owned());
+            let _ = tx.send(record);
+            Err(e)
+        }
+    }
 }

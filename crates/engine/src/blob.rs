@@ -106,16 +106,34 @@ impl Blobs {
 
     /// The keys under `prefix` (a folder's), every depth.
     pub async fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        Ok(self
+            .entries(prefix)
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .collect())
+    }
+
+    /// The objects under `prefix` (a folder's), every depth, with their
+    /// size and last change.
+    pub async fn entries(&self, prefix: &str) -> std::io::Result<Vec<Entry>> {
         match self {
-            Blobs::Local(l) => l.list(prefix).await,
+            Blobs::Local(l) => l.entries(prefix).await,
             #[cfg(feature = "s3")]
             Blobs::Remote(s) => {
                 use futures_util::TryStreamExt;
-                let prefix = remote_path(prefix)?;
-                let objects: Vec<_> = s.list(Some(&prefix)).try_collect().await?;
+                let prefix = match prefix {
+                    "" => None,
+                    p => Some(remote_path(p)?),
+                };
+                let objects: Vec<_> = s.list(prefix.as_ref()).try_collect().await?;
                 Ok(objects
                     .into_iter()
-                    .map(|o| o.location.to_string())
+                    .map(|o| Entry {
+                        key: o.location.to_string(),
+                        size: o.size,
+                        changed: o.last_modified.timestamp_micros(),
+                    })
                     .collect())
             }
         }
@@ -141,6 +159,15 @@ fn remote_path(key: &str) -> std::io::Result<object_store::path::Path> {
             format!("object key `{key}`: {e}"),
         )
     })
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    /// When it last changed, in microseconds since the epoch.
+    pub changed: i64,
 }
 
 /// Objects in a local folder.
@@ -180,9 +207,14 @@ impl LocalBlobs {
         tokio::fs::read(self.path(key)?).await
     }
 
-    /// The keys under `prefix`, every depth (none: the folder is missing).
-    pub async fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        let top = self.path(prefix)?;
+    /// The objects under `prefix`, every depth (none: the folder is
+    /// missing). Temporary files of writes under way are not objects.
+    pub async fn entries(&self, prefix: &str) -> std::io::Result<Vec<Entry>> {
+        let top = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(prefix)?
+        };
         let mut keys = Vec::new();
         let mut folders = vec![top];
         while let Some(dir) = folders.pop() {
@@ -196,13 +228,29 @@ impl LocalBlobs {
                 if kind.is_dir() {
                     folders.push(e.path());
                 } else if kind.is_file() {
-                    if let Ok(rel) = e.path().strip_prefix(&self.root) {
-                        keys.push(rel.to_string_lossy().into_owned());
+                    let path = e.path();
+                    // A write under way: `<name>.tmp.<n>` (see `put`).
+                    let partial = path.to_string_lossy().contains(".tmp.");
+                    if partial {
+                        continue;
+                    }
+                    let meta = e.metadata().await?;
+                    let changed = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_micros() as i64);
+                    if let Ok(rel) = path.strip_prefix(&self.root) {
+                        keys.push(Entry {
+                            key: rel.to_string_lossy().into_owned(),
+                            size: meta.len(),
+                            changed,
+                        });
                     }
                 }
             }
         }
-        keys.sort();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(keys)
     }
 }

@@ -491,6 +491,11 @@ pub enum ActionOutcome {
     Failed {
         error: String,
     },
+    /// A storage-to-storage file no template matched: FAILED, reported
+    /// NO_MATCH.
+    NoMatch {
+        error: String,
+    },
 }
 
 /// The Tailer-style action API's records: account codes, warehouses,
@@ -540,6 +545,12 @@ pub trait ActionStore: Send + Sync + 'static {
         archived: bool,
         now: Timestamp,
     ) -> Result<action::Deployed>;
+    /// Every activated, not archived configuration of a type (the
+    /// storage-to-storage ones a runner watches).
+    async fn active_configurations(
+        &self,
+        configuration_type: &str,
+    ) -> Result<Vec<action::Deployed>>;
     /// Configurations (activated, not archived) whose next scheduled run
     /// is due at `now`.
     async fn due_configurations(&self, now: Timestamp) -> Result<Vec<action::Deployed>>;
@@ -564,6 +575,16 @@ pub trait ActionStore: Send + Sync + 'static {
 
     /// Stores a new run (PENDING).
     async fn create_action_run(&self, run: &action::ActionRun) -> Result<()>;
+    /// Records that a storage-to-storage source holds `object_key` (as
+    /// `fingerprint`: its size and time) and stores `run` for it, in one
+    /// transaction — unless that file was recorded already: answers
+    /// whether it was new.
+    async fn record_arrival(
+        &self,
+        run: &action::ActionRun,
+        object_key: &str,
+        fingerprint: &str,
+    ) -> Result<bool>;
     async fn get_action_run(&self, org: &OrganizationId, id: &str) -> Result<action::ActionRun>;
     async fn list_action_runs(
         &self,

@@ -1670,6 +1670,7 @@ fn action_run(c: &action::Deployed, version: i64) -> action::ActionRun {
         version,
         job_id: format!("gbq-to-gbq|{}", c.api_id),
         execution_date: now.date_naive(),
+        input: None,
         status: RunStatus::Pending,
         reported: None,
         warned: false,

@@ -339,6 +339,55 @@ impl Control {
                     modified_at: now,
                 }
             }
+            action::STORAGE_TO_STORAGE => {
+                let c = action::parse_storage_to_storage(&doc)
+                    .map_err(|p| problems("the configuration", p))?;
+                let declared: BTreeSet<String> = self
+                    .store
+                    .buckets_of(&org)
+                    .await?
+                    .into_iter()
+                    .map(|b| b.name)
+                    .collect();
+                let mut p = Vec::new();
+                let places = std::iter::once(("source".to_owned(), &c.source)).chain(
+                    c.destinations
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| (format!("destinations[{i}]"), d)),
+                );
+                for (path, place) in places {
+                    if !declared.contains(&place.bucket) {
+                        p.push(Problem {
+                            path,
+                            message: format!(
+                                "bucket `{}` is not a bucket of this organization: declare it \
+                                 with `sluice bucket add {} local --org {org}` (or file:///…, s3://…)",
+                                place.bucket, place.bucket
+                            ),
+                        });
+                    }
+                }
+                if !p.is_empty() {
+                    return Err(problems("the configuration", p));
+                }
+                Deployed {
+                    organization_id: org.clone(),
+                    configuration_type: kind.clone(),
+                    api_id: id.clone(),
+                    configuration_id: id.clone(),
+                    account: account.clone(),
+                    environment: environment.clone(),
+                    version: 0,
+                    activated: c.activated,
+                    archived: c.archived,
+                    max_active_runs: c.max_active_runs,
+                    body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
+                    next_run_at: None,
+                    created_at: now,
+                    modified_at: now,
+                }
+            }
             action::WORKFLOW => {
                 let w = action::parse_workflow(&doc).map_err(|p| problems("the workflow", p))?;
                 let next_run_at = match (&w.reset_schedule, w.activated && !w.archived) {

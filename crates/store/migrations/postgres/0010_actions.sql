@@ -62,6 +62,7 @@ CREATE TABLE action_runs (
     version             BIGINT NOT NULL,
     job_id              TEXT NOT NULL,
     execution_date      TEXT NOT NULL,
+    input               TEXT,
     status              TEXT NOT NULL,
     reported            TEXT,
     warned              BIGINT NOT NULL DEFAULT 0,
@@ -103,4 +104,17 @@ CREATE TABLE workflow_successes (
     run_id           TEXT NOT NULL,
     succeeded_at     BIGINT NOT NULL,
     PRIMARY KEY (organization_id, workflow_id, job_id)
+);
+
+-- Files a storage-to-storage configuration's source holds, each recorded
+-- once (by name and fingerprint) with the run it started, in one
+-- transaction.
+CREATE TABLE action_arrivals (
+    organization_id  TEXT NOT NULL,
+    api_id           TEXT NOT NULL,
+    object_key       TEXT NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    run_id           TEXT NOT NULL,
+    seen_at          BIGINT NOT NULL,
+    PRIMARY KEY (organization_id, api_id, object_key, fingerprint)
 );

@@ -39,7 +39,7 @@ fn config_from_row(row: &AnyRow) -> Result<Deployed> {
 }
 
 const RUN_COLUMNS: &str = "seq, id, organization_id, configuration_type, api_id, version, \
-     job_id, execution_date, status, reported, warned, stopped, error, attempt, lease_owner, \
+     job_id, execution_date, input, status, reported, warned, stopped, error, attempt, lease_owner, \
      lease_token, \
      created_at, started_at, finished_at, modified_at";
 
@@ -57,6 +57,7 @@ fn run_from_row(row: &AnyRow) -> Result<ActionRun> {
         job_id: row.try_get("job_id")?,
         execution_date: NaiveDate::parse_from_str(&date, "%Y-%m-%d")
             .map_err(|e| StoreError::Corrupt(format!("execution date `{date}`: {e}")))?,
+        input: row.try_get("input")?,
         status: status
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
@@ -219,8 +220,8 @@ impl SqlStore {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO action_runs (id, organization_id, configuration_type, api_id, version, \
-             job_id, execution_date, status, created_at, modified_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+             job_id, execution_date, status, created_at, modified_at, input) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
         )
         .bind(&run.id)
         .bind(run.organization_id.as_str())
@@ -231,6 +232,7 @@ impl SqlStore {
         .bind(run.execution_date.format("%Y-%m-%d").to_string())
         .bind(RunStatus::Pending.as_str())
         .bind(micros(run.created_at))
+        .bind(run.input.as_deref())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -430,6 +432,17 @@ impl ActionStore for SqlStore {
             .await
     }
 
+    async fn active_configurations(&self, configuration_type: &str) -> Result<Vec<Deployed>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM {CONFIG_FROM} WHERE c.configuration_type = $1 \
+             AND c.activated <> 0 AND c.archived = 0 ORDER BY c.organization_id, c.api_id"
+        ))
+        .bind(configuration_type)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(config_from_row).collect()
+    }
+
     async fn due_configurations(&self, now: Timestamp) -> Result<Vec<Deployed>> {
         let rows = sqlx::query(&format!(
             "SELECT {CONFIG_COLUMNS} FROM {CONFIG_FROM} WHERE c.next_run_at IS NOT NULL \
@@ -487,6 +500,34 @@ impl ActionStore for SqlStore {
         .execute(&self.write)
         .await?;
         Ok(())
+    }
+
+    async fn record_arrival(
+        &self,
+        run: &ActionRun,
+        object_key: &str,
+        fingerprint: &str,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO action_arrivals (organization_id, api_id, object_key, fingerprint, \
+             run_id, seen_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(run.organization_id.as_str())
+        .bind(&run.api_id)
+        .bind(object_key)
+        .bind(fingerprint)
+        .bind(&run.id)
+        .bind(micros(run.created_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if fresh == 0 {
+            return Ok(false);
+        }
+        self.insert_action_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn create_action_run(&self, run: &ActionRun) -> Result<()> {
@@ -690,9 +731,14 @@ impl ActionStore for SqlStore {
             }
         };
         let run = run_from_row(&row)?;
+        let mut reported = None;
         let (next, error, warned, stopped) = match outcome {
             ActionOutcome::Succeeded { warned, stopped } => {
                 (RunStatus::Succeeded, None, *warned, *stopped)
+            }
+            ActionOutcome::NoMatch { error } => {
+                reported = Some(ActionStatus::NoMatch.as_str());
+                (RunStatus::Failed, Some(error.clone()), false, false)
             }
             ActionOutcome::Failed { error } if run.status == RunStatus::Canceling => {
                 (RunStatus::Cancelled, Some(error.clone()), false, false)
@@ -704,7 +750,8 @@ impl ActionStore for SqlStore {
         from.transition(next)?;
         sqlx::query(
             "UPDATE action_runs SET status = $1, error = $2, warned = $3, stopped = $4, \
-             finished_at = $5, modified_at = $5, lease_expires_at = NULL WHERE id = $6",
+             finished_at = $5, modified_at = $5, lease_expires_at = NULL, \
+             reported = COALESCE($7, reported) WHERE id = $6",
         )
         .bind(next.as_str())
         .bind(error)
@@ -712,6 +759,7 @@ impl ActionStore for SqlStore {
         .bind(stopped as i64)
         .bind(micros(now))
         .bind(id)
+        .bind(reported)
         .execute(&mut *tx)
         .await?;
         if next == RunStatus::Succeeded && !stopped {
