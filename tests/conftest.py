@@ -175,6 +175,36 @@ def sluice(request, tmp_path):
     s.stop()
 
 
+S3_BUCKET = "sluice-objects"
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """moto's S3 server (a real HTTP S3 API on loopback) with one bucket,
+    S3_BUCKET: answers its URL."""
+    import sys
+    port = free_port()
+    log = open(tmp_path / "s3.log", "w")
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            break
+        except requests.ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("the S3 server did not start: " + (tmp_path / "s3.log").read_text())
+            time.sleep(0.1)
+    requests.put(f"{url}/{S3_BUCKET}").raise_for_status()
+    yield url
+    proc.terminate()
+    proc.wait()
+    log.close()
+
+
 def code_archive(files: dict) -> bytes:
     """A tar.gz of {path: source}, as shutil.make_archive would make it."""
     buf = io.BytesIO()

@@ -158,3 +158,37 @@ def test_a_worker_killed_between_copy_and_removal_loses_and_duplicates_nothing(t
         assert len(list(copy.parent.iterdir())) == 1 and len(list((lake / "copies").iterdir())) == 1
     finally:
         c.stop()
+
+
+def test_files_move_between_a_folder_and_a_real_s3_api(sluice, tmp_path, s3):
+    """The S3 destination's endpoint and credentials come from the bucket's
+    own URL (sealed), not from the server's environment."""
+    import re as regex
+    import requests
+    from conftest import S3_BUCKET
+    t = Tailer(sluice, tmp_path, "embedded")
+    sluice.cli("bucket", "add", "acme-in", "local", "--org", t.org)
+    sluice.cli("bucket", "add", "acme-mirror",
+               f"s3://sluice:sluice-secret@{S3_BUCKET}/mirror?endpoint={s3}&region=us-east-1", "--org", t.org)
+    shown = json.loads(sluice.cli("bucket", "list", "--org", t.org, "--json"))
+    assert all("sluice-secret" not in b["url"] for b in shown), shown
+    sluice.cli("bucket", "add", "lake", f"file://{tmp_path / 'lake'}", "--org", t.org)
+    (tmp_path / "sts.json").write_text(json.dumps(sts(tmp_path)))
+    sluice.cli("config", "deploy", str(tmp_path / "sts.json"), "--org", t.org)
+    source = sluice.data_dir / "buckets" / t.org / "acme-in" / "stores"
+    sent = {}
+    for i in range(5):
+        name = f"stores-20201209-17000{i}.csv"
+        data = os.urandom(5000) + bytes([i])
+        sent[name] = data
+        drop(source, name, data)
+    wait_for(lambda: not any(source.iterdir()), "the source to empty", timeout=60)
+    keys = regex.findall(r"<Key>([^<]+)</Key>",
+                         requests.get(f"{s3}/{S3_BUCKET}", params={"list-type": "2"}).text)
+    assert sorted(keys) == sorted(f"mirror/stores/{n}" for n in sent), keys
+    import boto3  # moto's own dependency
+    client = boto3.client("s3", endpoint_url=s3, aws_access_key_id="sluice",
+                          aws_secret_access_key="sluice-secret", region_name="us-east-1")
+    for name, data in sent.items():
+        got = client.get_object(Bucket=S3_BUCKET, Key=f"mirror/stores/{name}")["Body"].read()
+        assert got == data, name

@@ -2,12 +2,7 @@
 the bucket, not the data dir, and runs read and write them there. The S3
 server is moto's (a real HTTP S3 API on loopback)."""
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
 import requests
 
 from abeja.common.connection import Connection
@@ -15,38 +10,14 @@ from abeja.datalake import APIClient as DatalakeClient
 from abeja.deployments import APIClient as DeploymentClient
 from abeja.triggers import APIClient as TriggerClient
 
-from conftest import Sluice, code_archive, free_port, wait_for
+from conftest import Sluice, code_archive, wait_for
 
-BUCKET = "sluice-objects"
+from conftest import S3_BUCKET as BUCKET
 
 HANDLER = '''
 def handler(request, context):
     return request["contents"][0].read().upper()
 '''
-
-
-@pytest.fixture
-def s3(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "s3.log", "w")
-    server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            requests.get(url, timeout=1)
-            break
-        except requests.ConnectionError:
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("the S3 server did not start: " + (tmp_path / "s3.log").read_text())
-            time.sleep(0.1)
-    requests.put(f"{url}/{BUCKET}").raise_for_status()
-    yield url
-    proc.terminate()
-    proc.wait()
-    log.close()
 
 
 def keys(url):

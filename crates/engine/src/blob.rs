@@ -44,16 +44,49 @@ impl Blobs {
         if let Some(rest) = url.strip_prefix("s3://") {
             use object_store::aws::AmazonS3Builder;
             use object_store::prefix::PrefixStore;
+            // s3://[KEY:SECRET@]BUCKET[/PREFIX][?endpoint=…&region=…]: what the
+            // URL says wins over the AWS_* variables.
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (auth, rest) = match rest.rsplit_once('@') {
+                Some((auth, rest)) if auth.contains(':') => (Some(auth), rest),
+                _ => (None, rest),
+            };
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("object store URL `{url}` names no bucket").into());
+                return Err(format!(
+                    "object store URL `{}` names no bucket",
+                    crate::secrets::redact(url)
+                )
+                .into());
             }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| {
-                    sluice_domain::Invalid(format!("cannot use object store {url}: {e}"))
-                })?;
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(auth) = auth {
+                let (key, secret) = auth.split_once(':').unwrap_or((auth, ""));
+                builder = builder
+                    .with_access_key_id(key)
+                    .with_secret_access_key(secret);
+            }
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                builder = match k {
+                    "endpoint" => builder
+                        .with_endpoint(v)
+                        .with_allow_http(v.starts_with("http://")),
+                    "region" => builder.with_region(v),
+                    other => {
+                        return Err(format!(
+                            "object store URL: unknown parameter `{other}` (endpoint, region)"
+                        )
+                        .into())
+                    }
+                };
+            }
+            let s3 = builder.build().map_err(|e| {
+                sluice_domain::Invalid(format!(
+                    "cannot use object store {}: {e}",
+                    crate::secrets::redact(url)
+                ))
+            })?;
             let prefix = prefix.trim_matches('/');
             return Ok(Blobs::Remote(if prefix.is_empty() {
                 std::sync::Arc::new(s3)
