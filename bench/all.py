@@ -29,6 +29,7 @@ FULL = {
     "graphql.py": [],
     "memory.py": [],
     "actions.py": [],
+    "storage.py": [],
 }
 SMOKE = {
     "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
@@ -37,6 +38,7 @@ SMOKE = {
     "graphql.py": ["--jobs", "60", "--requests", "20"],
     "memory.py": ["--records", "5", "--requests", "100", "--concurrency", "20", "--rounds", "2"],
     "actions.py": ["--launches", "10", "--rate", "10", "--dags", "1"],
+    "storage.py": ["--files", "20", "--kb", "10"],
 }
 
 

@@ -195,6 +195,10 @@ pub(crate) struct EngineArgs {
     /// Runs this process executes at once (default: 4 per core).
     #[arg(long, env = "SLUICE_WORKER_SLOTS")]
     worker_slots: Option<usize>,
+    /// Action API runs (table-to-table, file moves, exports) this process
+    /// executes at once.
+    #[arg(long, env = "SLUICE_ACTION_SLOTS", default_value_t = 8)]
+    action_slots: usize,
     /// A worker that does not renew its lease for this long loses its runs.
     #[arg(long, env = "SLUICE_LEASE_TTL_SECS", default_value_t = 15)]
     lease_ttl_secs: u64,
@@ -243,6 +247,7 @@ impl EngineArgs {
             };
             c.blobs = Blobs::open(&url).map_err(anyhow::Error::msg)?;
         }
+        c.action_slots = self.action_slots.max(1);
         if let Some(n) = self.worker_slots {
             c.worker_slots = n.max(1);
         }

@@ -82,7 +82,7 @@ impl ActionRunner {
             sealer,
             warehouse_root,
             name,
-            slots: config.import_slots.max(1),
+            slots: config.action_slots.max(1),
             lease_ttl: config.lease_ttl,
             heartbeat: config.heartbeat,
             poll: config.poll.max(Duration::from_millis(200)),

@@ -76,6 +76,8 @@ pub struct EngineConfig {
     pub blobs: blob::Blobs,
     /// Table import queries one process runs at once.
     pub import_slots: usize,
+    /// Action API runs one process executes at once.
+    pub action_slots: usize,
     /// Resource limits of each run's process.
     pub limits: sandbox::Limits,
 }
@@ -97,6 +99,7 @@ impl EngineConfig {
             queues: 8,
             blobs: blob::Blobs::local(data_dir.join("objects")),
             import_slots: 2,
+            action_slots: 8,
             limits: sandbox::Limits::default(),
         }
     }
