@@ -45,6 +45,9 @@ pub struct ActionRunner {
     heartbeat: Duration,
     poll: Duration,
     wakers: Arc<Wakers>,
+    /// When the sources were last looked at (at most every 250 ms: a
+    /// wake-up per finished run must not list every source each time).
+    last_watch: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The URL warehouse `w` stands for: `embedded` is the organization's own
@@ -87,6 +90,7 @@ impl ActionRunner {
             heartbeat: config.heartbeat,
             poll: config.poll.max(Duration::from_millis(200)),
             wakers,
+            last_watch: std::sync::Mutex::new(None),
         }
     }
 
@@ -110,8 +114,18 @@ impl ActionRunner {
         if let Err(e) = self.schedule(now).await {
             tracing::warn!("scheduling action runs: {e}");
         }
-        if let Err(e) = self.watch(now).await {
-            tracing::warn!("watching storage-to-storage sources: {e}");
+        let due = {
+            let mut last = self.last_watch.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            if let Err(e) = self.watch(now).await {
+                tracing::warn!("watching storage-to-storage sources: {e}");
+            }
         }
         if let Err(e) = self.store.queue_action_runs(now).await {
             tracing::warn!("queueing action runs: {e}");
@@ -201,6 +215,12 @@ impl ActionRunner {
                     continue;
                 }
             };
+            let known = self
+                .store
+                .arrivals_of(&c.organization_id, &c.api_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut arrivals = Vec::new();
             for e in entries {
                 let name = if prefix.is_empty() {
                     e.key.as_str()
@@ -218,6 +238,10 @@ impl ActionRunner {
                 if name.contains('/') {
                     continue;
                 }
+                let fingerprint = format!("{}:{}", e.size, e.changed);
+                if known.contains(&(e.key.clone(), fingerprint.clone())) {
+                    continue;
+                }
                 let (job, date) = match sts.matching(name) {
                     Some((template, date)) => (sts.job_id(template), date),
                     None => (sts.job_id("NO_MATCH"), None),
@@ -225,16 +249,18 @@ impl ActionRunner {
                 let mut run = ActionRun::new(&c, date.unwrap_or_else(|| now.date_naive()), now);
                 run.job_id = job;
                 run.input = Some(e.key.clone());
-                let fingerprint = format!("{}:{}", e.size, e.changed);
-                if self
-                    .store
-                    .record_arrival(&run, &e.key, &fingerprint)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    tracing::info!("{} arrived for {}: run {}", e.key, c.api_id, run.id);
-                    self.wakers.actions.notify_one();
-                }
+                arrivals.push((run, e.key, fingerprint));
+            }
+            // One transaction for the scan's new files (another process's
+            // scan at once records each file once all the same).
+            let fresh = self
+                .store
+                .record_arrivals(&arrivals)
+                .await
+                .map_err(|e| e.to_string())?;
+            if fresh > 0 {
+                tracing::info!("{fresh} files arrived for {}", c.api_id);
+                self.wakers.actions.notify_one();
             }
         }
         Ok(())

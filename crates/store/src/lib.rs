@@ -575,16 +575,20 @@ pub trait ActionStore: Send + Sync + 'static {
 
     /// Stores a new run (PENDING).
     async fn create_action_run(&self, run: &action::ActionRun) -> Result<()>;
-    /// Records that a storage-to-storage source holds `object_key` (as
-    /// `fingerprint`: its size and time) and stores `run` for it, in one
-    /// transaction — unless that file was recorded already: answers
-    /// whether it was new.
-    async fn record_arrival(
+    /// Records that a storage-to-storage source holds each file (its key,
+    /// and its fingerprint: size and time) and stores each one's run, in
+    /// one transaction — but for files recorded already: answers how many
+    /// were new.
+    async fn record_arrivals(
         &self,
-        run: &action::ActionRun,
-        object_key: &str,
-        fingerprint: &str,
-    ) -> Result<bool>;
+        arrivals: &[(action::ActionRun, String, String)],
+    ) -> Result<usize>;
+    /// The (key, fingerprint) of every file recorded for a configuration.
+    async fn arrivals_of(
+        &self,
+        org: &OrganizationId,
+        api_id: &str,
+    ) -> Result<std::collections::HashSet<(String, String)>>;
     async fn get_action_run(&self, org: &OrganizationId, id: &str) -> Result<action::ActionRun>;
     async fn list_action_runs(
         &self,

@@ -502,32 +502,51 @@ impl ActionStore for SqlStore {
         Ok(())
     }
 
-    async fn record_arrival(
-        &self,
-        run: &ActionRun,
-        object_key: &str,
-        fingerprint: &str,
-    ) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO action_arrivals (organization_id, api_id, object_key, fingerprint, \
-             run_id, seen_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(run.organization_id.as_str())
-        .bind(&run.api_id)
-        .bind(object_key)
-        .bind(fingerprint)
-        .bind(&run.id)
-        .bind(micros(run.created_at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if fresh == 0 {
-            return Ok(false);
+    async fn record_arrivals(&self, arrivals: &[(ActionRun, String, String)]) -> Result<usize> {
+        if arrivals.is_empty() {
+            return Ok(0);
         }
-        self.insert_action_run(&mut tx, run).await?;
+        let mut tx = self.begin().await?;
+        let mut fresh = 0;
+        for (run, key, fingerprint) in arrivals {
+            let inserted = sqlx::query(
+                "INSERT INTO action_arrivals (organization_id, api_id, object_key, fingerprint, \
+                 run_id, seen_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(run.organization_id.as_str())
+            .bind(&run.api_id)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(&run.id)
+            .bind(micros(run.created_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted > 0 {
+                self.insert_action_run(&mut tx, run).await?;
+                fresh += 1;
+            }
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(fresh)
+    }
+
+    async fn arrivals_of(
+        &self,
+        org: &OrganizationId,
+        api_id: &str,
+    ) -> Result<std::collections::HashSet<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT object_key, fingerprint FROM action_arrivals WHERE organization_id = $1 \
+             AND api_id = $2",
+        )
+        .bind(org.as_str())
+        .bind(api_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     async fn create_action_run(&self, run: &ActionRun) -> Result<()> {
