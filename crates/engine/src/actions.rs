@@ -45,8 +45,7 @@ pub struct ActionRunner {
     heartbeat: Duration,
     poll: Duration,
     wakers: Arc<Wakers>,
-    /// When the sources were last looked at (at most every 250 ms: a
-    /// wake-up per finished run must not list every source each time).
+    /// When lost leases, schedules and sources were last looked at.
     last_watch: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -108,12 +107,8 @@ impl ActionRunner {
 
     async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
         let now = time::now();
-        if let Err(e) = self.store.reap_action_runs(now).await {
-            tracing::warn!("reaping lost action runs: {e}");
-        }
-        if let Err(e) = self.schedule(now).await {
-            tracing::warn!("scheduling action runs: {e}");
-        }
+        // Lost leases, due schedules and the sources are looked at every
+        // 250 ms at most: a wake-up per finished run must not redo them.
         let due = {
             let mut last = self.last_watch.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
@@ -123,6 +118,12 @@ impl ActionRunner {
             due
         };
         if due {
+            if let Err(e) = self.store.reap_action_runs(now).await {
+                tracing::warn!("reaping lost action runs: {e}");
+            }
+            if let Err(e) = self.schedule(now).await {
+                tracing::warn!("scheduling action runs: {e}");
+            }
             if let Err(e) = self.watch(now).await {
                 tracing::warn!("watching storage-to-storage sources: {e}");
             }

@@ -11,6 +11,9 @@ use crate::{ActionOutcome, ActionRunFilter, ActionStore};
 /// How many times a run whose worker was lost is tried in all.
 const RUN_ATTEMPTS: i32 = 3;
 
+/// The advisory lock of the action runs' queue step (PostgreSQL).
+const QUEUE_LOCK: i64 = 7_330_115_914;
+
 const CONFIG_COLUMNS: &str = "c.organization_id, c.configuration_type, c.api_id, \
      c.configuration_id, c.account, c.environment, c.version, c.activated, c.archived, \
      c.max_active_runs, c.next_run_at, c.created_at, c.modified_at, v.body";
@@ -640,41 +643,42 @@ impl ActionStore for SqlStore {
     async fn queue_action_runs(&self, now: Timestamp) -> Result<u64> {
         RunStatus::Pending.transition(RunStatus::Runnable)?;
         let mut tx = self.begin().await?;
+        // One queue step at a time (PostgreSQL; SQLite has one writer):
+        // two at once could each see room for the same last slot.
+        self.lock_exclusively(&mut tx, QUEUE_LOCK).await?;
+        // Runs under way, by configuration, counted once.
+        let rows = sqlx::query(&format!(
+            "SELECT organization_id, configuration_type, api_id, COUNT(*) FROM action_runs \
+             WHERE status = 'RUNNABLE' OR status IN {LEASED} \
+             GROUP BY organization_id, configuration_type, api_id"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut active: std::collections::HashMap<(String, String, String), i64> = rows
+            .iter()
+            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?), r.try_get(3)?)))
+            .collect::<Result<_>>()?;
         // Oldest first: a PENDING run moves while its configuration has
         // fewer runs under way than it allows.
-        let pending = sqlx::query(&format!(
+        let pending = sqlx::query(
             "SELECT r.id, r.organization_id, r.configuration_type, r.api_id, c.max_active_runs \
              FROM action_runs r JOIN action_configurations c \
              ON c.organization_id = r.organization_id \
              AND c.configuration_type = r.configuration_type AND c.api_id = r.api_id \
-             WHERE r.status = 'PENDING' ORDER BY r.seq LIMIT 200{}",
-            self.dialect.skip_locked()
-        ))
+             WHERE r.status = 'PENDING' ORDER BY r.seq LIMIT 500",
+        )
         .fetch_all(&mut *tx)
         .await?;
         let mut moved = 0;
         for row in &pending {
-            let (id, org, kind, api, max): (String, String, String, String, i64) = (
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-                row.try_get(4)?,
-            );
-            let active: i64 = sqlx::query_scalar(&format!(
-                "SELECT COUNT(*) FROM action_runs WHERE organization_id = $1 \
-                 AND configuration_type = $2 AND api_id = $3 \
-                 AND (status = 'RUNNABLE' OR status IN {LEASED})"
-            ))
-            .bind(&org)
-            .bind(&kind)
-            .bind(&api)
-            .fetch_one(&mut *tx)
-            .await?;
-            if active >= max {
+            let id: String = row.try_get(0)?;
+            let key = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+            let max: i64 = row.try_get(4)?;
+            let under_way = active.entry(key).or_insert(0);
+            if *under_way >= max {
                 continue;
             }
-            moved += sqlx::query(
+            let changed = sqlx::query(
                 "UPDATE action_runs SET status = 'RUNNABLE', modified_at = $1 \
                  WHERE id = $2 AND status = 'PENDING'",
             )
@@ -683,6 +687,8 @@ impl ActionStore for SqlStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            *under_way += changed as i64;
+            moved += changed;
         }
         tx.commit().await?;
         Ok(moved)
