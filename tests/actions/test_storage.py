@@ -192,3 +192,15 @@ def test_files_move_between_a_folder_and_a_real_s3_api(sluice, tmp_path, s3):
     for name, data in sent.items():
         got = client.get_object(Bucket=S3_BUCKET, Key=f"mirror/stores/{name}")["Body"].read()
         assert got == data, name
+
+
+def test_names_of_buckets_and_warehouses_cannot_leave_their_folder(sluice, tmp_path):
+    import subprocess
+    from conftest import BIN
+    t = Tailer(sluice, tmp_path, "embedded")
+    for kind, name in (("bucket", "../../escape"), ("bucket", ".hidden"), ("warehouse", "a/b")):
+        url = "local" if kind == "bucket" else "embedded"
+        res = subprocess.run([BIN, kind, "add", name, url, "--org", t.org, *sluice.store_args()],
+                             capture_output=True, text=True)
+        assert res.returncode != 0 and f"{kind} name `{name}`" in res.stderr, res.stderr
+    assert not (sluice.data_dir / "escape").exists()

@@ -99,7 +99,7 @@ impl Control {
     pub async fn add_warehouse(&self, org: &str, name: &str, url: &str) -> Result<Warehouse> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         self.store.get_organization(&org).await?;
-        input::check_name("warehouse name", name).map_err(bad)?;
+        connection_name("warehouse", name)?;
         let url = url.trim();
         let embedded = url == EMBEDDED;
         let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
@@ -130,7 +130,7 @@ impl Control {
     pub async fn add_bucket(&self, org: &str, name: &str, url: &str) -> Result<Warehouse> {
         let org = OrganizationId::parse(org).map_err(|e| bad(e.to_string()))?;
         self.store.get_organization(&org).await?;
-        input::check_name("bucket name", name).map_err(bad)?;
+        connection_name("bucket", name)?;
         let url = match url.trim() {
             "local" => {
                 let data = self
@@ -855,6 +855,28 @@ impl Control {
             .store
             .list_action_runs(&c.organization_id, &filter)
             .await?)
+    }
+}
+
+/// A warehouse's or bucket's name, as Google Cloud's project and bucket
+/// names are: letters, digits, `.`, `_` and `-`, a letter or digit first
+/// (a bucket's name is a folder's name under the data dir).
+fn connection_name(kind: &str, name: &str) -> Result<()> {
+    let ok = name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{kind} name `{name}`: letters, digits, `.`, `_` and `-`, a letter or digit first, \
+             at most 128"
+        )))
     }
 }
 
