@@ -165,3 +165,26 @@ def test_a_stopped_run_does_not_count_and_a_workflow_cannot_be_launched(sluice, 
         [__import__("conftest").BIN, "config", "deploy", str(tmp_path / "old.json"), "--org", t.org,
          *sluice.store_args()], capture_output=True, text=True)
     assert res.returncode != 0 and "version" in res.stderr and "target_dag" in res.stderr, res.stderr
+
+
+def test_a_workflow_awaits_a_templated_storage_to_storage_job(sluice, tmp_path):
+    """`authorized_job_ids` names storage-to-storage jobs by their template,
+    as Tailer's do: a file's arrival and copy counts for them."""
+    from test_storage import CONF_ID, TEMPLATE, drop, sts
+    t = Tailer(sluice, tmp_path, "embedded")
+    for name, url in (("acme-in", "local"), ("acme-mirror", "local"), ("lake", f"file://{tmp_path / 'lake'}")):
+        sluice.cli("bucket", "add", name, url, "--org", t.org)
+    (tmp_path / "sts.json").write_text(json.dumps(sts(tmp_path)))
+    sluice.cli("config", "deploy", str(tmp_path / "sts.json"), "--org", t.org)
+    sql = {"ok.sql": "SELECT 1 AS done"}
+    for name in ("JA", "JT"):
+        sluice.cli("config", "deploy", str(write_config(tmp_path / name, job_conf(name), sql)), "--org", t.org)
+    workflow = dict(WORKFLOW, authorized_job_ids=[
+        f"storage-to-storage|000099|{CONF_ID}|DEV|{TEMPLATE}", "gbq-to-gbq|000099_JA_DEV"])
+    (tmp_path / "wf.json").write_text(json.dumps(workflow))
+    sluice.cli("config", "deploy", str(tmp_path / "wf.json"), "--org", t.org)
+    assert run_job(t, "JA") == "SUCCESS"
+    settle(t, 0)
+    source = sluice.data_dir / "buckets" / t.org / "acme-in" / "stores"
+    drop(source, "stores-20201209-171723.csv", b"a,b\n1,2\n")
+    settle(t, 1)
