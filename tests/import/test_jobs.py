@@ -276,8 +276,10 @@ def test_job_runs_killed_during_extraction_and_load_then_every_row_exactly_once(
                 phases["finished"] += 1
             p.wait()
             seen = cli_json(s, "job", "queries", jid, "--org", org, "--limit", "1")[0]["id"]
-            add_rows(src, last + 1, last + 50_000, pad=100)
-            last += 50_000
+            # Windows large enough that a kill can land while rows stream,
+            # on a busy machine too.
+            add_rows(src, last + 1, last + 75_000, pad=100)
+            last += 75_000
         print("kills by phase:", phases)
         assert phases["extract"] >= 5 and phases["load"] >= 5, phases
         # The server's importer gives the lost queries back once their leases
