@@ -712,19 +712,7 @@ impl ActionStore for SqlStore {
     }
 
     async fn action_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus> {
-        let mut tx = self.begin().await?;
-        let started = RUNS.start(&mut tx, self.dialect, id, token, now).await;
-        let status = match started {
-            Ok(v) => v,
-            Err(e) => {
-                // At once: a dropped transaction's row lock would make
-                // claimers skip the row until its connection is reused.
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await?;
-        Ok(status)
+        RUNS.start_alone(self, id, token, now).await
     }
 
     async fn heartbeat_action_run(

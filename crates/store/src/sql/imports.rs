@@ -485,21 +485,7 @@ impl ImportStore for SqlStore {
     }
 
     async fn query_running(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<RunStatus> {
-        let mut tx = self.begin().await?;
-        let started = QUERIES
-            .start(&mut tx, self.dialect, id.as_str(), token, now)
-            .await;
-        let status = match started {
-            Ok(v) => v,
-            Err(e) => {
-                // At once: a dropped transaction's row lock would make
-                // claimers skip the row until its connection is reused.
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await?;
-        Ok(status)
+        QUERIES.start_alone(self, id.as_str(), token, now).await
     }
 
     async fn heartbeat_query(

@@ -196,6 +196,29 @@ impl Leased {
         Ok(claimed.into_iter().map(|(_, t)| t).collect())
     }
 
+    /// [`Leased::start`] in a transaction of its own.
+    pub async fn start_alone(
+        &self,
+        store: &SqlStore,
+        id: &str,
+        token: i64,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
+        let mut tx = store.begin().await?;
+        match self.start(&mut tx, store.dialect, id, token, now).await {
+            Ok(status) => {
+                tx.commit().await?;
+                Ok(status)
+            }
+            Err(e) => {
+                // At once: a dropped transaction's row lock would make
+                // claimers skip the row until its connection is reused.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// The status an attempt of `id` holding `token` ends from, locked in
     /// `tx`: a STARTING one ends through RUNNING. [`StoreError::LeaseLost`]
     /// when the lease is not `token`'s any more.
