@@ -289,9 +289,11 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(print_error)?;
             if c.configuration_type == action::WORKFLOW {
-                let state = control.awaited(&c).await.map_err(print_error)?;
+                let state = control.workflow_of(&c).await.map_err(print_error)?;
+                let w = &state.workflow;
                 if json {
                     let jobs: serde_json::Map<String, serde_json::Value> = state
+                        .awaited
                         .iter()
                         .map(|(j, r)| (j.clone(), json!(u8::from(r.is_some()))))
                         .collect();
@@ -299,8 +301,8 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
                         "{}",
                         json!({"id": c.api_id, "version": c.version, "activated": c.activated,
                                "archived": c.archived, "authorized_job_ids": jobs,
-                               "target_dag": {"configuration_type": c.body.get("target_type"),
-                                              "configuration_id": c.body.get("target_id")}})
+                               "target_dag": {"configuration_type": w.target_type,
+                                              "configuration_id": w.target_id}})
                     );
                 } else {
                     println!(
@@ -309,16 +311,15 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
                         c.version,
                         if c.activated { "activated" } else { "disabled" },
                         if c.archived { ", archived" } else { "" },
-                        c.body
-                            .get("target_id")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or("?")
+                        w.target_id
                     );
-                    for (job, run) in state {
+                    for (job, run) in &state.awaited {
                         println!(
                             "  {job} ({}){}",
                             u8::from(run.is_some()),
-                            run.map(|r| format!("  run {r}")).unwrap_or_default()
+                            run.as_ref()
+                                .map(|r| format!("  run {r}"))
+                                .unwrap_or_default()
                         );
                     }
                 }

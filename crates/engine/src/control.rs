@@ -19,7 +19,8 @@ use crate::Wakers;
 mod actions;
 mod datalake;
 pub use actions::{
-    next_time, schedule_of, ConfigurationFiles, ConfigurationRef, EMBEDDED as EMBEDDED_WAREHOUSE,
+    next_time, schedule_of, ConfigurationFiles, ConfigurationRef, WorkflowState,
+    EMBEDDED as EMBEDDED_WAREHOUSE,
 };
 pub(crate) use datalake::{datalake_inputs, InputError};
 mod imports;

@@ -1909,8 +1909,18 @@ async fn a_workflow_fires_once_when_every_awaited_job_succeeded(store: Arc<SqlSt
     }
     let mut wf = configuration(&f.org, "wf", 1, None);
     wf.configuration_type = "workflow".into();
-    wf.body = json!({"authorized_job_ids": ["gbq-to-gbq|ja_DEV", "gbq-to-gbq|jb_DEV"],
-                     "target_type": "table-to-table", "target_id": "jt_DEV"});
+    wf.body = serde_json::to_value(action::Workflow {
+        configuration_id: "wf".into(),
+        account: "000099".into(),
+        environment: "DEV".into(),
+        activated: true,
+        archived: false,
+        authorized_job_ids: vec!["gbq-to-gbq|ja_DEV".into(), "gbq-to-gbq|jb_DEV".into()],
+        target_type: "table-to-table".into(),
+        target_id: "jt_DEV".into(),
+        reset_schedule: None,
+    })
+    .unwrap();
     store.deploy_configuration(&wf).await.unwrap();
     let ok = || ActionOutcome::Succeeded {
         warned: false,

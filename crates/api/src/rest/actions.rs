@@ -162,11 +162,8 @@ async fn status(State(s): State<ApiState>, Bearer(who): Bearer, raw: Bytes) -> R
     let results = match action.as_str() {
         "check_run_status" => {
             let conf = req.configuration();
-            let run = c
+            let (deployed, run) = c
                 .action_run(&who, &conf, req.job_id.as_deref(), req.run_id()?)
-                .await?;
-            let deployed = c
-                .configuration_named(who.organization.as_str(), &run.api_id)
                 .await?;
             vec![result(&run, &deployed, &req.configuration_type)]
         }
@@ -189,22 +186,18 @@ async fn status(State(s): State<ApiState>, Bearer(who): Bearer, raw: Bytes) -> R
                 .status
                 .as_deref()
                 .ok_or_else(|| ApiError::bad_request("status is required"))?;
-            let runs = c.runs_in(&who, &req.account, status, req.limit).await?;
-            let mut out = Vec::new();
-            for r in &runs {
-                let deployed = c
-                    .configuration_named(who.organization.as_str(), &r.api_id)
-                    .await?;
-                out.push(result(r, &deployed, job_type(&deployed)));
-            }
-            out
+            c.runs_in(&who, &req.account, status, req.limit)
+                .await?
+                .iter()
+                .map(|(deployed, r)| result(r, deployed, job_type(deployed)))
+                .collect()
         }
         _ => {
             let status = req
                 .status
                 .as_deref()
                 .ok_or_else(|| ApiError::bad_request("status is required"))?;
-            let run = c
+            let (deployed, run) = c
                 .set_run_status(
                     &who,
                     &req.configuration(),
@@ -212,9 +205,6 @@ async fn status(State(s): State<ApiState>, Bearer(who): Bearer, raw: Bytes) -> R
                     req.run_id()?,
                     status,
                 )
-                .await?;
-            let deployed = c
-                .configuration_named(who.organization.as_str(), &run.api_id)
                 .await?;
             vec![result(&run, &deployed, &req.configuration_type)]
         }
@@ -257,20 +247,22 @@ async fn workflow_status(
     }
     let (c, state) = s.control.workflow_state(&who, &conf).await?;
     let jobs: serde_json::Map<String, Value> = state
+        .awaited
         .iter()
         .map(|(job, run)| (job.clone(), json!(u8::from(run.is_some()))))
         .collect();
     let runs: serde_json::Map<String, Value> = state
-        .into_iter()
-        .filter_map(|(job, run)| run.map(|r| (job, json!(r))))
+        .awaited
+        .iter()
+        .filter_map(|(job, run)| run.as_ref().map(|r| (job.clone(), json!(r))))
         .collect();
     Ok(ok(json!({
         "configuration_id": c.api_id,
         "authorized_job_ids": jobs,
         "runs": runs,
         "target_dag": {
-            "configuration_type": c.body.get("target_type"),
-            "configuration_id": c.body.get("target_id"),
+            "configuration_type": state.workflow.target_type,
+            "configuration_id": state.workflow.target_id,
         },
     }))
     .into_response())

@@ -30,6 +30,14 @@ pub struct ConfigurationFiles {
     pub files: BTreeMap<String, String>,
 }
 
+/// A workflow and, for each job it awaits, the run that counted for it
+/// since it last fired (None: not yet).
+#[derive(Debug, Clone)]
+pub struct WorkflowState {
+    pub workflow: action::Workflow,
+    pub awaited: Vec<(String, Option<String>)>,
+}
+
 /// What a caller names a configuration by, as the action API's requests
 /// carry it.
 #[derive(Debug, Clone, Default)]
@@ -238,24 +246,29 @@ impl Control {
             ))
         })?;
         let now = time::now();
+        // What every kind's stored configuration shares.
+        let base = Deployed {
+            organization_id: org.clone(),
+            configuration_type: kind.clone(),
+            api_id: id.clone(),
+            configuration_id: id.clone(),
+            account: account.clone(),
+            environment: environment.clone(),
+            version: 0,
+            activated: true,
+            archived: false,
+            max_active_runs: 1,
+            body: Value::Null,
+            next_run_at: None,
+            created_at: now,
+            modified_at: now,
+        };
         let deployed = match kind.as_str() {
             action::CONTEXT => {
                 let c = action::parse_context(&doc).map_err(|p| problems("the context", p))?;
                 Deployed {
-                    organization_id: org.clone(),
-                    configuration_type: kind.clone(),
-                    api_id: id.clone(),
-                    configuration_id: id.clone(),
-                    account: account.clone(),
-                    environment: environment.clone(),
-                    version: 0,
-                    activated: true,
-                    archived: false,
-                    max_active_runs: 1,
                     body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
-                    next_run_at: None,
-                    created_at: now,
-                    modified_at: now,
+                    ..base
                 }
             }
             action::TABLE_TO_TABLE => {
@@ -287,20 +300,14 @@ impl Control {
                     (None, _) => None,
                 };
                 Deployed {
-                    organization_id: org.clone(),
-                    configuration_type: kind.clone(),
                     api_id,
                     configuration_id: deployed_id,
-                    account: account.clone(),
-                    environment: environment.clone(),
-                    version: 0,
                     activated: c.activated,
                     archived: c.archived,
                     max_active_runs: c.max_active_runs,
                     body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
                     next_run_at,
-                    created_at: now,
-                    modified_at: now,
+                    ..base
                 }
             }
             action::TABLE_TO_STORAGE => {
@@ -323,20 +330,13 @@ impl Control {
                     _ => None,
                 };
                 Deployed {
-                    organization_id: org.clone(),
-                    configuration_type: kind.clone(),
                     api_id: deployed_id.clone(),
                     configuration_id: deployed_id,
-                    account: account.clone(),
-                    environment: environment.clone(),
-                    version: 0,
                     activated: c.activated,
                     archived: c.archived,
-                    max_active_runs: 1,
                     body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
                     next_run_at,
-                    created_at: now,
-                    modified_at: now,
+                    ..base
                 }
             }
             action::STORAGE_TO_STORAGE => {
@@ -372,20 +372,11 @@ impl Control {
                     return Err(problems("the configuration", p));
                 }
                 Deployed {
-                    organization_id: org.clone(),
-                    configuration_type: kind.clone(),
-                    api_id: id.clone(),
-                    configuration_id: id.clone(),
-                    account: account.clone(),
-                    environment: environment.clone(),
-                    version: 0,
                     activated: c.activated,
                     archived: c.archived,
                     max_active_runs: c.max_active_runs,
                     body: serde_json::to_value(&c).map_err(|e| bad(e.to_string()))?,
-                    next_run_at: None,
-                    created_at: now,
-                    modified_at: now,
+                    ..base
                 }
             }
             action::WORKFLOW => {
@@ -395,20 +386,11 @@ impl Control {
                     _ => None,
                 };
                 Deployed {
-                    organization_id: org.clone(),
-                    configuration_type: kind.clone(),
-                    api_id: id.clone(),
-                    configuration_id: id.clone(),
-                    account: account.clone(),
-                    environment: environment.clone(),
-                    version: 0,
                     activated: w.activated,
                     archived: w.archived,
-                    max_active_runs: 1,
                     body: serde_json::to_value(&w).map_err(|e| bad(e.to_string()))?,
                     next_run_at,
-                    created_at: now,
-                    modified_at: now,
+                    ..base
                 }
             }
             other => {
@@ -617,14 +599,15 @@ impl Control {
         Ok(run)
     }
 
-    /// One run of a configuration (`check_run_status`).
+    /// One run of a configuration (`check_run_status`), with the
+    /// configuration.
     pub async fn action_run(
         &self,
         who: &Principal,
         r: &ConfigurationRef,
         job_id: Option<&str>,
         run_id: &str,
-    ) -> Result<ActionRun> {
+    ) -> Result<(Deployed, ActionRun)> {
         let c = self.configuration(who, r, true).await?;
         let not_found = || {
             ControlError::NotFound(format!(
@@ -648,7 +631,7 @@ impl Control {
                 )));
             }
         }
-        Ok(run)
+        Ok((c, run))
     }
 
     /// The latest runs of a configuration, newest first
@@ -676,24 +659,35 @@ impl Control {
         Ok((c, runs))
     }
 
-    /// The runs of the caller's account in one status (`get_by_status`).
+    /// The runs of the caller's account in one status (`get_by_status`),
+    /// each with its configuration (read once for them all).
     pub async fn runs_in(
         &self,
         who: &Principal,
         account: &str,
         status: &str,
         limit: Option<u32>,
-    ) -> Result<Vec<ActionRun>> {
+    ) -> Result<Vec<(Deployed, ActionRun)>> {
         self.check_account(who, account).await?;
         let status = parse_status(status)?;
-        Ok(self
+        let runs = self
             .store
             .action_runs_in(
                 &who.organization,
                 status,
                 limit.unwrap_or(100).clamp(1, 1000),
             )
-            .await?)
+            .await?;
+        let configs = self.store.list_configurations(&who.organization).await?;
+        Ok(runs
+            .into_iter()
+            .filter_map(|run| {
+                let c = configs.iter().find(|c| {
+                    c.api_id == run.api_id && c.configuration_type == run.configuration_type
+                })?;
+                Some((c.clone(), run))
+            })
+            .collect())
     }
 
     /// Sets the status a run reports (`set_run_status`): `CHECKED` marks a
@@ -705,8 +699,8 @@ impl Control {
         job_id: Option<&str>,
         run_id: &str,
         status: &str,
-    ) -> Result<ActionRun> {
-        let run = self.action_run(who, r, job_id, run_id).await?;
+    ) -> Result<(Deployed, ActionRun)> {
+        let (c, run) = self.action_run(who, r, job_id, run_id).await?;
         let wanted = parse_status(status)?;
         match wanted {
             ActionStatus::Checked | ActionStatus::NoMatch => {}
@@ -723,10 +717,11 @@ impl Control {
                 "run {run_id} is still running: only an ended run can be CHECKED"
             )));
         }
-        Ok(self
+        let run = self
             .store
             .report_action_run(&who.organization, run_id, wanted, time::now())
-            .await?)
+            .await?;
+        Ok((c, run))
     }
 
     /// Activates, deactivates or archives a configuration
@@ -774,44 +769,38 @@ impl Control {
             .await?)
     }
 
-    /// A workflow's awaited jobs, each with the run that counted for it
-    /// since it last fired (None: not yet).
+    /// A workflow, and which of its awaited jobs succeeded since it last
+    /// fired (`get_workflow_status`).
     pub async fn workflow_state(
         &self,
         who: &Principal,
         r: &ConfigurationRef,
-    ) -> Result<(Deployed, Vec<(String, Option<String>)>)> {
+    ) -> Result<(Deployed, WorkflowState)> {
         let c = self.workflow(who, r).await?;
-        let state = self.awaited(&c).await?;
+        let state = self.workflow_of(&c).await?;
         Ok((c, state))
     }
 
-    /// A workflow's awaited jobs, each with the run that counted for it.
-    pub async fn awaited(&self, c: &Deployed) -> Result<Vec<(String, Option<String>)>> {
+    /// A deployed workflow's state.
+    pub async fn workflow_of(&self, c: &Deployed) -> Result<WorkflowState> {
+        let workflow: action::Workflow = serde_json::from_value(c.body.clone())
+            .map_err(|e| ControlError::Internal(format!("workflow {}: {e}", c.api_id)))?;
         let done = self
             .store
             .workflow_successes(&c.organization_id, &c.api_id)
             .await?;
-        let awaited: Vec<String> = c
-            .body
-            .get("authorized_job_ids")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|j| j.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(awaited
-            .into_iter()
+        let awaited = workflow
+            .authorized_job_ids
+            .iter()
             .map(|job| {
                 let run = done
                     .iter()
-                    .find(|(j, _, _)| *j == job)
+                    .find(|(j, _, _)| j == job)
                     .map(|(_, r, _)| r.clone());
-                (job, run)
+                (job.clone(), run)
             })
-            .collect())
+            .collect();
+        Ok(WorkflowState { workflow, awaited })
     }
 
     async fn workflow(&self, who: &Principal, r: &ConfigurationRef) -> Result<Deployed> {

@@ -1,7 +1,9 @@
 //! [`ActionStore`] over SQL: the Tailer-style action API's account codes,
 //! warehouses, configurations (every version kept), runs and tasks.
 
-use sluice_domain::action::{ActionRun, ActionStatus, ActionTask, Deployed, NaiveDate, Warehouse};
+use sluice_domain::action::{
+    self, ActionRun, ActionStatus, ActionTask, Deployed, NaiveDate, Warehouse,
+};
 
 use super::lease::{Leased, LEASED};
 use super::named::{BUCKETS, WAREHOUSES};
@@ -83,18 +85,6 @@ fn run_from_row(row: &AnyRow) -> Result<ActionRun> {
     })
 }
 
-/// The job ids a workflow's body awaits.
-fn awaited_jobs(body: &Value) -> Vec<String> {
-    body.get("authorized_job_ids")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|j| j.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn task_from_row(row: &AnyRow) -> Result<ActionTask> {
     let messages: String = row.try_get("messages")?;
     Ok(ActionTask {
@@ -153,7 +143,10 @@ impl SqlStore {
         .await?;
         for row in &rows {
             let w = config_from_row(row)?;
-            let awaited = awaited_jobs(&w.body);
+            let Ok(workflow) = serde_json::from_value::<action::Workflow>(w.body.clone()) else {
+                continue;
+            };
+            let awaited = &workflow.authorized_job_ids;
             if !awaited.contains(&run.job_id) {
                 continue;
             }
@@ -189,12 +182,7 @@ impl SqlStore {
             .bind(&w.api_id)
             .execute(&mut **tx)
             .await?;
-            let (Some(kind), Some(target)) = (
-                w.body.get("target_type").and_then(Value::as_str),
-                w.body.get("target_id").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
+            let (kind, target) = (&workflow.target_type, &workflow.target_id);
             let found = sqlx::query(&format!(
                 "SELECT {CONFIG_COLUMNS} FROM {CONFIG_FROM} WHERE c.organization_id = $1 \
                  AND c.configuration_type = $2 AND c.api_id = $3"
