@@ -38,15 +38,21 @@ def copying(dst):
 def kill_while_copying(p, dst, linger=0.0):
     """SIGKILLs `p` once its COPY into `dst` is running (after `linger`
     more seconds); answers whether it was killed mid-COPY (False: it ended
-    first)."""
+    first). `p` is stopped (SIGSTOP) before the COPY is looked at the last
+    time: a stopped importer can neither end its COPY nor commit, so a COPY
+    still running then proves the kill lands mid-flight."""
     deadline = time.time() + 60
     while time.time() < deadline and p.poll() is None:
         if copying(dst):
             time.sleep(linger)
-            if p.poll() is None and copying(dst):
+            if p.poll() is not None:
+                break
+            p.send_signal(signal.SIGSTOP)
+            if copying(dst):
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 return True
+            p.send_signal(signal.SIGCONT)
         time.sleep(0.005)
     p.wait()
     return False
