@@ -556,6 +556,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             .filter(|m| *m > 0)
             .map(|m| Duration::from_secs(m * 60)),
         replace_existing: args.replace_existing,
+        batch: None,
+        declared: None,
     };
     let mut bar = Bar {
         started: Instant::now(),

@@ -89,7 +89,7 @@ fn format_of(path: &Path) -> Result<Format> {
 }
 
 /// The narrowest kind of one value.
-fn kind_of(v: &str) -> Kind {
+pub(crate) fn kind_of(v: &str) -> Kind {
     if v == "true" || v == "false" {
         Kind::Bool
     } else if v.parse::<i64>().is_ok() {
@@ -117,7 +117,7 @@ fn kind_of(v: &str) -> Kind {
 }
 
 /// The kind that holds both; None when only text does.
-fn merge(a: Kind, b: Kind) -> Kind {
+pub(crate) fn merge(a: Kind, b: Kind) -> Kind {
     use Kind::*;
     match (a, b) {
         (x, y) if x == y => x,
@@ -232,6 +232,20 @@ impl Rows {
 }
 
 impl FileSource {
+    /// A file whose columns are known (a staged table's blueprint): not
+    /// read for them.
+    pub(crate) fn declared(url: &str, table: &str, cols: Vec<Col>) -> Result<FileSource> {
+        let path = path_of(url, table)?;
+        let format = format_of(&path)?;
+        Ok(FileSource {
+            path,
+            format,
+            cols,
+            changes: vec![],
+            filter: None,
+        })
+    }
+
     /// Opens a file and reads it once for its columns and their kinds.
     pub(crate) fn open(url: &str, table: &str) -> Result<FileSource> {
         let path = path_of(url, table)?;

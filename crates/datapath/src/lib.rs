@@ -1,12 +1,13 @@
 //! sluice's data path: moving a table from a source database into a
 //! destination, loaded exactly once.
 //!
-//! PostgreSQL → PostgreSQL today ([`postgres`]): the source table's rows
-//! stream out with `COPY … TO STDOUT (FORMAT binary)` and into the
-//! destination with `COPY … FROM STDIN (FORMAT binary)` — no parsing, no row
-//! objects, batches of about 1 MiB in flight — while the destination table
-//! is made with the source's column types exactly (`numeric(12,2)` stays
-//! `numeric(12,2)`).
+//! One load pipeline ([`load`]) for every pair: between two PostgreSQL
+//! databases the rows stream out with `COPY … TO STDOUT (FORMAT binary)`
+//! and in with `COPY … FROM STDIN (FORMAT binary)` — no parsing, no row
+//! objects, batches of about 1 MiB in flight — with the source's column
+//! types kept exactly (`numeric(12,2)` stays `numeric(12,2)`); other
+//! sources are read as values. HTTP API sources ([`api`]) stage their
+//! pages as files the same pipeline loads ([`LoadSession`]).
 //!
 //! ## Exactly once
 //!
@@ -17,6 +18,7 @@
 //! window collides on the ledger's key and loads nothing; a killed or
 //! failed attempt commits nothing and leaves the live table as it was.
 
+pub mod api;
 mod dest;
 mod encode;
 pub mod files;
@@ -29,6 +31,7 @@ pub mod types;
 pub mod warehouse;
 pub mod window;
 
+pub use load::LoadSession;
 pub use stage::{Stage, StageHandle};
 pub use window::{NullChange, WindowRequest};
 
@@ -96,6 +99,21 @@ pub struct ImportSpec {
     pub lookback: Option<Duration>,
     /// Let a destructive load replace a table sluice did not make for it.
     pub replace_existing: bool,
+    /// A load of a whole staged batch (an API run's table): loaded once
+    /// under this ledger key, however often it is tried, with no change
+    /// column.
+    pub batch: Option<BatchLoad>,
+    /// The source's columns as declared (a staged API table's blueprint):
+    /// the file is not read for them.
+    pub declared: Option<Vec<types::Col>>,
+}
+
+/// The ledger's key of a staged batch, and where its source's cursor
+/// ended (recorded as the window's end: the next run starts there).
+#[derive(Debug, Clone)]
+pub struct BatchLoad {
+    pub key: String,
+    pub end: Option<String>,
 }
 
 impl ImportSpec {
@@ -118,6 +136,8 @@ impl ImportSpec {
             null_change: NullChange::Fail,
             lookback: None,
             replace_existing: false,
+            batch: None,
+            declared: None,
         }
     }
 
@@ -215,6 +235,9 @@ pub(crate) fn change_column<'a, C>(
     unorderable: impl Fn(&C) -> Option<String>,
 ) -> Result<Option<&'a C>> {
     let Some(wanted) = &spec.change_column else {
+        if spec.batch.is_some() {
+            return Ok(None);
+        }
         return match spec.mode {
             Mode::Incremental | Mode::Merge => Err(ImportError::Invalid(
                 "an incremental or merge import needs --change-column (or use --mode destructive)"

@@ -23,14 +23,129 @@ use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Resul
 
 pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
     let started = Instant::now();
+    let (src, dst) = tokio::join!(open_source(spec), Dest::open(&spec.dest_url));
+    let (src, mut dst) = (src?, dst?);
+    let prepared = match prepare(spec, src, &mut dst, progress).await? {
+        Ok(p) => p,
+        Err(mut report) => {
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+    };
+    // One destination transaction: the ledger row, the rows, the swap.
+    dst.begin().await?;
+    let outcome = prepared.apply(spec, &mut dst, progress).await;
+    let ended = dst.end(matches!(outcome, Ok((_, Some(_))))).await;
+    let (mut report, rows) = outcome?;
+    match rows {
+        Some(rows) => {
+            ended?;
+            report.rows = rows;
+        }
+        None => report.already_loaded = true,
+    }
+    Ok(report.ended(started, progress))
+}
+
+/// Several loads into one destination in one transaction — an API run's
+/// tables, which go live together: each is the load [`import`] makes
+/// (ledger row, consolidation, rows, merge or swap), and nothing of any is
+/// seen before [`LoadSession::commit`].
+pub struct LoadSession {
+    dst: Dest,
+}
+
+impl LoadSession {
+    /// Opens `dest_url` and begins the transaction.
+    pub async fn open(dest_url: &str) -> Result<LoadSession> {
+        let mut dst = Dest::open(dest_url).await?;
+        dst.begin().await?;
+        Ok(LoadSession { dst })
+    }
+
+    /// Makes `schema` when it is missing (PostgreSQL; SQLite has none).
+    pub async fn ensure_schema(&mut self, schema: &str) -> Result<()> {
+        if self.dst.postgres() {
+            self.dst
+                .raw(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+                .await
+                .map_err(crate::types::db(format!("making schema {schema}")))?;
+        }
+        Ok(())
+    }
+
+    /// One load in the session's transaction.
+    pub async fn load(&mut self, spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
+        let started = Instant::now();
+        let src = open_source(spec).await?;
+        let prepared = match prepare(spec, src, &mut self.dst, progress).await? {
+            Ok(p) => p,
+            Err(mut report) => {
+                report.elapsed = started.elapsed();
+                return Ok(report);
+            }
+        };
+        let (mut report, rows) = prepared.apply(spec, &mut self.dst, progress).await?;
+        match rows {
+            Some(rows) => report.rows = rows,
+            None => report.already_loaded = true,
+        }
+        Ok(report.ended(started, progress))
+    }
+
+    /// Makes every load of the session live.
+    pub async fn commit(mut self) -> Result<()> {
+        self.dst.end(true).await
+    }
+
+    /// Undoes every load of the session.
+    pub async fn rollback(mut self) {
+        let _ = self.dst.end(false).await;
+    }
+}
+
+/// The source a spec names: a file whose columns the spec declares is not
+/// read for them.
+async fn open_source(spec: &ImportSpec) -> Result<Source> {
+    match &spec.declared {
+        Some(cols) => Ok(Source::File(crate::files::FileSource::declared(
+            &spec.source_url,
+            &spec.source_table,
+            cols.clone(),
+        )?)),
+        None => Source::open(&spec.source_url, &spec.source_table).await,
+    }
+}
+
+/// What is decided before the transaction.
+struct Prepared {
+    src: Source,
+    target: TableName,
+    job: String,
+    cols: Vec<Col>,
+    key: Option<String>,
+    owned: String,
+    verdict: ledger::Verdict,
+    select: String,
+    window_key: String,
+    boundary_rows: Option<i64>,
+    replace: Option<(String, bool)>,
+    read: ReadAs,
+    estimate: Option<u64>,
+    report: ImportReport,
+}
+
+/// Reads the source's columns, decides, plans the window; Err(report):
+/// nothing to load.
+async fn prepare(
+    spec: &ImportSpec,
+    mut src: Source,
+    dst: &mut Dest,
+    progress: &mut dyn Progress,
+) -> Result<std::result::Result<Prepared, ImportReport>> {
     let source = TableName::parse(&spec.source_table)?;
     let target = TableName::parse(&spec.target)?;
     let job = spec.job();
-    let (src, dst) = tokio::join!(
-        Source::open(&spec.source_url, &spec.source_table),
-        Dest::open(&spec.dest_url)
-    );
-    let (mut src, mut dst) = (src?, dst?);
     let all = src.columns(&source).await?;
     let crate::Decided {
         cols,
@@ -44,11 +159,11 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
                 watermark,
             },
         mut report,
-    } = crate::decide(spec, &all, &mut dst, &target, &job).await?;
+    } = crate::decide(spec, &all, dst, &target, &job).await?;
 
     // Between two PostgreSQL databases the rows pass as COPY data, never
     // parsed: binary, or text when the batches are staged as files.
-    let read = match (&src, &dst) {
+    let read = match (&src, &*dst) {
         (Source::Postgres(_), Dest::Postgres(_)) if spec.stage.is_some() => ReadAs::TextCopy,
         (Source::Postgres(_), Dest::Postgres(_)) => ReadAs::BinaryCopy,
         _ => ReadAs::Values,
@@ -60,15 +175,22 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
         .join(", ");
     let mut select = format!("SELECT {exprs} FROM {}", src.table(&source));
     let mut replace = None;
-    let mut window_key = format!("full:{:016x}", rand::random::<u64>());
+    // A staged batch loads under its own key (once, however often it is
+    // tried); any other full load under a fresh one.
+    let mut window_key = match &spec.batch {
+        Some(b) => format!("batch:{}", b.key),
+        None => format!("full:{:016x}", rand::random::<u64>()),
+    };
+    if let Some(b) = &spec.batch {
+        report.window_end = b.end.clone();
+    }
     let mut boundary_rows = None;
     if let (Some(c), true) = (&change, spec.mode.windowed()) {
         let planned = src
             .plan(&source, c, watermark.clone(), &spec.window, shape)
             .await?;
         let Some(plan) = report.take_window(planned, watermark, progress) else {
-            report.elapsed = started.elapsed();
-            return Ok(report);
+            return Ok(Err(report));
         };
         select = format!("{select} WHERE {}", plan.condition);
         window_key = plan.ledger_key;
@@ -76,25 +198,64 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
         replace = crate::replaced(spec, plan.replace, &ident(&c.name), |v| dst.literal(c, v));
     }
     let estimate = src.estimate(&source).await;
-    let load = Load {
-        spec,
-        target: &target,
-        cols: &cols,
-        key: key.as_deref(),
+    Ok(Ok(Prepared {
+        src,
+        target,
+        job,
+        cols,
+        key,
+        owned: owned.name,
+        verdict,
+        select,
+        window_key,
+        boundary_rows,
         replace,
         read,
-        from_mysql: src.mysql(),
-        source_changes: src.changes(),
         estimate,
-    };
+        report,
+    }))
+}
 
-    // One destination transaction: the ledger row, the rows, the swap.
-    dst.begin().await?;
-    let outcome = async {
+impl Prepared {
+    /// In the destination's open transaction: claims the window, loads,
+    /// records. None: another attempt loaded it.
+    async fn apply(
+        self,
+        spec: &ImportSpec,
+        dst: &mut Dest,
+        progress: &mut dyn Progress,
+    ) -> Result<(ImportReport, Option<u64>)> {
+        let Prepared {
+            src,
+            target,
+            job,
+            cols,
+            key,
+            owned,
+            verdict,
+            select,
+            window_key,
+            boundary_rows,
+            replace,
+            read,
+            estimate,
+            report,
+        } = self;
+        let load = Load {
+            spec,
+            target: &target,
+            cols: &cols,
+            key: key.as_deref(),
+            replace,
+            read,
+            from_mysql: src.mysql(),
+            source_changes: src.changes(),
+            estimate,
+        };
         let claimed = ledger::claim(
-            &mut dst,
+            dst,
             &job,
-            &owned.name,
+            &owned,
             &verdict,
             &window_key,
             report.window_end.as_deref(),
@@ -102,26 +263,16 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
         )
         .await?;
         if !claimed {
-            return Ok(None);
+            return Ok((report, None));
         }
         let rows = load
-            .rows(src, &mut dst, &select, !verdict.foreign, progress)
+            .rows(src, dst, &select, !verdict.foreign, progress)
             .await?;
-        ledger::record(&mut dst, &job, &window_key, rows).await?;
+        ledger::record(dst, &job, &window_key, rows).await?;
         progress.stage(StageEvent::Loaded { rows });
         spec.check_cancel()?;
-        Ok::<_, ImportError>(Some(rows))
+        Ok((report, Some(rows)))
     }
-    .await;
-    let ended = dst.end(matches!(outcome, Ok(Some(_)))).await;
-    match outcome? {
-        Some(rows) => {
-            ended?;
-            report.rows = rows;
-        }
-        None => report.already_loaded = true,
-    }
-    Ok(report.ended(started, progress))
 }
 
 /// What the load inside the transaction needs to know.

@@ -17,6 +17,7 @@
 //! This crate is pure: no I/O, no async, no SQL, no HTTP.
 
 pub mod action;
+pub mod api_source;
 pub mod datalake;
 pub mod ids;
 pub mod import;

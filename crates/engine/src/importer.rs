@@ -286,6 +286,8 @@ impl Importer {
             // A job's destination table is its own (the job is refused
             // when another job names it).
             replace_existing: false,
+            batch: None,
+            declared: None,
         };
         sluice_datapath::import(&import, progress).await
     }
