@@ -1055,3 +1055,76 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), None);
     }
 }
+
+/// A source as stored: its file sealed (it holds secrets) and shown with
+/// them hidden.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSource {
+    pub organization_id: crate::OrganizationId,
+    pub name: String,
+    pub config_sealed: String,
+    pub config_shown: Value,
+    pub destination: Option<String>,
+    pub dataset: String,
+    pub created_at: crate::time::Timestamp,
+    pub modified_at: crate::time::Timestamp,
+}
+
+/// A run of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRun {
+    pub seq: i64,
+    /// The run's number, as text (`31548`).
+    pub id: String,
+    pub organization_id: crate::OrganizationId,
+    pub source: String,
+    pub run_type: RunType,
+    pub status: RunStatus,
+    /// Why it was rejected, or how it ended.
+    pub error: Option<String>,
+    /// The run this one retries.
+    pub retry_of: Option<String>,
+    pub records: i64,
+    pub tables: i64,
+    pub attempt: i64,
+    pub lease_token: i64,
+    pub created_at: crate::time::Timestamp,
+    pub started_at: Option<crate::time::Timestamp>,
+    pub finished_at: Option<crate::time::Timestamp>,
+}
+
+/// A task of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiTask {
+    pub run_id: String,
+    pub position: i64,
+    pub name: String,
+    /// extraction, metadata_consolidation, table_consolidation, ingestion
+    /// or complete_ingestion.
+    pub kind: String,
+    pub table: Option<String>,
+    pub status: RunStatus,
+    pub records: i64,
+    pub messages: Vec<String>,
+    pub started_at: Option<crate::time::Timestamp>,
+    pub finished_at: Option<crate::time::Timestamp>,
+}
+
+/// A table a run loaded (or is loading): its columns and records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiRunTable {
+    pub run_id: String,
+    pub table: String,
+    /// (name, type) in the warehouse.
+    pub columns: Vec<(String, String)>,
+    pub records: i64,
+}
+
+/// A data load: made only when a run succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataLoad {
+    pub run_id: String,
+    pub tables: i64,
+    pub records: i64,
+    pub created_at: crate::time::Timestamp,
+}

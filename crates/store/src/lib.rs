@@ -60,7 +60,14 @@ pub struct LogQuery {
 /// organization, one smaller contract per subject.
 #[async_trait]
 pub trait MetadataStore:
-    AccountStore + DeploymentStore + RunStore + DatalakeStore + ImportStore + SpaceStore + ActionStore
+    AccountStore
+    + DeploymentStore
+    + RunStore
+    + DatalakeStore
+    + ImportStore
+    + SpaceStore
+    + ActionStore
+    + ApiSourceStore
 {
     /// Which SQL dialect this store speaks (for messages and tests).
     fn dialect(&self) -> Dialect;
@@ -717,4 +724,75 @@ pub async fn open_existing(url: &str) -> Result<SqlStore> {
     }
     store.migrate().await?;
     Ok(store)
+}
+
+/// How an API run's attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiOutcome {
+    /// Its tables are live: a data load is recorded with it.
+    Succeeded { tables: i64, records: i64 },
+    /// Failed (or, when a cancel came, cancelled).
+    Failed { error: String },
+}
+
+/// HTTP API sources and their runs (leased work, as action runs are), the
+/// runs' tasks, tables and data loads.
+#[async_trait]
+pub trait ApiSourceStore: Send + Sync + 'static {
+    /// Stores a source; `replace`: it must exist (an update), else it must
+    /// not ([`StoreError::Conflict`]).
+    async fn put_api_source(&self, source: &api_source::ApiSource, replace: bool) -> Result<()>;
+    async fn get_api_source(&self, org: &OrganizationId, name: &str) -> Result<api_source::ApiSource>;
+    async fn list_api_sources(&self, org: &OrganizationId) -> Result<Vec<api_source::ApiSource>>;
+    /// Deletes a source and its runs' records; refused while a run of it
+    /// is active.
+    async fn delete_api_source(&self, org: &OrganizationId, name: &str) -> Result<()>;
+
+    /// Makes a run of `source`: waiting to start, or REJECTED with
+    /// [`api_source::REJECTED_MESSAGE`] when another run of it is active —
+    /// decided by the store's unique index, however many processes start
+    /// runs at once.
+    async fn start_api_run(
+        &self,
+        org: &OrganizationId,
+        source: &str,
+        run_type: api_source::RunType,
+        retry_of: Option<&str>,
+        now: Timestamp,
+    ) -> Result<api_source::ApiRun>;
+    async fn get_api_run(&self, org: &OrganizationId, id: &str) -> Result<api_source::ApiRun>;
+    /// A source's runs, newest first (at most `limit`).
+    async fn list_api_runs(
+        &self,
+        org: &OrganizationId,
+        source: &str,
+        limit: u32,
+    ) -> Result<Vec<api_source::ApiRun>>;
+    /// Cancels a run: one waiting to start is CANCELLED at once, a running
+    /// one goes CANCELING until its worker stops. Answers the new status;
+    /// [`StoreError::Conflict`] when it is already canceling or ended.
+    async fn cancel_api_run(&self, org: &OrganizationId, id: &str, now: Timestamp) -> Result<RunStatus>;
+
+    async fn claim_api_runs(
+        &self,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<api_source::ApiRun>>;
+    async fn api_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus>;
+    async fn heartbeat_api_run(&self, id: &str, token: i64, ttl: Duration, now: Timestamp) -> Result<RunStatus>;
+    async fn finish_api_run(&self, id: &str, token: i64, outcome: &ApiOutcome, now: Timestamp) -> Result<RunStatus>;
+    /// Gives back the runs of lost workers (tried again up to three times).
+    async fn reap_api_runs(&self, now: Timestamp) -> Result<Vec<String>>;
+
+    /// Writes a task (by run and position) while the lease is `token`'s.
+    async fn put_api_task(&self, task: &api_source::ApiTask, token: i64) -> Result<()>;
+    /// Removes a run's tasks from `from_position` on (an extraction
+    /// starting again), while the lease is `token`'s.
+    async fn clear_api_tasks(&self, run_id: &str, from_position: i64, token: i64) -> Result<()>;
+    async fn api_tasks(&self, run_id: &str) -> Result<Vec<api_source::ApiTask>>;
+    async fn put_api_run_table(&self, table: &api_source::ApiRunTable) -> Result<()>;
+    async fn api_run_tables(&self, run_id: &str) -> Result<Vec<api_source::ApiRunTable>>;
+    async fn api_data_load(&self, run_id: &str) -> Result<Option<api_source::DataLoad>>;
 }

@@ -17,6 +17,7 @@ use crate::{LogQuery, MetadataStore, Result, StoreError};
 
 mod accounts;
 mod actions;
+mod api_sources;
 mod datalake;
 mod deployments;
 mod imports;
@@ -85,6 +86,7 @@ impl Dialect {
                     include_str!("../migrations/sqlite/0009_deployment_limits.sql"),
                 ),
                 (10, include_str!("../migrations/sqlite/0010_actions.sql")),
+                (11, include_str!("../migrations/sqlite/0011_api_sources.sql")),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -109,6 +111,10 @@ impl Dialect {
                     include_str!("../migrations/postgres/0009_deployment_limits.sql"),
                 ),
                 (10, include_str!("../migrations/postgres/0010_actions.sql")),
+                (
+                    11,
+                    include_str!("../migrations/postgres/0011_api_sources.sql"),
+                ),
             ],
         }
     }

@@ -14,7 +14,7 @@ use serde_json::json;
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
 use sluice_store::{
-    AccountStore, ActionOutcome, ActionRunFilter, ActionStore, DatalakeStore, DeploymentStore,
+    AccountStore, ActionOutcome, ApiOutcome, ApiSourceStore, ActionRunFilter, ActionStore, DatalakeStore, DeploymentStore,
     FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome, RunStore, SpaceStore,
     SqlStore, StoreError,
 };
@@ -117,6 +117,8 @@ suite!(
     action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced,
     racing_schedulers_make_one_action_run_per_due_time,
     a_workflow_fires_once_when_every_awaited_job_succeeded,
+    one_api_run_of_a_source_is_active_even_when_runs_start_at_once,
+    api_runs_cancel_once_and_a_lost_one_is_fenced,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1972,4 +1974,184 @@ async fn a_workflow_fires_once_when_every_awaited_job_succeeded(store: Arc<SqlSt
         store.list_action_runs(&f.org, &filter).await.unwrap().len(),
         1
     );
+}
+
+async fn api_source(store: &SqlStore, org: &OrganizationId, name: &str) {
+    let now = time::now();
+    store
+        .put_api_source(
+            &api_source::ApiSource {
+                organization_id: org.clone(),
+                name: name.into(),
+                config_sealed: "sealed".into(),
+                config_shown: json!({"name": name}),
+                destination: None,
+                dataset: name.into(),
+                created_at: now,
+                modified_at: now,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+}
+
+async fn one_api_run_of_a_source_is_active_even_when_runs_start_at_once(store: Arc<SqlStore>) {
+    use api_source::RunType;
+    let org = OrganizationId::generate();
+    api_source(&store, &org, "shop").await;
+    api_source(&store, &org, "other").await;
+    let again = store
+        .put_api_source(&store.get_api_source(&org, "shop").await.unwrap(), false)
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    // Ten starts at once: exactly one waits to start, nine are rejected.
+    let starts = (0..10).map(|_| {
+        let (store, org) = (store.clone(), org.clone());
+        tokio::spawn(async move {
+            store
+                .start_api_run(&org, "shop", RunType::Incremental, None, time::now())
+                .await
+                .unwrap()
+        })
+    });
+    let runs: Vec<_> = futures_join(starts).await;
+    let active: Vec<_> = runs.iter().filter(|r| r.status == RunStatus::Runnable).collect();
+    assert_eq!(active.len(), 1, "{runs:?}");
+    for r in runs.iter().filter(|r| r.status != RunStatus::Runnable) {
+        assert_eq!(r.status, RunStatus::Rejected);
+        assert_eq!(r.error.as_deref(), Some(api_source::REJECTED_MESSAGE));
+    }
+    // Ids are the runs' numbers, all different.
+    let ids: HashSet<_> = runs.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 10);
+    assert!(runs.iter().all(|r| r.id.parse::<i64>().is_ok()), "{ids:?}");
+    // Another source is not held back.
+    let other = store
+        .start_api_run(&org, "other", RunType::Destructive, None, time::now())
+        .await
+        .unwrap();
+    assert_eq!(other.status, RunStatus::Runnable);
+    // Once the active one ended, a new one may start.
+    let first = active[0];
+    assert_eq!(
+        store.cancel_api_run(&org, &first.id, time::now()).await.unwrap(),
+        RunStatus::Cancelled
+    );
+    let next = store
+        .start_api_run(&org, "shop", RunType::Incremental, Some(&first.id), time::now())
+        .await
+        .unwrap();
+    assert_eq!(next.status, RunStatus::Runnable);
+    assert_eq!(next.retry_of.as_deref(), Some(first.id.as_str()));
+    // Another organization's id is not found.
+    let stranger = OrganizationId::generate();
+    assert!(matches!(
+        store.get_api_run(&stranger, &next.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.cancel_api_run(&stranger, &next.id, time::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+async fn api_runs_cancel_once_and_a_lost_one_is_fenced(store: Arc<SqlStore>) {
+    use api_source::{ApiTask, RunType};
+    let org = OrganizationId::generate();
+    api_source(&store, &org, "shop").await;
+    let run = store
+        .start_api_run(&org, "shop", RunType::Incremental, None, time::now())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_api_runs("w1", 10, Duration::from_millis(1), time::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let token = claimed[0].lease_token;
+    assert_eq!(
+        store.api_run_running(&run.id, token, time::now()).await.unwrap(),
+        RunStatus::Running
+    );
+    let task = ApiTask {
+        run_id: run.id.clone(),
+        position: 0,
+        name: "orders".into(),
+        kind: api_source::EXTRACTION.into(),
+        table: Some("orders".into()),
+        status: RunStatus::Succeeded,
+        records: 42,
+        messages: vec!["HTTP 429".into()],
+        started_at: Some(time::now()),
+        finished_at: Some(time::now()),
+    };
+    store.put_api_task(&task, token).await.unwrap();
+    assert_eq!(store.api_tasks(&run.id).await.unwrap(), vec![task.clone()]);
+    assert_eq!(store.get_api_run(&org, &run.id).await.unwrap().records, 42);
+    // The lease runs out: the run is given back, the lost worker fenced.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.reap_api_runs(time::now()).await.unwrap(), vec![run.id.clone()]);
+    assert!(matches!(
+        store.put_api_task(&task, token).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let outcome = ApiOutcome::Succeeded { tables: 1, records: 42 };
+    assert!(matches!(
+        store.finish_api_run(&run.id, token, &outcome, time::now()).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(store.api_data_load(&run.id).await.unwrap().is_none());
+    // Claimed again and running: the first cancel makes it CANCELING, the
+    // second changes nothing and says so.
+    let again = store.claim_api_runs("w2", 10, TTL, time::now()).await.unwrap();
+    let token = again[0].lease_token;
+    store.api_run_running(&run.id, token, time::now()).await.unwrap();
+    assert_eq!(
+        store.cancel_api_run(&org, &run.id, time::now()).await.unwrap(),
+        RunStatus::Canceling
+    );
+    let second = store.cancel_api_run(&org, &run.id, time::now()).await;
+    assert!(
+        matches!(&second, Err(StoreError::Conflict(m)) if m.contains("already Canceling")),
+        "{second:?}"
+    );
+    assert_eq!(
+        store.heartbeat_api_run(&run.id, token, TTL, time::now()).await.unwrap(),
+        RunStatus::Canceling
+    );
+    let failed = ApiOutcome::Failed { error: "cancelled".into() };
+    assert_eq!(
+        store.finish_api_run(&run.id, token, &failed, time::now()).await.unwrap(),
+        RunStatus::Cancelled
+    );
+    assert!(store.api_data_load(&run.id).await.unwrap().is_none());
+    // A run that succeeds has its data load.
+    let ok = store
+        .start_api_run(&org, "shop", RunType::Destructive, None, time::now())
+        .await
+        .unwrap();
+    let c = store.claim_api_runs("w3", 10, TTL, time::now()).await.unwrap();
+    store
+        .finish_api_run(&ok.id, c[0].lease_token, &outcome, time::now())
+        .await
+        .unwrap();
+    let load = store.api_data_load(&ok.id).await.unwrap().expect("a data load");
+    assert_eq!((load.tables, load.records), (1, 42));
+    let ended = store.cancel_api_run(&org, &ok.id, time::now()).await;
+    assert!(matches!(&ended, Err(StoreError::Conflict(m)) if m.contains("Completed")), "{ended:?}");
+    // Deleting the source takes its runs' records with it.
+    store.delete_api_source(&org, "shop").await.unwrap();
+    assert!(store.api_tasks(&run.id).await.unwrap().is_empty());
+    assert!(store.list_api_runs(&org, "shop", 10).await.unwrap().is_empty());
 }
