@@ -23,6 +23,7 @@
 //! | GET | `/downloads/{token}` | pre-signed: the version's code |
 //! | POST, GET | `/graphql` | the Arize-style importer's GraphQL face (`sluice-graphql`; GET: GraphiQL) |
 
+pub mod api_runs;
 pub mod error;
 mod rest;
 pub mod wire;

@@ -22,6 +22,7 @@ use crate::{wire, ApiState};
 type Result<T> = std::result::Result<T, ApiError>;
 
 mod actions;
+mod api_sources;
 mod datalake;
 
 /// A route of the HTTP API: what the router serves, and what `sluice
@@ -139,7 +140,7 @@ pub(crate) fn table() -> Table {
         )
         .public(Method::PUT, "/uploads/{token}", upload)
         .public(Method::GET, "/downloads/{token}", download);
-    actions::routes(datalake::routes(table))
+    api_sources::routes(actions::routes(datalake::routes(table)))
 }
 
 pub fn routes(state: ApiState) -> Router {

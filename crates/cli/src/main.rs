@@ -369,7 +369,9 @@ enum Command {
         #[command(subcommand)]
         command: config::NamedCommand,
     },
-    /// The sources an organization's jobs made through the API may read.
+    /// Sources: the databases and folders an organization's jobs made
+    /// through the API may read (add, remove), and HTTP API sources (dlt's
+    /// rest_api configuration) with their runs (create, run, runs, …).
     Source {
         #[command(subcommand)]
         command: source::SourceCommand,
@@ -871,6 +873,15 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                     wakers.clone(),
                 );
                 tokio::spawn(Arc::new(actions).run());
+                let api_runs = sluice_engine::api_runs::ApiRunner::new(
+                    db.clone(),
+                    sealer.clone(),
+                    &config,
+                    store.warehouse(),
+                    format!("serve-{}", std::process::id()),
+                    wakers.clone(),
+                );
+                tokio::spawn(Arc::new(api_runs).run());
                 let worker =
                     Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
                 tokio::spawn(worker.run());
@@ -929,6 +940,15 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 wakers.clone(),
             );
             tokio::spawn(Arc::new(actions).run());
+            let api_runs = sluice_engine::api_runs::ApiRunner::new(
+                db.clone(),
+                keys.sealer(),
+                &config,
+                store.warehouse(),
+                format!("worker-{}", std::process::id()),
+                wakers.clone(),
+            );
+            tokio::spawn(Arc::new(api_runs).run());
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
             tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
             worker.run().await;

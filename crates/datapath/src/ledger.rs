@@ -201,7 +201,7 @@ pub(crate) fn ensure<'a>(conn: &'a mut Dest) -> BoxFuture<'a, Result<()>> {
 }
 
 /// Where the job's last regular window ended.
-async fn watermark(conn: &mut Dest, job: &str) -> Result<Option<Watermark>> {
+pub(crate) async fn watermark(conn: &mut Dest, job: &str) -> Result<Option<Watermark>> {
     let sql = "SELECT CAST(window_end AS TEXT), CAST(boundary_rows AS TEXT) FROM (".to_owned()
         + WATERMARK
         + ") w";

@@ -50,58 +50,163 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
 /// Several loads into one destination in one transaction — an API run's
 /// tables, which go live together: each is the load [`import`] makes
 /// (ledger row, consolidation, rows, merge or swap), and nothing of any is
-/// seen before [`LoadSession::commit`].
+/// seen before [`LoadSession::commit`]. The session lives on a thread of
+/// its own (as every import does), driven through this handle.
 pub struct LoadSession {
-    dst: Dest,
+    orders: std::sync::mpsc::Sender<Order>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Order {
+    Schema(String, tokio::sync::oneshot::Sender<Result<()>>),
+    Load(Box<ImportSpec>, tokio::sync::oneshot::Sender<(Result<ImportReport>, Vec<StageEvent>)>),
+    End(bool, tokio::sync::oneshot::Sender<Result<()>>),
+}
+
+/// Collects a load's stage events for the handle.
+struct Events(Vec<StageEvent>);
+
+impl Progress for Events {
+    fn rows(&mut self, _: u64, _: Option<u64>) {}
+    fn stage(&mut self, event: StageEvent) {
+        self.0.push(event);
+    }
 }
 
 impl LoadSession {
     /// Opens `dest_url` and begins the transaction.
     pub async fn open(dest_url: &str) -> Result<LoadSession> {
-        let mut dst = Dest::open(dest_url).await?;
-        dst.begin().await?;
-        Ok(LoadSession { dst })
+        let url = dest_url.to_owned();
+        let (orders, inbox) = std::sync::mpsc::channel::<Order>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("sluice-load".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ImportError::Stopped(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let opened = async {
+                        let mut dst = Dest::open(&url).await?;
+                        dst.begin().await?;
+                        Ok::<_, ImportError>(dst)
+                    }
+                    .await;
+                    let mut dst = match opened {
+                        Ok(d) => {
+                            let _ = ready_tx.send(Ok(()));
+                            d
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    // Orders until End (or the handle is dropped: roll back).
+                    while let Ok(order) = inbox.recv() {
+                        match order {
+                            Order::Schema(schema, reply) => {
+                                let done = if dst.postgres() {
+                                    dst.raw(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(&schema)))
+                                        .await
+                                        .map_err(crate::types::db(format!("making schema {schema}")))
+                                } else {
+                                    Ok(())
+                                };
+                                let _ = reply.send(done);
+                            }
+                            Order::Load(spec, reply) => {
+                                let mut events = Events(Vec::new());
+                                let report = load_in(&spec, &mut dst, &mut events).await;
+                                let _ = reply.send((report, events.0));
+                            }
+                            Order::End(commit, reply) => {
+                                let _ = reply.send(dst.end(commit).await);
+                                return;
+                            }
+                        }
+                    }
+                    let _ = dst.end(false).await;
+                });
+            })
+            .map_err(ImportError::Stopped)?;
+        let session = LoadSession {
+            orders,
+            thread: Some(thread),
+        };
+        ready
+            .await
+            .map_err(|_| invalid("the load thread stopped"))??;
+        Ok(session)
     }
 
     /// Makes `schema` when it is missing (PostgreSQL; SQLite has none).
     pub async fn ensure_schema(&mut self, schema: &str) -> Result<()> {
-        if self.dst.postgres() {
-            self.dst
-                .raw(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
-                .await
-                .map_err(crate::types::db(format!("making schema {schema}")))?;
-        }
-        Ok(())
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Order::Schema(schema.to_owned(), tx))?;
+        rx.await.map_err(|_| invalid("the load thread stopped"))?
     }
 
-    /// One load in the session's transaction.
+    /// One load in the session's transaction; its stage events go to
+    /// `progress` once it ended.
     pub async fn load(&mut self, spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
-        let started = Instant::now();
-        let src = open_source(spec).await?;
-        let prepared = match prepare(spec, src, &mut self.dst, progress).await? {
-            Ok(p) => p,
-            Err(mut report) => {
-                report.elapsed = started.elapsed();
-                return Ok(report);
-            }
-        };
-        let (mut report, rows) = prepared.apply(spec, &mut self.dst, progress).await?;
-        match rows {
-            Some(rows) => report.rows = rows,
-            None => report.already_loaded = true,
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Order::Load(Box::new(spec.clone()), tx))?;
+        let (report, events) = rx.await.map_err(|_| invalid("the load thread stopped"))?;
+        for e in events {
+            progress.stage(e);
         }
-        Ok(report.ended(started, progress))
+        report
     }
 
     /// Makes every load of the session live.
     pub async fn commit(mut self) -> Result<()> {
-        self.dst.end(true).await
+        self.end(true).await
     }
 
     /// Undoes every load of the session.
     pub async fn rollback(mut self) {
-        let _ = self.dst.end(false).await;
+        let _ = self.end(false).await;
     }
+
+    async fn end(&mut self, commit: bool) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Order::End(commit, tx))?;
+        let done = rx.await.map_err(|_| invalid("the load thread stopped"))?;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        done
+    }
+
+    fn send(&self, order: Order) -> Result<()> {
+        self.orders
+            .send(order)
+            .map_err(|_| invalid("the load thread stopped"))
+    }
+}
+
+/// One load in `dst`'s open transaction.
+async fn load_in(spec: &ImportSpec, dst: &mut Dest, progress: &mut dyn Progress) -> Result<ImportReport> {
+    let started = Instant::now();
+    let src = open_source(spec).await?;
+    let prepared = match prepare(spec, src, dst, progress).await? {
+        Ok(p) => p,
+        Err(mut report) => {
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+    };
+    let (mut report, rows) = prepared.apply(spec, dst, progress).await?;
+    match rows {
+        Some(rows) => report.rows = rows,
+        None => report.already_loaded = true,
+    }
+    Ok(report.ended(started, progress))
 }
 
 /// The source a spec names: a file whose columns the spec declares is not

@@ -17,6 +17,7 @@ use crate::code;
 use crate::Wakers;
 
 mod actions;
+mod api_sources;
 mod datalake;
 pub use actions::{
     next_time, schedule_of, ConfigurationFiles, ConfigurationRef, WorkflowState,
@@ -28,6 +29,7 @@ pub mod input;
 mod sources;
 mod spaces;
 
+pub use api_sources::{duration_secs, ApiRunDetail, ApiRunView, ApiRunsQuery, Durations};
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
 };
@@ -326,6 +328,19 @@ impl Control {
             self.store.clone(),
             self.sealer.clone(),
             config,
+            name,
+            self.wakers.clone(),
+        )
+    }
+
+    /// An API runner of this process (`sluice source run` runs its run
+    /// itself).
+    pub fn api_runner(&self, config: &crate::EngineConfig, name: String) -> crate::api_runs::ApiRunner {
+        crate::api_runs::ApiRunner::new(
+            self.store.clone(),
+            self.sealer.clone(),
+            config,
+            self.settings.warehouse.clone(),
             name,
             self.wakers.clone(),
         )

@@ -7,6 +7,8 @@
 //! - [`worker`]: claims runnable runs under a lease and runs their code.
 //! - [`importer`]: makes table import jobs' queries when they are due,
 //!   claims them under a lease and runs the data path.
+//! - [`api_runs`]: runs HTTP API sources' runs (extraction, consolidation,
+//!   ingestion) under leases.
 //! - [`secrets`]: connection URLs sealed at rest.
 //! - [`code`], [`blob`], [`auth`]: archives, object storage, credentials.
 //!
@@ -15,6 +17,7 @@
 //! worker, which polls a shared PostgreSQL store.
 
 pub mod actions;
+pub mod api_runs;
 pub mod auth;
 pub mod blob;
 pub mod code;
@@ -44,6 +47,7 @@ pub struct Wakers {
     pub dispatcher: Notify,
     pub importer: Notify,
     pub actions: Notify,
+    pub api: Notify,
 }
 
 /// The queue of a run with a `distribution`: runs whose values share a

@@ -780,6 +780,14 @@ pub trait ApiSourceStore: Send + Sync + 'static {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<api_source::ApiRun>>;
+    /// Claims run `id` itself when it waits to start (None: it does not).
+    async fn claim_api_run(
+        &self,
+        id: &str,
+        worker: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<api_source::ApiRun>>;
     async fn api_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus>;
     async fn heartbeat_api_run(&self, id: &str, token: i64, ttl: Duration, now: Timestamp) -> Result<RunStatus>;
     async fn finish_api_run(&self, id: &str, token: i64, outcome: &ApiOutcome, now: Timestamp) -> Result<RunStatus>;

@@ -102,7 +102,7 @@ struct ChannelsQuery {
     filter_archived: Option<String>,
 }
 
-fn number(field: &str, v: Option<&str>) -> Result<Option<u32>> {
+pub(super) fn number(field: &str, v: Option<&str>) -> Result<Option<u32>> {
     v.filter(|v| !v.is_empty())
         .map(|v| {
             v.parse::<u32>().map_err(|_| {

@@ -33,7 +33,8 @@ use crate::types::{invalid, Kind};
 use crate::Result;
 pub use http::Http;
 
-/// Rows a batch file holds at most.
+/// Rows a batch file holds at most (a page's rows are a batch of their
+/// own anyway).
 const BATCH_ROWS: u64 = 50_000;
 
 /// A kind as a manifest names it.
@@ -178,10 +179,11 @@ pub fn consolidate_metadata(stage: &Stage, table: &str) -> Result<Blueprint> {
                             let m = merge(old, k);
                             if m != old {
                                 changes.push(format!(
-                                    "column {name} widened from {} to {} (batch {} of {part})",
+                                    "column {name} widened from {} to {} (batch {} of {part}: page {})",
                                     kind_name(old),
                                     kind_name(m),
-                                    b["file"].as_str().unwrap_or_default()
+                                    b["file"].as_str().unwrap_or_default(),
+                                    b["page"].as_u64().unwrap_or(0)
                                 ));
                                 kinds.insert(name, m);
                             }
@@ -280,6 +282,8 @@ struct Open {
     rows: u64,
     kinds: BTreeMap<String, Kind>,
     order: Vec<String>,
+    /// The resource's page its rows came from.
+    page: u64,
 }
 
 /// The walk of one resource's pages (for each of its parents' records,
@@ -423,9 +427,14 @@ impl<'a> Walk<'a> {
         true
     }
 
+    /// Whether pages are left to fetch.
+    pub fn more(&mut self, http: &Http) -> bool {
+        self.next.is_some() || self.next_walk(http)
+    }
+
     /// Fetches up to `max_pages` pages into one extraction part; None when
     /// the resource has no pages left.
-    pub async fn part(&mut self, http: &mut Http, max_pages: u64, cancelled: &dyn Fn() -> bool) -> Result<Option<Part>> {
+    pub async fn part(&mut self, http: &mut Http, max_pages: u64, cancelled: &std::sync::atomic::AtomicBool) -> Result<Option<Part>> {
         if self.next.is_none() && !self.next_walk(http) {
             return Ok(None);
         }
@@ -445,7 +454,7 @@ impl<'a> Walk<'a> {
         let before = http.messages.len();
         let mut rows = Vec::new();
         while part.pages < max_pages {
-            if cancelled() {
+            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(crate::ImportError::Cancelled);
             }
             let Some((url, query)) = self.next.take() else {
@@ -480,6 +489,11 @@ impl<'a> Walk<'a> {
                 part.records += 1;
             }
             self.next = self.next_request(&url, &query, &page, count);
+            // A page is a batch: its kinds are merged with the others' at
+            // metadata consolidation, which reports each widening.
+            for (table, o) in std::mem::take(&mut open) {
+                close(o, &table, &mut batches)?;
+            }
         }
         for (table, o) in std::mem::take(&mut open) {
             close(o, &table, &mut batches)?;
@@ -595,6 +609,7 @@ impl<'a> Walk<'a> {
                         rows: 0,
                         kinds: BTreeMap::new(),
                         order: Vec::new(),
+                        page: self.page_no,
                     },
                 );
             }
@@ -716,11 +731,12 @@ impl<'a> Walk<'a> {
 
 /// Closes a batch file and records it.
 fn close(o: Open, table: &str, batches: &mut BTreeMap<String, Vec<Value>>) -> Result<()> {
-    let file = o
-        .file
+    let page = o.page;
+    // Flushed, not synced: a batch only matters once the stage is marked
+    // complete, and consolidation syncs what it writes before that.
+    o.file
         .into_inner()
         .map_err(|e| invalid(format!("staging {table}: {e}")))?;
-    file.sync_all().map_err(io(format!("staging {table}")))?;
     let columns: Vec<Value> = o
         .order
         .iter()
@@ -729,7 +745,7 @@ fn close(o: Open, table: &str, batches: &mut BTreeMap<String, Vec<Value>>) -> Re
     batches
         .entry(table.to_owned())
         .or_default()
-        .push(json!({"file": o.name, "rows": o.rows, "columns": columns}));
+        .push(json!({"file": o.name, "page": page, "rows": o.rows, "columns": columns}));
     Ok(())
 }
 
@@ -770,7 +786,12 @@ pub fn staged(stage: &Stage) -> bool {
 pub fn mark_staged(stage: &Stage) -> Result<()> {
     let p = stage.dir.join("staged");
     std::fs::create_dir_all(&stage.dir).map_err(io(stage.dir.display()))?;
-    std::fs::write(&p, b"").map_err(io(p.display()))
+    std::fs::File::create(&p)
+        .and_then(|f| f.sync_all())
+        .map_err(io(p.display()))?;
+    std::fs::File::open(&stage.dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(stage.dir.display()))
 }
 
 /// A blueprint kept in the stage.
@@ -783,4 +804,44 @@ pub fn blueprint(stage: &Stage, table: &str) -> Result<Blueprint> {
 /// The path of a stage folder for `run` under `root`.
 pub fn stage_of(root: &Path, run: &str) -> Stage {
     Stage::new(root.join(run))
+}
+
+/// The columns a blueprint declares, for the load ([`crate::ImportSpec::declared`]).
+pub fn declared_columns(blueprint: &Blueprint) -> Vec<crate::types::Col> {
+    blueprint
+        .columns
+        .iter()
+        .map(|c| crate::types::Col {
+            name: c.name.clone(),
+            kind: kind_named(&c.kind),
+            not_null: false,
+            exact: None,
+        })
+        .collect()
+}
+
+/// Where `job`'s cursor ended in the destination's ledger (the largest
+/// cursor value its last load recorded); None when nothing was loaded, or
+/// when `target` is gone (loaded again from the start).
+pub async fn last_cursor(dest_url: &str, target: &str, job: &str) -> Result<Option<String>> {
+    let (url, target, job) = (dest_url.to_owned(), target.to_owned(), job.to_owned());
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(crate::ImportError::Stopped)?
+            .block_on(read_cursor(&url, &target, &job))
+    })
+    .await
+    .map_err(|e| invalid(format!("reading the cursor stopped: {e}")))?
+}
+
+async fn read_cursor(dest_url: &str, target: &str, job: &str) -> Result<Option<String>> {
+    let mut dst = crate::dest::Dest::open(dest_url).await?;
+    crate::ledger::ensure(&mut dst).await?;
+    let t = crate::types::TableName::parse(target)?;
+    if dst.columns(&t).await?.is_empty() {
+        return Ok(None);
+    }
+    Ok(crate::ledger::watermark(&mut dst, job).await?.map(|w| w.end))
 }

@@ -335,6 +335,14 @@ impl ApiSourceStore for SqlStore {
         RUNS.claim_into(self, worker, limit, ttl, now, run_from_row).await
     }
 
+    async fn claim_api_run(&self, id: &str, worker: &str, ttl: Duration, now: Timestamp) -> Result<Option<ApiRun>> {
+        RUNS.claim_id(self, id, worker, ttl, now)
+            .await?
+            .as_ref()
+            .map(run_from_row)
+            .transpose()
+    }
+
     async fn api_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus> {
         RUNS.start_alone(self, id, token, now).await
     }

@@ -171,6 +171,37 @@ impl Leased {
 }
 
 impl Leased {
+    /// Claims the RUNNABLE row `id` (the one a command runs itself) under
+    /// a new lease of `worker`; None when it is not RUNNABLE (another
+    /// worker has it, or it ended).
+    pub async fn claim_id(
+        &self,
+        store: &SqlStore,
+        id: &str,
+        worker: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<AnyRow>> {
+        RunStatus::Runnable.transition(RunStatus::Starting)?;
+        let now = micros(now);
+        let sql = format!(
+            "UPDATE {} SET status = 'STARTING', attempt = attempt + 1, \
+             lease_token = lease_token + 1, lease_owner = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), error = NULL{} \
+             WHERE status = 'RUNNABLE' AND id = $4 RETURNING {}",
+            self.table,
+            self.stamp(),
+            self.columns
+        );
+        Ok(sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + ttl.as_micros() as i64)
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&store.write)
+            .await?)
+    }
+
     /// Claims up to `limit` RUNNABLE rows (see [`Leased::claim`]) in a
     /// transaction of its own; answers them read by `parse`, in claim
     /// order (`seq`).

@@ -1,0 +1,321 @@
+//! HTTP API sources' use cases: making a source from dlt's `rest_api`
+//! configuration (secrets sealed), starting, cancelling and retrying its
+//! runs under the API Run page's rules, and reading what that page shows —
+//! runs filtered and sorted, a run's tasks, tables and messages, typical
+//! durations, and the search over a run's tasks.
+//!
+//! Every read and write is scoped by the caller's organization: another
+//! organization's source or run is "not found".
+
+use sluice_domain::api_source::{
+    self as domain, status_label, ApiRun, ApiRunTable, ApiSource, ApiTask, DataLoad, RunType,
+    Searched,
+};
+
+use super::*;
+
+/// A run as the page lists it.
+#[derive(Debug, Clone)]
+pub struct ApiRunView {
+    pub run: ApiRun,
+    /// How many messages its tasks (and its end) hold.
+    pub messages: i64,
+}
+
+/// A run with everything its page shows.
+#[derive(Debug, Clone)]
+pub struct ApiRunDetail {
+    pub run: ApiRun,
+    pub tasks: Vec<ApiTask>,
+    pub tables: Vec<ApiRunTable>,
+    pub data_load: Option<DataLoad>,
+}
+
+/// Which runs of a source to list, and in which order.
+#[derive(Debug, Clone, Default)]
+pub struct ApiRunsQuery {
+    pub run_type: Option<String>,
+    pub status: Option<String>,
+    /// id, type, status, created, started, finished, duration, records,
+    /// tables or messages (default: id).
+    pub sort: Option<String>,
+    /// Ascending (default: descending, newest first).
+    pub ascending: bool,
+    pub limit: Option<u32>,
+}
+
+/// The typical duration of a kind of run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Durations {
+    pub run_type: String,
+    /// Completed runs looked at.
+    pub runs: usize,
+    pub p50_secs: Option<f64>,
+    pub p95_secs: Option<f64>,
+    pub last_completed_secs: Option<f64>,
+}
+
+/// A run's duration in seconds, once it ended.
+pub fn duration_secs(run: &ApiRun) -> Option<f64> {
+    let (a, b) = (run.started_at?, run.finished_at?);
+    Some((b - a).num_milliseconds() as f64 / 1000.0)
+}
+
+fn org_id(org: &str) -> Result<OrganizationId> {
+    OrganizationId::parse(org).map_err(|e| bad(e.to_string()))
+}
+
+/// A status asked for by its name (FAILED) or its label (Failed, Waiting
+/// to start).
+fn status_matches(asked: &str, status: RunStatus) -> bool {
+    let asked = asked.trim();
+    asked.eq_ignore_ascii_case(status.as_str()) || asked.eq_ignore_ascii_case(status_label(status))
+}
+
+impl Control {
+    /// Makes (or, with `replace`, changes) an API source of `org` from its
+    /// file: every problem is named at once and nothing is stored when
+    /// there is one.
+    pub async fn put_api_source(&self, org: &str, doc: &Value, replace: bool) -> Result<ApiSource> {
+        let org = org_id(org)?;
+        self.store.get_organization(&org).await?;
+        let config = domain::parse(doc).map_err(|p| {
+            bad(format!(
+                "the source file has {} problem(s): {}",
+                p.len(),
+                p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+            ))
+        })?;
+        match &config.destination {
+            Some(name) => {
+                let declared = self.store.warehouses_of(&org).await?;
+                if !declared.iter().any(|w| &w.name == name) {
+                    return Err(bad(format!(
+                        "destination: warehouse `{name}` is not declared for this organization \
+                         (sluice warehouse add {name} URL --org ORG)"
+                    )));
+                }
+            }
+            None if self.settings.warehouse.is_none() => {
+                return Err(bad("destination: this server has no embedded warehouse; name a declared warehouse"));
+            }
+            None => {}
+        }
+        let now = time::now();
+        let created_at = if replace {
+            self.store.get_api_source(&org, &config.name).await?.created_at
+        } else {
+            now
+        };
+        let source = ApiSource {
+            organization_id: org,
+            name: config.name.clone(),
+            config_sealed: self.sealer.seal(&doc.to_string()),
+            config_shown: domain::hide_secrets(doc),
+            destination: config.destination.clone(),
+            dataset: config.dataset.clone(),
+            created_at,
+            modified_at: now,
+        };
+        self.store.put_api_source(&source, replace).await?;
+        Ok(source)
+    }
+
+    pub async fn api_sources(&self, org: &str) -> Result<Vec<ApiSource>> {
+        Ok(self.store.list_api_sources(&org_id(org)?).await?)
+    }
+
+    pub async fn api_source(&self, org: &str, name: &str) -> Result<ApiSource> {
+        Ok(self.store.get_api_source(&org_id(org)?, name).await?)
+    }
+
+    pub async fn delete_api_source(&self, org: &str, name: &str) -> Result<()> {
+        Ok(self.store.delete_api_source(&org_id(org)?, name).await?)
+    }
+
+    /// Starts a run of `source`: waiting to start, or REJECTED ("Rejected -
+    /// previous load still running") when one of it is active.
+    pub async fn start_api_run(&self, org: &str, source: &str, run_type: RunType) -> Result<ApiRun> {
+        let run = self
+            .store
+            .start_api_run(&org_id(org)?, source, run_type, None, time::now())
+            .await?;
+        self.wakers.api.notify_one();
+        Ok(run)
+    }
+
+    /// Retries run `id`: only the most recent run of its source (rejected
+    /// runs, which never ran, aside), only when it FAILED or was CANCELLED.
+    /// The new run records which run it retries.
+    pub async fn retry_api_run(&self, org: &str, id: &str) -> Result<ApiRun> {
+        let org = org_id(org)?;
+        let run = self.store.get_api_run(&org, id).await?;
+        let latest = self
+            .store
+            .list_api_runs(&org, &run.source, 1000)
+            .await?
+            .into_iter()
+            .find(|r| r.status != RunStatus::Rejected);
+        if let Some(latest) = latest.filter(|l| l.id != run.id) {
+            return Err(ControlError::Conflict(format!(
+                "only the most recent run of source `{}` may be retried: that is run {} ({}), not run {id}",
+                run.source,
+                latest.id,
+                status_label(latest.status)
+            )));
+        }
+        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(ControlError::Conflict(format!(
+                "run {id} is {}: only a Failed or Cancelled run may be retried",
+                status_label(run.status)
+            )));
+        }
+        let new = self
+            .store
+            .start_api_run(&org, &run.source, run.run_type, Some(id), time::now())
+            .await?;
+        self.wakers.api.notify_one();
+        Ok(new)
+    }
+
+    /// Cancels run `id`: CANCELLED at once while it waits to start,
+    /// CANCELING until its work has stopped while it runs. A second cancel
+    /// changes nothing and says so (409).
+    pub async fn cancel_api_run(&self, org: &str, id: &str) -> Result<RunStatus> {
+        let status = self.store.cancel_api_run(&org_id(org)?, id, time::now()).await?;
+        Ok(status)
+    }
+
+    /// The runs of `source`, filtered by type and status, sorted by any
+    /// column.
+    pub async fn api_runs(&self, org: &str, source: &str, q: &ApiRunsQuery) -> Result<Vec<ApiRunView>> {
+        let org = org_id(org)?;
+        self.store.get_api_source(&org, source).await?;
+        let run_type = match &q.run_type {
+            None => None,
+            Some(t) => Some(RunType::parse(t).ok_or_else(|| {
+                bad(format!("type `{t}`: expected incremental or destructive"))
+            })?),
+        };
+        if let Some(s) = &q.status {
+            if !RunStatus::ALL.iter().any(|st| status_matches(s, *st)) {
+                return Err(bad(format!(
+                    "status `{s}`: expected one of Waiting to start, Running, Completed, Failed, \
+                     Canceling …, Cancelled, Rejected - previous load still running (or their \
+                     names: RUNNABLE, RUNNING, SUCCEEDED, FAILED, CANCELING, CANCELLED, REJECTED)"
+                )));
+            }
+        }
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let mut views = Vec::new();
+        for run in self.store.list_api_runs(&org, source, 10_000).await? {
+            if run_type.is_some_and(|t| t != run.run_type) {
+                continue;
+            }
+            if q.status.as_ref().is_some_and(|s| !status_matches(s, run.status)) {
+                continue;
+            }
+            let tasks = self.store.api_tasks(&run.id).await?;
+            let messages = tasks.iter().map(|t| t.messages.len() as i64).sum::<i64>()
+                + i64::from(run.error.is_some());
+            views.push(ApiRunView { run, messages });
+        }
+        let sort = q.sort.as_deref().unwrap_or("id").to_ascii_lowercase();
+        let key = |v: &ApiRunView| -> (Option<f64>, String) {
+            let r = &v.run;
+            let micros = |t: Option<Timestamp>| t.map(|t| t.timestamp_micros() as f64);
+            match sort.as_str() {
+                "type" => (None, r.run_type.as_str().to_owned()),
+                "status" => (None, status_label(r.status).to_owned()),
+                "created" => (micros(Some(r.created_at)), String::new()),
+                "started" => (micros(r.started_at), String::new()),
+                "finished" => (micros(r.finished_at), String::new()),
+                "duration" => (duration_secs(r), String::new()),
+                "records" => (Some(r.records as f64), String::new()),
+                "tables" => (Some(r.tables as f64), String::new()),
+                "messages" => (Some(v.messages as f64), String::new()),
+                _ => (Some(r.seq as f64), String::new()),
+            }
+        };
+        const SORTS: [&str; 10] = [
+            "id", "type", "status", "created", "started", "finished", "duration", "records", "tables", "messages",
+        ];
+        if !SORTS.contains(&sort.as_str()) {
+            return Err(bad(format!("sort `{sort}`: expected one of {}", SORTS.join(", "))));
+        }
+        views.sort_by(|a, b| {
+            let (ka, kb) = (key(a), key(b));
+            let o = ka
+                .0
+                .partial_cmp(&kb.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| ka.1.cmp(&kb.1))
+                .then_with(|| a.run.seq.cmp(&b.run.seq));
+            if q.ascending {
+                o
+            } else {
+                o.reverse()
+            }
+        });
+        views.truncate(limit as usize);
+        Ok(views)
+    }
+
+    /// Run `id` with its tasks, tables and data load.
+    pub async fn api_run(&self, org: &str, id: &str) -> Result<ApiRunDetail> {
+        let run = self.store.get_api_run(&org_id(org)?, id).await?;
+        Ok(ApiRunDetail {
+            tasks: self.store.api_tasks(&run.id).await?,
+            tables: self.store.api_run_tables(&run.id).await?,
+            data_load: self.store.api_data_load(&run.id).await?,
+            run,
+        })
+    }
+
+    /// How long the last `last` completed runs of `source` took, per type.
+    pub async fn api_run_durations(&self, org: &str, source: &str, last: usize) -> Result<Vec<Durations>> {
+        let org = org_id(org)?;
+        self.store.get_api_source(&org, source).await?;
+        let runs = self.store.list_api_runs(&org, source, 10_000).await?;
+        Ok([RunType::Incremental, RunType::Destructive]
+            .into_iter()
+            .map(|t| {
+                let took: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.run_type == t && r.status == RunStatus::Succeeded)
+                    .filter_map(duration_secs)
+                    .take(last.max(1))
+                    .collect();
+                Durations {
+                    run_type: t.as_str().to_owned(),
+                    runs: took.len(),
+                    p50_secs: domain::percentile(&took, 50.0),
+                    p95_secs: domain::percentile(&took, 95.0),
+                    last_completed_secs: took.first().copied(),
+                }
+            })
+            .collect())
+    }
+
+    /// The tasks of run `id` that `text` finds (the page's search rules).
+    pub async fn search_api_run(&self, org: &str, id: &str, text: &str) -> Result<Vec<ApiTask>> {
+        let run = self.store.get_api_run(&org_id(org)?, id).await?;
+        Ok(self
+            .store
+            .api_tasks(&run.id)
+            .await?
+            .into_iter()
+            .filter(|t| {
+                domain::search_matches(
+                    text,
+                    &Searched {
+                        name: &t.name,
+                        status: status_label(t.status),
+                        table: t.table.as_deref(),
+                        messages: &t.messages,
+                    },
+                )
+            })
+            .collect())
+    }
+}
