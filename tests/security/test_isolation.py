@@ -52,6 +52,15 @@ BODIES = {
                                       "environment": "DEV", "configuration_type": "workflow",
                                       "configuration_id": "x"},
 }
+# HTTP API sources: A's source file (its name kept), a run's type.
+API_SOURCE = {"name": "shop", "client": {"base_url": "http://127.0.0.1:9"}, "resources": ["orders"]}
+BODIES.update({
+    ("POST", "/organizations/{org}/sources"): dict(API_SOURCE, name="intruder"),
+    ("PUT", "/organizations/{org}/sources/{source}"): API_SOURCE,
+    ("POST", "/organizations/{org}/sources/{source}/runs"): {"type": "destructive"},
+    ("POST", "/organizations/{org}/api-runs/{api_run}/cancel"): {},
+    ("POST", "/organizations/{org}/api-runs/{api_run}/retry"): {},
+})
 RAW_BODIES = {("POST", "/channels/{channel}/upload"): b"file from B"}
 # Routes answered without credentials: what a forged token gets.
 PUBLIC = {
@@ -97,7 +106,10 @@ def snapshot(s, ids, a):
                  f"/organizations/{org}/channels/{ids['channel']}",
                  f"/channels/{ids['channel']}",
                  f"/channels/{ids['channel']}/{ids['file']}",
-                 f"/organizations/{org}/deployments/{dep}/triggers"):
+                 f"/organizations/{org}/deployments/{dep}/triggers",
+                 f"/organizations/{org}/sources/{ids['source']}",
+                 f"/organizations/{org}/sources/{ids['source']}/runs",
+                 f"/organizations/{org}/api-runs/{ids['api_run']}"):
         res = requests.get(s.url + path, headers=a, timeout=30)
         assert res.status_code == 200, (path, res.text)
         body = res.json()
@@ -139,10 +151,18 @@ def test_every_route_refuses_another_tenant(sluice):
     tri = requests.post(f"{sluice.url}/organizations/{a_org}/deployments/{dep}/triggers", headers=a,
                         json={"version_id": ver["version_id"], "input_service_name": "datalake",
                               "input_service_id": channel}).json()["trigger_id"]
+    # An HTTP API source of A's, and its run (it fails: nothing answers on
+    # port 9), ended so that nothing changes under the snapshot.
+    res = requests.post(f"{sluice.url}/organizations/{a_org}/sources", json=API_SOURCE, headers=a)
+    assert res.status_code == 201, res.text
+    api_run = requests.post(f"{sluice.url}/organizations/{a_org}/sources/shop/runs", headers=a,
+                            json={}).json()["id"]
+    wait_for(lambda: requests.get(f"{sluice.url}/organizations/{a_org}/api-runs/{api_run}",
+                                  headers=a).json()["status"] == "FAILED", "A's API run")
     forged = base64.urlsafe_b64encode(b"upload:" + ver["version_id"].encode() + b":99999999999").decode()
     ids = {"org": a_org, "dep": dep, "ver": ver["version_id"], "run": run["run_id"], "channel": channel,
            "file": file, "tri": tri, "token": forged.rstrip("=") + ".c2lnbmF0dXJl",
-           "name": "nope.js"}
+           "name": "nope.js", "source": "shop", "api_run": str(api_run)}
     before = snapshot(sluice, ids, a)
 
     strangers = {
@@ -288,7 +308,7 @@ def test_every_route_refuses_nul_and_oversized_input_in_the_envelope(sluice):
     routes = json.loads(subprocess.run([BIN, "routes", "--json"], check=True, capture_output=True,
                                        text=True).stdout)
     bad_ids = {"org": org, "dep": dep, "ver": "1%00", "run": "1%00", "channel": channel, "file": "f%00",
-               "tri": "t%00", "token": "t%00", "name": "n%00"}
+               "tri": "t%00", "token": "t%00", "name": "n%00", "source": "s%00", "api_run": "1%00"}
     nul_ids = {k: "1%00" for k in bad_ids}
     jwt = {"Authorization": f"Bearer {sluice.jwt(org)}"}
 
@@ -312,7 +332,8 @@ def test_every_route_refuses_nul_and_oversized_input_in_the_envelope(sluice):
         body = BODIES.get(key)
         if not body or r["public"]:
             continue  # a route that reads no body
-        ids = {"org": org, "dep": dep, "channel": channel, "ver": "1", "run": "1", "file": "f", "tri": "t"}
+        ids = {"org": org, "dep": dep, "channel": channel, "ver": "1", "run": "1", "file": "f", "tri": "t",
+               "source": "shop", "api_run": "1"}
         path = fill(r["path"], ids)
         good = fill_body(body, ids)
         for field in good:

@@ -9,7 +9,7 @@ use crate::api_runs::{detail_json, durations_json, run_json, source_json, task_j
 pub(super) fn routes(table: Table) -> Table {
     let sources = "/organizations/{org}/sources";
     let source = "/organizations/{org}/sources/{source}";
-    let run = "/organizations/{org}/api-runs/{run}";
+    let run = "/organizations/{org}/api-runs/{api_run}";
     table
         .at(Method::GET, sources, list_sources)
         .at(Method::POST, sources, create_source)

@@ -65,6 +65,34 @@ fn org_id(org: &str) -> Result<OrganizationId> {
     OrganizationId::parse(org).map_err(|e| bad(e.to_string()))
 }
 
+/// A source's name as a path or a command gives it: one that no source can
+/// have (NUL bytes, 1 MB) is not looked for.
+fn source_name(name: &str) -> Result<&str> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(name)
+    } else {
+        Err(ControlError::NotFound(format!(
+            "API source {:?} not found: a source's name is letters, digits, `_` and `-`",
+            name.chars().take(100).collect::<String>()
+        )))
+    }
+}
+
+/// A run's id: its number.
+fn run_id(id: &str) -> Result<&str> {
+    if !id.is_empty() && id.len() <= 19 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(id)
+    } else {
+        Err(ControlError::NotFound(format!(
+            "API run {:?} not found: a run's id is its number",
+            id.chars().take(100).collect::<String>()
+        )))
+    }
+}
+
 /// A status asked for by its name (FAILED) or its label (Failed, Waiting
 /// to start).
 fn status_matches(asked: &str, status: RunStatus) -> bool {
@@ -126,11 +154,11 @@ impl Control {
     }
 
     pub async fn api_source(&self, org: &str, name: &str) -> Result<ApiSource> {
-        Ok(self.store.get_api_source(&org_id(org)?, name).await?)
+        Ok(self.store.get_api_source(&org_id(org)?, source_name(name)?).await?)
     }
 
     pub async fn delete_api_source(&self, org: &str, name: &str) -> Result<()> {
-        Ok(self.store.delete_api_source(&org_id(org)?, name).await?)
+        Ok(self.store.delete_api_source(&org_id(org)?, source_name(name)?).await?)
     }
 
     /// Starts a run of `source`: waiting to start, or REJECTED ("Rejected -
@@ -138,7 +166,7 @@ impl Control {
     pub async fn start_api_run(&self, org: &str, source: &str, run_type: RunType) -> Result<ApiRun> {
         let run = self
             .store
-            .start_api_run(&org_id(org)?, source, run_type, None, time::now())
+            .start_api_run(&org_id(org)?, source_name(source)?, run_type, None, time::now())
             .await?;
         self.wakers.api.notify_one();
         Ok(run)
@@ -149,7 +177,7 @@ impl Control {
     /// The new run records which run it retries.
     pub async fn retry_api_run(&self, org: &str, id: &str) -> Result<ApiRun> {
         let org = org_id(org)?;
-        let run = self.store.get_api_run(&org, id).await?;
+        let run = self.store.get_api_run(&org, run_id(id)?).await?;
         let latest = self
             .store
             .list_api_runs(&org, &run.source, 1000)
@@ -182,7 +210,7 @@ impl Control {
     /// CANCELING until its work has stopped while it runs. A second cancel
     /// changes nothing and says so (409).
     pub async fn cancel_api_run(&self, org: &str, id: &str) -> Result<RunStatus> {
-        let status = self.store.cancel_api_run(&org_id(org)?, id, time::now()).await?;
+        let status = self.store.cancel_api_run(&org_id(org)?, run_id(id)?, time::now()).await?;
         Ok(status)
     }
 
@@ -190,6 +218,7 @@ impl Control {
     /// column.
     pub async fn api_runs(&self, org: &str, source: &str, q: &ApiRunsQuery) -> Result<Vec<ApiRunView>> {
         let org = org_id(org)?;
+        let source = source_name(source)?;
         self.store.get_api_source(&org, source).await?;
         let run_type = match &q.run_type {
             None => None,
@@ -263,7 +292,7 @@ impl Control {
 
     /// Run `id` with its tasks, tables and data load.
     pub async fn api_run(&self, org: &str, id: &str) -> Result<ApiRunDetail> {
-        let run = self.store.get_api_run(&org_id(org)?, id).await?;
+        let run = self.store.get_api_run(&org_id(org)?, run_id(id)?).await?;
         Ok(ApiRunDetail {
             tasks: self.store.api_tasks(&run.id).await?,
             tables: self.store.api_run_tables(&run.id).await?,
@@ -275,6 +304,7 @@ impl Control {
     /// How long the last `last` completed runs of `source` took, per type.
     pub async fn api_run_durations(&self, org: &str, source: &str, last: usize) -> Result<Vec<Durations>> {
         let org = org_id(org)?;
+        let source = source_name(source)?;
         self.store.get_api_source(&org, source).await?;
         let runs = self.store.list_api_runs(&org, source, 10_000).await?;
         Ok([RunType::Incremental, RunType::Destructive]
@@ -299,7 +329,7 @@ impl Control {
 
     /// The tasks of run `id` that `text` finds (the page's search rules).
     pub async fn search_api_run(&self, org: &str, id: &str, text: &str) -> Result<Vec<ApiTask>> {
-        let run = self.store.get_api_run(&org_id(org)?, id).await?;
+        let run = self.store.get_api_run(&org_id(org)?, run_id(id)?).await?;
         Ok(self
             .store
             .api_tasks(&run.id)
