@@ -92,6 +92,9 @@ impl LoadSession {
                 rt.block_on(async move {
                     let opened = async {
                         let mut dst = Dest::open(&url).await?;
+                        // The bookkeeping is made in a transaction of its
+                        // own, before the session's.
+                        ledger::ensure(&mut dst).await?;
                         dst.begin().await?;
                         Ok::<_, ImportError>(dst)
                     }
