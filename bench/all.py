@@ -30,6 +30,7 @@ FULL = {
     "memory.py": [],
     "actions.py": [],
     "storage.py": [],
+    "api.py": [],
 }
 SMOKE = {
     "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
@@ -39,6 +40,7 @@ SMOKE = {
     "memory.py": ["--records", "5", "--requests", "100", "--concurrency", "20", "--rounds", "2"],
     "actions.py": ["--launches", "10", "--rate", "10", "--dags", "1"],
     "storage.py": ["--files", "20", "--kb", "10"],
+    "api.py": ["--records", "3000", "--page", "500"],
 }
 
 

@@ -8,7 +8,8 @@ use sluice_domain::time;
 use sluice_engine::control::{duration_secs, ApiRunDetail, ApiRunView, Durations};
 
 fn stamp(t: Option<time::Timestamp>) -> Value {
-    t.map(|t| Value::String(time::format(&t))).unwrap_or(Value::Null)
+    t.map(|t| Value::String(time::format(&t)))
+        .unwrap_or(Value::Null)
 }
 
 pub fn source_json(s: &ApiSource) -> Value {
@@ -67,7 +68,8 @@ pub fn table_json(t: &ApiRunTable) -> Value {
 }
 
 pub fn detail_json(d: &ApiRunDetail) -> Value {
-    let messages = d.tasks.iter().map(|t| t.messages.len() as i64).sum::<i64>() + i64::from(d.run.error.is_some());
+    let messages = d.tasks.iter().map(|t| t.messages.len() as i64).sum::<i64>()
+        + i64::from(d.run.error.is_some());
     let mut run = run_json(&ApiRunView {
         run: d.run.clone(),
         messages,
@@ -77,11 +79,22 @@ pub fn detail_json(d: &ApiRunDetail) -> Value {
     run["message_list"] = d
         .tasks
         .iter()
-        .flat_map(|t| t.messages.iter().map(move |m| json!({"task": t.name, "table": t.table, "message": m})))
-        .chain(d.run.error.iter().map(|e| json!({"task": null, "table": null, "message": e})))
+        .flat_map(|t| {
+            t.messages
+                .iter()
+                .map(move |m| json!({"task": t.name, "table": t.table, "message": m}))
+        })
+        .chain(
+            d.run
+                .error
+                .iter()
+                .map(|e| json!({"task": null, "table": null, "message": e})),
+        )
         .collect();
     run["data_load"] = match &d.data_load {
-        Some(l) => json!({"tables": l.tables, "records": l.records, "created_at": time::format(&l.created_at)}),
+        Some(l) => {
+            json!({"tables": l.tables, "records": l.records, "created_at": time::format(&l.created_at)})
+        }
         None => Value::Null,
     };
     run

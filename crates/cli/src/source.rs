@@ -188,7 +188,8 @@ pub enum SourceCommand {
 
 /// A source file: JSON, or TOML (by its extension, or when it is not JSON).
 fn read_source_file(path: &std::path::Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let toml_first = path.extension().is_some_and(|e| e == "toml");
     if !toml_first {
         if let Ok(v) = serde_json::from_str::<Value>(&text) {
@@ -208,13 +209,22 @@ fn read_source_file(path: &std::path::Path) -> anyhow::Result<Value> {
 fn print_run_line(v: &Value) {
     println!(
         "run {}\t{}\t{}\t{} record(s)\t{} table(s)",
-        v["id"], v["type"].as_str().unwrap_or(""), v["status_label"].as_str().unwrap_or(""), v["records"], v["tables"]
+        v["id"],
+        v["type"].as_str().unwrap_or(""),
+        v["status_label"].as_str().unwrap_or(""),
+        v["records"],
+        v["tables"]
     );
 }
 
 /// Executes run `id` here (or follows it when a server has it), showing
 /// progress on a terminal; prints its end and exits 1 unless it completed.
-async fn execute(control: &Control, common: &Common, engine: &EngineArgs, id: &str) -> anyhow::Result<()> {
+async fn execute(
+    control: &Control,
+    common: &Common,
+    engine: &EngineArgs,
+    id: &str,
+) -> anyhow::Result<()> {
     let data_dir = crate::absolute(&common.store.data_dir)?;
     let config = engine.config(data_dir)?;
     let runner = control.api_runner(&config, format!("cli-{}", std::process::id()));
@@ -244,7 +254,11 @@ async fn execute(control: &Control, common: &Common, engine: &EngineArgs, id: &s
         }
     };
     let work = async {
-        if !runner.run_one(id).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        if !runner
+            .run_one(id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
             // A server or worker has it: follow it to its end.
             loop {
                 let r = control.api_run(&org, id).await.map_err(print_error)?;
@@ -271,7 +285,11 @@ async fn execute(control: &Control, common: &Common, engine: &EngineArgs, id: &s
             status_label(d.run.status),
             d.run.records,
             d.run.tables,
-            d.run.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default()
+            d.run
+                .error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
         );
     }
     if d.run.status != RunStatus::Succeeded {
@@ -360,7 +378,10 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
         }
         SourceCommand::Show { name, common } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let s = control.api_source(&common.org, &name).await.map_err(print_error)?;
+            let s = control
+                .api_source(&common.org, &name)
+                .await
+                .map_err(print_error)?;
             let v = source_json(&s);
             if common.json {
                 println!("{v}");
@@ -370,22 +391,38 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
         }
         SourceCommand::Delete { name, common } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            control.delete_api_source(&common.org, &name).await.map_err(print_error)?;
+            control
+                .delete_api_source(&common.org, &name)
+                .await
+                .map_err(print_error)?;
             if common.json {
                 println!("{}", json!({"deleted": name}));
             } else {
                 println!("API source {name} deleted");
             }
         }
-        SourceCommand::Run { source, destructive, detach, common, engine } => {
+        SourceCommand::Run {
+            source,
+            destructive,
+            detach,
+            common,
+            engine,
+        } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let run_type = if destructive { RunType::Destructive } else { RunType::Incremental };
+            let run_type = if destructive {
+                RunType::Destructive
+            } else {
+                RunType::Incremental
+            };
             let run = control
                 .start_api_run(&common.org, &source, run_type)
                 .await
                 .map_err(print_error)?;
             if run.status == RunStatus::Rejected || detach {
-                let v = run_json(&ApiRunView { messages: i64::from(run.error.is_some()), run: run.clone() });
+                let v = run_json(&ApiRunView {
+                    messages: i64::from(run.error.is_some()),
+                    run: run.clone(),
+                });
                 if common.json {
                     println!("{v}");
                 } else {
@@ -398,10 +435,27 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
             }
             execute(&control, &common, &engine, &run.id).await?;
         }
-        SourceCommand::Runs { source, run_type, status, sort, asc, limit, common } => {
+        SourceCommand::Runs {
+            source,
+            run_type,
+            status,
+            sort,
+            asc,
+            limit,
+            common,
+        } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let q = ApiRunsQuery { run_type, status, sort, ascending: asc, limit: Some(limit) };
-            let runs = control.api_runs(&common.org, &source, &q).await.map_err(print_error)?;
+            let q = ApiRunsQuery {
+                run_type,
+                status,
+                sort,
+                ascending: asc,
+                limit: Some(limit),
+            };
+            let runs = control
+                .api_runs(&common.org, &source, &q)
+                .await
+                .map_err(print_error)?;
             let list: Vec<Value> = runs.iter().map(run_json).collect();
             if common.json {
                 println!("{}", Value::Array(list));
@@ -413,7 +467,10 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
         }
         SourceCommand::RunShow { run, common } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let d = control.api_run(&common.org, &run).await.map_err(print_error)?;
+            let d = control
+                .api_run(&common.org, &run)
+                .await
+                .map_err(print_error)?;
             let v = detail_json(&d);
             if common.json {
                 println!("{v}");
@@ -430,8 +487,17 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
                     );
                 }
                 for t in &d.tables {
-                    let cols: Vec<String> = t.columns.iter().map(|(n, ty)| format!("{n} {ty}")).collect();
-                    println!("  table {} ({} record(s)): {}", t.table, t.records, cols.join(", "));
+                    let cols: Vec<String> = t
+                        .columns
+                        .iter()
+                        .map(|(n, ty)| format!("{n} {ty}"))
+                        .collect();
+                    println!(
+                        "  table {} ({} record(s)): {}",
+                        t.table,
+                        t.records,
+                        cols.join(", ")
+                    );
                 }
                 if let Some(e) = &d.run.error {
                     println!("  {e}");
@@ -440,18 +506,35 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
         }
         SourceCommand::Cancel { run, common } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let status = control.cancel_api_run(&common.org, &run).await.map_err(print_error)?;
+            let status = control
+                .cancel_api_run(&common.org, &run)
+                .await
+                .map_err(print_error)?;
             if common.json {
-                println!("{}", json!({"id": run, "status": status.as_str(), "status_label": status_label(status)}));
+                println!(
+                    "{}",
+                    json!({"id": run, "status": status.as_str(), "status_label": status_label(status)})
+                );
             } else {
                 println!("run {run}: {}", status_label(status));
             }
         }
-        SourceCommand::Retry { run, detach, common, engine } => {
+        SourceCommand::Retry {
+            run,
+            detach,
+            common,
+            engine,
+        } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let new = control.retry_api_run(&common.org, &run).await.map_err(print_error)?;
+            let new = control
+                .retry_api_run(&common.org, &run)
+                .await
+                .map_err(print_error)?;
             if detach || new.status == RunStatus::Rejected {
-                let v = run_json(&ApiRunView { messages: 0, run: new });
+                let v = run_json(&ApiRunView {
+                    messages: 0,
+                    run: new,
+                });
                 if common.json {
                     println!("{v}");
                 } else {
@@ -463,7 +546,10 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
         }
         SourceCommand::Search { run, text, common } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let tasks = control.search_api_run(&common.org, &run, &text).await.map_err(print_error)?;
+            let tasks = control
+                .search_api_run(&common.org, &run, &text)
+                .await
+                .map_err(print_error)?;
             if common.json {
                 println!("{}", Value::Array(tasks.iter().map(task_json).collect()));
             } else {
@@ -478,15 +564,31 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        SourceCommand::Durations { source, last, common } => {
+        SourceCommand::Durations {
+            source,
+            last,
+            common,
+        } => {
             let (control, _, _) = crate::control(&common.store).await?;
-            let d = control.api_run_durations(&common.org, &source, last).await.map_err(print_error)?;
+            let d = control
+                .api_run_durations(&common.org, &source, last)
+                .await
+                .map_err(print_error)?;
             if common.json {
                 println!("{}", durations_json(&d));
             } else {
                 for x in &d {
-                    let f = |v: Option<f64>| v.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into());
-                    println!("{}\t{} run(s)\tp50 {}\tp95 {}\tlast {}", x.run_type, x.runs, f(x.p50_secs), f(x.p95_secs), f(x.last_completed_secs));
+                    let f = |v: Option<f64>| {
+                        v.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into())
+                    };
+                    println!(
+                        "{}\t{} run(s)\tp50 {}\tp95 {}\tlast {}",
+                        x.run_type,
+                        x.runs,
+                        f(x.p50_secs),
+                        f(x.p95_secs),
+                        f(x.last_completed_secs)
+                    );
                 }
             }
         }

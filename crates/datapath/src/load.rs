@@ -59,7 +59,10 @@ pub struct LoadSession {
 
 enum Order {
     Schema(String, tokio::sync::oneshot::Sender<Result<()>>),
-    Load(Box<ImportSpec>, tokio::sync::oneshot::Sender<(Result<ImportReport>, Vec<StageEvent>)>),
+    Load(
+        Box<ImportSpec>,
+        tokio::sync::oneshot::Sender<(Result<ImportReport>, Vec<StageEvent>)>,
+    ),
     End(bool, tokio::sync::oneshot::Sender<Result<()>>),
 }
 
@@ -82,7 +85,10 @@ impl LoadSession {
         let thread = std::thread::Builder::new()
             .name("sluice-load".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(ImportError::Stopped(e)));
@@ -114,9 +120,12 @@ impl LoadSession {
                         match order {
                             Order::Schema(schema, reply) => {
                                 let done = if dst.postgres() {
-                                    dst.raw(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(&schema)))
-                                        .await
-                                        .map_err(crate::types::db(format!("making schema {schema}")))
+                                    dst.raw(&format!(
+                                        "CREATE SCHEMA IF NOT EXISTS {}",
+                                        ident(&schema)
+                                    ))
+                                    .await
+                                    .map_err(crate::types::db(format!("making schema {schema}")))
                                 } else {
                                     Ok(())
                                 };
@@ -156,7 +165,11 @@ impl LoadSession {
 
     /// One load in the session's transaction; its stage events go to
     /// `progress` once it ended.
-    pub async fn load(&mut self, spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
+    pub async fn load(
+        &mut self,
+        spec: &ImportSpec,
+        progress: &mut dyn Progress,
+    ) -> Result<ImportReport> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Order::Load(Box::new(spec.clone()), tx))?;
         let (report, events) = rx.await.map_err(|_| invalid("the load thread stopped"))?;
@@ -194,7 +207,11 @@ impl LoadSession {
 }
 
 /// One load in `dst`'s open transaction.
-async fn load_in(spec: &ImportSpec, dst: &mut Dest, progress: &mut dyn Progress) -> Result<ImportReport> {
+async fn load_in(
+    spec: &ImportSpec,
+    dst: &mut Dest,
+    progress: &mut dyn Progress,
+) -> Result<ImportReport> {
     let started = Instant::now();
     let src = open_source(spec).await?;
     let prepared = match prepare(spec, src, dst, progress).await? {

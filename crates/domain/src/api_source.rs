@@ -123,7 +123,9 @@ impl Resource {
     /// the parameter and field that resolve them.
     pub fn parent(&self) -> Option<(&str, &str, &str)> {
         self.endpoint.params.iter().find_map(|(name, p)| match p {
-            Param::Resolve { resource, field } => Some((name.as_str(), resource.as_str(), field.as_str())),
+            Param::Resolve { resource, field } => {
+                Some((name.as_str(), resource.as_str(), field.as_str()))
+            }
             Param::Value(_) => None,
         })
     }
@@ -290,24 +292,42 @@ impl Reader {
     }
 
     /// The object at `path`, its unknown keys refused by name.
-    fn object<'a>(&mut self, v: &'a Value, path: &str, known: &[&str]) -> Option<&'a Map<String, Value>> {
+    fn object<'a>(
+        &mut self,
+        v: &'a Value,
+        path: &str,
+        known: &[&str],
+    ) -> Option<&'a Map<String, Value>> {
         let Some(o) = v.as_object() else {
             self.problem(path, "expected an object");
             return None;
         };
         for k in o.keys() {
             if !known.contains(&k.as_str()) {
-                let at = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 self.problem(
                     &at,
-                    format!("`{k}` is not supported by sluice here (supported: {})", known.join(", ")),
+                    format!(
+                        "`{k}` is not supported by sluice here (supported: {})",
+                        known.join(", ")
+                    ),
                 );
             }
         }
         Some(o)
     }
 
-    fn text(&mut self, o: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<String> {
+    fn text(
+        &mut self,
+        o: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        required: bool,
+    ) -> Option<String> {
         let at = join(path, key);
         match o.get(key) {
             Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Some(s.clone()),
@@ -346,7 +366,10 @@ impl Reader {
         let name = self.text(o, "name", "", true);
         if let Some(n) = &name {
             if !valid_name(n) {
-                self.problem("name", "expected letters, digits, `_` or `-` (at most 100), starting with a letter");
+                self.problem(
+                    "name",
+                    "expected letters, digits, `_` or `-` (at most 100), starting with a letter",
+                );
             }
         }
         let destination = self.text(o, "destination", "", false);
@@ -363,7 +386,10 @@ impl Reader {
                 None
             }
         };
-        let defaults = o.get("resource_defaults").cloned().unwrap_or(Value::Object(Map::new()));
+        let defaults = o
+            .get("resource_defaults")
+            .cloned()
+            .unwrap_or(Value::Object(Map::new()));
         if !defaults.is_object() {
             self.problem("resource_defaults", "expected an object");
         }
@@ -473,12 +499,17 @@ impl Reader {
                     None | Some("header") => KeyLocation::Header,
                     Some("query") => KeyLocation::Query,
                     Some(other) => {
-                        self.problem("client.auth.location", format!("`{other}`: expected header or query"));
+                        self.problem(
+                            "client.auth.location",
+                            format!("`{other}`: expected header or query"),
+                        );
                         KeyLocation::Header
                     }
                 };
                 Auth::ApiKey {
-                    name: self.text(o, "name", path, false).unwrap_or_else(|| "Authorization".into()),
+                    name: self
+                        .text(o, "name", path, false)
+                        .unwrap_or_else(|| "Authorization".into()),
                     api_key: self.text(o, "api_key", path, true)?,
                     location,
                 }
@@ -489,7 +520,10 @@ impl Reader {
             },
             _ => {
                 let mut data = Vec::new();
-                if let Some(d) = o.get("access_token_request_data").and_then(Value::as_object) {
+                if let Some(d) = o
+                    .get("access_token_request_data")
+                    .and_then(Value::as_object)
+                {
                     data = d.iter().map(|(k, v)| (k.clone(), param_text(v))).collect();
                 }
                 let url = self.text(o, "access_token_url", path, true);
@@ -511,13 +545,23 @@ impl Reader {
             Value::String(s) => serde_json::json!({ "type": s }),
             other => other.clone(),
         };
-        let kind = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let known: &[&str] = match kind.as_str() {
             "auto" | "single_page" => &["type"],
             "json_link" | "json_response" => &["type", "next_url_path"],
             "header_link" => &["type", "links_next_key"],
             "cursor" => &["type", "cursor_path", "cursor_param"],
-            "page_number" => &["type", "page_param", "base_page", "total_path", "maximum_page"],
+            "page_number" => &[
+                "type",
+                "page_param",
+                "base_page",
+                "total_path",
+                "maximum_page",
+            ],
             "offset" => &[
                 "type",
                 "limit",
@@ -537,7 +581,8 @@ impl Reader {
         };
         let o = self.object(&v, path, known)?;
         let text_or = |r: &mut Reader, key: &str, default: &str| {
-            r.text(o, key, path, false).unwrap_or_else(|| default.to_owned())
+            r.text(o, key, path, false)
+                .unwrap_or_else(|| default.to_owned())
         };
         Some(match kind.as_str() {
             "auto" => Paginator::Auto,
@@ -565,7 +610,10 @@ impl Reader {
             _ => {
                 let limit = self.int(o, "limit", path);
                 if limit.is_none_or(|l| l <= 0) {
-                    self.problem(&format!("{path}.limit"), "an offset paginator needs a limit above 0");
+                    self.problem(
+                        &format!("{path}.limit"),
+                        "an offset paginator needs a limit above 0",
+                    );
                 }
                 let total_path = self.text(o, "total_path", path, false);
                 let maximum_offset = self.int(o, "maximum_offset", path);
@@ -613,11 +661,15 @@ impl Reader {
         let primary_key = match o.get("primary_key") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-                a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
-            }
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
             Some(_) => {
-                self.problem(&join(path, "primary_key"), "expected a field name or a list of them");
+                self.problem(
+                    &join(path, "primary_key"),
+                    "expected a field name or a list of them",
+                );
                 Vec::new()
             }
         };
@@ -634,7 +686,10 @@ impl Reader {
                     Some("replace") => WriteDisposition::Replace,
                     Some("merge") => WriteDisposition::Merge,
                     _ => {
-                        self.problem(&join(path, "write_disposition"), "expected append, replace or merge");
+                        self.problem(
+                            &join(path, "write_disposition"),
+                            "expected append, replace or merge",
+                        );
                         WriteDisposition::Append
                     }
                 }
@@ -645,11 +700,15 @@ impl Reader {
         }
         let include_from_parent = match o.get("include_from_parent") {
             None => Vec::new(),
-            Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-                a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
-            }
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
             Some(_) => {
-                self.problem(&join(path, "include_from_parent"), "expected a list of field names");
+                self.problem(
+                    &join(path, "include_from_parent"),
+                    "expected a list of field names",
+                );
                 Vec::new()
             }
         };
@@ -667,9 +726,14 @@ impl Reader {
         let ep_path = self.text(o, "path", path, true);
         let method = match o.get("method").and_then(Value::as_str) {
             None => "GET".to_owned(),
-            Some(m) if m.eq_ignore_ascii_case("get") || m.eq_ignore_ascii_case("post") => m.to_uppercase(),
+            Some(m) if m.eq_ignore_ascii_case("get") || m.eq_ignore_ascii_case("post") => {
+                m.to_uppercase()
+            }
             Some(m) => {
-                self.problem(&join(path, "method"), format!("`{m}`: expected GET or POST"));
+                self.problem(
+                    &join(path, "method"),
+                    format!("`{m}`: expected GET or POST"),
+                );
                 "GET".to_owned()
             }
         };
@@ -681,12 +745,16 @@ impl Reader {
                     let at = format!("{path}.params.{k}");
                     match v {
                         Value::Object(_) => {
-                            let Some(r) = self.object(v, &at, &["type", "resource", "field"]) else {
+                            let Some(r) = self.object(v, &at, &["type", "resource", "field"])
+                            else {
                                 continue;
                             };
                             let _ = r;
                             if v.get("type").and_then(Value::as_str) != Some("resolve") {
-                                self.problem(&format!("{at}.type"), "only `resolve` params are supported");
+                                self.problem(
+                                    &format!("{at}.type"),
+                                    "only `resolve` params are supported",
+                                );
                                 continue;
                             }
                             let resource = self.text(r, "resource", &at, true);
@@ -695,16 +763,24 @@ impl Reader {
                                 params.push((k.clone(), Param::Resolve { resource, field }));
                             }
                         }
-                        Value::Array(_) => self.problem(&at, "expected a text, number or a resolve object"),
+                        Value::Array(_) => {
+                            self.problem(&at, "expected a text, number or a resolve object")
+                        }
                         other => params.push((k.clone(), Param::Value(param_text(other)))),
                     }
                 }
             }
             Some(_) => self.problem(&join(path, "params"), "expected an object"),
         }
-        let resolved = params.iter().filter(|(_, p)| matches!(p, Param::Resolve { .. })).count();
+        let resolved = params
+            .iter()
+            .filter(|(_, p)| matches!(p, Param::Resolve { .. }))
+            .count();
         if resolved > 1 {
-            self.problem(&join(path, "params"), "at most one resolve param per resource");
+            self.problem(
+                &join(path, "params"),
+                "at most one resolve param per resource",
+            );
         }
         let paginator = match o.get("paginator") {
             Some(p) => self.paginator(p, &join(path, "paginator")),
@@ -754,7 +830,8 @@ impl Reader {
     /// Every parent exists, is not the resource itself, and no chain of
     /// parents loops; a resolved param appears in the path as `{name}`.
     fn relations(&mut self, resources: &[Resource]) {
-        let by_name: BTreeMap<&str, &Resource> = resources.iter().map(|r| (r.name.as_str(), r)).collect();
+        let by_name: BTreeMap<&str, &Resource> =
+            resources.iter().map(|r| (r.name.as_str(), r)).collect();
         if by_name.len() != resources.len() {
             self.problem("resources", "two resources have the same name");
         }
@@ -770,7 +847,10 @@ impl Reader {
                 );
             }
             if !by_name.contains_key(parent) || parent == r.name {
-                self.problem(&at, format!("`{parent}` is not another resource of this source"));
+                self.problem(
+                    &at,
+                    format!("`{parent}` is not another resource of this source"),
+                );
                 continue;
             }
             let mut seen = vec![r.name.as_str()];
@@ -789,7 +869,10 @@ impl Reader {
         }
         for (i, r) in resources.iter().enumerate() {
             if !r.include_from_parent.is_empty() && r.parent().is_none() {
-                self.problem(&format!("resources[{i}].include_from_parent"), "only a resource with a resolve param has a parent");
+                self.problem(
+                    &format!("resources[{i}].include_from_parent"),
+                    "only a resource with a resolve param has a parent",
+                );
             }
         }
     }
@@ -806,7 +889,8 @@ fn join(path: &str, key: &str) -> String {
 fn valid_name(s: &str) -> bool {
     s.len() <= 100
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A table or schema name sluice writes without surprises.
@@ -917,7 +1001,11 @@ mod tests {
     }
 
     fn problems(doc: Value) -> Vec<String> {
-        parse(&doc).expect_err("refused").iter().map(|p| p.to_string()).collect()
+        parse(&doc)
+            .expect_err("refused")
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
     }
 
     #[test]
@@ -944,10 +1032,26 @@ mod tests {
         assert_eq!(orders.endpoint.path, "orders");
         assert_eq!(orders.primary_key, vec!["id"]);
         assert_eq!(orders.write_disposition, WriteDisposition::Merge);
-        assert_eq!(orders.endpoint.params, vec![("per_page".into(), Param::Value("100".into()))]);
+        assert_eq!(
+            orders.endpoint.params,
+            vec![("per_page".into(), Param::Value("100".into()))]
+        );
         let customers = &c.resources[1];
-        assert_eq!(customers.endpoint.params.len(), 2, "defaults and own params merged");
-        assert_eq!(customers.endpoint.incremental.as_ref().unwrap().initial_value.as_deref(), Some("2020-01-01"));
+        assert_eq!(
+            customers.endpoint.params.len(),
+            2,
+            "defaults and own params merged"
+        );
+        assert_eq!(
+            customers
+                .endpoint
+                .incremental
+                .as_ref()
+                .unwrap()
+                .initial_value
+                .as_deref(),
+            Some("2020-01-01")
+        );
         assert_eq!(c.resources[2].parent(), Some(("order_id", "orders", "id")));
     }
 
@@ -975,7 +1079,10 @@ mod tests {
             "resources[2].primary_key: a merge needs a primary_key",
         ];
         for e in expect {
-            assert!(p.iter().any(|m| m.starts_with(e)), "{e:?} missing from {p:#?}");
+            assert!(
+                p.iter().any(|m| m.starts_with(e)),
+                "{e:?} missing from {p:#?}"
+            );
         }
         assert_eq!(p.len(), expect.len(), "{p:#?}");
     }
@@ -992,10 +1099,21 @@ mod tests {
                 {"name": "bad-name\u{0}"}
             ]
         }));
-        assert!(p.iter().any(|m| m.starts_with("name: expected letters")), "{p:#?}");
-        assert!(p.iter().any(|m| m.starts_with("dataset: expected a schema name")), "{p:#?}");
+        assert!(
+            p.iter().any(|m| m.starts_with("name: expected letters")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("dataset: expected a schema name")),
+            "{p:#?}"
+        );
         assert!(p.iter().any(|m| m.contains("loop")), "{p:#?}");
-        assert!(p.iter().any(|m| m.starts_with("resources[2].name: expected a non-empty text without NUL")), "{p:#?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("resources[2].name: expected a non-empty text without NUL")),
+            "{p:#?}"
+        );
     }
 
     #[test]
@@ -1016,15 +1134,30 @@ mod tests {
         assert_eq!(select(&v, "missing.path"), None);
     }
 
-    fn task<'a>(name: &'a str, status: &'a str, table: Option<&'a str>, messages: &'a [String]) -> Searched<'a> {
-        Searched { name, status, table, messages }
+    fn task<'a>(
+        name: &'a str,
+        status: &'a str,
+        table: Option<&'a str>,
+        messages: &'a [String],
+    ) -> Searched<'a> {
+        Searched {
+            name,
+            status,
+            table,
+            messages,
+        }
     }
 
     #[test]
     fn search_matches_as_the_run_page_lists() {
         let none: [String; 0] = [];
         let msgs = ["HTTP 429 from /surveys: waited 2 s".to_owned()];
-        let mc = task("metadata_consolidation", "Completed", Some("surveys"), &none);
+        let mc = task(
+            "metadata_consolidation",
+            "Completed",
+            Some("surveys"),
+            &none,
+        );
         let ci = task("complete ingestion", "Waiting to start", None, &none);
         let ex = task("Surveys", "Running", Some("surveys__questions"), &msgs);
         // Acronym: an underscore or a space starts a word.

@@ -189,7 +189,11 @@ impl ApiRunner {
 
     async fn execute(&self, run: ApiRun) {
         let token = run.lease_token;
-        let status = match self.store.api_run_running(&run.id, token, time::now()).await {
+        let status = match self
+            .store
+            .api_run_running(&run.id, token, time::now())
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("API run {}: {e}", run.id);
@@ -206,17 +210,29 @@ impl ApiRunner {
         if status == RunStatus::Canceling {
             keep.cancel.store(true, Ordering::Relaxed);
         }
-        tracing::info!("API run {} of {} started (attempt {})", run.id, run.source, run.attempt);
+        tracing::info!(
+            "API run {} of {} started (attempt {})",
+            run.id,
+            run.source,
+            run.attempt
+        );
         let outcome = match self.work(&run, &keep).await {
             Ok((tables, records)) => ApiOutcome::Succeeded { tables, records },
             Err(error) => ApiOutcome::Failed { error },
         };
         if keep.lost() {
-            tracing::warn!("API run {}: the lease was lost; another worker has it", run.id);
+            tracing::warn!(
+                "API run {}: the lease was lost; another worker has it",
+                run.id
+            );
             return;
         }
         drop(keep);
-        match self.store.finish_api_run(&run.id, token, &outcome, time::now()).await {
+        match self
+            .store
+            .finish_api_run(&run.id, token, &outcome, time::now())
+            .await
+        {
             Ok(status) => {
                 tracing::info!("API run {} ended {status}", run.id);
                 if status != RunStatus::Failed && status != RunStatus::Cancelled {
@@ -227,7 +243,12 @@ impl ApiRunner {
         }
     }
 
-    fn destination(&self, run: &ApiRun, config: &ApiSourceConfig, named: Option<String>) -> Result<Destination, Failure> {
+    fn destination(
+        &self,
+        run: &ApiRun,
+        config: &ApiSourceConfig,
+        named: Option<String>,
+    ) -> Result<Destination, Failure> {
         let url = match named {
             Some(url) => url,
             None => crate::control::EMBEDDED_WAREHOUSE.to_owned(),
@@ -238,9 +259,13 @@ impl ApiRunner {
                 .as_ref()
                 .ok_or("this server has no embedded warehouse")?;
             let folder = root.join("actions").join(run.organization_id.as_str());
-            std::fs::create_dir_all(&folder).map_err(|e| format!("making {}: {e}", folder.display()))?;
+            std::fs::create_dir_all(&folder)
+                .map_err(|e| format!("making {}: {e}", folder.display()))?;
             return Ok(Destination {
-                url: format!("sqlite://{}", folder.join(format!("{}.db", config.dataset)).display()),
+                url: format!(
+                    "sqlite://{}",
+                    folder.join(format!("{}.db", config.dataset)).display()
+                ),
                 postgres: false,
                 dataset: config.dataset.clone(),
             });
@@ -260,10 +285,14 @@ impl ApiRunner {
             .get_api_source(&run.organization_id, &run.source)
             .await
             .map_err(|e| e.to_string())?;
-        let doc: serde_json::Value = serde_json::from_str(&self.sealer.open(&source.config_sealed)?)
-            .map_err(|e| format!("the source's stored file: {e}"))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&self.sealer.open(&source.config_sealed)?)
+                .map_err(|e| format!("the source's stored file: {e}"))?;
         let config = domain::parse(&doc).map_err(|p| {
-            p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
         })?;
         let named = match &config.destination {
             None => None,
@@ -275,7 +304,9 @@ impl ApiRunner {
                     .map_err(|e| e.to_string())?
                     .into_iter()
                     .find(|w| &w.name == name)
-                    .ok_or_else(|| format!("warehouse `{name}` is not declared (sluice warehouse add)"))?;
+                    .ok_or_else(|| {
+                        format!("warehouse `{name}` is not declared (sluice warehouse add)")
+                    })?;
                 Some(self.sealer.open(&w.url_sealed)?)
             }
         };
@@ -294,7 +325,8 @@ impl ApiRunner {
                 .clear_api_tasks(&run.id, 0, token)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.extract(run, &config, &dest, &stage, &tasks, &keep.cancel).await?;
+            self.extract(run, &config, &dest, &stage, &tasks, &keep.cancel)
+                .await?;
         } else {
             self.store
                 .clear_api_tasks(&run.id, INGESTION_AT, token)
@@ -319,24 +351,45 @@ impl ApiRunner {
         // Waiting to start, each: the first part of every endpoint, and the
         // end.
         for (i, r) in config.resources.iter().enumerate() {
-            tasks.put(tasks.task(i as i64 * 1000, &r.name, domain::EXTRACTION, Some(api_source_table(&r.name)))).await?;
+            tasks
+                .put(tasks.task(
+                    i as i64 * 1000,
+                    &r.name,
+                    domain::EXTRACTION,
+                    Some(api_source_table(&r.name)),
+                ))
+                .await?;
         }
-        tasks.put(tasks.task(COMPLETE_AT, "complete_ingestion", domain::COMPLETE_INGESTION, None)).await?;
+        tasks
+            .put(tasks.task(
+                COMPLETE_AT,
+                "complete_ingestion",
+                domain::COMPLETE_INGESTION,
+                None,
+            ))
+            .await?;
         let mut for_children: BTreeMap<String, Vec<ParentRef>> = BTreeMap::new();
         let mut cursors: BTreeMap<String, String> = BTreeMap::new();
         for (i, resource) in ordered(config) {
             let table = api_source_table(&resource.name);
             let after = match (&resource.endpoint.incremental, run.run_type) {
-                (Some(_), RunType::Incremental) => api::last_cursor(&dest.url, &dest.target(&table), &job(run, &table))
-                    .await
-                    .map_err(|e| format!("reading the cursor of {}: {e}", resource.name))?,
+                (Some(_), RunType::Incremental) => {
+                    api::last_cursor(&dest.url, &dest.target(&table), &job(run, &table))
+                        .await
+                        .map_err(|e| format!("reading the cursor of {}: {e}", resource.name))?
+                }
                 _ => None,
             };
             let parents = for_children.remove(&resource.name).unwrap_or_default();
             let mut walk = Walk::new(config, resource, stage.clone(), after.clone(), parents);
             let mut part_no = 0i64;
             while walk.more(&http) {
-                let mut task = tasks.task(i as i64 * 1000 + part_no, &resource.name, domain::EXTRACTION, Some(table.clone()));
+                let mut task = tasks.task(
+                    i as i64 * 1000 + part_no,
+                    &resource.name,
+                    domain::EXTRACTION,
+                    Some(table.clone()),
+                );
                 if part_no > 0 {
                     task.name = format!("{} (part {})", resource.name, part_no + 1);
                 }
@@ -347,7 +400,10 @@ impl ApiRunner {
                     Ok(Some(part)) => {
                         task.records = part.records as i64;
                         task.messages = part.messages;
-                        task.messages.push(format!("{} page(s), {} record(s)", part.pages, part.records));
+                        task.messages.push(format!(
+                            "{} page(s), {} record(s)",
+                            part.pages, part.records
+                        ));
                         tasks.end(task, RunStatus::Succeeded).await?;
                     }
                     Ok(None) => {
@@ -355,8 +411,13 @@ impl ApiRunner {
                         break;
                     }
                     Err(e) => {
-                        let status = if cancelled() { RunStatus::Cancelled } else { RunStatus::Failed };
-                        task.messages.extend(http.messages.iter().rev().take(5).rev().cloned());
+                        let status = if cancelled() {
+                            RunStatus::Cancelled
+                        } else {
+                            RunStatus::Failed
+                        };
+                        task.messages
+                            .extend(http.messages.iter().rev().take(5).rev().cloned());
                         task.messages.push(e.to_string());
                         tasks.end(task, status).await?;
                         return Err(format!("extracting {}: {e}", resource.name));
@@ -366,9 +427,15 @@ impl ApiRunner {
             }
             if part_no == 0 {
                 // No pages at all (a child without parents).
-                let mut task = tasks.task(i as i64 * 1000, &resource.name, domain::EXTRACTION, Some(table.clone()));
+                let mut task = tasks.task(
+                    i as i64 * 1000,
+                    &resource.name,
+                    domain::EXTRACTION,
+                    Some(table.clone()),
+                );
                 task.started_at = Some(time::now());
-                task.messages.push("no pages to fetch: its parent had no records".into());
+                task.messages
+                    .push("no pages to fetch: its parent had no records".into());
                 tasks.end(task, RunStatus::Succeeded).await?;
             }
             for (child, refs) in std::mem::take(&mut walk.for_children) {
@@ -381,14 +448,23 @@ impl ApiRunner {
         let tables = stage.tables().map_err(|e| e.to_string())?;
         let mut blueprints = Vec::new();
         for (n, table) in tables.iter().enumerate() {
-            let mut task = tasks.task(METADATA_AT + n as i64, "metadata_consolidation", domain::METADATA_CONSOLIDATION, Some(table.clone()));
+            let mut task = tasks.task(
+                METADATA_AT + n as i64,
+                "metadata_consolidation",
+                domain::METADATA_CONSOLIDATION,
+                Some(table.clone()),
+            );
             task.status = RunStatus::Running;
             task.started_at = Some(time::now());
             tasks.put(task.clone()).await?;
             let b = api::consolidate_metadata(stage, table).map_err(|e| e.to_string())?;
             task.records = b.rows as i64;
             task.messages = b.changes.clone();
-            task.messages.push(format!("{} column(s) from {} batch(es)", b.columns.len(), b.batches));
+            task.messages.push(format!(
+                "{} column(s) from {} batch(es)",
+                b.columns.len(),
+                b.batches
+            ));
             tasks.end(task, RunStatus::Succeeded).await?;
             blueprints.push(b);
         }
@@ -396,7 +472,12 @@ impl ApiRunner {
             if cancelled() {
                 return Err("cancelled".into());
             }
-            let mut task = tasks.task(TABLE_AT + n as i64, "table_consolidation", domain::TABLE_CONSOLIDATION, Some(b.table.clone()));
+            let mut task = tasks.task(
+                TABLE_AT + n as i64,
+                "table_consolidation",
+                domain::TABLE_CONSOLIDATION,
+                Some(b.table.clone()),
+            );
             task.status = RunStatus::Running;
             task.started_at = Some(time::now());
             tasks.put(task.clone()).await?;
@@ -407,7 +488,11 @@ impl ApiRunner {
                 .put_api_run_table(&ApiRunTable {
                     run_id: run.id.clone(),
                     table: b.table.clone(),
-                    columns: b.columns.iter().map(|c| (c.name.clone(), api::warehouse_type(&c.kind))).collect(),
+                    columns: b
+                        .columns
+                        .iter()
+                        .map(|c| (c.name.clone(), api::warehouse_type(&c.kind)))
+                        .collect(),
                     records: rows as i64,
                 })
                 .await
@@ -436,27 +521,50 @@ impl ApiRunner {
         keep: &KeepAlive,
     ) -> Result<(i64, i64), Failure> {
         let tables = stage.tables().map_err(|e| e.to_string())?;
-        let cursors: BTreeMap<String, String> = std::fs::read_to_string(stage.dir.join("cursors.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let cursors: BTreeMap<String, String> =
+            std::fs::read_to_string(stage.dir.join("cursors.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
         for (n, table) in tables.iter().enumerate() {
-            tasks.put(tasks.task(INGESTION_AT + n as i64, "ingestion", domain::INGESTION, Some(table.clone()))).await?;
+            tasks
+                .put(tasks.task(
+                    INGESTION_AT + n as i64,
+                    "ingestion",
+                    domain::INGESTION,
+                    Some(table.clone()),
+                ))
+                .await?;
         }
-        let mut session = LoadSession::open(&dest.url).await.map_err(|e| e.to_string())?;
+        let mut session = LoadSession::open(&dest.url)
+            .await
+            .map_err(|e| e.to_string())?;
         let loaded = async {
             if dest.postgres {
-                session.ensure_schema(&dest.dataset).await.map_err(|e| e.to_string())?;
+                session
+                    .ensure_schema(&dest.dataset)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             let mut records = 0i64;
             for (n, table) in tables.iter().enumerate() {
-                let mut task = tasks.task(INGESTION_AT + n as i64, "ingestion", domain::INGESTION, Some(table.clone()));
+                let mut task = tasks.task(
+                    INGESTION_AT + n as i64,
+                    "ingestion",
+                    domain::INGESTION,
+                    Some(table.clone()),
+                );
                 task.status = RunStatus::Running;
                 task.started_at = Some(time::now());
                 tasks.put(task.clone()).await?;
                 let blueprint = api::blueprint(stage, table).map_err(|e| e.to_string())?;
                 let disposition = root_disposition(config, table);
-                let mut spec = ImportSpec::new(&stage.tables_url(), &format!("{table}.jsonl"), &dest.url, &dest.target(table));
+                let mut spec = ImportSpec::new(
+                    &stage.tables_url(),
+                    &format!("{table}.jsonl"),
+                    &dest.url,
+                    &dest.target(table),
+                );
                 spec.mode = match (run.run_type, disposition) {
                     (RunType::Destructive, _) | (_, WriteDisposition::Replace) => Mode::Destructive,
                     (_, WriteDisposition::Merge) => Mode::Merge,
@@ -479,9 +587,14 @@ impl ApiRunner {
                         task.records = report.rows as i64;
                         task.messages = notes.0;
                         if report.already_loaded {
-                            task.messages.push("loaded already by an earlier attempt of this run".into());
+                            task.messages
+                                .push("loaded already by an earlier attempt of this run".into());
                         } else {
-                            task.messages.push(format!("{} record(s) into {}, live at complete ingestion", report.rows, dest.target(table)));
+                            task.messages.push(format!(
+                                "{} record(s) into {}, live at complete ingestion",
+                                report.rows,
+                                dest.target(table)
+                            ));
                         }
                         records += report.rows as i64;
                         tasks.end(task, RunStatus::Succeeded).await?;
@@ -490,7 +603,16 @@ impl ApiRunner {
                         let cancelled = keep.cancel.load(Ordering::Relaxed);
                         task.messages = notes.0;
                         task.messages.push(e.to_string());
-                        tasks.end(task, if cancelled { RunStatus::Cancelled } else { RunStatus::Failed }).await?;
+                        tasks
+                            .end(
+                                task,
+                                if cancelled {
+                                    RunStatus::Cancelled
+                                } else {
+                                    RunStatus::Failed
+                                },
+                            )
+                            .await?;
                         return Err(format!("ingesting {table}: {e}"));
                     }
                 }
@@ -505,7 +627,12 @@ impl ApiRunner {
                 return Err(e);
             }
         };
-        let mut task = tasks.task(COMPLETE_AT, "complete_ingestion", domain::COMPLETE_INGESTION, None);
+        let mut task = tasks.task(
+            COMPLETE_AT,
+            "complete_ingestion",
+            domain::COMPLETE_INGESTION,
+            None,
+        );
         task.status = RunStatus::Running;
         task.started_at = Some(time::now());
         tasks.put(task.clone()).await?;
@@ -520,7 +647,11 @@ impl ApiRunner {
             return Err(format!("making the tables live: {e}"));
         }
         task.records = records;
-        task.messages.push(format!("{} table(s) live in {}", tables.len(), dest.dataset));
+        task.messages.push(format!(
+            "{} table(s) live in {}",
+            tables.len(),
+            dest.dataset
+        ));
         tasks.end(task, RunStatus::Succeeded).await?;
         Ok((tables.len() as i64, records))
     }

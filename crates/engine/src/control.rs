@@ -335,7 +335,11 @@ impl Control {
 
     /// An API runner of this process (`sluice source run` runs its run
     /// itself).
-    pub fn api_runner(&self, config: &crate::EngineConfig, name: String) -> crate::api_runs::ApiRunner {
+    pub fn api_runner(
+        &self,
+        config: &crate::EngineConfig,
+        name: String,
+    ) -> crate::api_runs::ApiRunner {
         crate::api_runs::ApiRunner::new(
             self.store.clone(),
             self.sealer.clone(),

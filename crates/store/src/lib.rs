@@ -742,7 +742,11 @@ pub trait ApiSourceStore: Send + Sync + 'static {
     /// Stores a source; `replace`: it must exist (an update), else it must
     /// not ([`StoreError::Conflict`]).
     async fn put_api_source(&self, source: &api_source::ApiSource, replace: bool) -> Result<()>;
-    async fn get_api_source(&self, org: &OrganizationId, name: &str) -> Result<api_source::ApiSource>;
+    async fn get_api_source(
+        &self,
+        org: &OrganizationId,
+        name: &str,
+    ) -> Result<api_source::ApiSource>;
     async fn list_api_sources(&self, org: &OrganizationId) -> Result<Vec<api_source::ApiSource>>;
     /// Deletes a source and its runs' records; refused while a run of it
     /// is active.
@@ -771,7 +775,12 @@ pub trait ApiSourceStore: Send + Sync + 'static {
     /// Cancels a run: one waiting to start is CANCELLED at once, a running
     /// one goes CANCELING until its worker stops. Answers the new status;
     /// [`StoreError::Conflict`] when it is already canceling or ended.
-    async fn cancel_api_run(&self, org: &OrganizationId, id: &str, now: Timestamp) -> Result<RunStatus>;
+    async fn cancel_api_run(
+        &self,
+        org: &OrganizationId,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
 
     async fn claim_api_runs(
         &self,
@@ -789,8 +798,20 @@ pub trait ApiSourceStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<api_source::ApiRun>>;
     async fn api_run_running(&self, id: &str, token: i64, now: Timestamp) -> Result<RunStatus>;
-    async fn heartbeat_api_run(&self, id: &str, token: i64, ttl: Duration, now: Timestamp) -> Result<RunStatus>;
-    async fn finish_api_run(&self, id: &str, token: i64, outcome: &ApiOutcome, now: Timestamp) -> Result<RunStatus>;
+    async fn heartbeat_api_run(
+        &self,
+        id: &str,
+        token: i64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
+    async fn finish_api_run(
+        &self,
+        id: &str,
+        token: i64,
+        outcome: &ApiOutcome,
+        now: Timestamp,
+    ) -> Result<RunStatus>;
     /// Gives back the runs of lost workers (tried again up to three times).
     async fn reap_api_runs(&self, now: Timestamp) -> Result<Vec<String>>;
 

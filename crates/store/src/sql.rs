@@ -86,7 +86,10 @@ impl Dialect {
                     include_str!("../migrations/sqlite/0009_deployment_limits.sql"),
                 ),
                 (10, include_str!("../migrations/sqlite/0010_actions.sql")),
-                (11, include_str!("../migrations/sqlite/0011_api_sources.sql")),
+                (
+                    11,
+                    include_str!("../migrations/sqlite/0011_api_sources.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),

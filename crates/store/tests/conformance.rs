@@ -14,9 +14,9 @@ use serde_json::json;
 use sluice_domain::time::{self, Timestamp};
 use sluice_domain::*;
 use sluice_store::{
-    AccountStore, ActionOutcome, ApiOutcome, ApiSourceStore, ActionRunFilter, ActionStore, DatalakeStore, DeploymentStore,
-    FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore, QueryOutcome, RunStore, SpaceStore,
-    SqlStore, StoreError,
+    AccountStore, ActionOutcome, ActionRunFilter, ActionStore, ApiOutcome, ApiSourceStore,
+    DatalakeStore, DeploymentStore, FileQuery, ImportStore, JobFilter, LogQuery, MetadataStore,
+    QueryOutcome, RunStore, SpaceStore, SqlStore, StoreError,
 };
 
 /// A store, and what must live as long as it (removed after the test).
@@ -2016,7 +2016,10 @@ async fn one_api_run_of_a_source_is_active_even_when_runs_start_at_once(store: A
         })
     });
     let runs: Vec<_> = futures_join(starts).await;
-    let active: Vec<_> = runs.iter().filter(|r| r.status == RunStatus::Runnable).collect();
+    let active: Vec<_> = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Runnable)
+        .collect();
     assert_eq!(active.len(), 1, "{runs:?}");
     for r in runs.iter().filter(|r| r.status != RunStatus::Runnable) {
         assert_eq!(r.status, RunStatus::Rejected);
@@ -2035,11 +2038,20 @@ async fn one_api_run_of_a_source_is_active_even_when_runs_start_at_once(store: A
     // Once the active one ended, a new one may start.
     let first = active[0];
     assert_eq!(
-        store.cancel_api_run(&org, &first.id, time::now()).await.unwrap(),
+        store
+            .cancel_api_run(&org, &first.id, time::now())
+            .await
+            .unwrap(),
         RunStatus::Cancelled
     );
     let next = store
-        .start_api_run(&org, "shop", RunType::Incremental, Some(&first.id), time::now())
+        .start_api_run(
+            &org,
+            "shop",
+            RunType::Incremental,
+            Some(&first.id),
+            time::now(),
+        )
         .await
         .unwrap();
     assert_eq!(next.status, RunStatus::Runnable);
@@ -2081,7 +2093,10 @@ async fn api_runs_cancel_once_and_a_lost_one_is_fenced(store: Arc<SqlStore>) {
     assert_eq!(claimed.len(), 1);
     let token = claimed[0].lease_token;
     assert_eq!(
-        store.api_run_running(&run.id, token, time::now()).await.unwrap(),
+        store
+            .api_run_running(&run.id, token, time::now())
+            .await
+            .unwrap(),
         RunStatus::Running
     );
     let task = ApiTask {
@@ -2101,24 +2116,41 @@ async fn api_runs_cancel_once_and_a_lost_one_is_fenced(store: Arc<SqlStore>) {
     assert_eq!(store.get_api_run(&org, &run.id).await.unwrap().records, 42);
     // The lease runs out: the run is given back, the lost worker fenced.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(store.reap_api_runs(time::now()).await.unwrap(), vec![run.id.clone()]);
+    assert_eq!(
+        store.reap_api_runs(time::now()).await.unwrap(),
+        vec![run.id.clone()]
+    );
     assert!(matches!(
         store.put_api_task(&task, token).await,
         Err(StoreError::LeaseLost(_))
     ));
-    let outcome = ApiOutcome::Succeeded { tables: 1, records: 42 };
+    let outcome = ApiOutcome::Succeeded {
+        tables: 1,
+        records: 42,
+    };
     assert!(matches!(
-        store.finish_api_run(&run.id, token, &outcome, time::now()).await,
+        store
+            .finish_api_run(&run.id, token, &outcome, time::now())
+            .await,
         Err(StoreError::LeaseLost(_))
     ));
     assert!(store.api_data_load(&run.id).await.unwrap().is_none());
     // Claimed again and running: the first cancel makes it CANCELING, the
     // second changes nothing and says so.
-    let again = store.claim_api_runs("w2", 10, TTL, time::now()).await.unwrap();
+    let again = store
+        .claim_api_runs("w2", 10, TTL, time::now())
+        .await
+        .unwrap();
     let token = again[0].lease_token;
-    store.api_run_running(&run.id, token, time::now()).await.unwrap();
+    store
+        .api_run_running(&run.id, token, time::now())
+        .await
+        .unwrap();
     assert_eq!(
-        store.cancel_api_run(&org, &run.id, time::now()).await.unwrap(),
+        store
+            .cancel_api_run(&org, &run.id, time::now())
+            .await
+            .unwrap(),
         RunStatus::Canceling
     );
     let second = store.cancel_api_run(&org, &run.id, time::now()).await;
@@ -2127,12 +2159,20 @@ async fn api_runs_cancel_once_and_a_lost_one_is_fenced(store: Arc<SqlStore>) {
         "{second:?}"
     );
     assert_eq!(
-        store.heartbeat_api_run(&run.id, token, TTL, time::now()).await.unwrap(),
+        store
+            .heartbeat_api_run(&run.id, token, TTL, time::now())
+            .await
+            .unwrap(),
         RunStatus::Canceling
     );
-    let failed = ApiOutcome::Failed { error: "cancelled".into() };
+    let failed = ApiOutcome::Failed {
+        error: "cancelled".into(),
+    };
     assert_eq!(
-        store.finish_api_run(&run.id, token, &failed, time::now()).await.unwrap(),
+        store
+            .finish_api_run(&run.id, token, &failed, time::now())
+            .await
+            .unwrap(),
         RunStatus::Cancelled
     );
     assert!(store.api_data_load(&run.id).await.unwrap().is_none());
@@ -2141,17 +2181,31 @@ async fn api_runs_cancel_once_and_a_lost_one_is_fenced(store: Arc<SqlStore>) {
         .start_api_run(&org, "shop", RunType::Destructive, None, time::now())
         .await
         .unwrap();
-    let c = store.claim_api_runs("w3", 10, TTL, time::now()).await.unwrap();
+    let c = store
+        .claim_api_runs("w3", 10, TTL, time::now())
+        .await
+        .unwrap();
     store
         .finish_api_run(&ok.id, c[0].lease_token, &outcome, time::now())
         .await
         .unwrap();
-    let load = store.api_data_load(&ok.id).await.unwrap().expect("a data load");
+    let load = store
+        .api_data_load(&ok.id)
+        .await
+        .unwrap()
+        .expect("a data load");
     assert_eq!((load.tables, load.records), (1, 42));
     let ended = store.cancel_api_run(&org, &ok.id, time::now()).await;
-    assert!(matches!(&ended, Err(StoreError::Conflict(m)) if m.contains("Completed")), "{ended:?}");
+    assert!(
+        matches!(&ended, Err(StoreError::Conflict(m)) if m.contains("Completed")),
+        "{ended:?}"
+    );
     // Deleting the source takes its runs' records with it.
     store.delete_api_source(&org, "shop").await.unwrap();
     assert!(store.api_tasks(&run.id).await.unwrap().is_empty());
-    assert!(store.list_api_runs(&org, "shop", 10).await.unwrap().is_empty());
+    assert!(store
+        .list_api_runs(&org, "shop", 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

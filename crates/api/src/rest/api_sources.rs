@@ -44,7 +44,9 @@ async fn list_sources(
 ) -> Result<Json<Value>> {
     s.control.authorize(&who, &org)?;
     let list = s.control.api_sources(&org).await?;
-    Ok(Json(json!({"entries": list.iter().map(source_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"entries": list.iter().map(source_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn create_source(
@@ -65,7 +67,9 @@ async fn get_source(
     Path((org, source)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     s.control.authorize(&who, &org)?;
-    Ok(Json(source_json(&s.control.api_source(&org, &source).await?)))
+    Ok(Json(source_json(
+        &s.control.api_source(&org, &source).await?,
+    )))
 }
 
 async fn update_source(
@@ -81,7 +85,9 @@ async fn update_source(
             "name: the file names another source than `{source}` (a source is renamed by making a new one)"
         )));
     }
-    Ok(Json(source_json(&s.control.put_api_source(&org, &doc, true).await?)))
+    Ok(Json(source_json(
+        &s.control.put_api_source(&org, &doc, true).await?,
+    )))
 }
 
 async fn delete_source(
@@ -91,7 +97,9 @@ async fn delete_source(
 ) -> Result<Json<Value>> {
     s.control.authorize(&who, &org)?;
     s.control.delete_api_source(&org, &source).await?;
-    Ok(Json(json!({"message": format!("API source {source} deleted")})))
+    Ok(Json(
+        json!({"message": format!("API source {source} deleted")}),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,7 +122,11 @@ async fn list_runs(
     let ascending = match q.order.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,
-        Some(o) => return Err(ApiError::bad_request(format!("order `{o}`: expected asc or desc"))),
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "order `{o}`: expected asc or desc"
+            )))
+        }
     };
     let query = ApiRunsQuery {
         run_type: q.run_type,
@@ -124,7 +136,9 @@ async fn list_runs(
         limit: super::datalake::number("limit", q.limit.as_deref())?,
     };
     let runs = s.control.api_runs(&org, &source, &query).await?;
-    Ok(Json(json!({"entries": runs.iter().map(run_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"entries": runs.iter().map(run_json).collect::<Vec<_>>()}),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,8 +157,9 @@ async fn start_run(
     let b: StartBody = body(&bytes)?;
     let run_type = match b.run_type.as_deref() {
         None => RunType::Incremental,
-        Some(t) => RunType::parse(t)
-            .ok_or_else(|| ApiError::bad_request(format!("type `{t}`: expected incremental or destructive")))?,
+        Some(t) => RunType::parse(t).ok_or_else(|| {
+            ApiError::bad_request(format!("type `{t}`: expected incremental or destructive"))
+        })?,
     };
     let run = s.control.start_api_run(&org, &source, run_type).await?;
     let view = sluice_engine::control::ApiRunView {
@@ -202,7 +217,10 @@ async fn retry_run(
 ) -> Result<Response> {
     s.control.authorize(&who, &org)?;
     let new = s.control.retry_api_run(&org, &run).await?;
-    let view = sluice_engine::control::ApiRunView { messages: 0, run: new };
+    let view = sluice_engine::control::ApiRunView {
+        messages: 0,
+        run: new,
+    };
     Ok((StatusCode::CREATED, Json(run_json(&view))).into_response())
 }
 
@@ -219,7 +237,10 @@ async fn search_run(
 ) -> Result<Json<Value>> {
     s.control.authorize(&who, &org)?;
     let text = q.q.unwrap_or_default();
-    sluice_engine::control::input::check_text(&text, "q").map_err(|e| ApiError::bad_request(e.0))?;
+    sluice_engine::control::input::check_text(&text, "q")
+        .map_err(|e| ApiError::bad_request(e.0))?;
     let tasks = s.control.search_api_run(&org, &run, &text).await?;
-    Ok(Json(json!({"entries": tasks.iter().map(task_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"entries": tasks.iter().map(task_json).collect::<Vec<_>>()}),
+    ))
 }

@@ -37,7 +37,11 @@ pub fn normalize(name: &str) -> String {
         }
     }
     let trimmed = out.trim_matches('_');
-    let mut s = if trimmed.is_empty() { "_".to_owned() } else { trimmed.to_owned() };
+    let mut s = if trimmed.is_empty() {
+        "_".to_owned()
+    } else {
+        trimmed.to_owned()
+    };
     if s.starts_with(|c: char| c.is_ascii_digit()) {
         s.insert(0, '_');
     }
@@ -61,7 +65,13 @@ pub type Row = (String, Map<String, Value>);
 /// Flattens one record of `table` into `out` (its row first, then its
 /// children's rows). `id` is the record's row id; `extra` columns are
 /// added to its row (`include_from_parent`).
-pub fn flatten(table: &str, record: &Value, id: &str, extra: &[(String, Value)], out: &mut Vec<Row>) {
+pub fn flatten(
+    table: &str,
+    record: &Value,
+    id: &str,
+    extra: &[(String, Value)],
+    out: &mut Vec<Row>,
+) {
     let mut row = Map::new();
     row.insert(ID.to_owned(), Value::String(id.to_owned()));
     for (k, v) in extra {
@@ -78,7 +88,14 @@ pub fn flatten(table: &str, record: &Value, id: &str, extra: &[(String, Value)],
     out[at].1 = row;
 }
 
-fn columns(table: &str, prefix: &str, o: &Map<String, Value>, id: &str, row: &mut Map<String, Value>, out: &mut Vec<Row>) {
+fn columns(
+    table: &str,
+    prefix: &str,
+    o: &Map<String, Value>,
+    id: &str,
+    row: &mut Map<String, Value>,
+    out: &mut Vec<Row>,
+) {
     for (k, v) in o {
         let name = format!("{prefix}{}", normalize(k));
         match v {
@@ -126,7 +143,16 @@ mod tests {
         flatten("surveys", &rec, "r1", &[], &mut out);
         let tables: Vec<&str> = out.iter().map(|(t, _)| t.as_str()).collect();
         // Keys in name order (JSON objects are read as sorted maps).
-        assert_eq!(tables, ["surveys", "surveys__questions", "surveys__questions__options", "surveys__tags", "surveys__tags"]);
+        assert_eq!(
+            tables,
+            [
+                "surveys",
+                "surveys__questions",
+                "surveys__questions__options",
+                "surveys__tags",
+                "surveys__tags"
+            ]
+        );
         let root = &out[0].1;
         assert_eq!(root["address__city"], "Lyon");
         assert_eq!(root["address__geo__lat"], 1.5);

@@ -100,7 +100,8 @@ impl Http {
                 return Ok(Some(t.clone()));
             }
         }
-        let mut form: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
+        let mut form: Vec<(String, String)> =
+            vec![("grant_type".into(), "client_credentials".into())];
         form.extend(access_token_request_data.iter().cloned());
         let body = form
             .iter()
@@ -115,7 +116,11 @@ impl Http {
             .body(body)
             .send()
             .await
-            .map_err(|e| invalid(format!("asking {access_token_url} for an access token: {e}")))?;
+            .map_err(|e| {
+                invalid(format!(
+                    "asking {access_token_url} for an access token: {e}"
+                ))
+            })?;
         let status = answer.status();
         let text = answer.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -131,8 +136,14 @@ impl Http {
             .and_then(Value::as_str)
             .ok_or_else(|| invalid(format!("{access_token_url} answered no access_token")))?
             .to_owned();
-        let life = doc.get("expires_in").and_then(Value::as_u64).unwrap_or(3600);
-        self.token = Some((token.clone(), Instant::now() + Duration::from_secs(life.saturating_sub(30).max(1))));
+        let life = doc
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600);
+        self.token = Some((
+            token.clone(),
+            Instant::now() + Duration::from_secs(life.saturating_sub(30).max(1)),
+        ));
         Ok(Some(token))
     }
 
@@ -163,7 +174,11 @@ impl Http {
             }
             match &self.config.auth {
                 Some(Auth::Bearer { token }) => req = req.bearer_auth(token),
-                Some(Auth::ApiKey { name, api_key, location }) => match location {
+                Some(Auth::ApiKey {
+                    name,
+                    api_key,
+                    location,
+                }) => match location {
                     KeyLocation::Header => req = req.header(name, api_key),
                     KeyLocation::Query => query.push((name.clone(), api_key.clone())),
                 },
@@ -191,7 +206,11 @@ impl Http {
                 Err(e) if tried < TRIES && (e.is_timeout() || e.is_connect() || e.is_request()) => {
                     self.messages.push(format!(
                         "{what}: {} — tried again in {:.1} s",
-                        if e.is_timeout() { "timed out".to_owned() } else { format!("{e}") },
+                        if e.is_timeout() {
+                            "timed out".to_owned()
+                        } else {
+                            format!("{e}")
+                        },
                         wait.as_secs_f64()
                     ));
                     tokio::time::sleep(wait).await;
@@ -292,7 +311,9 @@ fn snippet(s: &str) -> String {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -307,7 +328,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             "link",
-            HeaderValue::from_static("<http://h/a?page=1>; rel=\"prev\", <http://h/a?page=3>; rel=\"next\""),
+            HeaderValue::from_static(
+                "<http://h/a?page=1>; rel=\"prev\", <http://h/a?page=3>; rel=\"next\"",
+            ),
         );
         assert_eq!(link(&h, "next").as_deref(), Some("http://h/a?page=3"));
         assert_eq!(link(&h, "last"), None);
@@ -315,7 +338,10 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds() {
-        assert_eq!(retry_after(Some(&HeaderValue::from_static("2"))), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after(Some(&HeaderValue::from_static("2"))),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(retry_after(Some(&HeaderValue::from_static("soon"))), None);
     }
 }

@@ -89,7 +89,10 @@ impl Stage {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(invalid(format!("clearing the stage {}: {e}", self.dir.display()))),
+            Err(e) => Err(invalid(format!(
+                "clearing the stage {}: {e}",
+                self.dir.display()
+            ))),
         }
     }
 
@@ -231,8 +234,14 @@ pub fn consolidate_table(stage: &Stage, blueprint: &Blueprint) -> Result<u64> {
                 continue;
             }
             for b in t["batches"].as_array().into_iter().flatten() {
-                let file = stage.dir.join("batches").join(table).join(b["file"].as_str().unwrap_or_default());
-                let reader = std::io::BufReader::new(std::fs::File::open(&file).map_err(io(file.display()))?);
+                let file = stage
+                    .dir
+                    .join("batches")
+                    .join(table)
+                    .join(b["file"].as_str().unwrap_or_default());
+                let reader = std::io::BufReader::new(
+                    std::fs::File::open(&file).map_err(io(file.display()))?,
+                );
                 for line in reader.lines() {
                     let line = line.map_err(io(file.display()))?;
                     let mut row: Map<String, Value> = serde_json::from_str(&line)
@@ -241,7 +250,8 @@ pub fn consolidate_table(stage: &Stage, blueprint: &Blueprint) -> Result<u64> {
                     for c in &blueprint.columns {
                         aligned.insert(c.name.clone(), row.remove(&c.name).unwrap_or(Value::Null));
                     }
-                    serde_json::to_writer(&mut out, &aligned).map_err(|e| invalid(format!("{}: {e}", tmp.display())))?;
+                    serde_json::to_writer(&mut out, &aligned)
+                        .map_err(|e| invalid(format!("{}: {e}", tmp.display())))?;
                     out.write_all(b"\n").map_err(io(tmp.display()))?;
                     rows += 1;
                 }
@@ -336,7 +346,13 @@ impl<'a> Walk<'a> {
             .iter()
             .filter_map(|r| {
                 let (_, parent, field) = r.parent()?;
-                (parent == resource.name).then(|| (r.name.clone(), field.to_owned(), r.include_from_parent.clone()))
+                (parent == resource.name).then(|| {
+                    (
+                        r.name.clone(),
+                        field.to_owned(),
+                        r.include_from_parent.clone(),
+                    )
+                })
             })
             .collect();
         Walk {
@@ -380,7 +396,11 @@ impl<'a> Walk<'a> {
             match p {
                 Param::Value(v) => query.push((name.clone(), v.clone())),
                 Param::Resolve { .. } => {
-                    let v = self.current.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+                    let v = self
+                        .current
+                        .as_ref()
+                        .map(|c| c.value.clone())
+                        .unwrap_or_default();
                     path = path.replace(&format!("{{{name}}}"), &encode_path(&v));
                 }
             }
@@ -399,10 +419,20 @@ impl<'a> Walk<'a> {
             }
         }
         match self.paginator() {
-            Paginator::PageNumber { page_param, base_page, .. } => {
+            Paginator::PageNumber {
+                page_param,
+                base_page,
+                ..
+            } => {
                 query.push((page_param.clone(), base_page.to_string()));
             }
-            Paginator::Offset { limit, offset, offset_param, limit_param, .. } => {
+            Paginator::Offset {
+                limit,
+                offset,
+                offset_param,
+                limit_param,
+                ..
+            } => {
                 query.push((offset_param.clone(), offset.to_string()));
                 query.push((limit_param.clone(), limit.to_string()));
             }
@@ -434,7 +464,12 @@ impl<'a> Walk<'a> {
 
     /// Fetches up to `max_pages` pages into one extraction part; None when
     /// the resource has no pages left.
-    pub async fn part(&mut self, http: &mut Http, max_pages: u64, cancelled: &std::sync::atomic::AtomicBool) -> Result<Option<Part>> {
+    pub async fn part(
+        &mut self,
+        http: &mut Http,
+        max_pages: u64,
+        cancelled: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<Part>> {
         if self.next.is_none() && !self.next_walk(http) {
             return Ok(None);
         }
@@ -464,23 +499,40 @@ impl<'a> Walk<'a> {
                 continue;
             };
             self.page_no += 1;
-            let what = format!("{} page {} ({})", self.resource.name, self.page_no, path_of(&url));
+            let what = format!(
+                "{} page {} ({})",
+                self.resource.name,
+                self.page_no,
+                path_of(&url)
+            );
             let page = http
-                .fetch(&self.resource.endpoint.method, &url, &query, self.resource.endpoint.json.as_ref(), &what)
+                .fetch(
+                    &self.resource.endpoint.method,
+                    &url,
+                    &query,
+                    self.resource.endpoint.json.as_ref(),
+                    &what,
+                )
                 .await?;
             part.pages += 1;
             let records = self.records(&page.body, &what)?;
             let count = records.len();
             for record in records {
                 if let Some(inc) = self.incremental() {
-                    let cursor = select(record, &inc.cursor_path).filter(|v| !v.is_null()).map(param_text);
+                    let cursor = select(record, &inc.cursor_path)
+                        .filter(|v| !v.is_null())
+                        .map(param_text);
                     if let (Some(c), Some(after)) = (&cursor, &self.cursor_after) {
                         if cursor_cmp(c, after) != std::cmp::Ordering::Greater {
                             continue;
                         }
                     }
                     if let Some(c) = cursor {
-                        if self.cursor_max.as_ref().is_none_or(|m| cursor_cmp(&c, m) == std::cmp::Ordering::Greater) {
+                        if self
+                            .cursor_max
+                            .as_ref()
+                            .is_none_or(|m| cursor_cmp(&c, m) == std::cmp::Ordering::Greater)
+                        {
                             self.cursor_max = Some(c);
                         }
                     }
@@ -539,10 +591,20 @@ impl<'a> Walk<'a> {
             Value::Array(a) => a.iter().collect(),
             Value::Null => Vec::new(),
             Value::Object(o) => {
-                let usual = ["data", "items", "results", "records", "entries", "objects", "rows", "values"];
-                match usual.iter().find_map(|k| o.get(*k).and_then(Value::as_array)) {
+                let usual = [
+                    "data", "items", "results", "records", "entries", "objects", "rows", "values",
+                ];
+                match usual
+                    .iter()
+                    .find_map(|k| o.get(*k).and_then(Value::as_array))
+                {
                     Some(a) => a.iter().collect(),
-                    None => match o.values().filter_map(Value::as_array).collect::<Vec<_>>().as_slice() {
+                    None => match o
+                        .values()
+                        .filter_map(Value::as_array)
+                        .collect::<Vec<_>>()
+                        .as_slice()
+                    {
                         [one] => one.iter().collect(),
                         _ => vec![body],
                     },
@@ -582,13 +644,17 @@ impl<'a> Walk<'a> {
                 let include = include
                     .iter()
                     .filter_map(|f| {
-                        select(record, f).map(|v| (format!("_{}_{}", parent, flatten::normalize(f)), v.clone()))
+                        select(record, f)
+                            .map(|v| (format!("_{}_{}", parent, flatten::normalize(f)), v.clone()))
                     })
                     .collect();
-                self.for_children.entry(child.clone()).or_default().push(ParentRef {
-                    value: param_text(v),
-                    include,
-                });
+                self.for_children
+                    .entry(child.clone())
+                    .or_default()
+                    .push(ParentRef {
+                        value: param_text(v),
+                        include,
+                    });
             }
         }
         rows.clear();
@@ -619,7 +685,11 @@ impl<'a> Walk<'a> {
                     Value::Null => continue,
                     Value::Bool(_) => Kind::Bool,
                     Value::Number(n) if n.is_i64() || n.is_u64() => {
-                        if n.is_i64() { Kind::BigInt } else { Kind::Double }
+                        if n.is_i64() {
+                            Kind::BigInt
+                        } else {
+                            Kind::Double
+                        }
                     }
                     Value::Number(_) => Kind::Double,
                     // A JSON text stays text unless it is a date or a time.
@@ -637,7 +707,8 @@ impl<'a> Walk<'a> {
                     }
                 }
             }
-            serde_json::to_writer(&mut o.file, &row).map_err(|e| invalid(format!("staging a row: {e}")))?;
+            serde_json::to_writer(&mut o.file, &row)
+                .map_err(|e| invalid(format!("staging a row: {e}")))?;
             o.file.write_all(b"\n").map_err(io("staging a row"))?;
             o.rows += 1;
             if o.rows >= BATCH_ROWS {
@@ -674,18 +745,27 @@ impl<'a> Walk<'a> {
                 }
             }
             Paginator::JsonLink { next_url_path } => match select(&page.body, next_url_path) {
-                Some(Value::String(n)) if !n.is_empty() => Some((absolute(&page.url, n), Vec::new())),
+                Some(Value::String(n)) if !n.is_empty() => {
+                    Some((absolute(&page.url, n), Vec::new()))
+                }
                 _ => None,
             },
-            Paginator::HeaderLink { links_next_key } => {
-                http::link(&page.headers, links_next_key).map(|n| (absolute(&page.url, &n), Vec::new()))
-            }
-            Paginator::Cursor { cursor_path, cursor_param } => match select(&page.body, cursor_path) {
+            Paginator::HeaderLink { links_next_key } => http::link(&page.headers, links_next_key)
+                .map(|n| (absolute(&page.url, &n), Vec::new())),
+            Paginator::Cursor {
+                cursor_path,
+                cursor_param,
+            } => match select(&page.body, cursor_path) {
                 Some(Value::Null) | None => None,
                 Some(Value::String(s)) if s.is_empty() => None,
                 Some(v) => Some((url.to_owned(), set(query, cursor_param, param_text(v)))),
             },
-            Paginator::PageNumber { page_param, base_page, total_path, maximum_page } => {
+            Paginator::PageNumber {
+                page_param,
+                base_page,
+                total_path,
+                maximum_page,
+            } => {
                 if count == 0 {
                     return None;
                 }
@@ -695,7 +775,11 @@ impl<'a> Walk<'a> {
                     .and_then(|(_, v)| v.parse().ok())
                     .unwrap_or(*base_page);
                 let next = current + 1;
-                if let Some(total) = total_path.as_ref().and_then(|p| select(&page.body, p)).and_then(Value::as_i64) {
+                if let Some(total) = total_path
+                    .as_ref()
+                    .and_then(|p| select(&page.body, p))
+                    .and_then(Value::as_i64)
+                {
                     if next >= total + base_page {
                         return None;
                     }
@@ -705,7 +789,13 @@ impl<'a> Walk<'a> {
                 }
                 Some((url.to_owned(), set(query, page_param, next.to_string())))
             }
-            Paginator::Offset { limit, offset_param, total_path, maximum_offset, .. } => {
+            Paginator::Offset {
+                limit,
+                offset_param,
+                total_path,
+                maximum_offset,
+                ..
+            } => {
                 if count == 0 || (count as i64) < *limit {
                     return None;
                 }
@@ -715,7 +805,11 @@ impl<'a> Walk<'a> {
                     .and_then(|(_, v)| v.parse().ok())
                     .unwrap_or(0);
                 let next = current + limit;
-                if let Some(total) = total_path.as_ref().and_then(|p| select(&page.body, p)).and_then(Value::as_i64) {
+                if let Some(total) = total_path
+                    .as_ref()
+                    .and_then(|p| select(&page.body, p))
+                    .and_then(Value::as_i64)
+                {
                     if next >= total {
                         return None;
                     }
@@ -770,7 +864,9 @@ fn path_of(url: &str) -> String {
 fn encode_path(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -843,5 +939,7 @@ async fn read_cursor(dest_url: &str, target: &str, job: &str) -> Result<Option<S
     if dst.columns(&t).await?.is_empty() {
         return Ok(None);
     }
-    Ok(crate::ledger::watermark(&mut dst, job).await?.map(|w| w.end))
+    Ok(crate::ledger::watermark(&mut dst, job)
+        .await?
+        .map(|w| w.end))
 }

@@ -70,7 +70,9 @@ fn org_id(org: &str) -> Result<OrganizationId> {
 fn source_name(name: &str) -> Result<&str> {
     let ok = !name.is_empty()
         && name.len() <= 100
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(name)
     } else {
@@ -111,7 +113,10 @@ impl Control {
             bad(format!(
                 "the source file has {} problem(s): {}",
                 p.len(),
-                p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+                p.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ))
         })?;
         match &config.destination {
@@ -125,13 +130,18 @@ impl Control {
                 }
             }
             None if self.settings.warehouse.is_none() => {
-                return Err(bad("destination: this server has no embedded warehouse; name a declared warehouse"));
+                return Err(bad(
+                    "destination: this server has no embedded warehouse; name a declared warehouse",
+                ));
             }
             None => {}
         }
         let now = time::now();
         let created_at = if replace {
-            self.store.get_api_source(&org, &config.name).await?.created_at
+            self.store
+                .get_api_source(&org, &config.name)
+                .await?
+                .created_at
         } else {
             now
         };
@@ -154,19 +164,36 @@ impl Control {
     }
 
     pub async fn api_source(&self, org: &str, name: &str) -> Result<ApiSource> {
-        Ok(self.store.get_api_source(&org_id(org)?, source_name(name)?).await?)
+        Ok(self
+            .store
+            .get_api_source(&org_id(org)?, source_name(name)?)
+            .await?)
     }
 
     pub async fn delete_api_source(&self, org: &str, name: &str) -> Result<()> {
-        Ok(self.store.delete_api_source(&org_id(org)?, source_name(name)?).await?)
+        Ok(self
+            .store
+            .delete_api_source(&org_id(org)?, source_name(name)?)
+            .await?)
     }
 
     /// Starts a run of `source`: waiting to start, or REJECTED ("Rejected -
     /// previous load still running") when one of it is active.
-    pub async fn start_api_run(&self, org: &str, source: &str, run_type: RunType) -> Result<ApiRun> {
+    pub async fn start_api_run(
+        &self,
+        org: &str,
+        source: &str,
+        run_type: RunType,
+    ) -> Result<ApiRun> {
         let run = self
             .store
-            .start_api_run(&org_id(org)?, source_name(source)?, run_type, None, time::now())
+            .start_api_run(
+                &org_id(org)?,
+                source_name(source)?,
+                run_type,
+                None,
+                time::now(),
+            )
             .await?;
         self.wakers.api.notify_one();
         Ok(run)
@@ -210,22 +237,31 @@ impl Control {
     /// CANCELING until its work has stopped while it runs. A second cancel
     /// changes nothing and says so (409).
     pub async fn cancel_api_run(&self, org: &str, id: &str) -> Result<RunStatus> {
-        let status = self.store.cancel_api_run(&org_id(org)?, run_id(id)?, time::now()).await?;
+        let status = self
+            .store
+            .cancel_api_run(&org_id(org)?, run_id(id)?, time::now())
+            .await?;
         Ok(status)
     }
 
     /// The runs of `source`, filtered by type and status, sorted by any
     /// column.
-    pub async fn api_runs(&self, org: &str, source: &str, q: &ApiRunsQuery) -> Result<Vec<ApiRunView>> {
+    pub async fn api_runs(
+        &self,
+        org: &str,
+        source: &str,
+        q: &ApiRunsQuery,
+    ) -> Result<Vec<ApiRunView>> {
         let org = org_id(org)?;
         let source = source_name(source)?;
         self.store.get_api_source(&org, source).await?;
-        let run_type = match &q.run_type {
-            None => None,
-            Some(t) => Some(RunType::parse(t).ok_or_else(|| {
-                bad(format!("type `{t}`: expected incremental or destructive"))
-            })?),
-        };
+        let run_type =
+            match &q.run_type {
+                None => None,
+                Some(t) => Some(RunType::parse(t).ok_or_else(|| {
+                    bad(format!("type `{t}`: expected incremental or destructive"))
+                })?),
+            };
         if let Some(s) = &q.status {
             if !RunStatus::ALL.iter().any(|st| status_matches(s, *st)) {
                 return Err(bad(format!(
@@ -241,7 +277,10 @@ impl Control {
             if run_type.is_some_and(|t| t != run.run_type) {
                 continue;
             }
-            if q.status.as_ref().is_some_and(|s| !status_matches(s, run.status)) {
+            if q.status
+                .as_ref()
+                .is_some_and(|s| !status_matches(s, run.status))
+            {
                 continue;
             }
             let tasks = self.store.api_tasks(&run.id).await?;
@@ -267,19 +306,22 @@ impl Control {
             }
         };
         const SORTS: [&str; 10] = [
-            "id", "type", "status", "created", "started", "finished", "duration", "records", "tables", "messages",
+            "id", "type", "status", "created", "started", "finished", "duration", "records",
+            "tables", "messages",
         ];
         if !SORTS.contains(&sort.as_str()) {
-            return Err(bad(format!("sort `{sort}`: expected one of {}", SORTS.join(", "))));
+            return Err(bad(format!(
+                "sort `{sort}`: expected one of {}",
+                SORTS.join(", ")
+            )));
         }
         views.sort_by(|a, b| {
             let (ka, kb) = (key(a), key(b));
-            let o = ka
-                .0
-                .partial_cmp(&kb.0)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| ka.1.cmp(&kb.1))
-                .then_with(|| a.run.seq.cmp(&b.run.seq));
+            let o =
+                ka.0.partial_cmp(&kb.0)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then_with(|| ka.1.cmp(&kb.1))
+                    .then_with(|| a.run.seq.cmp(&b.run.seq));
             if q.ascending {
                 o
             } else {
@@ -302,7 +344,12 @@ impl Control {
     }
 
     /// How long the last `last` completed runs of `source` took, per type.
-    pub async fn api_run_durations(&self, org: &str, source: &str, last: usize) -> Result<Vec<Durations>> {
+    pub async fn api_run_durations(
+        &self,
+        org: &str,
+        source: &str,
+        last: usize,
+    ) -> Result<Vec<Durations>> {
         let org = org_id(org)?;
         let source = source_name(source)?;
         self.store.get_api_source(&org, source).await?;

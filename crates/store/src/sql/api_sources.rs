@@ -84,11 +84,17 @@ fn task_from_row(row: &AnyRow) -> Result<ApiTask> {
 
 impl SqlStore {
     /// Whether `run_id`'s lease is `token`'s (a task write is fenced).
-    async fn holds(&self, tx: &mut Transaction<'static, Any>, run_id: &str, token: i64) -> Result<()> {
-        let held: Option<i64> = sqlx::query_scalar("SELECT lease_token FROM api_runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    async fn holds(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        run_id: &str,
+        token: i64,
+    ) -> Result<()> {
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT lease_token FROM api_runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&mut **tx)
+                .await?;
         match held {
             Some(t) if t == token => Ok(()),
             Some(_) => Err(StoreError::LeaseLost(run_id.to_owned())),
@@ -200,12 +206,13 @@ impl ApiSourceStore for SqlStore {
         now: Timestamp,
     ) -> Result<ApiRun> {
         let mut tx = self.begin().await?;
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT name FROM api_sources WHERE organization_id = $1 AND name = $2")
-                .bind(org.as_str())
-                .bind(source)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM api_sources WHERE organization_id = $1 AND name = $2",
+        )
+        .bind(org.as_str())
+        .bind(source)
+        .fetch_optional(&mut *tx)
+        .await?;
         if exists.is_none() {
             let _ = tx.rollback().await;
             return Err(not_found("API source", source));
@@ -269,7 +276,12 @@ impl ApiSourceStore for SqlStore {
         run_from_row(&row)
     }
 
-    async fn list_api_runs(&self, org: &OrganizationId, source: &str, limit: u32) -> Result<Vec<ApiRun>> {
+    async fn list_api_runs(
+        &self,
+        org: &OrganizationId,
+        source: &str,
+        limit: u32,
+    ) -> Result<Vec<ApiRun>> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM api_runs WHERE organization_id = $1 AND source_name = $2 \
              ORDER BY seq DESC LIMIT $3"
@@ -282,7 +294,12 @@ impl ApiSourceStore for SqlStore {
         rows.iter().map(run_from_row).collect()
     }
 
-    async fn cancel_api_run(&self, org: &OrganizationId, id: &str, now: Timestamp) -> Result<RunStatus> {
+    async fn cancel_api_run(
+        &self,
+        org: &OrganizationId,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM api_runs WHERE organization_id = $1 AND id = $2{}",
@@ -331,11 +348,24 @@ impl ApiSourceStore for SqlStore {
         Ok(next)
     }
 
-    async fn claim_api_runs(&self, worker: &str, limit: u32, ttl: Duration, now: Timestamp) -> Result<Vec<ApiRun>> {
-        RUNS.claim_into(self, worker, limit, ttl, now, run_from_row).await
+    async fn claim_api_runs(
+        &self,
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<ApiRun>> {
+        RUNS.claim_into(self, worker, limit, ttl, now, run_from_row)
+            .await
     }
 
-    async fn claim_api_run(&self, id: &str, worker: &str, ttl: Duration, now: Timestamp) -> Result<Option<ApiRun>> {
+    async fn claim_api_run(
+        &self,
+        id: &str,
+        worker: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<ApiRun>> {
         RUNS.claim_id(self, id, worker, ttl, now)
             .await?
             .as_ref()
@@ -347,11 +377,23 @@ impl ApiSourceStore for SqlStore {
         RUNS.start_alone(self, id, token, now).await
     }
 
-    async fn heartbeat_api_run(&self, id: &str, token: i64, ttl: Duration, now: Timestamp) -> Result<RunStatus> {
+    async fn heartbeat_api_run(
+        &self,
+        id: &str,
+        token: i64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
         RUNS.heartbeat(&self.write, id, token, ttl, now).await
     }
 
-    async fn finish_api_run(&self, id: &str, token: i64, outcome: &ApiOutcome, now: Timestamp) -> Result<RunStatus> {
+    async fn finish_api_run(
+        &self,
+        id: &str,
+        token: i64,
+        outcome: &ApiOutcome,
+        now: Timestamp,
+    ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
         let (from, row) = match RUNS.ending(&mut tx, self.dialect, id, token).await {
             Ok(v) => v,
@@ -364,11 +406,15 @@ impl ApiSourceStore for SqlStore {
         };
         let run = run_from_row(&row)?;
         let (next, error, tables, records) = match outcome {
-            ApiOutcome::Succeeded { tables, records } => (RunStatus::Succeeded, None, *tables, *records),
+            ApiOutcome::Succeeded { tables, records } => {
+                (RunStatus::Succeeded, None, *tables, *records)
+            }
             ApiOutcome::Failed { error } if run.status == RunStatus::Canceling => {
                 (RunStatus::Cancelled, Some(error.clone()), 0, run.records)
             }
-            ApiOutcome::Failed { error } => (RunStatus::Failed, Some(error.clone()), 0, run.records),
+            ApiOutcome::Failed { error } => {
+                (RunStatus::Failed, Some(error.clone()), 0, run.records)
+            }
         };
         if let Err(e) = from.transition(next) {
             let _ = tx.rollback().await;
@@ -406,7 +452,9 @@ impl ApiSourceStore for SqlStore {
 
     async fn reap_api_runs(&self, now: Timestamp) -> Result<Vec<String>> {
         let mut tx = self.begin().await?;
-        let reaped = RUNS.give_back(&mut tx, self.dialect, now, RUN_ATTEMPTS).await?;
+        let reaped = RUNS
+            .give_back(&mut tx, self.dialect, now, RUN_ATTEMPTS)
+            .await?;
         tx.commit().await?;
         Ok(reaped)
     }
