@@ -235,8 +235,10 @@ impl ApiRunner {
         {
             Ok(status) => {
                 tracing::info!("API run {} ended {status}", run.id);
-                if status != RunStatus::Failed && status != RunStatus::Cancelled {
-                    let _ = Stage::new(self.stage_root.join(&run.id)).clear();
+                // Ended: no attempt reads its stage again (a retry is a
+                // run of its own).
+                if let Err(e) = Stage::new(self.stage_root.join(&run.id)).clear() {
+                    tracing::warn!("API run {}: {e}", run.id);
                 }
             }
             Err(e) => tracing::warn!("API run {}: recording its end: {e}", run.id),

@@ -406,8 +406,10 @@ impl ApiSourceStore for SqlStore {
         };
         let run = run_from_row(&row)?;
         let (next, error, tables, records) = match outcome {
-            ApiOutcome::Succeeded { tables, records } => {
-                (RunStatus::Succeeded, None, *tables, *records)
+            // The run's records stay those it extracted; the data load
+            // counts the rows loaded (child rows among them).
+            ApiOutcome::Succeeded { tables, .. } => {
+                (RunStatus::Succeeded, None, *tables, run.records)
             }
             ApiOutcome::Failed { error } if run.status == RunStatus::Canceling => {
                 (RunStatus::Cancelled, Some(error.clone()), 0, run.records)
@@ -432,7 +434,7 @@ impl ApiSourceStore for SqlStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if next == RunStatus::Succeeded {
+        if let (RunStatus::Succeeded, ApiOutcome::Succeeded { records, .. }) = (next, outcome) {
             sqlx::query(
                 "INSERT INTO api_data_loads (run_id, organization_id, source_name, tables, records, \
                  created_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -441,7 +443,7 @@ impl ApiSourceStore for SqlStore {
             .bind(run.organization_id.as_str())
             .bind(&run.source)
             .bind(tables)
-            .bind(records)
+            .bind(*records)
             .bind(micros(now))
             .execute(&mut *tx)
             .await?;
