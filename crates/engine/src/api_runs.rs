@@ -7,7 +7,8 @@
 //!    and staged as batch files with a manifest per part;
 //! 2. **metadata consolidation** — per table, the batches' columns merged
 //!    into one blueprint (widenings reported);
-//! 3. **table consolidation** — per table, the batches aligned to it;
+//! 3. **table consolidation** — per table, the batches joined into one
+//!    file the ingestion reads with the blueprint's columns;
 //! 4. **ingestion** — per table, the load pipeline into the warehouse, all
 //!    tables in one destination transaction: rows land in that transaction
 //!    (a destructive load into a new table, a merge into a stage table), and
