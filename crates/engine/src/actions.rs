@@ -30,7 +30,7 @@ use sluice_domain::RunStatus;
 use sluice_store::{ActionOutcome, MetadataStore, StoreError};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::lease::KeepAlive;
+use crate::lease::{Every, KeepAlive};
 use crate::secrets::Sealer;
 use crate::Wakers;
 
@@ -45,8 +45,9 @@ pub struct ActionRunner {
     heartbeat: Duration,
     poll: Duration,
     wakers: Arc<Wakers>,
-    /// When lost leases, schedules and sources were last looked at.
-    last_watch: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Lost leases, schedules and sources are looked at every 250 ms at
+    /// most: a wake-up per finished run must not redo them.
+    watch: Every,
 }
 
 /// The URL warehouse `w` stands for: `embedded` is the organization's own
@@ -89,7 +90,7 @@ impl ActionRunner {
             heartbeat: config.heartbeat,
             poll: config.poll.max(Duration::from_millis(200)),
             wakers,
-            last_watch: std::sync::Mutex::new(None),
+            watch: Every::new(Duration::from_millis(250)),
         }
     }
 
@@ -107,17 +108,7 @@ impl ActionRunner {
 
     async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
         let now = time::now();
-        // Lost leases, due schedules and the sources are looked at every
-        // 250 ms at most: a wake-up per finished run must not redo them.
-        let due = {
-            let mut last = self.last_watch.lock().unwrap_or_else(|e| e.into_inner());
-            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
-            if due {
-                *last = Some(std::time::Instant::now());
-            }
-            due
-        };
-        if due {
+        if self.watch.due() {
             if let Err(e) = self.store.reap_action_runs(now).await {
                 tracing::warn!("reaping lost action runs: {e}");
             }

@@ -38,7 +38,7 @@ use sluice_domain::RunStatus;
 use sluice_store::{ApiOutcome, MetadataStore, StoreError};
 use tokio::sync::Semaphore;
 
-use crate::lease::KeepAlive;
+use crate::lease::{Every, KeepAlive};
 use crate::secrets::Sealer;
 use crate::Wakers;
 
@@ -65,7 +65,8 @@ pub struct ApiRunner {
     heartbeat: Duration,
     poll: Duration,
     wakers: Arc<Wakers>,
-    last_reap: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Lost leases are looked for every 250 ms at most.
+    reap: Every,
 }
 
 /// Where a run's tables land.
@@ -111,7 +112,7 @@ impl ApiRunner {
             heartbeat: config.heartbeat,
             poll: config.poll.max(Duration::from_millis(200)),
             wakers,
-            last_reap: std::sync::Mutex::new(None),
+            reap: Every::new(Duration::from_millis(250)),
         }
     }
 
@@ -128,15 +129,7 @@ impl ApiRunner {
     }
 
     async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
-        let due = {
-            let mut last = self.last_reap.lock().unwrap_or_else(|e| e.into_inner());
-            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
-            if due {
-                *last = Some(std::time::Instant::now());
-            }
-            due
-        };
-        if due {
+        if self.reap.due() {
             match self.store.reap_api_runs(time::now()).await {
                 Ok(ids) => {
                     for id in ids {

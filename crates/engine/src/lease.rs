@@ -58,3 +58,29 @@ impl Drop for KeepAlive {
         self.task.abort();
     }
 }
+
+/// A chore done at most once every `every` however often it is asked for
+/// (a runner's wake-ups must not redo its reaping each time).
+pub(crate) struct Every {
+    every: Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Every {
+    pub fn new(every: Duration) -> Every {
+        Every {
+            every,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the chore is due now (then it counts as done now).
+    pub fn due(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= self.every);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}

@@ -227,7 +227,10 @@ pub fn consolidate_table(stage: &Stage, blueprint: &Blueprint) -> Result<u64> {
     std::fs::create_dir_all(&dir).map_err(io(dir.display()))?;
     let path = dir.join(format!("{table}.jsonl"));
     let tmp = dir.join(format!("{table}.jsonl.part"));
-    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io(tmp.display()))?);
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&tmp).map_err(io(tmp.display()))?,
+    );
     let mut rows = 0u64;
     for m in stage.manifests()? {
         for t in m["tables"].as_array().into_iter().flatten() {
