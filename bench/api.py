@@ -123,7 +123,7 @@ import json, sys, time
 import dlt
 from dlt.sources.rest_api import rest_api_source
 cfg = json.loads(sys.argv[1])
-pipeline = dlt.pipeline(pipeline_name="bench", destination="duckdb", dataset_name="bench",
+pipeline = dlt.pipeline(pipeline_name="api_bench", destination="duckdb", dataset_name="loaded",
                         pipelines_dir=sys.argv[2])
 t = time.perf_counter()
 pipeline.run(rest_api_source(cfg))

@@ -683,11 +683,13 @@ impl<'a> Walk<'a> {
                         }
                     }
                     Value::Number(_) => Kind::Double,
-                    // A JSON text stays text unless it is a date or a time.
-                    Value::String(s) => match kind_of(s) {
+                    // A JSON text stays text unless it is a date or a time
+                    // (which start `YYYY-`: nothing else is parsed).
+                    Value::String(s) if looks_dated(s) => match kind_of(s) {
                         k @ (Kind::Date | Kind::Timestamp | Kind::TimestampTz) => k,
                         _ => Kind::Text,
                     },
+                    Value::String(_) => Kind::Text,
                     _ => Kind::Json,
                 };
                 match o.kinds.get_mut(k) {
@@ -812,6 +814,12 @@ impl<'a> Walk<'a> {
             }
         }
     }
+}
+
+/// Whether a text may be a date or a timestamp: `YYYY-MM-DD…`.
+fn looks_dated(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-'
 }
 
 /// Closes a batch file and records it.
