@@ -4,6 +4,7 @@ endpoints with the pagination styles sources meet (cursor, page number,
 a child endpoint, 429s with `Retry-After`, 500s, a slow page, and a field
 whose type changes between pages. Every request is logged, so a test can
 say what was fetched."""
+import base64
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 TOKEN = "s3cret-token"
+OAUTH_TOKEN = "issued-token"
 
 
 def customer(i):
@@ -65,6 +67,9 @@ class FakeApi:
             def do_GET(self):
                 api.handle(self)
 
+            def do_POST(self):
+                api.do_POST(self)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -86,7 +91,7 @@ class FakeApi:
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         with self.lock:
             self.requests.append((u.path, q))
-        if h.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if not self.authorized(h, q):
             return self.send(h, 401, {"error": "a bearer token is required"})
         page = q.get("page") or q.get("cursor") or q.get("offset") or "first"
         key = (u.path, page)
@@ -126,6 +131,25 @@ class FakeApi:
         if len(parts) == 3 and parts[0] == "surveys" and parts[2] == "responses":
             return self.send(h, 200, responses(int(parts[1])))
         return self.send(h, 404, {"error": "no such endpoint"})
+
+    def authorized(self, h, q):
+        """The bearer token, the OAuth2 token /token issued, HTTP basic
+        (user:pass) or ?key=KEY."""
+        got = h.headers.get("Authorization", "")
+        return got in (f"Bearer {TOKEN}", f"Bearer {OAUTH_TOKEN}",
+                       "Basic " + base64.b64encode(b"user:pass").decode()) or q.get("key") == "KEY"
+
+    def do_POST(self, h):
+        """/token: OAuth2 client credentials (client id `cid`, secret `csecret`)."""
+        with self.lock:
+            self.requests.append((urlparse(h.path).path, {}))
+        body = h.rfile.read(int(h.headers.get("Content-Length", "0"))).decode()
+        form = parse_qs(body)
+        # As dlt sends them: the client's id and secret in the form.
+        if form.get("client_id") != ["cid"] or form.get("client_secret") != ["csecret"] \
+                or form.get("grant_type") != ["client_credentials"] or form.get("scope") != ["read"]:
+            return self.send(h, 401, {"error": "invalid_client"})
+        return self.send(h, 200, {"access_token": OAUTH_TOKEN, "token_type": "bearer", "expires_in": 3600})
 
     def send(self, h, status, body, headers=None):
         data = json.dumps(body).encode()

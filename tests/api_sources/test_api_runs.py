@@ -309,3 +309,60 @@ def test_cancel_twice_keeps_live_tables_and_retry_follows_the_rules(sluice, api)
     res = requests.post(f"{base}/api-runs/{retry.json()['id']}/retry", json={}, headers=h)
     assert res.status_code == 409 and "only a Failed or Cancelled run" in res.json()["error_description"]
     check_values(api, wh)
+
+
+@pytest.mark.parametrize("auth_config", [
+    {"type": "http_basic", "username": "user", "password": "pass"},
+    {"type": "api_key", "name": "key", "api_key": "KEY", "location": "query"},
+    {"type": "oauth2_client_credentials", "access_token_url": "{api}/token", "client_id": "cid",
+     "client_secret": "csecret", "access_token_request_data": {"scope": "read"}},
+], ids=["http_basic", "api_key_in_query", "oauth2_client_credentials"])
+def test_each_auth_reaches_the_api(tmp_path, api, auth_config):
+    s = Sluice(tmp_path, worker=False)
+    try:
+        org = s.new_org()[0]
+        wh = Warehouse("embedded", s, org)
+        doc = {"name": "shop", "client": {"base_url": api.url,
+                                          "auth": json.loads(json.dumps(auth_config).replace("{api}", api.url))},
+               "resources": [{"name": "orders", "endpoint": {
+                   "path": "orders", "data_selector": "items",
+                   "paginator": {"type": "page_number", "base_page": 1, "total_path": "total_pages"}}}]}
+        path = tmp_path / "shop.json"
+        path.write_text(json.dumps(doc))
+        cli_json(s, "source", "create", "--file", str(path), "--org", org)
+        shown, _ = cli_json(s, "source", "show", "shop", "--org", org)
+        for secret in ("pass", "KEY", "csecret"):
+            assert f'"{secret}"' not in json.dumps(shown), shown
+        run, _ = cli_json(s, "source", "run", "shop", "--org", org)
+        assert run["status"] == "SUCCEEDED", run
+        assert wh.count("orders") == len(api.orders)
+        if auth_config["type"] == "oauth2_client_credentials":
+            # One token for the whole run.
+            assert len(api.fetched("/token")) == 1
+    finally:
+        s.stop()
+
+
+def test_a_run_that_cannot_reach_its_api_fails_and_says_why(tmp_path, api):
+    s = Sluice(tmp_path, worker=False)
+    try:
+        org = s.new_org()[0]
+        doc = source_file(api.url)
+        doc["client"]["auth"]["token"] = "wrong"
+        path = tmp_path / "shop.json"
+        path.write_text(json.dumps(doc))
+        cli_json(s, "source", "create", "--file", str(path), "--org", org)
+        run, out = cli_json(s, "source", "run", "shop", "--org", org, check=False)
+        assert out.returncode == 1 and run["status"] == "FAILED", run
+        task = next(t for t in run["tasks"] if t["name"] == "customers")
+        assert task["status"] == "FAILED" and any("HTTP 401" in m for m in task["messages"]), task
+        assert run["data_load"] is None
+        # Nothing was made in the warehouse.
+        db = s.data_dir / "warehouse" / "actions" / org / "shop.db"
+        assert not db.exists() or sqlite3.connect(db).execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'customers'").fetchone()[0] == 0
+        # The failed run may be retried (and fails again the same way).
+        retried, out = cli_json(s, "source", "retry", str(run["id"]), "--org", org, check=False)
+        assert retried["retry_of"] == run["id"] and retried["status"] == "FAILED", retried
+    finally:
+        s.stop()

@@ -100,8 +100,12 @@ impl Http {
                 return Ok(Some(t.clone()));
             }
         }
-        let mut form: Vec<(String, String)> =
-            vec![("grant_type".into(), "client_credentials".into())];
+        // As dlt asks: the client's id and secret in the form body.
+        let mut form: Vec<(String, String)> = vec![
+            ("client_id".into(), client_id.clone()),
+            ("client_secret".into(), client_secret.clone()),
+            ("grant_type".into(), "client_credentials".into()),
+        ];
         form.extend(access_token_request_data.iter().cloned());
         let body = form
             .iter()
@@ -111,7 +115,6 @@ impl Http {
         let answer = self
             .client
             .post(access_token_url)
-            .basic_auth(client_id, Some(client_secret))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()
