@@ -226,3 +226,12 @@ def wait_for(fn, what, timeout=60, interval=0.1):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture
+def api():
+    """A real HTTP API on loopback for API-source tests (fake_api.py)."""
+    from fake_api import FakeApi
+    a = FakeApi()
+    yield a
+    a.stop()

@@ -13,14 +13,7 @@ import pytest
 import requests
 
 from conftest import BIN, Sluice, fresh_postgres_database, psql, wait_for
-from fake_api import TOKEN, FakeApi, source_file
-
-
-@pytest.fixture
-def api():
-    a = FakeApi()
-    yield a
-    a.stop()
+from fake_api import TOKEN, source_file
 
 
 def auth(s, org):

@@ -22,6 +22,7 @@
 //! | PUT | `/uploads/{token}` | pre-signed: the version's code, no credentials |
 //! | GET | `/downloads/{token}` | pre-signed: the version's code |
 //! | POST, GET | `/graphql` | the Arize-style importer's GraphQL face (`sluice-graphql`; GET: GraphiQL) |
+//! | GET, POST | `/`, `/signin`, `/sources…`, `/runs/{id}…` | the web console (`sluice-console`; HTML pages, a session cookie) |
 
 pub mod api_runs;
 pub mod error;
@@ -56,8 +57,15 @@ pub fn routes() -> Vec<Route> {
                 method: method.parse().expect("a method"),
                 path: (*path).to_owned(),
                 public: *public,
+                page: false,
             }),
     );
+    all.extend(sluice_console::ROUTES.iter().map(|(method, path)| Route {
+        method: method.parse().expect("a method"),
+        path: (*path).to_owned(),
+        public: sluice_console::PUBLIC.contains(path),
+        page: true,
+    }));
     all
 }
 
@@ -72,9 +80,13 @@ pub struct ApiState {
 /// The whole HTTP API, with trailing slashes ignored (`/runs/` is `/runs`).
 pub fn app(state: ApiState) -> tower::util::MapRequest<Router, fn(Request) -> Request> {
     let graphql = sluice_graphql::router(state.control.clone());
+    let console = sluice_console::router(state.control.clone());
+    // The console's pages answer HTML, errors too: merged outside the
+    // JSON envelope of the APIs.
     let router: Router = rest::routes(state)
         .merge(graphql)
-        .layer(axum::middleware::map_response(error::envelope));
+        .layer(axum::middleware::map_response(error::envelope))
+        .merge(console);
     tower::util::MapRequest::new(router, trim_trailing_slash as fn(Request) -> Request)
 }
 

@@ -33,6 +33,9 @@ pub struct Route {
     pub path: String,
     /// Reached without credentials: a pre-signed URL's token, or a page.
     pub public: bool,
+    /// A page of the web console (a session cookie, not an Authorization
+    /// header; HTML answers).
+    pub page: bool,
 }
 
 /// The router and the list of its routes, built together so neither can
@@ -80,6 +83,7 @@ impl Table {
             method,
             path: path.to_owned(),
             public,
+            page: false,
         });
         self
     }

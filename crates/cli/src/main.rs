@@ -1102,12 +1102,19 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             if json {
                 let list: Vec<_> = routes
                     .iter()
-                    .map(|r| json!({"method": r.method.as_str(), "path": r.path, "public": r.public}))
+                    .map(|r| {
+                        json!({"method": r.method.as_str(), "path": r.path, "public": r.public,
+                               "page": r.page})
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 for r in &routes {
-                    let how = if r.public { "public" } else { "credentials" };
+                    let how = match (r.public, r.page) {
+                        (true, _) => "public",
+                        (false, true) => "session (console page)",
+                        (false, false) => "credentials",
+                    };
                     println!("{:<7}{:<70}{how}", r.method.as_str(), r.path);
                 }
             }

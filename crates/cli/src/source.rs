@@ -77,6 +77,7 @@ pub enum SourceCommand {
     /// `destination` (a declared warehouse; default: embedded) and
     /// `dataset`. Secrets are sealed at rest and never shown again.
     Create {
+        /// The source file: JSON, or TOML (`.toml`).
         #[arg(long)]
         file: PathBuf,
         #[command(flatten)]
@@ -84,6 +85,8 @@ pub enum SourceCommand {
     },
     /// Replace an HTTP API source's file (runs keep what they ran).
     Update {
+        /// The source file: JSON, or TOML (`.toml`); its `name` names the
+        /// source it replaces.
         #[arg(long)]
         file: PathBuf,
         #[command(flatten)]
@@ -106,6 +109,7 @@ pub enum SourceCommand {
     /// run is executed by this command (a progress display on a terminal)
     /// or, with --detach, by a server or worker.
     Run {
+        /// The API source's name.
         source: String,
         /// A destructive run: every table replaced (else incremental).
         #[arg(long)]
@@ -120,6 +124,7 @@ pub enum SourceCommand {
     },
     /// The runs of an HTTP API source, filtered and sorted.
     Runs {
+        /// The API source's name.
         source: String,
         /// incremental or destructive.
         #[arg(long = "type")]
@@ -134,6 +139,7 @@ pub enum SourceCommand {
         /// Ascending (default: descending).
         #[arg(long)]
         asc: bool,
+        /// Runs shown at most.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[command(flatten)]
@@ -142,6 +148,7 @@ pub enum SourceCommand {
     /// A run: its tasks, tables with their columns and record counts, and
     /// messages.
     RunShow {
+        /// The run's id (its number).
         run: String,
         #[command(flatten)]
         common: Common,
@@ -149,6 +156,7 @@ pub enum SourceCommand {
     /// Cancel a run: at once while it waits to start, else Canceling …
     /// until its work has stopped. Live tables stay as they were.
     Cancel {
+        /// The run's id (its number).
         run: String,
         #[command(flatten)]
         common: Common,
@@ -157,7 +165,9 @@ pub enum SourceCommand {
     /// failed or was cancelled. The new run is executed by a server or
     /// worker (--detach) or here.
     Retry {
+        /// The run's id (its number).
         run: String,
+        /// Only make the new run; a server or worker executes it.
         #[arg(long)]
         detach: bool,
         #[command(flatten)]
@@ -169,6 +179,7 @@ pub enum SourceCommand {
     /// metadata_consolidation), the name containing it, the status
     /// starting with it, the table or a message containing it.
     Search {
+        /// The run's id (its number).
         run: String,
         text: String,
         #[command(flatten)]
@@ -177,6 +188,7 @@ pub enum SourceCommand {
     /// How long completed runs of a source took (p50, p95), incremental
     /// and destructive apart.
     Durations {
+        /// The API source's name.
         source: String,
         /// The last N completed runs of each type.
         #[arg(long, default_value_t = 20)]

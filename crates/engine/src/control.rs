@@ -18,6 +18,7 @@ use crate::Wakers;
 
 mod actions;
 mod api_sources;
+mod console;
 mod datalake;
 pub use actions::{
     next_time, schedule_of, ConfigurationFiles, ConfigurationRef, WorkflowState,
@@ -30,6 +31,7 @@ mod sources;
 mod spaces;
 
 pub use api_sources::{duration_secs, ApiRunDetail, ApiRunView, ApiRunsQuery, Durations};
+pub use console::SESSION_SECS;
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,
 };
