@@ -212,7 +212,14 @@ impl ApiRunner {
         );
         let outcome = match self.work(&run, &keep).await {
             Ok((tables, records)) => ApiOutcome::Succeeded { tables, records },
-            Err(error) => ApiOutcome::Failed { error },
+            Err(error) => {
+                // The tasks it never ran (or left running) are not waiting
+                // for anything any more.
+                if !keep.lost() {
+                    self.abandon(&run).await;
+                }
+                ApiOutcome::Failed { error }
+            }
         };
         if keep.lost() {
             tracing::warn!(
@@ -236,6 +243,27 @@ impl ApiRunner {
                 }
             }
             Err(e) => tracing::warn!("API run {}: recording its end: {e}", run.id),
+        }
+    }
+
+    /// Marks a failed or cancelled run's tasks that did not end as
+    /// cancelled.
+    async fn abandon(&self, run: &ApiRun) {
+        let tasks = Tasks {
+            store: self.store.clone(),
+            run_id: run.id.clone(),
+            token: run.lease_token,
+        };
+        let Ok(all) = self.store.api_tasks(&run.id).await else {
+            return;
+        };
+        for t in all.into_iter().filter(|t| !t.status.is_final()) {
+            let mut t = t;
+            t.messages.push("not run: the run ended first".into());
+            if let Err(e) = tasks.end(t, RunStatus::Cancelled).await {
+                tracing::warn!("API run {}: {e}", run.id);
+                return;
+            }
         }
     }
 
@@ -414,9 +442,14 @@ impl ApiRunner {
                         };
                         task.messages
                             .extend(http.messages.iter().rev().take(5).rev().cloned());
-                        task.messages.push(e.to_string());
+                        let why = if status == RunStatus::Cancelled {
+                            "cancelled between two pages: nothing of this run was loaded".to_owned()
+                        } else {
+                            e.to_string()
+                        };
+                        task.messages.push(why.clone());
                         tasks.end(task, status).await?;
-                        return Err(format!("extracting {}: {e}", resource.name));
+                        return Err(format!("extracting {}: {why}", resource.name));
                     }
                 }
                 part_no += 1;
