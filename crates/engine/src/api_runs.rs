@@ -417,9 +417,7 @@ impl ApiRunner {
                 if part_no > 0 {
                     task.name = format!("{} (part {})", resource.name, part_no + 1);
                 }
-                task.status = RunStatus::Running;
-                task.started_at = Some(time::now());
-                tasks.put(task.clone()).await?;
+                let mut task = tasks.start(task).await?;
                 match walk.part(&mut http, PAGES_PER_TASK, cancel).await {
                     Ok(Some(part)) => {
                         task.records = part.records as i64;
@@ -477,15 +475,13 @@ impl ApiRunner {
         let tables = stage.tables().map_err(|e| e.to_string())?;
         let mut blueprints = Vec::new();
         for (n, table) in tables.iter().enumerate() {
-            let mut task = tasks.task(
+            let task = tasks.task(
                 METADATA_AT + n as i64,
                 "metadata_consolidation",
                 domain::METADATA_CONSOLIDATION,
                 Some(table.clone()),
             );
-            task.status = RunStatus::Running;
-            task.started_at = Some(time::now());
-            tasks.put(task.clone()).await?;
+            let mut task = tasks.start(task).await?;
             let b = api::consolidate_metadata(stage, table).map_err(|e| e.to_string())?;
             task.records = b.rows as i64;
             task.messages = b.changes.clone();
@@ -499,17 +495,17 @@ impl ApiRunner {
         }
         for (n, b) in blueprints.iter().enumerate() {
             if cancelled() {
-                return Err("cancelled".into());
+                return Err(
+                    "cancelled before its tables were consolidated: nothing was loaded".into(),
+                );
             }
-            let mut task = tasks.task(
+            let task = tasks.task(
                 TABLE_AT + n as i64,
                 "table_consolidation",
                 domain::TABLE_CONSOLIDATION,
                 Some(b.table.clone()),
             );
-            task.status = RunStatus::Running;
-            task.started_at = Some(time::now());
-            tasks.put(task.clone()).await?;
+            let mut task = tasks.start(task).await?;
             let rows = api::consolidate_table(stage, b).map_err(|e| e.to_string())?;
             task.records = rows as i64;
             tasks.end(task, RunStatus::Succeeded).await?;
@@ -577,15 +573,13 @@ impl ApiRunner {
             }
             let mut records = 0i64;
             for (n, table) in tables.iter().enumerate() {
-                let mut task = tasks.task(
+                let task = tasks.task(
                     INGESTION_AT + n as i64,
                     "ingestion",
                     domain::INGESTION,
                     Some(table.clone()),
                 );
-                task.status = RunStatus::Running;
-                task.started_at = Some(time::now());
-                tasks.put(task.clone()).await?;
+                let mut task = tasks.start(task).await?;
                 let blueprint = api::blueprint(stage, table).map_err(|e| e.to_string())?;
                 let disposition = root_disposition(config, table);
                 let mut spec = ImportSpec::new(
@@ -656,15 +650,13 @@ impl ApiRunner {
                 return Err(e);
             }
         };
-        let mut task = tasks.task(
+        let task = tasks.task(
             COMPLETE_AT,
             "complete_ingestion",
             domain::COMPLETE_INGESTION,
             None,
         );
-        task.status = RunStatus::Running;
-        task.started_at = Some(time::now());
-        tasks.put(task.clone()).await?;
+        let mut task = tasks.start(task).await?;
         if keep.cancel.load(Ordering::Relaxed) {
             session.rollback().await;
             tasks.end(task, RunStatus::Cancelled).await?;
@@ -753,6 +745,14 @@ impl Tasks {
             started_at: None,
             finished_at: None,
         }
+    }
+
+    /// Records `task` as running from now.
+    async fn start(&self, mut task: ApiTask) -> Result<ApiTask, Failure> {
+        task.status = RunStatus::Running;
+        task.started_at = Some(time::now());
+        self.put(task.clone()).await?;
+        Ok(task)
     }
 
     async fn put(&self, task: ApiTask) -> Result<(), Failure> {
