@@ -47,7 +47,11 @@ def test_sign_in_and_the_api_run_page(sluice, api):
     r = requests.post(sluice.url + "/signin", data={"user": user, "token": "wrong"}, allow_redirects=False)
     assert r.status_code == 401 and "invalid user id or personal access token" in r.text
     c = sign_in(sluice, user, token)
-    page = c.get(sluice.url + "/sources").text
+    res = c.get(sluice.url + "/sources")
+    page = res.text
+    # Never framed; scripts and styles from sluice only.
+    assert res.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in res.headers["Content-Security-Policy"]
     assert 'href="/sources/shop"' in page and "no run yet" in page
     # A form without (or with another session's) CSRF token changes nothing.
     other = sign_in(sluice, other_user, other_token)

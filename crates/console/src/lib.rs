@@ -61,7 +61,33 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/runs/{api_run}/retry", post(pages::retry_run))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
+        .layer(axum::middleware::map_response(guarded))
         .with_state(control)
+}
+
+/// Every answer of the console: never framed (clickjacking), scripts and
+/// styles from sluice itself only, no referrer sent elsewhere.
+async fn guarded(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// A signed-in person: who, their session token and its CSRF token.
