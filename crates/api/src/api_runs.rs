@@ -68,29 +68,18 @@ pub fn table_json(t: &ApiRunTable) -> Value {
 }
 
 pub fn detail_json(d: &ApiRunDetail) -> Value {
-    let messages = d.tasks.iter().map(|t| t.messages.len() as i64).sum::<i64>()
-        + i64::from(d.run.error.is_some());
+    let messages = d.messages();
     let mut run = run_json(&ApiRunView {
         run: d.run.clone(),
-        messages,
+        messages: messages.len() as i64,
     });
     run["tasks"] = d.tasks.iter().map(task_json).collect();
     run["table_list"] = d.tables.iter().map(table_json).collect();
-    run["message_list"] = d
-        .tasks
+    run["message_list"] = messages
         .iter()
-        .flat_map(|t| {
-            t.messages
-                .iter()
-                .map(move |m| json!({"task": t.name, "table": t.table, "message": m}))
-        })
-        .chain(
-            d.run
-                .error
-                .iter()
-                .map(|e| json!({"task": null, "table": null, "message": e})),
-        )
+        .map(|m| json!({"task": m.task, "table": m.table, "message": m.text}))
         .collect();
+    run["retryable"] = json!(d.retryable);
     run["data_load"] = match &d.data_load {
         Some(l) => {
             json!({"tables": l.tables, "records": l.records, "created_at": time::format(&l.created_at)})

@@ -284,35 +284,9 @@ pub async fn run(
         }
     };
     let r = &d.run;
-    // Retry: only the most recent run of the source (rejected ones
-    // aside), only failed or cancelled.
-    let latest = control
-        .api_runs(
-            &s.org,
-            &r.source,
-            &ApiRunsQuery {
-                limit: Some(50),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|v| v.run.status != RunStatus::Rejected)
-        .map(|v| v.run.id);
-    let retryable = latest.as_deref() == Some(r.id.as_str())
-        && matches!(r.status, RunStatus::Failed | RunStatus::Cancelled);
+    let retryable = d.retryable;
     let cancellable = !r.status.is_final();
-    let messages: Vec<(String, Option<String>, String)> = d
-        .tasks
-        .iter()
-        .flat_map(|t| {
-            t.messages
-                .iter()
-                .map(|m| (t.name.clone(), t.table.clone(), m.clone()))
-        })
-        .chain(r.error.iter().map(|e| ("run".to_owned(), None, e.clone())))
-        .collect();
+    let messages = d.messages();
     shell(
         &s,
         &format!("Run {}", r.id),
@@ -367,8 +341,12 @@ pub async fn run(
             details #messages {
                 summary { "Messages: " (messages.len()) }
                 ul {
-                    @for (task, table, m) in &messages {
-                        li { strong { (task) } @if let Some(t) = table { " (" (t) ")" } ": " (m) }
+                    @for m in &messages {
+                        li {
+                            strong { (m.task.as_deref().unwrap_or("run")) }
+                            @if let Some(t) = &m.table { " (" (t) ")" }
+                            ": " (m.text)
+                        }
                     }
                 }
             }

@@ -30,7 +30,9 @@ pub mod input;
 mod sources;
 mod spaces;
 
-pub use api_sources::{duration_secs, ApiRunDetail, ApiRunView, ApiRunsQuery, Durations};
+pub use api_sources::{
+    duration_secs, ApiRunDetail, ApiRunView, ApiRunsQuery, Durations, RunMessage,
+};
 pub use console::SESSION_SECS;
 pub use datalake::{
     EventsPage, FilesPage, ListFiles, NewChannel, NewTriggerRequest, TriggerView, Upload,

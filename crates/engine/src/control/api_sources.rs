@@ -29,6 +29,38 @@ pub struct ApiRunDetail {
     pub tasks: Vec<ApiTask>,
     pub tables: Vec<ApiRunTable>,
     pub data_load: Option<DataLoad>,
+    /// Whether the retry rules allow retrying it now.
+    pub retryable: bool,
+}
+
+/// One message of a run: its task's (None: the run's own end) and table.
+#[derive(Debug, Clone)]
+pub struct RunMessage {
+    pub task: Option<String>,
+    pub table: Option<String>,
+    pub text: String,
+}
+
+impl ApiRunDetail {
+    /// Every message of the run: its tasks', in their order, then how it
+    /// ended.
+    pub fn messages(&self) -> Vec<RunMessage> {
+        self.tasks
+            .iter()
+            .flat_map(|t| {
+                t.messages.iter().map(move |m| RunMessage {
+                    task: Some(t.name.clone()),
+                    table: t.table.clone(),
+                    text: m.clone(),
+                })
+            })
+            .chain(self.run.error.iter().map(|e| RunMessage {
+                task: None,
+                table: None,
+                text: e.clone(),
+            }))
+            .collect()
+    }
 }
 
 /// Which runs of a source to list, and in which order.
@@ -205,25 +237,8 @@ impl Control {
     pub async fn retry_api_run(&self, org: &str, id: &str) -> Result<ApiRun> {
         let org = org_id(org)?;
         let run = self.store.get_api_run(&org, run_id(id)?).await?;
-        let latest = self
-            .store
-            .list_api_runs(&org, &run.source, 1000)
-            .await?
-            .into_iter()
-            .find(|r| r.status != RunStatus::Rejected);
-        if let Some(latest) = latest.filter(|l| l.id != run.id) {
-            return Err(ControlError::Conflict(format!(
-                "only the most recent run of source `{}` may be retried: that is run {} ({}), not run {id}",
-                run.source,
-                latest.id,
-                status_label(latest.status)
-            )));
-        }
-        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
-            return Err(ControlError::Conflict(format!(
-                "run {id} is {}: only a Failed or Cancelled run may be retried",
-                status_label(run.status)
-            )));
+        if let Some(why) = self.retry_refused(&run).await? {
+            return Err(ControlError::Conflict(why));
         }
         let new = self
             .store
@@ -231,6 +246,35 @@ impl Control {
             .await?;
         self.wakers.api.notify_one();
         Ok(new)
+    }
+
+    /// Why `run` may not be retried (None: it may): it must be the most
+    /// recent run of its source, rejected runs aside, and have failed or
+    /// been cancelled.
+    async fn retry_refused(&self, run: &ApiRun) -> Result<Option<String>> {
+        let latest = self
+            .store
+            .list_api_runs(&run.organization_id, &run.source, 1000)
+            .await?
+            .into_iter()
+            .find(|r| r.status != RunStatus::Rejected);
+        if let Some(latest) = latest.filter(|l| l.id != run.id) {
+            return Ok(Some(format!(
+                "only the most recent run of source `{}` may be retried: that is run {} ({}), not run {}",
+                run.source,
+                latest.id,
+                status_label(latest.status),
+                run.id
+            )));
+        }
+        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Ok(Some(format!(
+                "run {} is {}: only a Failed or Cancelled run may be retried",
+                run.id,
+                status_label(run.status)
+            )));
+        }
+        Ok(None)
     }
 
     /// Cancels run `id`: CANCELLED at once while it waits to start,
@@ -339,6 +383,7 @@ impl Control {
             tasks: self.store.api_tasks(&run.id).await?,
             tables: self.store.api_run_tables(&run.id).await?,
             data_load: self.store.api_data_load(&run.id).await?,
+            retryable: self.retry_refused(&run).await?.is_none(),
             run,
         })
     }
