@@ -27,18 +27,10 @@ pub async fn sources(State(control): State<Arc<Control>>, s: Session) -> Respons
     };
     let mut rows = Vec::new();
     for src in &list {
-        let latest = control
-            .api_runs(
-                &s.org,
-                &src.name,
-                &ApiRunsQuery {
-                    limit: Some(1),
-                    ..Default::default()
-                },
-            )
-            .await
-            .ok()
-            .and_then(|mut v| v.pop());
+        let latest = match control.latest_api_run(&s.org, &src.name).await {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
         rows.push((src, latest));
     }
     shell(
@@ -63,9 +55,9 @@ pub async fn sources(State(control): State<Arc<Control>>, s: Session) -> Respons
                                 td { (src.dataset) }
                                 td { (src.destination.as_deref().unwrap_or("embedded")) }
                                 @match latest {
-                                    Some(v) => {
-                                        td { a href={ "/runs/" (v.run.id) } { (v.run.id) } }
-                                        td { (status(v.run.status)) }
+                                    Some(run) => {
+                                        td { a href={ "/runs/" (run.id) } { (run.id) } }
+                                        td { (status(run.status)) }
                                     }
                                     None => {
                                         td.none { "no run yet" }

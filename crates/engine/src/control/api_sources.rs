@@ -376,6 +376,16 @@ impl Control {
         Ok(views)
     }
 
+    /// The latest run of `source` (None: it never ran): one row read, where
+    /// the runs list reads them all.
+    pub async fn latest_api_run(&self, org: &str, source: &str) -> Result<Option<ApiRun>> {
+        Ok(self
+            .store
+            .list_api_runs(&org_id(org)?, source_name(source)?, 1)
+            .await?
+            .pop())
+    }
+
     /// Run `id` with its tasks, tables and data load.
     pub async fn api_run(&self, org: &str, id: &str) -> Result<ApiRunDetail> {
         let run = self.store.get_api_run(&org_id(org)?, run_id(id)?).await?;
