@@ -784,6 +784,46 @@ pub(crate) fn print_error(e: sluice_engine::control::ControlError) -> anyhow::Er
     }
 }
 
+/// The runners of leased work a `serve` or `worker` process runs beside
+/// its worker: table imports, action runs and API runs, named after the
+/// process.
+fn spawn_runners(
+    db: &Arc<dyn MetadataStore>,
+    sealer: &sluice_engine::secrets::Sealer,
+    config: &EngineConfig,
+    warehouse: Option<PathBuf>,
+    role: &str,
+    wakers: &Arc<Wakers>,
+) {
+    let name = format!("{role}-{}", std::process::id());
+    let importer = Importer::new(
+        db.clone(),
+        sealer.clone(),
+        config,
+        name.clone(),
+        wakers.clone(),
+    );
+    tokio::spawn(Arc::new(importer).run());
+    let actions = ActionRunner::new(
+        db.clone(),
+        sealer.clone(),
+        config,
+        warehouse.clone(),
+        name.clone(),
+        wakers.clone(),
+    );
+    tokio::spawn(Arc::new(actions).run());
+    let api_runs = sluice_engine::api_runs::ApiRunner::new(
+        db.clone(),
+        sealer.clone(),
+        config,
+        warehouse,
+        name,
+        wakers.clone(),
+    );
+    tokio::spawn(Arc::new(api_runs).run());
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Instant::now()).await {
@@ -856,32 +896,7 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
             if !no_worker {
-                let importer = Importer::new(
-                    db.clone(),
-                    sealer.clone(),
-                    &config,
-                    format!("serve-{}", std::process::id()),
-                    wakers.clone(),
-                );
-                tokio::spawn(Arc::new(importer).run());
-                let actions = ActionRunner::new(
-                    db.clone(),
-                    sealer.clone(),
-                    &config,
-                    store.warehouse(),
-                    format!("serve-{}", std::process::id()),
-                    wakers.clone(),
-                );
-                tokio::spawn(Arc::new(actions).run());
-                let api_runs = sluice_engine::api_runs::ApiRunner::new(
-                    db.clone(),
-                    sealer.clone(),
-                    &config,
-                    store.warehouse(),
-                    format!("serve-{}", std::process::id()),
-                    wakers.clone(),
-                );
-                tokio::spawn(Arc::new(api_runs).run());
+                spawn_runners(&db, &sealer, &config, store.warehouse(), "serve", &wakers);
                 let worker =
                     Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
                 tokio::spawn(worker.run());
@@ -923,32 +938,14 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 .context("cannot load the server key")?;
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
-            let importer = Importer::new(
-                db.clone(),
-                keys.sealer(),
-                &config,
-                format!("worker-{}", std::process::id()),
-                wakers.clone(),
-            );
-            tokio::spawn(Arc::new(importer).run());
-            let actions = ActionRunner::new(
-                db.clone(),
-                keys.sealer(),
+            spawn_runners(
+                &db,
+                &keys.sealer(),
                 &config,
                 store.warehouse(),
-                format!("worker-{}", std::process::id()),
-                wakers.clone(),
+                "worker",
+                &wakers,
             );
-            tokio::spawn(Arc::new(actions).run());
-            let api_runs = sluice_engine::api_runs::ApiRunner::new(
-                db.clone(),
-                keys.sealer(),
-                &config,
-                store.warehouse(),
-                format!("worker-{}", std::process::id()),
-                wakers.clone(),
-            );
-            tokio::spawn(Arc::new(api_runs).run());
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
             tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
             worker.run().await;
