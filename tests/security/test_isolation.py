@@ -176,7 +176,7 @@ def gql(s, key, query, variables=None):
     return r.status_code, r.json()
 
 
-def test_every_route_refuses_another_tenant(sluice):
+def test_every_route_refuses_another_tenant(sluice, tmp_path):
     a_org, a_user, a_token = sluice.new_org()
     b_org, b_user, b_token = sluice.new_org()
     a = basic(a_user, a_token)
@@ -208,10 +208,35 @@ def test_every_route_refuses_another_tenant(sluice):
                             json={}).json()["id"]
     wait_for(lambda: requests.get(f"{sluice.url}/organizations/{a_org}/api-runs/{api_run}",
                                   headers=a).json()["status"] == "FAILED", "A's API run")
+    # A table import job of A's (its warehouse has no connector, so its
+    # query fails at once) and a workflow of the action API.
+    a_key = sluice.cli_json("apikey", "create", "--org", a_org)["api_key"]
+    _, body = gql(sluice, a_key, "{ account { organizations { edges { node { spaces { edges { node "
+                                 "{ id } } } } } } } }")
+    space = body["data"]["account"]["organizations"]["edges"][0]["node"]["spaces"]["edges"][0]["node"]["id"]
+    _, body = gql(sluice, a_key, """mutation ($input: CreateTableImportJobInput!) {
+        createTableImportJob(input: $input) { tableImportJob { jobId } } }""", {"input": {
+        "spaceId": space, "modelName": "churn", "modelType": "score_categorical",
+        "modelEnvironmentName": "production", "tableStore": "BigQuery",
+        "bigQueryTableConfig": {"projectId": "p", "dataset": "d", "tableName": "t"},
+        "schema": {"predictionId": "id", "timestamp": "ts"}}})
+    job = body["data"]["createTableImportJob"]["tableImportJob"]["jobId"]
+    subprocess.run([BIN, "job", "run", job, "--org", a_org, *sluice.store_args()], env=sluice.env,
+                   capture_output=True)
+    query = sluice.cli_json("job", "queries", job, "--org", a_org)[0]["id"]
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps({
+        "$schema": "http://jsonschema.tailer.ai/schema/workflow-veditor",
+        "configuration_type": "workflow", "configuration_id": "000777-fan-in", "version": "2",
+        "environment": "DEV", "account": "000777", "gcp_project_id": "acme",
+        "authorized_job_ids": ["gbq-to-gbq|000777_JA_DEV"],
+        "target_dag": {"configuration_type": "table-to-table", "configuration_id": "000777_JT_DEV"}}))
+    sluice.cli("config", "deploy", str(workflow), "--org", a_org)
     forged = base64.urlsafe_b64encode(b"upload:" + ver["version_id"].encode() + b":99999999999").decode()
     ids = {"org": a_org, "dep": dep, "ver": ver["version_id"], "run": run["run_id"], "channel": channel,
            "file": file, "tri": tri, "token": forged.rstrip("=") + ".c2lnbmF0dXJl",
-           "name": "nope.js", "source": "shop", "api_run": str(api_run)}
+           "name": "nope.js", "source": "shop", "api_run": str(api_run), "job": job, "query": query,
+           "configuration": "000777-fan-in"}
     before = snapshot(sluice, ids, a)
 
     strangers = {
@@ -362,7 +387,8 @@ def test_every_route_refuses_nul_and_oversized_input_in_the_envelope(sluice):
     routes = json.loads(subprocess.run([BIN, "routes", "--json"], check=True, capture_output=True,
                                        text=True).stdout)
     bad_ids = {"org": org, "dep": dep, "ver": "1%00", "run": "1%00", "channel": channel, "file": "f%00",
-               "tri": "t%00", "token": "t%00", "name": "n%00", "source": "s%00", "api_run": "1%00"}
+               "tri": "t%00", "token": "t%00", "name": "n%00", "source": "s%00", "api_run": "1%00",
+               "job": "j%00", "query": "q%00", "configuration": "c%00"}
     nul_ids = {k: "1%00" for k in bad_ids}
     jwt = {"Authorization": f"Bearer {sluice.jwt(org)}"}
 

@@ -325,7 +325,7 @@ pub async fn config(command: ConfigCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let list = control.runs_of(&c, runs).await.map_err(print_error)?;
+            let list = control.runs_of(&c, runs, None).await.map_err(print_error)?;
             let mut out = Vec::new();
             for r in &list {
                 let tasks = control.action_tasks(&r.id).await.map_err(print_error)?;

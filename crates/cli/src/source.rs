@@ -463,12 +463,13 @@ pub async fn source(command: SourceCommand) -> anyhow::Result<()> {
                 sort,
                 ascending: asc,
                 limit: Some(limit),
+                after: None,
             };
             let runs = control
                 .api_runs(&common.org, &source, &q)
                 .await
                 .map_err(print_error)?;
-            let list: Vec<Value> = runs.iter().map(run_json).collect();
+            let list: Vec<Value> = runs.runs.iter().map(run_json).collect();
             if common.json {
                 println!("{}", Value::Array(list));
             } else {

@@ -9,9 +9,16 @@
 //! APIs, scoped by the session's organization: another organization's
 //! source or run is "not found" (404).
 //!
-//! Pages so far: the HTTP API sources, a source's runs, and the API Run
-//! page (`/runs/{id}`).
+//! Pages: the HTTP API sources, a source's runs and the API Run page
+//! (`/runs/{id}`); table import jobs and their queries; deployments, their
+//! runs (attempts, the log followed live) and triggers (which file started
+//! which run); datalake channels and their files; the action API's
+//! configurations and a workflow's fan-in.
 
+mod actions;
+mod datalake;
+mod deployments;
+mod jobs;
 mod pages;
 mod view;
 
@@ -23,6 +30,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
+use sluice_engine::auth::Principal;
 use sluice_engine::control::{Control, ControlError};
 
 /// The session cookie's name.
@@ -30,7 +38,7 @@ const COOKIE: &str = "sluice_session";
 
 /// Every route of the console: (method, path). `sluice routes` lists them
 /// with the APIs', and the isolation test tries each.
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 30] = [
     ("GET", "/"),
     ("GET", "/signin"),
     ("POST", "/signin"),
@@ -41,6 +49,24 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("GET", "/runs/{api_run}"),
     ("POST", "/runs/{api_run}/cancel"),
     ("POST", "/runs/{api_run}/retry"),
+    ("GET", "/jobs"),
+    ("GET", "/jobs/{job}"),
+    ("POST", "/jobs/{job}/pause"),
+    ("POST", "/jobs/{job}/resume"),
+    ("POST", "/jobs/{job}/run"),
+    ("GET", "/queries/{query}"),
+    ("POST", "/queries/{query}/cancel"),
+    ("GET", "/deployments"),
+    ("GET", "/deployments/{dep}"),
+    ("GET", "/deployments/{dep}/runs/{run}"),
+    ("GET", "/deployments/{dep}/runs/{run}/log"),
+    ("POST", "/deployments/{dep}/runs/{run}/cancel"),
+    ("GET", "/deployments/{dep}/triggers/{tri}"),
+    ("GET", "/datalake"),
+    ("GET", "/datalake/{channel}"),
+    ("GET", "/configurations"),
+    ("GET", "/configurations/{configuration}"),
+    ("POST", "/configurations/{configuration}/reset"),
     ("GET", "/assets/console.css"),
     ("GET", "/assets/console.js"),
 ];
@@ -59,6 +85,39 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/runs/{api_run}", get(pages::run))
         .route("/runs/{api_run}/cancel", post(pages::cancel_run))
         .route("/runs/{api_run}/retry", post(pages::retry_run))
+        .route("/jobs", get(jobs::jobs))
+        .route("/jobs/{job}", get(jobs::job))
+        .route("/jobs/{job}/pause", post(jobs::pause))
+        .route("/jobs/{job}/resume", post(jobs::resume))
+        .route("/jobs/{job}/run", post(jobs::run))
+        .route("/queries/{query}", get(jobs::query))
+        .route("/queries/{query}/cancel", post(jobs::cancel_query))
+        .route("/deployments", get(deployments::deployments))
+        .route("/deployments/{dep}", get(deployments::deployment))
+        .route("/deployments/{dep}/runs/{run}", get(deployments::run))
+        .route(
+            "/deployments/{dep}/runs/{run}/log",
+            get(deployments::follow),
+        )
+        .route(
+            "/deployments/{dep}/runs/{run}/cancel",
+            post(deployments::cancel),
+        )
+        .route(
+            "/deployments/{dep}/triggers/{tri}",
+            get(deployments::trigger),
+        )
+        .route("/datalake", get(datalake::channels))
+        .route("/datalake/{channel}", get(datalake::channel))
+        .route("/configurations", get(actions::configurations))
+        .route(
+            "/configurations/{configuration}",
+            get(actions::configuration),
+        )
+        .route(
+            "/configurations/{configuration}/reset",
+            post(actions::reset),
+        )
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::map_response(guarded))
@@ -93,6 +152,7 @@ async fn guarded(mut response: Response) -> Response {
 /// A signed-in person: who, their session token and its CSRF token.
 pub(crate) struct Session {
     pub org: String,
+    pub who: Principal,
     pub csrf: String,
     token: String,
 }
@@ -136,6 +196,7 @@ impl FromRequestParts<Arc<Control>> for Session {
         match control.session(&token).await {
             Ok(who) => Ok(Session {
                 org: who.organization.to_string(),
+                who,
                 csrf: control.csrf_token(&token),
                 token,
             }),

@@ -15,7 +15,7 @@ use sluice_engine::control::{duration_secs, ApiRunView, ApiRunsQuery, Control};
 use crate::view::{human, page, status, when};
 use crate::{failed, stale_form, CsrfForm, Session};
 
-fn shell(s: &Session, title: &str, refresh: Option<u32>, content: Markup) -> Response {
+pub(crate) fn shell(s: &Session, title: &str, refresh: Option<u32>, content: Markup) -> Response {
     page(title, Some((&s.org, &s.csrf)), refresh, content).into_response()
 }
 
@@ -79,7 +79,11 @@ pub struct RunsParams {
     order: Option<String>,
     #[serde(rename = "type")]
     run_type: Option<String>,
+    after: Option<String>,
 }
+
+/// Rows on a page of a list.
+pub(crate) const PAGE: u32 = 50;
 
 /// The columns of a source's runs table: (label, sort key).
 const COLUMNS: [(&str, &str); 8] = [
@@ -113,10 +117,11 @@ pub async fn source(
         status: None,
         sort: Some(sort.clone()),
         ascending,
-        limit: Some(200),
+        limit: Some(PAGE),
+        after: q.after.clone(),
     };
-    let runs = match control.api_runs(&s.org, &name, &query).await {
-        Ok(r) => r,
+    let (runs, next) = match control.api_runs(&s.org, &name, &query).await {
+        Ok(p) => (p.runs, p.next_page_token),
         Err(e) => return failed(e),
     };
     let durations = control
@@ -124,19 +129,8 @@ pub async fn source(
         .await
         .unwrap_or_default();
     let active = runs.iter().any(|v| !v.run.status.is_final());
-    let link = |key: &str| {
-        // A click sorts by the column; a second click turns the order.
-        let order = if sort == key && !ascending {
-            "asc"
-        } else {
-            "desc"
-        };
-        let mut href = format!("/sources/{name}?sort={key}&order={order}");
-        if let Some(t) = &run_type {
-            href.push_str(&format!("&type={t}"));
-        }
-        href
-    };
+    // A click sorts by the column; a second click turns the order.
+    let link = |key: &str| link_with(&name, key, sort == key && !ascending, run_type.as_deref());
     shell(
         &s,
         &name,
@@ -200,9 +194,30 @@ pub async fn source(
                         }
                     }
                 }
+                (more(next.as_deref(), &format!("{}&after=", link_with(&name, &sort, ascending, run_type.as_deref()))))
             }
         },
     )
+}
+
+/// The address of a source's runs in an order (and of a type).
+fn link_with(name: &str, sort: &str, ascending: bool, run_type: Option<&str>) -> String {
+    let order = if ascending { "asc" } else { "desc" };
+    let mut href = format!("/sources/{name}?sort={sort}&order={order}");
+    if let Some(t) = run_type {
+        href.push_str(&format!("&type={t}"));
+    }
+    href
+}
+
+/// The link to a list's next page (none on its last page). `base` ends
+/// where the cursor goes.
+pub(crate) fn more(next: Option<&str>, base: &str) -> Markup {
+    html! {
+        @if let Some(token) = next {
+            p.pager { a rel="next" href={ (base) (token) } { "Next page →" } }
+        }
+    }
 }
 
 fn run_row(v: &ApiRunView) -> Markup {

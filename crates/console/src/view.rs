@@ -11,7 +11,9 @@ use sluice_domain::RunStatus;
 
 /// A whole page: `title`, the session's organization (None: signed out)
 /// and its CSRF token for the sign-out form, and the content. `refresh`:
-/// seconds after which the page loads itself again (a run under way).
+/// seconds after which the page loads itself again (a run under way): the
+/// script does it (unless the page follows a log), or, without the
+/// script, the page's own refresh.
 pub fn page(
     title: &str,
     signed_in: Option<(&str, &str)>,
@@ -25,18 +27,23 @@ pub fn page(
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 @if let Some(secs) = refresh {
-                    meta http-equiv="refresh" content=(secs);
+                    noscript { meta http-equiv="refresh" content=(secs); }
                 }
                 title { (title) " · sluice" }
                 link rel="stylesheet" href="/assets/console.css";
                 script src="/assets/console.js" defer {}
             }
-            body {
+            body data-reload=[refresh] {
+                a.skip href="#main" { "Skip to the content" }
                 header.top {
                     a.brand href="/sources" { "sluice" }
                     @if let Some((org, csrf)) = signed_in {
-                        nav {
+                        nav aria-label="Sections" {
                             a href="/sources" { "Data sources" }
+                            a href="/jobs" { "Import jobs" }
+                            a href="/deployments" { "Deployments" }
+                            a href="/datalake" { "Datalake" }
+                            a href="/configurations" { "Configurations" }
                         }
                         span.org title="Your organization" { "organization " (org) }
                         form.inline method="post" action="/signout" {
@@ -45,7 +52,7 @@ pub fn page(
                         }
                     }
                 }
-                main { (content) }
+                main #main { (content) }
             }
         }
     }
@@ -105,6 +112,11 @@ pub fn status(s: RunStatus) -> Markup {
         _ => "st st-waiting",
     };
     html! { span class=(class) { (status_label(s)) } }
+}
+
+/// A word in a status's colour (`class`: one of the `st-…` classes).
+pub fn word(text: &str, class: &str) -> Markup {
+    html! { span class={ "st " (class) } { (text) } }
 }
 
 /// A time: UTC in the page, the viewer's zone once the script ran, UTC on

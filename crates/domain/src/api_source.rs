@@ -940,6 +940,43 @@ pub fn status_label(status: RunStatus) -> &'static str {
     }
 }
 
+/// The columns a source's runs list sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunSort {
+    Id,
+    Type,
+    Status,
+    Created,
+    Started,
+    Finished,
+    Duration,
+    Records,
+    Tables,
+    Messages,
+}
+
+impl RunSort {
+    pub const NAMES: [&'static str; 10] = [
+        "id", "type", "status", "created", "started", "finished", "duration", "records", "tables",
+        "messages",
+    ];
+
+    pub fn parse(s: &str) -> Option<RunSort> {
+        use RunSort::*;
+        let all = [
+            Id, Type, Status, Created, Started, Finished, Duration, Records, Tables, Messages,
+        ];
+        let i = Self::NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(s.trim()))?;
+        Some(all[i])
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
 /// The message a run rejected for its source's active run carries.
 pub const REJECTED_MESSAGE: &str = "Rejected - previous load still running";
 

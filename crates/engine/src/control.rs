@@ -31,7 +31,7 @@ mod sources;
 mod spaces;
 
 pub use api_sources::{
-    duration_secs, ApiRunDetail, ApiRunView, ApiRunsQuery, Durations, RunMessage,
+    duration_secs, ApiRunDetail, ApiRunView, ApiRunsPage, ApiRunsQuery, Durations, RunMessage,
 };
 pub use console::SESSION_SECS;
 pub use datalake::{

@@ -331,6 +331,31 @@ pub struct JobFilter {
     pub include_deleted: bool,
 }
 
+/// What a page of a source's API runs holds: its filters, its order, and
+/// where the previous page ended.
+#[derive(Debug, Clone)]
+pub struct ApiRunPage {
+    pub run_type: Option<api_source::RunType>,
+    /// Any of these (empty: any status).
+    pub statuses: Vec<RunStatus>,
+    pub sort: api_source::RunSort,
+    pub ascending: bool,
+    /// The previous page's last row: (sort key, seq).
+    pub after: Option<(i64, i64)>,
+    pub limit: u32,
+    /// Runs under way last until now (sorting by duration).
+    pub now: Timestamp,
+}
+
+/// A run of a page: with its count of messages (its tasks' and its
+/// error) and its sort key (for the next page's cursor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRunRow {
+    pub run: api_source::ApiRun,
+    pub messages: i64,
+    pub key: i64,
+}
+
 /// How a query's attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryOutcome {
@@ -483,6 +508,8 @@ pub struct ActionRunFilter {
     pub status: Option<action::ActionStatus>,
     /// Only runs whose logical date (or start) is this day.
     pub execution_date: Option<action::NaiveDate>,
+    /// Only runs older than this one (its `seq`): the next page.
+    pub before: Option<i64>,
     pub limit: u32,
 }
 
@@ -772,6 +799,14 @@ pub trait ApiSourceStore: Send + Sync + 'static {
         source: &str,
         limit: u32,
     ) -> Result<Vec<api_source::ApiRun>>;
+    /// A page of a source's runs, filtered, sorted and paged in the store
+    /// (a keyset cursor: the previous page's last sort key and seq).
+    async fn page_api_runs(
+        &self,
+        org: &OrganizationId,
+        source: &str,
+        page: &ApiRunPage,
+    ) -> Result<Vec<ApiRunRow>>;
     /// Cancels a run: one waiting to start is CANCELLED at once, a running
     /// one goes CANCELING until its worker stops. Answers the new status;
     /// [`StoreError::Conflict`] when it is already canceling or ended.

@@ -90,6 +90,10 @@ impl Dialect {
                     11,
                     include_str!("../migrations/sqlite/0011_api_sources.sql"),
                 ),
+                (
+                    12,
+                    include_str!("../migrations/sqlite/0012_api_run_messages.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -117,6 +121,10 @@ impl Dialect {
                 (
                     11,
                     include_str!("../migrations/postgres/0011_api_sources.sql"),
+                ),
+                (
+                    12,
+                    include_str!("../migrations/postgres/0012_api_run_messages.sql"),
                 ),
             ],
         }

@@ -1829,6 +1829,7 @@ async fn action_runs_queue_under_max_active_runs_and_a_lost_one_is_fenced(store:
         api_id: "q_DEV".into(),
         status: Some(action::ActionStatus::Warning),
         execution_date: None,
+        before: None,
         limit: 10,
     };
     let warned = store.list_action_runs(&f.org, &filter).await.unwrap();
@@ -1933,6 +1934,7 @@ async fn a_workflow_fires_once_when_every_awaited_job_succeeded(store: Arc<SqlSt
         api_id: "jt_DEV".into(),
         status: None,
         execution_date: None,
+        before: None,
         limit: 100,
     };
     // JA twice, and a stopped JB: not yet.

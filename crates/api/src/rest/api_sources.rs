@@ -110,6 +110,7 @@ struct RunsParams {
     sort: Option<String>,
     order: Option<String>,
     limit: Option<String>,
+    next_page_token: Option<String>,
 }
 
 async fn list_runs(
@@ -134,11 +135,13 @@ async fn list_runs(
         sort: q.sort,
         ascending,
         limit: super::datalake::number("limit", q.limit.as_deref())?,
+        after: q.next_page_token,
     };
-    let runs = s.control.api_runs(&org, &source, &query).await?;
-    Ok(Json(
-        json!({"entries": runs.iter().map(run_json).collect::<Vec<_>>()}),
-    ))
+    let page = s.control.api_runs(&org, &source, &query).await?;
+    Ok(Json(json!({
+        "entries": page.runs.iter().map(run_json).collect::<Vec<_>>(),
+        "next_page_token": page.next_page_token,
+    })))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -650,6 +650,7 @@ impl Control {
             api_id: c.api_id.clone(),
             status: status.map(parse_status).transpose()?,
             execution_date: execution_date.map(parse_day).transpose()?,
+            before: None,
             limit: limit.unwrap_or(3).clamp(1, 1000),
         };
         let runs = self
@@ -831,13 +832,20 @@ impl Control {
         )))
     }
 
-    /// The latest runs of a configuration, for the CLI.
-    pub async fn runs_of(&self, c: &Deployed, limit: u32) -> Result<Vec<ActionRun>> {
+    /// The latest runs of a configuration (older than run `before`, by
+    /// its seq: the next page), for the CLI and the console.
+    pub async fn runs_of(
+        &self,
+        c: &Deployed,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<ActionRun>> {
         let filter = ActionRunFilter {
             configuration_type: c.configuration_type.clone(),
             api_id: c.api_id.clone(),
             status: None,
             execution_date: None,
+            before,
             limit,
         };
         Ok(self

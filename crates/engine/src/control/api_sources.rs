@@ -8,8 +8,8 @@
 //! organization's source or run is "not found".
 
 use sluice_domain::api_source::{
-    self as domain, status_label, ApiRun, ApiRunTable, ApiSource, ApiTask, DataLoad, RunType,
-    Searched,
+    self as domain, status_label, ApiRun, ApiRunTable, ApiSource, ApiTask, DataLoad, RunSort,
+    RunType, Searched,
 };
 
 use super::*;
@@ -74,6 +74,30 @@ pub struct ApiRunsQuery {
     /// Ascending (default: descending, newest first).
     pub ascending: bool,
     pub limit: Option<u32>,
+    /// The previous page's `next_page_token`.
+    pub after: Option<String>,
+}
+
+/// A page of a source's runs; `next_page_token` while more remain.
+#[derive(Debug, Clone)]
+pub struct ApiRunsPage {
+    pub runs: Vec<ApiRunView>,
+    pub next_page_token: Option<String>,
+}
+
+/// A page's cursor: the sort it belongs to, the last row's key and seq.
+fn cursor(sort: RunSort, key: i64, seq: i64) -> String {
+    format!("{}.{key}.{seq}", sort.as_str())
+}
+
+fn parse_cursor(token: &str, sort: RunSort) -> Option<(i64, i64)> {
+    let mut parts = token.splitn(3, '.');
+    if parts.next()? != sort.as_str() {
+        return None;
+    }
+    let key = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some((key, seq))
 }
 
 /// The typical duration of a kind of run.
@@ -288,14 +312,10 @@ impl Control {
         Ok(status)
     }
 
-    /// The runs of `source`, filtered by type and status, sorted by any
-    /// column.
-    pub async fn api_runs(
-        &self,
-        org: &str,
-        source: &str,
-        q: &ApiRunsQuery,
-    ) -> Result<Vec<ApiRunView>> {
+    /// A page of the runs of `source`, filtered by type and status, sorted
+    /// by any column, in the store (keyset paging: an organization with
+    /// 100,000 runs reads one page).
+    pub async fn api_runs(&self, org: &str, source: &str, q: &ApiRunsQuery) -> Result<ApiRunsPage> {
         let org = org_id(org)?;
         let source = source_name(source)?;
         self.store.get_api_source(&org, source).await?;
@@ -306,74 +326,72 @@ impl Control {
                     bad(format!("type `{t}`: expected incremental or destructive"))
                 })?),
             };
-        if let Some(s) = &q.status {
-            if !RunStatus::ALL.iter().any(|st| status_matches(s, *st)) {
-                return Err(bad(format!(
-                    "status `{s}`: expected one of Waiting to start, Running, Completed, Failed, \
-                     Canceling …, Cancelled, Rejected - previous load still running (or their \
-                     names: RUNNABLE, RUNNING, SUCCEEDED, FAILED, CANCELING, CANCELLED, REJECTED)"
-                )));
-            }
-        }
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        let mut views = Vec::new();
-        for run in self.store.list_api_runs(&org, source, 10_000).await? {
-            if run_type.is_some_and(|t| t != run.run_type) {
-                continue;
-            }
-            if q.status
-                .as_ref()
-                .is_some_and(|s| !status_matches(s, run.status))
-            {
-                continue;
-            }
-            let tasks = self.store.api_tasks(&run.id).await?;
-            let messages = tasks.iter().map(|t| t.messages.len() as i64).sum::<i64>()
-                + i64::from(run.error.is_some());
-            views.push(ApiRunView { run, messages });
-        }
-        let sort = q.sort.as_deref().unwrap_or("id").to_ascii_lowercase();
-        let key = |v: &ApiRunView| -> (Option<f64>, String) {
-            let r = &v.run;
-            let micros = |t: Option<Timestamp>| t.map(|t| t.timestamp_micros() as f64);
-            match sort.as_str() {
-                "type" => (None, r.run_type.as_str().to_owned()),
-                "status" => (None, status_label(r.status).to_owned()),
-                "created" => (micros(Some(r.created_at)), String::new()),
-                "started" => (micros(r.started_at), String::new()),
-                "finished" => (micros(r.finished_at), String::new()),
-                "duration" => (duration_secs(r), String::new()),
-                "records" => (Some(r.records as f64), String::new()),
-                "tables" => (Some(r.tables as f64), String::new()),
-                "messages" => (Some(v.messages as f64), String::new()),
-                _ => (Some(r.seq as f64), String::new()),
+        let statuses = match &q.status {
+            None => Vec::new(),
+            Some(s) => {
+                let all: Vec<RunStatus> = RunStatus::ALL
+                    .into_iter()
+                    .filter(|st| status_matches(s, *st))
+                    .collect();
+                if all.is_empty() {
+                    return Err(bad(format!(
+                        "status `{s}`: expected one of Waiting to start, Running, Completed, \
+                         Failed, Canceling …, Cancelled, Rejected - previous load still running \
+                         (or their names: RUNNABLE, RUNNING, SUCCEEDED, FAILED, CANCELING, \
+                         CANCELLED, REJECTED)"
+                    )));
+                }
+                all
             }
         };
-        const SORTS: [&str; 10] = [
-            "id", "type", "status", "created", "started", "finished", "duration", "records",
-            "tables", "messages",
-        ];
-        if !SORTS.contains(&sort.as_str()) {
-            return Err(bad(format!(
-                "sort `{sort}`: expected one of {}",
-                SORTS.join(", ")
-            )));
-        }
-        views.sort_by(|a, b| {
-            let (ka, kb) = (key(a), key(b));
-            let o =
-                ka.0.partial_cmp(&kb.0)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then_with(|| ka.1.cmp(&kb.1))
-                    .then_with(|| a.run.seq.cmp(&b.run.seq));
-            if q.ascending {
-                o
-            } else {
-                o.reverse()
-            }
-        });
-        views.truncate(limit as usize);
-        Ok(views)
+        let sort_name = q.sort.as_deref().unwrap_or("id");
+        let sort = RunSort::parse(sort_name).ok_or_else(|| {
+            bad(format!(
+                "sort `{sort_name}`: expected one of {}",
+                RunSort::NAMES.join(", ")
+            ))
+        })?;
+        let after = match q.after.as_deref().filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(parse_cursor(t, sort).ok_or_else(|| {
+                bad(format!(
+                    "next_page_token `{t}` is not a token this server gave out for sort {}",
+                    sort.as_str()
+                ))
+            })?),
+        };
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let mut rows = self
+            .store
+            .page_api_runs(
+                &org,
+                source,
+                &sluice_store::ApiRunPage {
+                    run_type,
+                    statuses,
+                    sort,
+                    ascending: q.ascending,
+                    after,
+                    limit: limit + 1,
+                    now: time::now(),
+                },
+            )
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = more
+            .then(|| rows.last().map(|r| cursor(sort, r.key, r.run.seq)))
+            .flatten();
+        Ok(ApiRunsPage {
+            runs: rows
+                .into_iter()
+                .map(|r| ApiRunView {
+                    run: r.run,
+                    messages: r.messages,
+                })
+                .collect(),
+            next_page_token: next,
+        })
     }
 
     /// The latest run of `source` (None: it never ran): one row read, where

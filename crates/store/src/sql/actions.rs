@@ -574,12 +574,13 @@ impl ActionStore for SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM action_runs WHERE organization_id = $1 \
              AND configuration_type = $2 AND api_id = $3{status} \
-             AND ($4 IS NULL OR execution_date = $4) ORDER BY seq DESC LIMIT $5"
+             AND ($4 IS NULL OR execution_date = $4) AND seq < $5 ORDER BY seq DESC LIMIT $6"
         ))
         .bind(org.as_str())
         .bind(&f.configuration_type)
         .bind(&f.api_id)
         .bind(date)
+        .bind(f.before.unwrap_or(i64::MAX))
         .bind(f.limit.max(1) as i64)
         .fetch_all(&self.read)
         .await?;

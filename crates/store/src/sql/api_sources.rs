@@ -3,12 +3,13 @@
 //! data loads.
 
 use sluice_domain::api_source::{
-    ApiRun, ApiRunTable, ApiSource, ApiTask, DataLoad, RunType, REJECTED_MESSAGE,
+    status_label, ApiRun, ApiRunTable, ApiSource, ApiTask, DataLoad, RunSort, RunType,
+    REJECTED_MESSAGE,
 };
 
 use super::lease::Leased;
 use super::*;
-use crate::{ApiOutcome, ApiSourceStore};
+use crate::{ApiOutcome, ApiRunPage, ApiRunRow, ApiSourceStore};
 
 /// How many times a run whose worker was lost is tried in all.
 const RUN_ATTEMPTS: i32 = 3;
@@ -19,6 +20,38 @@ const SOURCE_COLUMNS: &str = "organization_id, name, config_sealed, config_shown
 const RUN_COLUMNS: &str = "seq, id, organization_id, source_name, run_type, status, error, \
      retry_of, records, tables, attempt, lease_owner, lease_token, lease_expires_at, created_at, \
      started_at, finished_at";
+
+/// A run's messages: its tasks' and its error.
+const MESSAGES: &str = "(messages + CASE WHEN error IS NULL THEN 0 ELSE 1 END)";
+
+/// The integer a sort orders runs by: times in microseconds (-1 when
+/// there is none), types and statuses by the rank of their words.
+fn sort_key(sort: RunSort) -> String {
+    match sort {
+        RunSort::Id => "seq".into(),
+        RunSort::Type => "(CASE run_type WHEN 'DESTRUCTIVE' THEN 0 ELSE 1 END)".into(),
+        RunSort::Status => {
+            let mut labels: Vec<&str> = RunStatus::ALL.iter().map(|s| status_label(*s)).collect();
+            labels.sort_unstable();
+            labels.dedup();
+            let arms: String = RunStatus::ALL
+                .iter()
+                .map(|s| {
+                    let rank = labels.binary_search(&status_label(*s)).unwrap_or(0);
+                    format!(" WHEN '{}' THEN {rank}", s.as_str())
+                })
+                .collect();
+            format!("(CASE status{arms} ELSE 99 END)")
+        }
+        RunSort::Created => "created_at".into(),
+        RunSort::Started => "COALESCE(started_at, -1)".into(),
+        RunSort::Finished => "COALESCE(finished_at, -1)".into(),
+        RunSort::Duration => "COALESCE(COALESCE(finished_at, $now) - started_at, -1)".into(),
+        RunSort::Records => "records".into(),
+        RunSort::Tables => "tables".into(),
+        RunSort::Messages => MESSAGES.into(),
+    }
+}
 
 const RUNS: Leased = Leased {
     table: "api_runs",
@@ -294,6 +327,70 @@ impl ApiSourceStore for SqlStore {
         rows.iter().map(run_from_row).collect()
     }
 
+    async fn page_api_runs(
+        &self,
+        org: &OrganizationId,
+        source: &str,
+        page: &ApiRunPage,
+    ) -> Result<Vec<ApiRunRow>> {
+        let key = sort_key(page.sort);
+        let mut sql = format!(
+            "SELECT {RUN_COLUMNS}, {MESSAGES} AS message_total, {key} AS sort_key FROM api_runs \
+             WHERE organization_id = $1 AND source_name = $2"
+        );
+        let mut n = 3;
+        if page.run_type.is_some() {
+            sql.push_str(&format!(" AND run_type = ${n}"));
+            n += 1;
+        }
+        if !page.statuses.is_empty() {
+            let marks: Vec<String> = (0..page.statuses.len())
+                .map(|i| format!("${}", n + i))
+                .collect();
+            sql.push_str(&format!(" AND status IN ({})", marks.join(", ")));
+            n += page.statuses.len();
+        }
+        let (cmp, order) = if page.ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if page.after.is_some() {
+            sql.push_str(&format!(
+                " AND ({key} {cmp} ${n} OR ({key} = ${n} AND seq {cmp} ${}))",
+                n + 1
+            ));
+            n += 2;
+        }
+        sql.push_str(&format!(
+            " ORDER BY sort_key {order}, seq {order} LIMIT ${n}"
+        ));
+        let now = micros(page.now);
+        // The duration's key reads `now` as a literal: a bound value in a
+        // computed column is not typed alike by both databases.
+        let sql = sql.replace("$now", &now.to_string());
+        let mut q = sqlx::query(&sql).bind(org.as_str()).bind(source);
+        if let Some(t) = page.run_type {
+            q = q.bind(t.as_str());
+        }
+        for st in &page.statuses {
+            q = q.bind(st.as_str());
+        }
+        if let Some((k, seq)) = page.after {
+            q = q.bind(k).bind(seq);
+        }
+        let rows = q.bind(page.limit as i64).fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ApiRunRow {
+                    run: run_from_row(row)?,
+                    messages: row.try_get("message_total")?,
+                    key: row.try_get("sort_key")?,
+                })
+            })
+            .collect()
+    }
+
     async fn cancel_api_run(
         &self,
         org: &OrganizationId,
@@ -469,11 +566,12 @@ impl ApiSourceStore for SqlStore {
         }
         sqlx::query(
             "INSERT INTO api_tasks (run_id, position, name, kind, table_name, status, records, \
-             messages, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             messages, started_at, finished_at, message_count) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (run_id, position) DO UPDATE SET name = excluded.name, kind = excluded.kind, \
              table_name = excluded.table_name, status = excluded.status, records = excluded.records, \
              messages = excluded.messages, started_at = excluded.started_at, \
-             finished_at = excluded.finished_at",
+             finished_at = excluded.finished_at, message_count = excluded.message_count",
         )
         .bind(&t.run_id)
         .bind(t.position)
@@ -485,12 +583,16 @@ impl ApiSourceStore for SqlStore {
         .bind(serde_json::to_string(&t.messages)?)
         .bind(t.started_at.map(micros))
         .bind(t.finished_at.map(micros))
+        .bind(t.messages.len() as i64)
         .execute(&mut *tx)
         .await?;
-        // The run's count of records extracted so far.
+        // The run's count of records extracted so far, and of its tasks'
+        // messages.
         sqlx::query(
             "UPDATE api_runs SET records = (SELECT COALESCE(SUM(records), 0) FROM api_tasks \
-             WHERE run_id = $1 AND kind = 'extraction') WHERE id = $1",
+             WHERE run_id = $1 AND kind = 'extraction'), \
+             messages = (SELECT COALESCE(SUM(message_count), 0) FROM api_tasks WHERE run_id = $1) \
+             WHERE id = $1",
         )
         .bind(&t.run_id)
         .execute(&mut *tx)

@@ -1,0 +1,8 @@
+-- Each API task keeps how many messages it has, so that a source's runs
+-- list, sorted or filtered in SQL and paged with a keyset cursor, counts a
+-- run's messages without reading its tasks.
+ALTER TABLE api_tasks ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
+UPDATE api_tasks SET message_count = json_array_length(messages);
+ALTER TABLE api_runs ADD COLUMN messages INTEGER NOT NULL DEFAULT 0;
+UPDATE api_runs SET messages = (SELECT COALESCE(SUM(message_count), 0) FROM api_tasks
+    WHERE api_tasks.run_id = api_runs.id);
