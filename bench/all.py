@@ -31,6 +31,7 @@ FULL = {
     "actions.py": [],
     "storage.py": [],
     "api.py": [],
+    "console.py": [],
 }
 SMOKE = {
     "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
@@ -41,6 +42,7 @@ SMOKE = {
     "actions.py": ["--launches", "10", "--rate", "10", "--dags", "1"],
     "storage.py": ["--files", "20", "--kb", "10"],
     "api.py": ["--records", "3000", "--page", "500"],
+    "console.py": ["--runs", "2000", "--requests", "10"],
 }
 
 

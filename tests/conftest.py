@@ -173,6 +173,10 @@ def sluice(request, tmp_path):
     })
     yield s
     s.stop()
+    if url:
+        # Dropped at once: its pages leave the buffer cache unwritten, where
+        # a drop at the session's end makes PostgreSQL write them all first.
+        drop_postgres_database(url)
 
 
 S3_BUCKET = "sluice-objects"

@@ -103,7 +103,12 @@ def ledger_lines(ledger):
     return list(ledger.lines)
 
 
-def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
+# Enough runs that four workers claim against each other all the time (the
+# engine benchmark bursts thousands); few enough for the test suite's time.
+RUNS = 400
+
+
+def test_four_workers_run_hundreds_of_runs_each_exactly_once(cluster, tmp_path):
     for _ in range(4):
         cluster.start_worker(slots=4)
     ledger = Ledger()
@@ -116,8 +121,8 @@ def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
         return r.json()["run_id"]
 
     with ThreadPoolExecutor(8) as pool:
-        run_ids = list(pool.map(submit, range(1000)))
-    assert len(set(run_ids)) == 1000
+        run_ids = list(pool.map(submit, range(RUNS)))
+    assert len(set(run_ids)) == RUNS
 
     def all_done():
         done = 0
@@ -129,9 +134,9 @@ def test_four_workers_run_a_thousand_runs_each_exactly_once(cluster, tmp_path):
             assert not failed, failed[0]
             token = page["next_page_token"]
             if not token:
-                return done == 1000 or None
+                return done == RUNS or None
 
-    wait_for(all_done, "1,000 runs to succeed", timeout=600, interval=1)
+    wait_for(all_done, f"{RUNS} runs to succeed", timeout=600, interval=1)
 
     lines = ledger_lines(ledger)
     executions = collections.Counter(line[0] for line in lines)

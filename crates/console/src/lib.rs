@@ -121,7 +121,21 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::map_response(guarded))
+        .layer(axum::middleware::from_fn(timed))
         .with_state(control)
+}
+
+/// How long the server took to make a page (its store reads and its
+/// markup), as `Server-Timing: render;dur=MS` — what the browser's
+/// developer tools show, and what the console benchmark reads.
+async fn timed(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = header::HeaderValue::from_str(&format!("render;dur={ms:.3}")) {
+        response.headers_mut().insert("server-timing", v);
+    }
+    response
 }
 
 /// Every answer of the console: never framed (clickjacking), scripts and

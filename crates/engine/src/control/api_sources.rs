@@ -278,10 +278,26 @@ impl Control {
     async fn retry_refused(&self, run: &ApiRun) -> Result<Option<String>> {
         let latest = self
             .store
-            .list_api_runs(&run.organization_id, &run.source, 1000)
+            .page_api_runs(
+                &run.organization_id,
+                &run.source,
+                &sluice_store::ApiRunPage {
+                    run_type: None,
+                    statuses: RunStatus::ALL
+                        .into_iter()
+                        .filter(|s| *s != RunStatus::Rejected)
+                        .collect(),
+                    sort: RunSort::Id,
+                    ascending: false,
+                    after: None,
+                    limit: 1,
+                    now: time::now(),
+                },
+            )
             .await?
             .into_iter()
-            .find(|r| r.status != RunStatus::Rejected);
+            .next()
+            .map(|r| r.run);
         if let Some(latest) = latest.filter(|l| l.id != run.id) {
             return Ok(Some(format!(
                 "only the most recent run of source `{}` may be retried: that is run {} ({}), not run {}",
@@ -426,25 +442,36 @@ impl Control {
         let org = org_id(org)?;
         let source = source_name(source)?;
         self.store.get_api_source(&org, source).await?;
-        let runs = self.store.list_api_runs(&org, source, 10_000).await?;
-        Ok([RunType::Incremental, RunType::Destructive]
-            .into_iter()
-            .map(|t| {
-                let took: Vec<f64> = runs
-                    .iter()
-                    .filter(|r| r.run_type == t && r.status == RunStatus::Succeeded)
-                    .filter_map(duration_secs)
-                    .take(last.max(1))
-                    .collect();
-                Durations {
-                    run_type: t.as_str().to_owned(),
-                    runs: took.len(),
-                    p50_secs: domain::percentile(&took, 50.0),
-                    p95_secs: domain::percentile(&took, 95.0),
-                    last_completed_secs: took.first().copied(),
-                }
-            })
-            .collect())
+        let mut out = Vec::new();
+        for t in [RunType::Incremental, RunType::Destructive] {
+            // The last completed runs of the type, newest first: one
+            // short read however long the source's history.
+            let runs = self
+                .store
+                .page_api_runs(
+                    &org,
+                    source,
+                    &sluice_store::ApiRunPage {
+                        run_type: Some(t),
+                        statuses: vec![RunStatus::Succeeded],
+                        sort: RunSort::Id,
+                        ascending: false,
+                        after: None,
+                        limit: last.clamp(1, 1000) as u32,
+                        now: time::now(),
+                    },
+                )
+                .await?;
+            let took: Vec<f64> = runs.iter().filter_map(|r| duration_secs(&r.run)).collect();
+            out.push(Durations {
+                run_type: t.as_str().to_owned(),
+                runs: took.len(),
+                p50_secs: domain::percentile(&took, 50.0),
+                p95_secs: domain::percentile(&took, 95.0),
+                last_completed_secs: took.first().copied(),
+            });
+        }
+        Ok(out)
     }
 
     /// The tasks of run `id` that `text` finds (the page's search rules).
