@@ -98,7 +98,7 @@ class Sluice:
         self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, SLUICE_LOG="warn", **(env or {}))
+        self.env = {**os.environ, "SLUICE_LOG": "warn", **(env or {})}
         args = [BIN, "serve", "--listen", f"127.0.0.1:{self.port}"] + self.store_args()
         if not worker:
             args.append("--no-worker")

@@ -129,10 +129,14 @@ impl Default for Timeouts {
 /// Serves the API on `listener` until the process ends. A half-open or
 /// trickling connection is dropped after [`Timeouts`], so it cannot hold a
 /// task and its buffers for ever.
+/// Serves until `shutdown` stops the process: then the listener closes,
+/// each connection is told to end after the request it is answering, and
+/// `serve` returns once they have (or the grace period is over).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     timeouts: Timeouts,
+    shutdown: sluice_engine::shutdown::Shutdown,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
@@ -148,8 +152,15 @@ pub async fn serve(
     http.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.stopping() => break,
+        };
+        // Connections that ended are let go of as others come.
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: wait, do not spin.
@@ -180,12 +191,28 @@ pub async fn serve(
             }
         });
         let http = http.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.stopping() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("connection ended: {e}");
             }
         });
     }
+    drop(listener);
+    tokio::select! {
+        _ = async { while connections.join_next().await.is_some() {} } => {}
+        _ = shutdown.over() => {}
+    }
+    Ok(())
 }
 
 /// A request body that remembers when it stopped arriving, so the answer

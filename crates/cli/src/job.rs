@@ -38,6 +38,8 @@ use sluice_store::JobFilter;
 
 use crate::{print_error, Bar, EngineArgs, StoreArgs};
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum JobCommand {
     /// Create a job from a job.toml (validated against the source first;

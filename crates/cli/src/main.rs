@@ -12,6 +12,7 @@ mod job;
 mod source;
 mod space;
 
+use sluice_engine::shutdown::Shutdown;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,6 +218,14 @@ pub(crate) struct EngineArgs {
     /// An attempt running longer than this is killed and fails.
     #[arg(long, env = "SLUICE_RUN_TIMEOUT_SECS", default_value_t = 3600)]
     run_timeout_secs: u64,
+    /// On SIGTERM or SIGINT, work under way has this long (seconds) to
+    /// finish before runs still going are handed back to the queue.
+    #[arg(
+        long = "shutdown-grace",
+        env = "SLUICE_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub(crate) shutdown_grace_secs: u64,
     /// The Python interpreter that runs deployment code.
     #[arg(long, env = "SLUICE_PYTHON", default_value = "python3")]
     python: String,
@@ -794,7 +803,8 @@ fn spawn_runners(
     warehouse: Option<PathBuf>,
     role: &str,
     wakers: &Arc<Wakers>,
-) {
+    shutdown: &Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let name = format!("{role}-{}", std::process::id());
     let importer = Importer::new(
         db.clone(),
@@ -803,7 +813,7 @@ fn spawn_runners(
         name.clone(),
         wakers.clone(),
     );
-    tokio::spawn(Arc::new(importer).run());
+    let importer = tokio::spawn(Arc::new(importer).run(shutdown.clone()));
     let actions = ActionRunner::new(
         db.clone(),
         sealer.clone(),
@@ -812,7 +822,7 @@ fn spawn_runners(
         name.clone(),
         wakers.clone(),
     );
-    tokio::spawn(Arc::new(actions).run());
+    let actions = tokio::spawn(Arc::new(actions).run(shutdown.clone()));
     let api_runs = sluice_engine::api_runs::ApiRunner::new(
         db.clone(),
         sealer.clone(),
@@ -821,7 +831,17 @@ fn spawn_runners(
         name,
         wakers.clone(),
     );
-    tokio::spawn(Arc::new(api_runs).run());
+    let api_runs = tokio::spawn(Arc::new(api_runs).run(shutdown.clone()));
+    vec![importer, actions, api_runs]
+}
+
+/// Waits for the work a stopping process still owns to end (each loop
+/// ends by itself once drained or handed back), then says so.
+async fn stopped(tasks: Vec<tokio::task::JoinHandle<()>>, what: &str) {
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("{what} stopped");
 }
 
 #[tokio::main]
@@ -893,13 +913,24 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 settings,
                 wakers.clone(),
             ));
+            let shutdown = Shutdown::new();
+            shutdown.on_signals(Duration::from_secs(engine.shutdown_grace_secs));
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
+            let mut work = Vec::new();
             if !no_worker {
-                spawn_runners(&db, &sealer, &config, store.warehouse(), "serve", &wakers);
+                work = spawn_runners(
+                    &db,
+                    &sealer,
+                    &config,
+                    store.warehouse(),
+                    "serve",
+                    &wakers,
+                    &shutdown,
+                );
                 let worker =
                     Worker::new(db.clone(), config, wakers).context("cannot prepare the worker")?;
-                tokio::spawn(worker.run());
+                work.push(tokio::spawn(worker.run(shutdown.clone())));
             }
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -920,8 +951,10 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                     header_read: Duration::from_millis(header_timeout_ms.max(1)),
                     body_idle: Duration::from_millis(body_timeout_ms.max(1)),
                 },
+                shutdown.clone(),
             )
             .await?;
+            stopped(work, "sluice").await;
         }
         Command::Worker { store, engine } => {
             sluice_engine::sandbox::harden_server();
@@ -936,19 +969,23 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             let keys = Keys::load(db.as_ref(), &store.data_dir)
                 .await
                 .context("cannot load the server key")?;
+            let shutdown = Shutdown::new();
+            shutdown.on_signals(Duration::from_secs(engine.shutdown_grace_secs));
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
-            spawn_runners(
+            let mut work = spawn_runners(
                 &db,
                 &keys.sealer(),
                 &config,
                 store.warehouse(),
                 "worker",
                 &wakers,
+                &shutdown,
             );
             let worker = Worker::new(db, config, wakers).context("cannot prepare the worker")?;
             tracing::info!("worker {} joined {}", worker.id(), redact(&store.url()));
-            worker.run().await;
+            work.push(tokio::spawn(worker.run(shutdown)));
+            stopped(work, "worker").await;
         }
         Command::Org {
             command:

@@ -211,6 +211,10 @@ pub enum AttemptOutcome {
     Invalid {
         error: String,
     },
+    /// The worker shut down first: the run goes back to the queue.
+    HandedBack {
+        why: String,
+    },
 }
 
 /// A page of a keyset-ordered list.

@@ -172,6 +172,9 @@ pub enum AttemptEnd {
     /// The run's input cannot be used (a datalake file is gone): trying
     /// again cannot mend it, so the run fails without a retry.
     Invalid,
+    /// The worker shut down before the attempt ended and gave the run
+    /// back: it is queued again at once, whatever its retries.
+    HandedBack,
 }
 
 impl AttemptEnd {
@@ -180,6 +183,7 @@ impl AttemptEnd {
         match (self, run_after) {
             (AttemptEnd::Lost, _) => "LOST",
             (_, RunStatus::Cancelled) => "CANCELLED",
+            (AttemptEnd::HandedBack, _) => "HANDED_BACK",
             (AttemptEnd::Succeeded, _) => "SUCCEEDED",
             (AttemptEnd::Failed | AttemptEnd::Invalid, _) => "FAILED",
         }
@@ -191,12 +195,14 @@ impl RunStatus {
     /// ends: a run being cancelled ends CANCELLED unless its code had already
     /// succeeded; a failed or lost attempt is retried (PENDING) while
     /// `retry_count` allows, and FAILED after that; an attempt whose input
-    /// is invalid fails the run at once.
+    /// is invalid fails the run at once; one handed back by a worker that
+    /// shut down is queued again.
     pub fn after_attempt(self, end: AttemptEnd, attempt: i32, retry_count: i32) -> RunStatus {
         match (self, end) {
             (_, AttemptEnd::Succeeded) => RunStatus::Succeeded,
             (RunStatus::Canceling, _) => RunStatus::Cancelled,
             (_, AttemptEnd::Invalid) => RunStatus::Failed,
+            (_, AttemptEnd::HandedBack) => RunStatus::Pending,
             _ if RetryPolicy::may_retry(attempt, retry_count) => RunStatus::Pending,
             _ => RunStatus::Failed,
         }

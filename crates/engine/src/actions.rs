@@ -13,6 +13,7 @@
 //! `critical` fails the run; `warning` lets it go on and end WARNING;
 //! `transparent` lets it go on; `break` and `stop` skip its dependents.
 
+use crate::shutdown::Shutdown;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,15 +96,20 @@ impl ActionRunner {
     }
 
     /// Runs until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Claims and runs action runs until `shutdown` stops it; then waits for
+    /// those under way (their leases expire if the grace period ends
+    /// first, and another process takes them over).
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
-        loop {
+        while !shutdown.is_stopping() {
             self.turn(&slots).await;
             tokio::select! {
                 _ = self.wakers.actions.notified() => {}
                 _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.stopping() => {}
             }
         }
+        shutdown.drained(&slots, self.slots).await;
     }
 
     async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {

@@ -22,6 +22,7 @@
 //! between pages or rolls the ingestion back: every live table stays as
 //! it was.
 
+use crate::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -117,15 +118,20 @@ impl ApiRunner {
     }
 
     /// Runs until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Claims and runs API runs until `shutdown` stops it; then waits for
+    /// those under way (their leases expire if the grace period ends
+    /// first, and another process takes them over).
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
-        loop {
+        while !shutdown.is_stopping() {
             self.turn(&slots).await;
             tokio::select! {
                 _ = self.wakers.api.notified() => {}
                 _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.stopping() => {}
             }
         }
+        shutdown.drained(&slots, self.slots).await;
     }
 
     async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {

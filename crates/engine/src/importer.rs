@@ -9,6 +9,7 @@
 //! lease; a cancel (CANCELING) or a lost lease stops the load, which then
 //! rolls back: the destination holds the window entirely or not at all.
 
+use crate::shutdown::Shutdown;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,9 +88,13 @@ impl Importer {
     }
 
     /// Runs until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Claims and runs queries until `shutdown` stops it; then waits for
+    /// those under way (a query the grace period cuts short loads nothing:
+    /// its transaction never commits, and another process runs its window
+    /// again once its lease expires).
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
-        loop {
+        while !shutdown.is_stopping() {
             let now = time::now();
             if let Err(e) = self.store.reap_queries(now).await {
                 tracing::warn!("reaping lost queries: {e}");
@@ -125,8 +130,10 @@ impl Importer {
             tokio::select! {
                 _ = self.wakers.importer.notified() => {}
                 _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.stopping() => {}
             }
         }
+        shutdown.drained(&slots, self.slots).await;
     }
 
     /// Runs one claimed query to its end; answers its final status.

@@ -29,6 +29,7 @@ pub mod memory;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;
+pub mod shutdown;
 pub mod worker;
 
 use std::path::PathBuf;

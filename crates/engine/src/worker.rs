@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 
 use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
+use crate::shutdown::Shutdown;
 use crate::{sandbox, EngineConfig, Wakers};
 
 const RUNNER: &str = include_str!("runner.py");
@@ -173,8 +174,11 @@ impl Worker {
             .await
     }
 
-    /// Claims and runs work until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    /// Claims and runs work until `shutdown` stops it; then lets the runs
+    /// under way finish, handing back those still running when the grace
+    /// period ends (their runs are queued again at once, not left to a
+    /// lease's expiry).
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let python = self.python().await;
         tracing::debug!("user code runs with {}", python.path);
         let slots = Arc::new(Semaphore::new(self.config.worker_slots));
@@ -184,9 +188,16 @@ impl Worker {
             self.config.worker_slots
         );
         loop {
-            let Ok(first) = slots.clone().acquire_owned().await else {
-                return;
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = shutdown.stopping() => break,
             };
+            if shutdown.is_stopping() {
+                break;
+            }
             let free = 1 + slots.available_permits() as u32;
             let leases = match self
                 .store
@@ -206,6 +217,7 @@ impl Worker {
                 tokio::select! {
                     _ = self.wakers.workers.notified() => {}
                     _ = tokio::time::sleep(self.config.poll) => {}
+                    _ = shutdown.stopping() => {}
                 }
                 continue;
             }
@@ -219,25 +231,34 @@ impl Worker {
                         Err(_) => slots.clone().acquire_owned().await.expect("semaphore open"),
                     },
                 };
-                let me = self.clone();
+                let (me, shutdown) = (self.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    me.attempt(lease).await;
+                    me.attempt(lease, &shutdown).await;
                     drop(permit);
                     me.wakers.scheduler.notify_one();
                 });
             }
         }
+        let busy = self.config.worker_slots - slots.available_permits();
+        if busy > 0 {
+            tracing::info!("worker {}: waiting for {busy} runs under way", self.id);
+        }
+        // Every attempt ends, its run finished or (once the grace period
+        // is over) handed back, before the slots are all free again.
+        let _ = slots.acquire_many(self.config.worker_slots as u32).await;
+        tracing::info!("worker {} stopped", self.id);
     }
 
     /// Runs one attempt and reports how it ended.
-    async fn attempt(&self, lease: Lease) {
+    async fn attempt(&self, lease: Lease, shutdown: &Shutdown) {
         let run_id = lease.run.id.clone();
-        let (outcome, output) = match self.execute(&lease).await {
+        let (outcome, output) = match self.execute(&lease, shutdown).await {
             Ok(ended) => ended,
             Err(AttemptError::LeaseLost) => {
                 tracing::warn!("{run_id}: lease lost; another worker owns the run now");
                 return;
             }
+            Err(AttemptError::HandedBack(why)) => (AttemptOutcome::HandedBack { why }, None),
             Err(AttemptError::Setup(error)) => (AttemptOutcome::Failed { error }, None),
             Err(AttemptError::Invalid(error)) => (AttemptOutcome::Invalid { error }, None),
         };
@@ -320,6 +341,7 @@ impl Worker {
     async fn execute(
         &self,
         lease: &Lease,
+        shutdown: &Shutdown,
     ) -> Result<(AttemptOutcome, Option<Output>), AttemptError> {
         let run = &lease.run;
         let setup =
@@ -448,6 +470,7 @@ impl Worker {
         ));
 
         let mut stop: Option<String> = None;
+        let mut handed_back = false;
         let mut lease_lost = false;
         match self
             .store
@@ -478,6 +501,10 @@ impl Worker {
                 }
                 _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
                     stop = Some(format!("stopped: the run exceeded its timeout of {} s", self.config.run_timeout.as_secs()));
+                }
+                _ = shutdown.over(), if stop.is_none() => {
+                    handed_back = true;
+                    stop = Some(format!("stopped: worker {} shut down; the run goes back to the queue", self.id));
                 }
             }
         };
@@ -510,6 +537,9 @@ impl Worker {
         let _ = tokio::fs::remove_dir_all(&work).await;
         if lease_lost || !logs_ok {
             return Err(AttemptError::LeaseLost);
+        }
+        if handed_back {
+            return Err(AttemptError::HandedBack(stop.unwrap_or_default()));
         }
         let outcome = match (status, stop) {
             (_, Some(why)) => AttemptOutcome::Failed { error: why },
@@ -603,6 +633,9 @@ enum AttemptError {
     Setup(String),
     /// The run's input cannot be used; the run fails without a retry.
     Invalid(String),
+    /// The worker shut down before the code ended: the run goes back to
+    /// the queue.
+    HandedBack(String),
 }
 
 fn describe_exit(s: &std::process::ExitStatus) -> String {

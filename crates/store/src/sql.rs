@@ -318,6 +318,7 @@ impl SqlStore {
             AttemptOutcome::Succeeded => (AttemptEnd::Succeeded, None),
             AttemptOutcome::Failed { error } => (AttemptEnd::Failed, Some(error.clone())),
             AttemptOutcome::Invalid { error } => (AttemptEnd::Invalid, Some(error.clone())),
+            AttemptOutcome::HandedBack { why } => (AttemptEnd::HandedBack, Some(why.clone())),
         };
         let next = current
             .status
@@ -565,12 +566,19 @@ async fn end_attempt(
     retry: RetryPolicy,
     now: i64,
 ) -> Result<()> {
-    let not_before = if next == RunStatus::Pending {
+    // A handed-back run waits for no backoff: its code did not fail.
+    let not_before = if next == RunStatus::Pending && end != AttemptEnd::HandedBack {
         now + retry.backoff(run.attempt).as_micros() as i64
     } else {
         now
     };
     let finished = next.is_final().then_some(now);
+    // A handed-back run did not go wrong: the reason is the attempt's.
+    let run_error = if end == AttemptEnd::HandedBack {
+        None
+    } else {
+        error.clone()
+    };
     sqlx::query(
         "UPDATE runs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, \
          lease_token = lease_token + 1, not_before = $2, error = $3, modified_at = $4, \
@@ -578,7 +586,7 @@ async fn end_attempt(
     )
     .bind(next.as_str())
     .bind(not_before)
-    .bind(error.clone())
+    .bind(run_error)
     .bind(now)
     .bind(finished)
     .bind(run.id.as_str())

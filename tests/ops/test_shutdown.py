@@ -1,0 +1,111 @@
+"""Stopping sluice: SIGTERM lets a run under way finish within the grace
+period and the process exits 0; a run that outlives the grace period is
+handed back (its attempt says HANDED_BACK, never LOST) and the next server
+runs it at once, not after its lease expires; the HTTP listener closes."""
+import signal
+import time
+
+import pytest
+import requests
+
+from conftest import Sluice, code_archive, fresh_postgres_database, wait_for
+
+SLOW = '''
+import os, time
+
+def handler(request, context):
+    print("started", flush=True)
+    time.sleep(float(os.environ["SLEEP"]))
+    print("finished", flush=True)
+    return {"ok": True}
+'''
+
+
+def deployment(s, sleep):
+    org, user, token = s.new_org()
+    session = requests.Session()
+    session.auth = (f"user-{user}", token)
+    base = f"{s.url}/organizations/{org}/deployments"
+    dep = session.post(base, json={"name": "slow"}).json()["deployment_id"]
+    ver = session.post(f"{base}/{dep}/versions",
+                       json={"version": "1", "handler": "main:handler", "image": "python"}).json()
+    assert requests.put(ver["upload_url"], data=code_archive({"main.py": SLOW})).status_code == 200
+    run = session.post(f"{base}/{dep}/runs", json={"version_id": ver["version_id"],
+                                                    "environment": {"SLEEP": str(sleep)}}).json()["run_id"]
+    return session, f"{base}/{dep}/runs/{run}"
+
+
+def running(session, run_url):
+    return session.get(run_url, timeout=10).json()["status"] == "RUNNING"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigterm_lets_a_run_finish_then_exits_zero(backend, tmp_path):
+    url = fresh_postgres_database() if backend == "postgres" else None
+    s = Sluice(tmp_path, url, env={"SLUICE_SHUTDOWN_GRACE_SECS": "60", "SLUICE_LOG": "info"})
+    try:
+        session, run_url = deployment(s, sleep=3)
+        wait_for(lambda: running(session, run_url), "the run to start")
+        s.proc.send_signal(signal.SIGTERM)
+        # The listener closes at once; the process waits for the run.
+        wait_for(lambda: not reachable(s.url), "the listener to close", timeout=10)
+        assert s.proc.poll() is None, "the process did not wait for the run under way"
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
+    log = (tmp_path / "serve.log").read_text()
+    assert "shutting down" in log and "sluice stopped" in log, log
+    s2 = Sluice(tmp_path, url, env={"SLUICE_SHUTDOWN_GRACE_SECS": "60"}, worker=False)
+    try:
+        run = session.get(rebase(run_url, s2.url), timeout=10).json()
+        assert run["status"] == "SUCCEEDED", run
+        attempts = session.get(rebase(run_url, s2.url) + "/attempts", timeout=10).json()["entries"]
+        assert [a["outcome"] for a in attempts] == ["SUCCEEDED"], attempts
+    finally:
+        s2.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_run_outliving_the_grace_period_is_handed_back_and_taken_at_once(backend, tmp_path):
+    url = fresh_postgres_database() if backend == "postgres" else None
+    # A lease that would take a minute to expire: the next server takes the
+    # run at once only because it was handed back.
+    env = {"SLUICE_SHUTDOWN_GRACE_SECS": "1", "SLUICE_LEASE_TTL_SECS": "60", "SLUICE_LOG": "info"}
+    s = Sluice(tmp_path, url, env=env)
+    try:
+        session, run_url = deployment(s, sleep=4)
+        wait_for(lambda: running(session, run_url), "the run to start")
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
+    s2 = Sluice(tmp_path, url, env=env)
+    try:
+        url2 = rebase(run_url, s2.url)
+        attempts = session.get(url2 + "/attempts", timeout=10).json()["entries"]
+        assert attempts[0]["outcome"] == "HANDED_BACK", attempts
+        assert "shut down" in attempts[0]["error"], attempts
+        t0 = time.time()
+        wait_for(lambda: session.get(url2, timeout=10).json()["status"] == "SUCCEEDED",
+                 "the handed-back run to succeed", timeout=40)
+        assert time.time() - t0 < 30, "the run waited for its old lease to expire"
+        attempts = session.get(url2 + "/attempts", timeout=10).json()["entries"]
+        assert [a["outcome"] for a in attempts] == ["HANDED_BACK", "SUCCEEDED"], attempts
+        assert "LOST" not in {a["outcome"] for a in attempts}
+        logs = session.get(url2 + "/logs", timeout=10).json()["events"]
+        assert sum(1 for e in logs if e["message"] == "finished") == 1, logs
+    finally:
+        s2.stop()
+
+
+def rebase(run_url, base):
+    """The same run's address on another server."""
+    return base + "/organizations/" + run_url.split("/organizations/", 1)[1]
+
+
+def reachable(url):
+    try:
+        requests.get(url + "/healthz", timeout=1)
+        return True
+    except requests.ConnectionError:
+        return False
