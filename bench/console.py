@@ -71,7 +71,12 @@ def timed(session, url, n):
     return durs, size
 
 
+def phase(label, what, t0):
+    print(f"{label}: {what} after {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def measure(label, database_url, runs, n, api):
+    t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         data = Path(d)
         proc, url, _ = start(data, database_url)
@@ -92,12 +97,14 @@ def measure(label, database_url, runs, n, api):
                 db.commit()
                 db.execute("ANALYZE")
                 db.close()
+            phase(label, "history written", t0)
             real = requests.post(f"{url}/organizations/{org}/sources/shop/runs", json={}, headers=h).json()["id"]
             deadline = time.time() + 120
             while requests.get(f"{url}/organizations/{org}/api-runs/{real}", headers=h).json()["status"] \
                     != "SUCCEEDED":
                 assert time.time() < deadline, "the real run did not complete"
                 time.sleep(0.2)
+            phase(label, "real run completed", t0)
             s = requests.Session()
             r = s.post(f"{url}/signin", data={"user": user["user_id"], "token": user["personal_access_token"]},
                        allow_redirects=False)
@@ -117,9 +124,11 @@ def measure(label, database_url, runs, n, api):
                 "API Run page": f"{url}/runs/{real}",
             }
             out = []
+            phase(label, "20 pages walked", t0)
             for name, page_url in pages.items():
                 durs, size = timed(s, page_url, n)
                 out.append((label, name, pct(durs, 50), pct(durs, 99), size))
+                phase(label, name, t0)
             css = len(s.get(f"{url}/assets/console.css").content)
             js = len(s.get(f"{url}/assets/console.js").content)
             return out, css, js

@@ -86,8 +86,61 @@ pub fn app(state: ApiState) -> tower::util::MapRequest<Router, fn(Request) -> Re
     let router: Router = rest::routes(state)
         .merge(graphql)
         .layer(axum::middleware::map_response(error::envelope))
-        .merge(console);
+        .merge(console)
+        .layer(axum::middleware::from_fn(observe));
     tower::util::MapRequest::new(router, trim_trailing_slash as fn(Request) -> Request)
+}
+
+/// Every request: a request id (the caller's `X-Request-Id` when it is a
+/// plain token, else a new one) sent back in `X-Request-Id` and carried by
+/// the request's log lines; its count and duration by route template and
+/// status class in the metrics; one log line when it failed (WARN for a
+/// 5xx, INFO for a 4xx), naming the route template — never the path,
+/// which can hold a token.
+async fn observe(mut req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req-{:016x}", rand::random::<u64>()));
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        req.headers_mut().insert("x-request-id", v.clone());
+    }
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let mut response = next.run(req).instrument(span).await;
+    let status = response.status().as_u16();
+    let class = sluice_engine::metrics::class(status);
+    let secs = started.elapsed().as_secs_f64();
+    let m = &sluice_engine::metrics::METRICS;
+    m.requests.with_label_values(&[&route, class]).inc();
+    m.request_duration
+        .with_label_values(&[&route, class])
+        .observe(secs);
+    let ms = (secs * 1000.0) as u64;
+    if status >= 500 {
+        tracing::warn!(request_id = %id, method = %method, route = %route, status, duration_ms = ms, "request failed");
+    } else if status >= 400 {
+        tracing::info!(request_id = %id, method = %method, route = %route, status, duration_ms = ms, "request refused");
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 fn trim_trailing_slash(mut req: Request) -> Request {

@@ -97,6 +97,7 @@ pub(crate) fn table() -> Table {
             Json(json!({"status": "ok"}))
         })
         .public(Method::GET, "/readyz", ready)
+        .public(Method::GET, "/metrics", metrics)
         .at(
             Method::GET,
             "/organizations/{org}/deployments",
@@ -227,6 +228,22 @@ async fn created_by(state: &ApiState, d: &sluice_domain::Deployment) -> Value {
 
 /// Readiness: 200 while the metadata store answers, else 503 saying why
 /// (`/healthz` stays the liveness probe: the process serves).
+/// Prometheus' text format: what this process counted, and the store's
+/// open work read now (no organization's data: counts by kind, status,
+/// queue and route template only).
+async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let text = s.control.metrics().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 async fn ready(State(s): State<ApiState>) -> Result<Json<Value>> {
     s.control.ready().await?;
     Ok(Json(json!({"status": "ready"})))

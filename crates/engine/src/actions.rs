@@ -13,6 +13,7 @@
 //! `critical` fails the run; `warning` lets it go on and end WARNING;
 //! `transparent` lets it go on; `break` and `stop` skip its dependents.
 
+use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -115,8 +116,19 @@ impl ActionRunner {
     async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
         let now = time::now();
         if self.watch.due() {
-            if let Err(e) = self.store.reap_action_runs(now).await {
-                tracing::warn!("reaping lost action runs: {e}");
+            match self.store.reap_action_runs(now).await {
+                Ok(lost) if !lost.is_empty() => {
+                    METRICS
+                        .reaped
+                        .with_label_values(&[metrics::ACTION_RUN])
+                        .inc_by(lost.len() as u64);
+                    tracing::warn!(
+                        "took back {} action runs whose runner stopped: {lost:?}",
+                        lost.len()
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reaping lost action runs: {e}"),
             }
             if let Err(e) = self.schedule(now).await {
                 tracing::warn!("scheduling action runs: {e}");
@@ -266,6 +278,11 @@ impl ActionRunner {
 
     /// Runs one claimed run to its end; answers its final status.
     pub async fn execute(&self, run: ActionRun) -> RunStatus {
+        METRICS
+            .claimed
+            .with_label_values(&[metrics::ACTION_RUN])
+            .inc();
+        tracing::info!(action_run_id = %run.id, configuration = %run.api_id, org = %run.organization_id, attempt = run.attempt, "action run started");
         let token = run.lease_token;
         match self
             .store
@@ -421,12 +438,33 @@ impl ActionRunner {
     }
 
     async fn finish(&self, run: &ActionRun, outcome: ActionOutcome) -> RunStatus {
+        let now = time::now();
         match self
             .store
-            .finish_action_run(&run.id, run.lease_token, &outcome, time::now())
+            .finish_action_run(&run.id, run.lease_token, &outcome, now)
             .await
         {
-            Ok(status) => status,
+            Ok(status) => {
+                let secs = run
+                    .started_at
+                    .map(|s| (now - s).num_milliseconds() as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                let ended = match status {
+                    RunStatus::Succeeded => "succeeded",
+                    RunStatus::Cancelled => "cancelled",
+                    _ => "failed",
+                };
+                METRICS.ended(metrics::ACTION_RUN, ended, secs);
+                tracing::info!(
+                    action_run_id = %run.id,
+                    configuration = %run.api_id,
+                    org = %run.organization_id,
+                    outcome = ended,
+                    duration_ms = (secs * 1000.0) as u64,
+                    "action run ended"
+                );
+                status
+            }
             Err(e) => {
                 tracing::warn!("ending action run {}: {e}", run.id);
                 run.status

@@ -22,6 +22,7 @@
 //! between pages or rolls the ingestion back: every live table stays as
 //! it was.
 
+use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -138,6 +139,10 @@ impl ApiRunner {
         if self.reap.due() {
             match self.store.reap_api_runs(time::now()).await {
                 Ok(ids) => {
+                    METRICS
+                        .reaped
+                        .with_label_values(&[metrics::API_RUN])
+                        .inc_by(ids.len() as u64);
                     for id in ids {
                         tracing::warn!("API run {id}: its worker was lost; given back");
                     }
@@ -189,6 +194,9 @@ impl ApiRunner {
 
     async fn execute(&self, run: ApiRun) {
         let token = run.lease_token;
+        let started = std::time::Instant::now();
+        METRICS.claimed.with_label_values(&[metrics::API_RUN]).inc();
+        tracing::info!(api_run_id = %run.id, source = %run.source, org = %run.organization_id, attempt = run.attempt, "API run started");
         let status = match self
             .store
             .api_run_running(&run.id, token, time::now())
@@ -228,6 +236,10 @@ impl ApiRunner {
             }
         };
         if keep.lost() {
+            METRICS
+                .lease_losses
+                .with_label_values(&[metrics::API_RUN])
+                .inc();
             tracing::warn!(
                 "API run {}: the lease was lost; another worker has it",
                 run.id
@@ -241,7 +253,21 @@ impl ApiRunner {
             .await
         {
             Ok(status) => {
-                tracing::info!("API run {} ended {status}", run.id);
+                let secs = started.elapsed().as_secs_f64();
+                let ended = match status {
+                    RunStatus::Succeeded => "succeeded",
+                    RunStatus::Cancelled => "cancelled",
+                    _ => "failed",
+                };
+                METRICS.ended(metrics::API_RUN, ended, secs);
+                tracing::info!(
+                    api_run_id = %run.id,
+                    source = %run.source,
+                    org = %run.organization_id,
+                    outcome = ended,
+                    duration_ms = (secs * 1000.0) as u64,
+                    "API run ended"
+                );
                 // Ended: no attempt reads its stage again (a retry is a
                 // run of its own).
                 if let Err(e) = Stage::new(self.stage_root.join(&run.id)).clear() {

@@ -356,6 +356,19 @@ impl Control {
 
     /// Whether this server can serve: its metadata store answers within
     /// two seconds.
+    /// The process's metrics, in Prometheus' text format.
+    pub async fn metrics(&self) -> Result<String> {
+        crate::metrics::METRICS
+            .render(self.store.as_ref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "metrics: the metadata store does not answer");
+                ControlError::Unavailable(
+                    "the metadata store does not answer (the server's log says why)".into(),
+                )
+            })
+    }
+
     pub async fn ready(&self) -> Result<()> {
         match tokio::time::timeout(std::time::Duration::from_secs(2), self.store.ping()).await {
             Ok(Ok(())) => Ok(()),

@@ -9,6 +9,7 @@
 //! lease; a cancel (CANCELING) or a lost lease stops the load, which then
 //! rolls back: the destination holds the window entirely or not at all.
 
+use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -96,8 +97,19 @@ impl Importer {
         let slots = Arc::new(Semaphore::new(self.slots));
         while !shutdown.is_stopping() {
             let now = time::now();
-            if let Err(e) = self.store.reap_queries(now).await {
-                tracing::warn!("reaping lost queries: {e}");
+            match self.store.reap_queries(now).await {
+                Ok(lost) if !lost.is_empty() => {
+                    METRICS
+                        .reaped
+                        .with_label_values(&[metrics::QUERY])
+                        .inc_by(lost.len() as u64);
+                    tracing::warn!(
+                        "took back {} import queries whose importer stopped: {lost:?}",
+                        lost.len()
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reaping lost queries: {e}"),
             }
             match self.store.schedule_queries(now).await {
                 Ok(made) if !made.is_empty() => tracing::debug!("{} queries due", made.len()),
@@ -140,6 +152,8 @@ impl Importer {
     /// `rows` hears the row counts as they grow (a progress bar).
     pub async fn execute(&self, q: Query, rows: &mut dyn Progress) -> RunStatus {
         let token = q.lease_token;
+        METRICS.claimed.with_label_values(&[metrics::QUERY]).inc();
+        tracing::info!(query_id = %q.id, job_id = %q.job_id, org = %q.organization_id, attempt = q.attempt, "import query started");
         match self.store.query_running(&q.id, token, time::now()).await {
             Ok(RunStatus::Canceling) => {
                 return self
@@ -211,12 +225,37 @@ impl Importer {
     }
 
     async fn finish(&self, q: &Query, outcome: QueryOutcome) -> RunStatus {
+        let now = time::now();
         match self
             .store
-            .finish_query(&q.id, q.lease_token, &outcome, time::now())
+            .finish_query(&q.id, q.lease_token, &outcome, now)
             .await
         {
-            Ok(status) => status,
+            Ok(status) => {
+                let secs = q
+                    .started_at
+                    .map(|s| (now - s).num_milliseconds() as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                let ended = match status {
+                    RunStatus::Succeeded => "succeeded",
+                    RunStatus::Cancelled => "cancelled",
+                    _ => "failed",
+                };
+                METRICS.ended(metrics::QUERY, ended, secs);
+                if let QueryOutcome::Succeeded { records, .. } = &outcome {
+                    METRICS.rows_imported.inc_by((*records).max(0) as u64);
+                }
+                tracing::info!(
+                    query_id = %q.id,
+                    job_id = %q.job_id,
+                    org = %q.organization_id,
+                    outcome = ended,
+                    records = match &outcome { QueryOutcome::Succeeded { records, .. } => *records, _ => 0 },
+                    duration_ms = (secs * 1000.0) as u64,
+                    "import query ended"
+                );
+                status
+            }
             Err(e) => {
                 tracing::warn!("ending query {}: {e}", q.id);
                 q.status
@@ -327,6 +366,8 @@ struct Tasks {
     q: Query,
     tasks: Vec<QueryTask>,
     dirty: [bool; 4],
+    /// Whether a task's end was counted in the metrics.
+    timed: [bool; 4],
     /// The window, once known, not yet written.
     window: Option<(Option<String>, Option<String>)>,
 }
@@ -356,6 +397,7 @@ impl Tasks {
             q,
             tasks,
             dirty: [true, false, false, false],
+            timed: [false; 4],
             window: None,
         }
     }
@@ -522,6 +564,14 @@ impl Tasks {
         for i in 0..4 {
             if !self.dirty[i] || self.tasks[i].status == "PENDING" {
                 continue;
+            }
+            let t = &self.tasks[i];
+            if let (false, Some(end)) = (self.timed[i], t.finished_at) {
+                self.timed[i] = true;
+                METRICS
+                    .task_duration
+                    .with_label_values(&[&t.name])
+                    .observe((end - t.started_at).num_milliseconds().max(0) as f64 / 1000.0);
             }
             match store.put_task(&self.tasks[i], self.q.lease_token).await {
                 Ok(()) => self.dirty[i] = false,

@@ -26,6 +26,7 @@ pub mod dispatcher;
 pub mod importer;
 mod lease;
 pub mod memory;
+pub mod metrics;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 
 use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
+use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use crate::{sandbox, EngineConfig, Wakers};
 
@@ -252,10 +253,18 @@ impl Worker {
     /// Runs one attempt and reports how it ended.
     async fn attempt(&self, lease: Lease, shutdown: &Shutdown) {
         let run_id = lease.run.id.clone();
+        let org = lease.run.organization_id.clone();
+        let started = std::time::Instant::now();
+        METRICS.claimed.with_label_values(&[metrics::RUN]).inc();
+        tracing::info!(run_id = %run_id, org = %org, attempt = lease.attempt, worker = %self.id, "run attempt started");
         let (outcome, output) = match self.execute(&lease, shutdown).await {
             Ok(ended) => ended,
             Err(AttemptError::LeaseLost) => {
-                tracing::warn!("{run_id}: lease lost; another worker owns the run now");
+                METRICS
+                    .lease_losses
+                    .with_label_values(&[metrics::RUN])
+                    .inc();
+                tracing::warn!(run_id = %run_id, org = %org, "run lease lost; another worker owns the run now");
                 return;
             }
             Err(AttemptError::HandedBack(why)) => (AttemptOutcome::HandedBack { why }, None),
@@ -297,9 +306,29 @@ impl Worker {
                 self.wakers.dispatcher.notify_one();
             }
         }
+        let secs = started.elapsed().as_secs_f64();
+        let ended = match &outcome {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::HandedBack { .. } => "handed_back",
+            _ => "failed",
+        };
         match finished {
             Ok(status) => {
-                tracing::debug!("{run_id}: attempt {} ended, run {status}", lease.attempt)
+                let ended = if status == RunStatus::Cancelled {
+                    "cancelled"
+                } else {
+                    ended
+                };
+                METRICS.ended(metrics::RUN, ended, secs);
+                tracing::info!(
+                    run_id = %run_id,
+                    org = %org,
+                    attempt = lease.attempt,
+                    outcome = ended,
+                    run_status = %status.as_str(),
+                    duration_ms = (secs * 1000.0) as u64,
+                    "run attempt ended"
+                )
             }
             Err(StoreError::LeaseLost(_)) => {
                 tracing::warn!("{run_id}: finished after losing the lease")

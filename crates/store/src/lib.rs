@@ -74,6 +74,23 @@ pub trait MetadataStore:
 
     /// Whether the store answers: one round trip on each pool.
     async fn ping(&self) -> Result<()>;
+
+    /// The work not yet ended, for the metrics: how much of each kind is
+    /// in each status, runs waiting per queue, trigger events pending.
+    async fn open_work(&self) -> Result<OpenWork>;
+
+    /// The connections the store holds: (open, idle).
+    fn pool_use(&self) -> (u32, u32);
+}
+
+/// See [`MetadataStore::open_work`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenWork {
+    /// (kind — run, query, action_run, api_run —, status, how many).
+    pub by_status: Vec<(String, String, i64)>,
+    /// (queue — `default` for none —, runs waiting to start).
+    pub queued: Vec<(String, i64)>,
+    pub events_pending: i64,
 }
 
 /// The server's secrets, organizations and their users.

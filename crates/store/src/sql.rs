@@ -503,6 +503,56 @@ impl MetadataStore for SqlStore {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
     }
+
+    async fn open_work(&self) -> Result<crate::OpenWork> {
+        // Each table's open statuses are read through its index on status.
+        let open = "('SUBMITTED', 'PENDING', 'RUNNABLE', 'STARTING', 'RUNNING', 'CANCELING')";
+        let rows = sqlx::query(&format!(
+            "SELECT 'run' AS kind, status, COUNT(*) AS n FROM runs WHERE status IN {open} \
+             GROUP BY status \
+             UNION ALL SELECT 'query', status, COUNT(*) FROM import_queries \
+             WHERE status IN {open} GROUP BY status \
+             UNION ALL SELECT 'action_run', status, COUNT(*) FROM action_runs \
+             WHERE status IN {open} GROUP BY status \
+             UNION ALL SELECT 'api_run', status, COUNT(*) FROM api_runs \
+             WHERE status IN {open} GROUP BY status"
+        ))
+        .fetch_all(&self.read)
+        .await?;
+        let by_status = rows
+            .iter()
+            .map(|r| Ok((r.try_get("kind")?, r.try_get("status")?, r.try_get("n")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT COALESCE(queue, 'default') AS queue, COUNT(*) AS n FROM runs \
+             WHERE status IN ('SUBMITTED', 'PENDING', 'RUNNABLE') GROUP BY COALESCE(queue, 'default')",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let queued = rows
+            .iter()
+            .map(|r| Ok((r.try_get("queue")?, r.try_get("n")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let events_pending: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM trigger_events WHERE state = 'PENDING'")
+                .fetch_one(&self.read)
+                .await?
+                .try_get("n")?;
+        Ok(crate::OpenWork {
+            by_status,
+            queued,
+            events_pending,
+        })
+    }
+
+    fn pool_use(&self) -> (u32, u32) {
+        let (mut open, mut idle) = (self.write.size(), self.write.num_idle() as u32);
+        if self.dialect == Dialect::Sqlite {
+            open += self.read.size();
+            idle += self.read.num_idle() as u32;
+        }
+        (open, idle)
+    }
 }
 
 /// Inserts a SUBMITTED run inside `tx`.

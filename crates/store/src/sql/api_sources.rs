@@ -21,35 +21,66 @@ const RUN_COLUMNS: &str = "seq, id, organization_id, source_name, run_type, stat
      retry_of, records, tables, attempt, lease_owner, lease_token, lease_expires_at, created_at, \
      started_at, finished_at";
 
-/// A run's messages: its tasks' and its error.
-const MESSAGES: &str = "(messages + CASE WHEN error IS NULL THEN 0 ELSE 1 END)";
-
-/// The integer a sort orders runs by: times in microseconds (-1 when
-/// there is none), types and statuses by the rank of their words.
-fn sort_key(sort: RunSort) -> String {
-    match sort {
-        RunSort::Id => "seq".into(),
-        RunSort::Type => "(CASE run_type WHEN 'DESTRUCTIVE' THEN 0 ELSE 1 END)".into(),
+/// The groups a sort by status or type reads one after another, in the
+/// page's order: (rank, column, the column's values of that rank) — the
+/// values left by the page's filters. None for the other sorts.
+fn enumerated(page: &ApiRunPage) -> Option<Vec<(i64, &'static str, Vec<&'static str>)>> {
+    let mut groups: Vec<(i64, &'static str, Vec<&'static str>)> = match page.sort {
         RunSort::Status => {
             let mut labels: Vec<&str> = RunStatus::ALL.iter().map(|s| status_label(*s)).collect();
             labels.sort_unstable();
             labels.dedup();
-            let arms: String = RunStatus::ALL
+            labels
                 .iter()
-                .map(|s| {
-                    let rank = labels.binary_search(&status_label(*s)).unwrap_or(0);
-                    format!(" WHEN '{}' THEN {rank}", s.as_str())
+                .enumerate()
+                .map(|(rank, label)| {
+                    let values = RunStatus::ALL
+                        .into_iter()
+                        .filter(|s| status_label(*s) == *label)
+                        .filter(|s| page.statuses.is_empty() || page.statuses.contains(s))
+                        .map(RunStatus::as_str)
+                        .collect();
+                    (rank as i64, "status", values)
                 })
-                .collect();
-            format!("(CASE status{arms} ELSE 99 END)")
+                .collect()
         }
-        RunSort::Created => "created_at".into(),
-        RunSort::Started => "COALESCE(started_at, -1)".into(),
-        RunSort::Finished => "COALESCE(finished_at, -1)".into(),
-        RunSort::Duration => "COALESCE(COALESCE(finished_at, $now) - started_at, -1)".into(),
-        RunSort::Records => "records".into(),
-        RunSort::Tables => "tables".into(),
-        RunSort::Messages => MESSAGES.into(),
+        RunSort::Type => [RunType::Destructive, RunType::Incremental]
+            .into_iter()
+            .enumerate()
+            .map(|(rank, t)| {
+                let keep = page.run_type.is_none_or(|want| want == t);
+                (
+                    rank as i64,
+                    "run_type",
+                    if keep { vec![t.as_str()] } else { vec![] },
+                )
+            })
+            .collect(),
+        _ => return None,
+    };
+    groups.retain(|(_, _, values)| !values.is_empty());
+    if !page.ascending {
+        groups.reverse();
+    }
+    Some(groups)
+}
+
+/// A run's messages: its tasks' and its error.
+const MESSAGES: &str = "(messages + CASE WHEN error IS NULL THEN 0 ELSE 1 END)";
+
+/// The integer a sort orders runs by: times in microseconds (-1 when
+/// there is none). Sorts by status and type read their groups one after
+/// another instead ([`enumerated`]).
+fn sort_key(sort: RunSort) -> &'static str {
+    match sort {
+        RunSort::Created => "created_at",
+        RunSort::Started => "COALESCE(started_at, -1)",
+        RunSort::Finished => "COALESCE(finished_at, -1)",
+        RunSort::Duration => "COALESCE(COALESCE(finished_at, $now) - started_at, -1)",
+        RunSort::Records => "records",
+        RunSort::Tables => "tables",
+        RunSort::Messages => MESSAGES,
+        RunSort::Id | RunSort::Status | RunSort::Type => "seq",
     }
 }
 
@@ -333,6 +364,9 @@ impl ApiSourceStore for SqlStore {
         source: &str,
         page: &ApiRunPage,
     ) -> Result<Vec<ApiRunRow>> {
+        if let Some(groups) = enumerated(page) {
+            return self.page_by_groups(org, source, page, groups).await;
+        }
         let key = sort_key(page.sort);
         let mut sql = format!(
             "SELECT {RUN_COLUMNS}, {MESSAGES} AS message_total, {key} AS sort_key FROM api_runs \
@@ -682,5 +716,92 @@ impl ApiSourceStore for SqlStore {
             })
         })
         .transpose()
+    }
+}
+
+impl SqlStore {
+    /// A page of runs sorted by status or type: each group (one rank of
+    /// the sort) read in seq order through its index, from the cursor's
+    /// group on, until the page is full — never the whole history sorted.
+    async fn page_by_groups(
+        &self,
+        org: &OrganizationId,
+        source: &str,
+        page: &ApiRunPage,
+        groups: Vec<(i64, &'static str, Vec<&'static str>)>,
+    ) -> Result<Vec<ApiRunRow>> {
+        let (cmp, order) = if page.ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        let mut out: Vec<ApiRunRow> = Vec::new();
+        for (rank, column, values) in groups {
+            let seq_after = match page.after {
+                // Groups before the cursor's, in the page's order, are done.
+                Some((k, _)) if (page.ascending && rank < k) || (!page.ascending && rank > k) => {
+                    continue
+                }
+                Some((k, seq)) if k == rank => Some(seq),
+                _ => None,
+            };
+            let left = page.limit as usize - out.len();
+            if left == 0 {
+                break;
+            }
+            let marks: Vec<String> = (0..values.len()).map(|i| format!("${}", 3 + i)).collect();
+            let mut n = 3 + values.len();
+            let mut sql = format!(
+                "SELECT {RUN_COLUMNS}, {MESSAGES} AS message_total FROM api_runs \
+                 WHERE organization_id = $1 AND source_name = $2 AND {column} IN ({})",
+                marks.join(", ")
+            );
+            // The other filter (a sort by status keeps a type filter, and
+            // the other way round).
+            let other_type = (column == "status").then_some(page.run_type).flatten();
+            let other_statuses: &[RunStatus] = if column == "run_type" {
+                &page.statuses
+            } else {
+                &[]
+            };
+            if other_type.is_some() {
+                sql.push_str(&format!(" AND run_type = ${n}"));
+                n += 1;
+            }
+            if !other_statuses.is_empty() {
+                let m: Vec<String> = (0..other_statuses.len())
+                    .map(|i| format!("${}", n + i))
+                    .collect();
+                sql.push_str(&format!(" AND status IN ({})", m.join(", ")));
+                n += other_statuses.len();
+            }
+            if seq_after.is_some() {
+                sql.push_str(&format!(" AND seq {cmp} ${n}"));
+                n += 1;
+            }
+            sql.push_str(&format!(" ORDER BY seq {order} LIMIT ${n}"));
+            let mut q = sqlx::query(&sql).bind(org.as_str()).bind(source);
+            for v in &values {
+                q = q.bind(*v);
+            }
+            if let Some(t) = other_type {
+                q = q.bind(t.as_str());
+            }
+            for st in other_statuses {
+                q = q.bind(st.as_str());
+            }
+            if let Some(seq) = seq_after {
+                q = q.bind(seq);
+            }
+            let rows = q.bind(left as i64).fetch_all(&self.read).await?;
+            for row in &rows {
+                out.push(ApiRunRow {
+                    run: run_from_row(row)?,
+                    messages: row.try_get("message_total")?,
+                    key: rank,
+                });
+            }
+        }
+        Ok(out)
     }
 }
