@@ -106,3 +106,23 @@ def test_metrics_move_with_the_work_and_requests_carry_an_id(backend, tmp_path):
     log = (tmp_path / "serve.log").read_text()
     ended = [l for l in log.splitlines() if "run attempt ended" in l]
     assert len(ended) == 3 and all("outcome" in l and "duration_ms" in l for l in ended), ended
+
+
+def test_json_logs_are_one_object_a_line_with_their_fields(tmp_path):
+    s = Sluice(tmp_path, env={"SLUICE_LOG": "info", "SLUICE_LOG_FORMAT": "json"})
+    try:
+        org = s.new_org()[0]
+        r = requests.get(f"{s.url}/organizations/{org}/deployments/1234567890123",
+                         headers={"Authorization": f"Bearer {s.jwt(org)}", "X-Request-Id": "json-1"})
+        assert r.status_code == 404
+    finally:
+        s.stop()
+    import json
+    lines = [json.loads(l) for l in (tmp_path / "serve.log").read_text().splitlines() if l.strip()]
+    assert lines and all("timestamp" in l and "level" in l and "fields" in l for l in lines), lines[:3]
+    refused = [l for l in lines if l["fields"].get("message") == "request refused"]
+    assert len(refused) == 1, lines
+    f = refused[0]["fields"]
+    assert f["request_id"] == "json-1" and f["route"] == "/organizations/{org}/deployments/{dep}" \
+        and f["status"] == 404, f
+    assert any(l["fields"].get("message", "").startswith("sluice listening") for l in lines)

@@ -36,8 +36,19 @@ use sluice_store::MetadataStore;
     about = "A self-hosted data-ingestion control plane and run engine"
 )]
 struct Cli {
+    /// How log lines are written to standard error: `text` (colour codes
+    /// only at a terminal) or `json` (one object per line, its fields as
+    /// keys, for a log collector).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -865,16 +876,21 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(started: Instant) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => log.json().with_current_span(true).init(),
         // Colour codes only for a person at a terminal, never in a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    match cli.command {
         Command::Serve {
             store,
             engine,

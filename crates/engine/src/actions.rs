@@ -13,6 +13,7 @@
 //! `critical` fails the run; `warning` lets it go on and end WARNING;
 //! `transparent` lets it go on; `break` and `stop` skip its dependents.
 
+use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,18 +103,22 @@ impl ActionRunner {
     /// first, and another process takes them over).
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
+        let mut backoff = Backoff::new(self.poll);
         while !shutdown.is_stopping() {
-            self.turn(&slots).await;
+            let wait = backoff.after(self.turn(&slots).await);
             tokio::select! {
                 _ = self.wakers.actions.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.stopping() => {}
             }
         }
         shutdown.drained(&slots, self.slots).await;
     }
 
-    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
+    /// One turn: reap, schedule, queue, claim. False when the store did
+    /// not answer.
+    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) -> bool {
+        let mut ok = true;
         let now = time::now();
         if self.watch.due() {
             match self.store.reap_action_runs(now).await {
@@ -128,21 +133,27 @@ impl ActionRunner {
                     );
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("reaping lost action runs: {e}"),
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!("reaping lost action runs: {e}")
+                }
             }
             if let Err(e) = self.schedule(now).await {
+                ok = false;
                 tracing::warn!("scheduling action runs: {e}");
             }
             if let Err(e) = self.watch(now).await {
+                ok = false;
                 tracing::warn!("watching storage-to-storage sources: {e}");
             }
         }
         if let Err(e) = self.store.queue_action_runs(now).await {
+            ok = false;
             tracing::warn!("queueing action runs: {e}");
         }
         let free = slots.available_permits();
         if free == 0 {
-            return;
+            return ok;
         }
         match self
             .store
@@ -152,7 +163,7 @@ impl ActionRunner {
             Ok(claimed) => {
                 for run in claimed {
                     let Ok(permit) = slots.clone().acquire_owned().await else {
-                        return;
+                        return ok;
                     };
                     let me = self.clone();
                     tokio::spawn(async move {
@@ -162,8 +173,12 @@ impl ActionRunner {
                     });
                 }
             }
-            Err(e) => tracing::warn!("claiming action runs: {e}"),
+            Err(e) => {
+                ok = false;
+                tracing::warn!("claiming action runs: {e}")
+            }
         }
+        ok
     }
 
     /// Makes the runs of configurations whose schedule is due (each once,

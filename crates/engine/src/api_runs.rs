@@ -22,6 +22,7 @@
 //! between pages or rolls the ingestion back: every live table stays as
 //! it was.
 
+use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::collections::BTreeMap;
@@ -124,18 +125,21 @@ impl ApiRunner {
     /// first, and another process takes them over).
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
+        let mut backoff = Backoff::new(self.poll);
         while !shutdown.is_stopping() {
-            self.turn(&slots).await;
+            let wait = backoff.after(self.turn(&slots).await);
             tokio::select! {
                 _ = self.wakers.api.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.stopping() => {}
             }
         }
         shutdown.drained(&slots, self.slots).await;
     }
 
-    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) {
+    /// One turn: reap, claim. False when the store did not answer.
+    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) -> bool {
+        let mut ok = true;
         if self.reap.due() {
             match self.store.reap_api_runs(time::now()).await {
                 Ok(ids) => {
@@ -147,12 +151,15 @@ impl ApiRunner {
                         tracing::warn!("API run {id}: its worker was lost; given back");
                     }
                 }
-                Err(e) => tracing::warn!("reaping lost API runs: {e}"),
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!("reaping lost API runs: {e}")
+                }
             }
         }
         let free = slots.available_permits();
         if free == 0 {
-            return;
+            return ok;
         }
         match self
             .store
@@ -162,7 +169,7 @@ impl ApiRunner {
             Ok(claimed) => {
                 for run in claimed {
                     let Ok(permit) = slots.clone().acquire_owned().await else {
-                        return;
+                        return ok;
                     };
                     let me = self.clone();
                     tokio::spawn(async move {
@@ -172,8 +179,12 @@ impl ApiRunner {
                     });
                 }
             }
-            Err(e) => tracing::warn!("claiming API runs: {e}"),
+            Err(e) => {
+                ok = false;
+                tracing::warn!("claiming API runs: {e}")
+            }
         }
+        ok
     }
 
     /// Runs run `id` in this process when it waits to start; false when

@@ -23,19 +23,24 @@ use crate::{queue_name, EngineConfig, Wakers};
 const BATCH: u32 = 200;
 
 pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
+    let mut backoff = crate::lease::Backoff::new(config.poll);
     loop {
-        match dispatch_pending(&*store, config.queues).await {
+        let ok = match dispatch_pending(&*store, config.queues).await {
             Ok(n) if n > 0 => {
                 wakers.scheduler.notify_one();
                 // A full batch: there may be more at once.
+                backoff.after(true);
                 continue;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("dispatching trigger events failed: {e}"),
-        }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("dispatching trigger events failed: {e}");
+                false
+            }
+        };
         tokio::select! {
             _ = wakers.dispatcher.notified() => {}
-            _ = tokio::time::sleep(config.poll) => {}
+            _ = tokio::time::sleep(backoff.after(ok)) => {}
         }
     }
 }

@@ -9,6 +9,7 @@
 //! lease; a cancel (CANCELING) or a lost lease stops the load, which then
 //! rolls back: the destination holds the window entirely or not at all.
 
+use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::sync::atomic::AtomicBool;
@@ -95,7 +96,9 @@ impl Importer {
     /// again once its lease expires).
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
+        let mut backoff = Backoff::new(self.poll);
         while !shutdown.is_stopping() {
+            let mut ok = true;
             let now = time::now();
             match self.store.reap_queries(now).await {
                 Ok(lost) if !lost.is_empty() => {
@@ -109,12 +112,18 @@ impl Importer {
                     );
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("reaping lost queries: {e}"),
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!("reaping lost queries: {e}")
+                }
             }
             match self.store.schedule_queries(now).await {
                 Ok(made) if !made.is_empty() => tracing::debug!("{} queries due", made.len()),
                 Ok(_) => {}
-                Err(e) => tracing::warn!("scheduling queries: {e}"),
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!("scheduling queries: {e}")
+                }
             }
             let free = slots.available_permits();
             if free > 0 {
@@ -136,12 +145,15 @@ impl Importer {
                             });
                         }
                     }
-                    Err(e) => tracing::warn!("claiming queries: {e}"),
+                    Err(e) => {
+                        ok = false;
+                        tracing::warn!("claiming queries: {e}")
+                    }
                 }
             }
             tokio::select! {
                 _ = self.wakers.importer.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(backoff.after(ok)) => {}
                 _ = shutdown.stopping() => {}
             }
         }

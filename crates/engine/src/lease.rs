@@ -84,3 +84,47 @@ impl Every {
         due
     }
 }
+
+/// How long a polling loop waits before its next turn: its poll while the
+/// store answers; after each turn that failed, twice as long as after the
+/// last (at most 30 s), so a store outage is neither hammered nor logged
+/// on every poll.
+pub(crate) struct Backoff {
+    poll: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(poll: Duration) -> Backoff {
+        Backoff { poll, failures: 0 }
+    }
+
+    /// The wait after a turn that went well (`ok`) or failed.
+    pub fn after(&mut self, ok: bool) -> Duration {
+        if ok {
+            self.failures = 0;
+            return self.poll;
+        }
+        self.failures = (self.failures + 1).min(16);
+        (self.poll.max(Duration::from_millis(100)) * 2u32.pow(self.failures))
+            .min(Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_turns_wait_longer_up_to_a_cap_and_a_good_one_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200));
+        assert_eq!(b.after(true), Duration::from_millis(200));
+        assert_eq!(b.after(false), Duration::from_millis(400));
+        assert_eq!(b.after(false), Duration::from_millis(800));
+        for _ in 0..20 {
+            b.after(false);
+        }
+        assert_eq!(b.after(false), Duration::from_secs(30));
+        assert_eq!(b.after(true), Duration::from_millis(200));
+    }
+}

@@ -12,16 +12,25 @@ use crate::{EngineConfig, Wakers};
 
 pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
     let mut last_reap = std::time::Instant::now();
+    let mut backoff = crate::lease::Backoff::new(config.poll);
+    let mut ok = true;
     loop {
         tokio::select! {
-            _ = wakers.scheduler.notified() => {}
-            _ = tokio::time::sleep(config.poll) => {}
+            _ = wakers.scheduler.notified(), if ok => {}
+            _ = tokio::time::sleep(backoff.after(ok)) => {}
         }
-        match store.schedule(time::now()).await {
-            Ok(n) if n > 0 => wakers.workers.notify_one(),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("scheduling failed: {e}"),
-        }
+        ok = match store.schedule(time::now()).await {
+            Ok(n) => {
+                if n > 0 {
+                    wakers.workers.notify_one();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("scheduling failed: {e}");
+                false
+            }
+        };
         if last_reap.elapsed() >= config.heartbeat {
             last_reap = std::time::Instant::now();
             match store.reap(config.retry, time::now()).await {

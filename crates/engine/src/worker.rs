@@ -183,6 +183,7 @@ impl Worker {
         let python = self.python().await;
         tracing::debug!("user code runs with {}", python.path);
         let slots = Arc::new(Semaphore::new(self.config.worker_slots));
+        let mut backoff = crate::lease::Backoff::new(self.config.poll);
         tracing::info!(
             "worker {} ready with {} slots",
             self.id,
@@ -209,10 +210,14 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!("claiming work failed: {e}");
                     drop(first);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.after(false)) => {}
+                        _ = shutdown.stopping() => {}
+                    }
                     continue;
                 }
             };
+            backoff.after(true);
             if leases.is_empty() {
                 drop(first);
                 tokio::select! {
