@@ -239,3 +239,18 @@ def api():
     a = FakeApi()
     yield a
     a.stop()
+
+
+def deployment_of(s, code, name="d"):
+    """A new organization's deployment whose version runs `code`
+    (main.py's `handler`): (a session as its user, the deployment's URL,
+    the version's id)."""
+    org, user, token = s.new_org()
+    session = requests.Session()
+    session.auth = (f"user-{user}", token)
+    base = f"{s.url}/organizations/{org}/deployments"
+    dep = session.post(base, json={"name": name}).json()["deployment_id"]
+    ver = session.post(f"{base}/{dep}/versions",
+                       json={"version": "1", "handler": "main:handler", "image": "python"}).json()
+    assert requests.put(ver["upload_url"], data=code_archive({"main.py": code})).status_code == 200
+    return session, f"{base}/{dep}", ver["version_id"]

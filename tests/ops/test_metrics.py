@@ -9,7 +9,7 @@ import re
 import pytest
 import requests
 
-from conftest import Sluice, code_archive, fresh_postgres_database, wait_for
+from conftest import Sluice, deployment_of, fresh_postgres_database, wait_for
 
 HANDLER = '''
 def handler(request, context):
@@ -43,25 +43,13 @@ def value(m, name, **labels):
     return 0.0
 
 
-def deployment(s):
-    org, user, token = s.new_org()
-    session = requests.Session()
-    session.auth = (f"user-{user}", token)
-    base = f"{s.url}/organizations/{org}/deployments"
-    dep = session.post(base, json={"name": "counted"}).json()["deployment_id"]
-    ver = session.post(f"{base}/{dep}/versions",
-                       json={"version": "1", "handler": "main:handler", "image": "python"}).json()
-    assert requests.put(ver["upload_url"], data=code_archive({"main.py": HANDLER})).status_code == 200
-    return session, f"{base}/{dep}", ver["version_id"]
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_metrics_move_with_the_work_and_requests_carry_an_id(backend, tmp_path):
     url = fresh_postgres_database() if backend == "postgres" else None
     # No worker first: submitted runs wait, and the queue depth says so.
     s = Sluice(tmp_path, url, worker=False, env={"SLUICE_LOG": "info"})
     try:
-        session, dep_url, ver = deployment(s)
+        session, dep_url, ver = deployment_of(s, HANDLER, "counted")
         before = metrics(s)
         assert value(before, "sluice_queue_depth", queue="default") == 0
         runs = [session.post(f"{dep_url}/runs", json={"version_id": ver}).json()["run_id"] for _ in range(3)]

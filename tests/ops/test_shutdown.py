@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from conftest import Sluice, code_archive, fresh_postgres_database, wait_for
+from conftest import Sluice, deployment_of, fresh_postgres_database, wait_for
 
 SLOW = '''
 import os, time
@@ -22,17 +22,10 @@ def handler(request, context):
 
 
 def deployment(s, sleep):
-    org, user, token = s.new_org()
-    session = requests.Session()
-    session.auth = (f"user-{user}", token)
-    base = f"{s.url}/organizations/{org}/deployments"
-    dep = session.post(base, json={"name": "slow"}).json()["deployment_id"]
-    ver = session.post(f"{base}/{dep}/versions",
-                       json={"version": "1", "handler": "main:handler", "image": "python"}).json()
-    assert requests.put(ver["upload_url"], data=code_archive({"main.py": SLOW})).status_code == 200
-    run = session.post(f"{base}/{dep}/runs", json={"version_id": ver["version_id"],
-                                                    "environment": {"SLEEP": str(sleep)}}).json()["run_id"]
-    return session, f"{base}/{dep}/runs/{run}"
+    session, dep_url, ver = deployment_of(s, SLOW, "slow")
+    run = session.post(f"{dep_url}/runs", json={"version_id": ver,
+                                                 "environment": {"SLEEP": str(sleep)}}).json()["run_id"]
+    return session, f"{dep_url}/runs/{run}"
 
 
 def running(session, run_url):

@@ -122,17 +122,7 @@ impl ActionRunner {
         let now = time::now();
         if self.watch.due() {
             match self.store.reap_action_runs(now).await {
-                Ok(lost) if !lost.is_empty() => {
-                    METRICS
-                        .reaped
-                        .with_label_values(&[metrics::ACTION_RUN])
-                        .inc_by(lost.len() as u64);
-                    tracing::warn!(
-                        "took back {} action runs whose runner stopped: {lost:?}",
-                        lost.len()
-                    );
-                }
-                Ok(_) => {}
+                Ok(lost) => METRICS.took_back(metrics::ACTION_RUN, &lost),
                 Err(e) => {
                     ok = false;
                     tracing::warn!("reaping lost action runs: {e}")
@@ -464,11 +454,7 @@ impl ActionRunner {
                     .started_at
                     .map(|s| (now - s).num_milliseconds() as f64 / 1000.0)
                     .unwrap_or(0.0);
-                let ended = match status {
-                    RunStatus::Succeeded => "succeeded",
-                    RunStatus::Cancelled => "cancelled",
-                    _ => "failed",
-                };
+                let ended = metrics::outcome(status);
                 METRICS.ended(metrics::ACTION_RUN, ended, secs);
                 tracing::info!(
                     action_run_id = %run.id,

@@ -142,15 +142,7 @@ impl ApiRunner {
         let mut ok = true;
         if self.reap.due() {
             match self.store.reap_api_runs(time::now()).await {
-                Ok(ids) => {
-                    METRICS
-                        .reaped
-                        .with_label_values(&[metrics::API_RUN])
-                        .inc_by(ids.len() as u64);
-                    for id in ids {
-                        tracing::warn!("API run {id}: its worker was lost; given back");
-                    }
-                }
+                Ok(ids) => METRICS.took_back(metrics::API_RUN, &ids),
                 Err(e) => {
                     ok = false;
                     tracing::warn!("reaping lost API runs: {e}")
@@ -265,11 +257,7 @@ impl ApiRunner {
         {
             Ok(status) => {
                 let secs = started.elapsed().as_secs_f64();
-                let ended = match status {
-                    RunStatus::Succeeded => "succeeded",
-                    RunStatus::Cancelled => "cancelled",
-                    _ => "failed",
-                };
+                let ended = metrics::outcome(status);
                 METRICS.ended(metrics::API_RUN, ended, secs);
                 tracing::info!(
                     api_run_id = %run.id,

@@ -101,17 +101,7 @@ impl Importer {
             let mut ok = true;
             let now = time::now();
             match self.store.reap_queries(now).await {
-                Ok(lost) if !lost.is_empty() => {
-                    METRICS
-                        .reaped
-                        .with_label_values(&[metrics::QUERY])
-                        .inc_by(lost.len() as u64);
-                    tracing::warn!(
-                        "took back {} import queries whose importer stopped: {lost:?}",
-                        lost.len()
-                    );
-                }
-                Ok(_) => {}
+                Ok(lost) => METRICS.took_back(metrics::QUERY, &lost),
                 Err(e) => {
                     ok = false;
                     tracing::warn!("reaping lost queries: {e}")
@@ -248,11 +238,7 @@ impl Importer {
                     .started_at
                     .map(|s| (now - s).num_milliseconds() as f64 / 1000.0)
                     .unwrap_or(0.0);
-                let ended = match status {
-                    RunStatus::Succeeded => "succeeded",
-                    RunStatus::Cancelled => "cancelled",
-                    _ => "failed",
-                };
+                let ended = metrics::outcome(status);
                 METRICS.ended(metrics::QUERY, ended, secs);
                 if let QueryOutcome::Succeeded { records, .. } = &outcome {
                     METRICS.rows_imported.inc_by((*records).max(0) as u64);

@@ -172,6 +172,18 @@ impl Metrics {
             .observe(secs.max(0.0));
     }
 
+    /// Lost work of `kind` this process took back (`ids`), counted and
+    /// logged once.
+    pub fn took_back<T: std::fmt::Debug>(&self, kind: &str, ids: &[T]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.reaped
+            .with_label_values(&[kind])
+            .inc_by(ids.len() as u64);
+        tracing::warn!(kind, count = ids.len(), ids = ?ids, "took back work whose holder stopped");
+    }
+
     /// The text a scrape answers: the counters, and the store's open work
     /// read now.
     pub async fn render(
@@ -202,6 +214,15 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .map_err(|e| sluice_store::StoreError::Corrupt(format!("metrics: {e}")))?;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// How ended work is counted: `succeeded`, `cancelled` or `failed`.
+pub fn outcome(status: sluice_domain::RunStatus) -> &'static str {
+    match status {
+        sluice_domain::RunStatus::Succeeded => "succeeded",
+        sluice_domain::RunStatus::Cancelled => "cancelled",
+        _ => "failed",
     }
 }
 

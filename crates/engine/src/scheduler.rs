@@ -35,15 +35,7 @@ pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Ar
             last_reap = std::time::Instant::now();
             match store.reap(config.retry, time::now()).await {
                 Ok(reaped) if !reaped.is_empty() => {
-                    crate::metrics::METRICS
-                        .reaped
-                        .with_label_values(&[crate::metrics::RUN])
-                        .inc_by(reaped.len() as u64);
-                    tracing::warn!(
-                        "took back {} run(s) whose worker stopped: {:?}",
-                        reaped.len(),
-                        reaped
-                    );
+                    crate::metrics::METRICS.took_back(crate::metrics::RUN, &reaped);
                     wakers.scheduler.notify_one();
                 }
                 Ok(_) => {}
