@@ -82,6 +82,29 @@ def drop_postgres_database(url):
         _MADE.remove(name)
 
 
+# Every log a sluice process of this run wrote, and every secret the tests
+# handed to sluice: at the run's end no log may hold one.
+LOGS = []
+SECRETS = {
+    # The test HTTP API's credentials (tests/fake_api.py) and the password
+    # the secrets test puts in connection URLs.
+    "s3cret-token", "issued-token", "csecret", "pw-never-logged",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log():
+    yield
+    found = []
+    for path in LOGS:
+        try:
+            text = Path(path).read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        found += [(str(path), s) for s in SECRETS if s and s in text]
+    assert not found, f"secrets in sluice's logs: {found[:10]}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _drop_made_databases():
     yield
@@ -103,6 +126,7 @@ class Sluice:
         if not worker:
             args.append("--no-worker")
         self.log = open(tmp / "serve.log", "w")
+        LOGS.append(tmp / "serve.log")
         self.proc = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -145,12 +169,14 @@ class Sluice:
         """An organization with one user: (org_id, user_id, token)."""
         org = self.cli_json("org", "create", "acme-" + uuid.uuid4().hex[:6])["organization_id"]
         user = self.cli_json("user", "create", "--org", org, f"dev-{uuid.uuid4().hex[:6]}@example.com")
+        SECRETS.add(user["personal_access_token"])
         return org, user["user_id"], user["personal_access_token"]
 
     def jwt(self, org):
         out = self.cli("auth", "get-token", "--org", org)
         # The documented pipeline: awk '/User token :/ {print $4}'
         line = next(l for l in out.splitlines() if "User token :" in l)
+        SECRETS.add(line.split()[3])
         return line.split()[3]
 
     def stop(self):

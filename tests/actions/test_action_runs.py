@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from conftest import BIN, PG_ADMIN, Sluice, fresh_postgres_database, postgres_databases, psql, wait_for
+from conftest import BIN, PG_ADMIN, Sluice, fresh_postgres_database, postgres_databases, psql, wait_for, LOGS
 from test_action_api import (ACCOUNT, TTT, Tailer, drop_roles, launch_curl, last_status_curl, wait_run,
                              write_config)
 
@@ -27,6 +27,7 @@ class Cluster:
 
     def start_worker(self):
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
+        LOGS.append(self.tmp / f"worker-{len(self.workers)}.log")
         proc = subprocess.Popen([BIN, "worker", *self.server.store_args()], env=self.server.env,
                                 stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)

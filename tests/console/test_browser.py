@@ -17,7 +17,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.support.ui import Select
 from selenium.webdriver.support.ui import WebDriverWait as _Wait
 
@@ -52,8 +52,12 @@ def browser():
 def WebDriverWait(driver, timeout, poll_frequency=0.2):
     """Waits through the pages' own reloads (a run's page refreshes
     itself while the run is under way)."""
+    # A page that loads itself again can drop an element between finding
+    # and reading it (Chromium: "Node with given id does not belong to the
+    # document"): such a look is tried again until the wait's end.
     return _Wait(driver, timeout, poll_frequency=poll_frequency,
-                 ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+                 ignored_exceptions=(NoSuchElementException, StaleElementReferenceException,
+                                     WebDriverException))
 
 
 def shot(driver, name):

@@ -31,3 +31,15 @@ def test_readyz_follows_the_store_and_the_log_has_no_colour_codes(tmp_path):
         s.stop()
     log = (tmp_path / "serve.log").read_text()
     assert "WARN" in log and "\x1b[" not in log, log[:500]
+
+
+def test_a_new_store_says_what_to_do_next_and_a_used_one_does_not(tmp_path):
+    s = Sluice(tmp_path, env={"SLUICE_LOG": "info"})
+    s.new_org()
+    s.stop()
+    first = (tmp_path / "serve.log").read_text()
+    assert "the store is new: make an organization with `sluice org create NAME`" in first, first
+    s = Sluice(tmp_path, env={"SLUICE_LOG": "info"})
+    s.stop()
+    again = (tmp_path / "serve.log").read_text()
+    assert "sluice listening" in again and "the store is new" not in again, again

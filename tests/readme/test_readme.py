@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import BIN, ROOT, code_archive, wait_for
+from conftest import BIN, ROOT, code_archive, wait_for, LOGS, SECRETS
 
 URL = "http://127.0.0.1:8080"
 
@@ -46,6 +46,7 @@ def test_the_readme_path_works_from_an_empty_folder(tmp_path):
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     log = open(tmp_path / "serve.log", "w")
+    LOGS.append(tmp_path / "serve.log")
     proc = subprocess.Popen([BIN, *readme_serve_args()], cwd=folder, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
@@ -53,6 +54,7 @@ def test_the_readme_path_works_from_an_empty_folder(tmp_path):
         assert (folder / "sluice-data" / "sluice.db").exists(), "the default data dir is ./sluice-data"
         org = json.loads(sluice(folder, "org", "create", "acme", "--json"))["organization_id"]
         user = json.loads(sluice(folder, "user", "create", "--org", org, "dev@acme.io", "--json"))
+        SECRETS.add(user["personal_access_token"])
 
         # The README's Run API snippet, as written, with its names filled in.
         (folder / "code.tar.gz").write_bytes(code_archive({

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import BIN, Sluice, code_archive, fresh_postgres_database, wait_for
+from conftest import BIN, Sluice, code_archive, fresh_postgres_database, wait_for, LOGS
 
 # Every execution of the handler reports one line to the test's ledger (an
 # HTTP server in this process: user code is sandboxed to its own folder, and
@@ -67,6 +67,7 @@ class Cluster:
 
     def start_worker(self, slots=4):
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
+        LOGS.append(self.tmp / f"worker-{len(self.workers)}.log")
         proc = subprocess.Popen([BIN, "worker", "--worker-slots", str(slots), *self.server.store_args()],
                                 env=self.server.env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)
@@ -185,3 +186,44 @@ def test_a_run_survives_kill_9_of_its_worker(cluster, tmp_path):
     assert attempts[0]["worker"] != attempts[1]["worker"]
     assert "stopped renewing its lease" in attempts[0]["error"]
     assert [int(l[1]) for l in ledger_lines(ledger)] == [1, 2]
+
+
+def test_the_store_unreachable_for_a_while_then_every_run_ends_once(cluster, tmp_path):
+    """PostgreSQL refuses every connection for 15 s (the open ones cut)
+    under a `serve` and two `worker`s with runs in flight: no process
+    dies, each reconnects, and every run ends once, SUCCEEDED, its code run
+    at most once per attempt."""
+    from conftest import PG_ADMIN, psql
+    workers = [cluster.start_worker(slots=4) for _ in range(2)]
+    ledger = Ledger()
+    session, dep_url, ver = setup_deployment(cluster.server, sleep=0)
+    env = {"LEDGER": ledger.url, "SLEEP": "1"}
+    run_ids = [session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": env,
+                                                      "retry_count": 5}).json()["run_id"] for _ in range(24)]
+    wait_for(lambda: len(ledger_lines(ledger)) >= 4, "runs in flight")
+    name = cluster.server.database_url.rsplit("/", 1)[1]
+    try:
+        psql(PG_ADMIN, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        psql(PG_ADMIN, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        time.sleep(15)
+        assert cluster.server.proc.poll() is None and all(w.poll() is None for w in workers), \
+            "a process died while the store was away"
+    finally:
+        psql(PG_ADMIN, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+    def ended():
+        statuses = [session.get(f"{dep_url}/runs/{r}").json()["status"] for r in run_ids]
+        assert "FAILED" not in statuses, statuses
+        return all(s == "SUCCEEDED" for s in statuses)
+
+    wait_for(ended, "every run to succeed once the store is back", timeout=180, interval=1)
+    assert cluster.server.proc.poll() is None and all(w.poll() is None for w in workers)
+    executions = collections.Counter(line[0] for line in ledger_lines(ledger))
+    for r in run_ids:
+        attempts = session.get(f"{dep_url}/runs/{r}/attempts").json()["entries"]
+        assert sum(1 for a in attempts if a["outcome"] == "SUCCEEDED") == 1, attempts
+        assert 1 <= executions[r] <= len(attempts), (r, executions[r], attempts)
+    # The outage was logged, not once per poll (50 ms here): each loop
+    # waits longer after each failing turn.
+    log = "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
+    assert 0 < log.count("scheduling failed") < 40, log.count("scheduling failed")

@@ -957,6 +957,14 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 redact(&store.url()),
                 started.elapsed().as_millis()
             );
+            if let Ok(false) = db.any_organization().await {
+                tracing::info!(
+                    "the store is new: make an organization with `sluice org create NAME`, then a \
+                     user with `sluice user create --org ORG EMAIL` (it prints the user id and \
+                     token to sign in at http://{}/ and to call the APIs with)",
+                    listener.local_addr()?
+                );
+            }
             sluice_api::serve(
                 listener,
                 sluice_api::ApiState {
@@ -1116,7 +1124,22 @@ async fn run(started: Instant) -> anyhow::Result<()> {
                 println!("organization {org} has no user: nothing to revoke");
             }
         }
-        Command::Import(args) => import(args).await?,
+        Command::Import(args) => {
+            tokio::select! {
+                done = import(args) => done?,
+                _ = tokio::signal::ctrl_c() => {
+                    // The process ends now: the window still loading never
+                    // commits (its transaction is rolled back with the
+                    // connection); committed windows stay, each once.
+                    eprintln!(
+                        "interrupted: the window being loaded was rolled back (nothing of it is in \
+                         the destination); windows committed before stay, each once — run the same \
+                         `sluice import` again to continue after the last one"
+                    );
+                    std::process::exit(130);
+                }
+            }
+        }
         Command::Job { command } => job::run(command).await?,
         Command::Space { command } => space::space(command).await?,
         Command::Apikey { command } => space::apikey(command).await?,

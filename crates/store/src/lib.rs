@@ -104,6 +104,8 @@ pub trait AccountStore: Send + Sync + 'static {
     // Organizations and users.
     async fn create_organization(&self, org: &Organization) -> Result<()>;
     async fn get_organization(&self, id: &OrganizationId) -> Result<Organization>;
+    /// Whether any organization exists (a new store has none).
+    async fn any_organization(&self) -> Result<bool>;
     async fn create_user(&self, user: &User) -> Result<()>;
     async fn get_user(&self, id: &UserId) -> Result<User>;
     /// Moves the user's token generation on (every token signed before stops

@@ -44,6 +44,13 @@ impl AccountStore for SqlStore {
         })
     }
 
+    async fn any_organization(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT id FROM organizations LIMIT 1")
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.is_some())
+    }
+
     async fn create_user(&self, user: &User) -> Result<()> {
         sqlx::query(
             "INSERT INTO users (id, organization_id, email, token_hash, created_at) \
