@@ -250,9 +250,26 @@ impl Worker {
             tracing::info!("worker {}: waiting for {busy} runs under way", self.id);
         }
         // Every attempt ends, its run finished or (once the grace period
-        // is over) handed back, before the slots are all free again.
-        let _ = slots.acquire_many(self.config.worker_slots as u32).await;
-        tracing::info!("worker {} stopped", self.id);
+        // is over) handed back, before the slots are all free again. An
+        // attempt still setting up (fetching its code) is given a little
+        // longer, then left to its lease's expiry: the process must end.
+        let all = self.config.worker_slots as u32;
+        let ended = tokio::select! {
+            done = slots.acquire_many(all) => done.is_ok(),
+            _ = async {
+                shutdown.over().await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } => false,
+        };
+        if ended {
+            tracing::info!("worker {} stopped", self.id);
+        } else {
+            tracing::warn!(
+                "worker {} stopped with {} attempts still setting up; their runs are taken back when their leases expire",
+                self.id,
+                all as usize - slots.available_permits()
+            );
+        }
     }
 
     /// Runs one attempt and reports how it ended.
