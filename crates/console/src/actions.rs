@@ -147,7 +147,7 @@ pub async fn configuration(
             }
             h2 { "Runs" }
             @if runs.is_empty() {
-                p.empty { "No run yet: launch one with " code { "sluice config launch" } " or the action API's launch_job." }
+                p.empty { "No run yet: launch one with the action API (" code { "POST /v1/dag/launch" } ", action " code { "launch_job" } "), or wait for its schedule." }
             } @else {
                 table #runs {
                     thead { tr { th { "Run" } th { "Execution date" } th { "Status" } th { "Attempt" } th { "Started" } th { "Duration" } th { "Error" } } }

@@ -35,9 +35,9 @@ pub async fn deployments(State(control): State<Arc<Control>>, s: Session) -> Res
             h1 { "Deployments" }
             @if list.is_empty() {
                 p.empty {
-                    "No deployment yet. Make one, upload a version of your code and run it with "
-                    code { "sluice deployment create" } ", " code { "sluice version create" } " and "
-                    code { "sluice run submit" } ", or through the ABEJA-style API."
+                    "No deployment yet. Make one through the ABEJA-style Run API ("
+                    code { "POST /organizations/" (s.org) "/deployments" }
+                    ", or abeja-sdk's " code { "create_deployment" } "), upload a version of your code and submit a run."
                 }
             } @else {
                 table #deployments {
@@ -100,7 +100,7 @@ pub async fn deployment(
             @if !d.description.is_empty() { p { (d.description) } }
             h2 { "Versions" }
             @if versions.is_empty() {
-                p.empty { "No version yet: upload your code with " code { "sluice version create " (d.id) " --org " (s.org) " DIR" } "." }
+                p.empty { "No version yet: make one with " code { "POST /organizations/" (s.org) "/deployments/" (d.id) "/versions" } " and upload your code to the address it answers." }
             } @else {
                 table.compact #versions {
                     thead { tr { th { "Version" } th { "Handler" } th { "Code" } th { "Made" } } }
@@ -142,7 +142,7 @@ pub async fn deployment(
             }
             h2 { "Runs" }
             @if runs.runs.is_empty() {
-                p.empty { "No run yet: submit one with " code { "sluice run submit " (d.id) " --org " (s.org) } "." }
+                p.empty { "No run yet: submit one with " code { "POST /organizations/" (s.org) "/deployments/" (d.id) "/runs" } " (abeja-sdk's " code { "create_run" } ")." }
             } @else {
                 table #runs {
                     thead { tr { th { "Run" } th { "Version" } th { "Status" } th { "Attempt" } th { "Started" } th { "Duration" } th { "Trigger" } } }
