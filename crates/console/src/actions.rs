@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use maud::html;
 use serde::Deserialize;
 use sluice_domain::action::{self, ActionStatus};
@@ -16,7 +15,7 @@ use sluice_engine::control::{ConfigurationRef, Control};
 use crate::jobs::{seq_cursor, urlencode};
 use crate::pages::{more, shell, PAGE};
 use crate::view::{human, when, word};
-use crate::{failed, stale_form, CsrfForm, Session};
+use crate::{failed, Posted, Session};
 
 /// A run's status as the action API reports it, in words and colour.
 fn action_status(s: ActionStatus) -> maud::Markup {
@@ -174,13 +173,9 @@ pub async fn configuration(
 /// Resets a workflow: it forgets which awaited jobs succeeded.
 pub async fn reset(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(api_id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     let c = match control.configuration_named(&s.org, &api_id).await {
         Ok(c) => c,
         Err(e) => return failed(e),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
+use axum::Json;
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
@@ -19,7 +19,7 @@ use sluice_engine::control::{Control, LogsRequest};
 use crate::jobs::urlencode;
 use crate::pages::{more, shell};
 use crate::view::{human, status, when, word};
-use crate::{failed, stale_form, CsrfForm, Session};
+use crate::{failed, Posted, Session};
 
 /// An organization's deployments.
 pub async fn deployments(State(control): State<Arc<Control>>, s: Session) -> Response {
@@ -348,13 +348,9 @@ pub async fn follow(
 
 pub async fn cancel(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path((dep, run)): Path<(String, String)>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     match control.cancel_run(&s.who, &s.org, &dep, &run).await {
         Ok(v) => Redirect::to(&format!(
             "/deployments/{}/runs/{}",

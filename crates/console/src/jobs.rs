@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use maud::html;
 use serde::Deserialize;
 use sluice_domain::{ImportJob, JobStatus, PageRequest};
@@ -15,7 +14,7 @@ use sluice_store::JobFilter;
 
 use crate::pages::{more, shell, PAGE};
 use crate::view::{human, status, when, word};
-use crate::{failed, stale_form, CsrfForm, Session};
+use crate::{failed, Posted, Session};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct JobsParams {
@@ -337,38 +336,26 @@ async fn set_status(control: &Control, s: &Session, id: &str, to: JobStatus) -> 
 
 pub async fn pause(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     set_status(&control, &s, &id, JobStatus::Paused).await
 }
 
 pub async fn resume(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     set_status(&control, &s, &id, JobStatus::Active).await
 }
 
 /// "Query now": the job's next window, picked up by an importer.
 pub async fn run(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     match control.run_job(&s.who.organization, &id, None, None).await {
         Ok(q) => Redirect::to(&format!("/queries/{}", q.id)).into_response(),
         Err(e) => failed(e),
@@ -377,13 +364,9 @@ pub async fn run(
 
 pub async fn cancel_query(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     match control.cancel_query(&s.who.organization, &id).await {
         Ok(q) => Redirect::to(&format!("/queries/{}", q.id)).into_response(),
         Err(e) => failed(e),

@@ -24,7 +24,7 @@ mod view;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -178,6 +178,28 @@ impl Session {
     }
 }
 
+/// A form posted from one of the console's own pages by a signed-in
+/// person: the session, once the form's CSRF token is that session's
+/// (403 otherwise; 401 without a session). Every action that changes
+/// something takes it, so none can forget the check.
+pub(crate) struct Posted(pub Session);
+
+impl FromRequest<Arc<Control>> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, control: &Arc<Control>) -> Result<Posted, Response> {
+        let (mut parts, body) = req.into_parts();
+        let session = Session::from_request_parts(&mut parts, control).await?;
+        let Form(f) = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), control)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !session.check(control, &f.csrf) {
+            return Err(stale_form());
+        }
+        Ok(Posted(session))
+    }
+}
+
 /// What a form without this session's CSRF token gets.
 pub(crate) fn stale_form() -> Response {
     view::error_page(
@@ -278,14 +300,7 @@ pub(crate) struct CsrfForm {
     pub csrf: String,
 }
 
-async fn signout(
-    State(control): State<Arc<Control>>,
-    s: Session,
-    Form(f): Form<CsrfForm>,
-) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
+async fn signout(Posted(_): Posted) -> Response {
     let gone = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, gone)], Redirect::to("/signin")).into_response()
 }

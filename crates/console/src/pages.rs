@@ -13,7 +13,7 @@ use sluice_domain::RunStatus;
 use sluice_engine::control::{duration_secs, ApiRunView, ApiRunsQuery, Control};
 
 use crate::view::{human, page, status, when};
-use crate::{failed, stale_form, CsrfForm, Session};
+use crate::{failed, stale_form, Posted, Session};
 
 pub(crate) fn shell(s: &Session, title: &str, refresh: Option<u32>, content: Markup) -> Response {
     page(title, Some((&s.org, &s.csrf)), refresh, content).into_response()
@@ -389,13 +389,9 @@ pub async fn run(
 
 pub async fn cancel_run(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     match control.cancel_api_run(&s.org, &id).await {
         Ok(_) => Redirect::to(&format!("/runs/{id}")).into_response(),
         Err(e) => failed(e),
@@ -404,13 +400,9 @@ pub async fn cancel_run(
 
 pub async fn retry_run(
     State(control): State<Arc<Control>>,
-    s: Session,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted(s): Posted,
 ) -> Response {
-    if !s.check(&control, &f.csrf) {
-        return stale_form();
-    }
     match control.retry_api_run(&s.org, &id).await {
         Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
         Err(e) => failed(e),
