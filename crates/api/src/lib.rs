@@ -26,6 +26,7 @@
 
 pub mod api_runs;
 pub mod error;
+pub mod openapi;
 mod rest;
 pub mod wire;
 
@@ -58,6 +59,7 @@ pub fn routes() -> Vec<Route> {
                 path: (*path).to_owned(),
                 public: *public,
                 page: false,
+                op: None,
             }),
     );
     all.extend(sluice_console::ROUTES.iter().map(|(method, path)| Route {
@@ -65,6 +67,7 @@ pub fn routes() -> Vec<Route> {
         path: (*path).to_owned(),
         public: sluice_console::PUBLIC.contains(path),
         page: true,
+        op: None,
     }));
     all
 }

@@ -17,6 +17,7 @@ use sluice_engine::control::{
 };
 
 use crate::error::{self, ApiError};
+use crate::openapi::{op, Op};
 use crate::{wire, ApiState};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -36,6 +37,9 @@ pub struct Route {
     /// A page of the web console (a session cookie, not an Authorization
     /// header; HTML answers).
     pub page: bool,
+    /// What a REST route takes and answers (the OpenAPI document's
+    /// operation); GraphQL and the console's pages describe themselves.
+    pub op: Option<Op>,
 }
 
 /// The router and the list of its routes, built together so neither can
@@ -55,24 +59,24 @@ impl Table {
 
     /// `handler` answers `method` on `path`; it checks the caller's
     /// credentials itself (every handler starts with [`principal`]).
-    fn at<H, T>(self, method: Method, path: &str, handler: H) -> Table
+    fn at<H, T>(self, method: Method, path: &str, op: Op, handler: H) -> Table
     where
         H: Handler<T, ApiState>,
         T: 'static,
     {
-        self.add(method, path, handler, false)
+        self.add(method, path, op, handler, false)
     }
 
     /// `handler` answers `method` on `path` without credentials.
-    fn public<H, T>(self, method: Method, path: &str, handler: H) -> Table
+    fn public<H, T>(self, method: Method, path: &str, op: Op, handler: H) -> Table
     where
         H: Handler<T, ApiState>,
         T: 'static,
     {
-        self.add(method, path, handler, true)
+        self.add(method, path, op, handler, true)
     }
 
-    fn add<H, T>(mut self, method: Method, path: &str, handler: H, public: bool) -> Table
+    fn add<H, T>(mut self, method: Method, path: &str, op: Op, handler: H, public: bool) -> Table
     where
         H: Handler<T, ApiState>,
         T: 'static,
@@ -84,6 +88,7 @@ impl Table {
             path: path.to_owned(),
             public,
             page: false,
+            op: Some(op),
         });
         self
     }
@@ -92,60 +97,212 @@ impl Table {
 /// Every route of the REST face.
 pub(crate) fn table() -> Table {
     let dep = "/organizations/{org}/deployments/{dep}";
+    let deps = "/organizations/{org}/deployments";
+    let ver = &format!("{dep}/versions/{{ver}}");
+    let run = &format!("{dep}/runs/{{run}}");
+    const LOGS: &[&str] = &["next_token", "start_time", "end_time"];
+    const RECENT: &[&str] = &[
+        "next_forward_token",
+        "next_backward_token",
+        "start_time",
+        "end_time",
+    ];
     let table = Table::new()
-        .public(Method::GET, "/healthz", || async {
-            Json(json!({"status": "ok"}))
-        })
-        .public(Method::GET, "/readyz", ready)
-        .public(Method::GET, "/metrics", metrics)
+        .public(
+            Method::GET,
+            "/healthz",
+            op("health", "Liveness: the process serves", "Health"),
+            || async { Json(json!({"status": "ok"})) },
+        )
+        .public(
+            Method::GET,
+            "/readyz",
+            op(
+                "ready",
+                "Readiness: 503 while the metadata store does not answer",
+                "Health",
+            ),
+            ready,
+        )
+        .public(
+            Method::GET,
+            "/metrics",
+            op(
+                "metrics",
+                "Prometheus metrics of this process and the store's open work",
+                "",
+            )
+            .text_out(),
+            metrics,
+        )
+        .public(
+            Method::GET,
+            "/openapi.json",
+            op("openapi", "This document", "OpenApi"),
+            openapi,
+        )
         .at(
             Method::GET,
-            "/organizations/{org}/deployments",
+            deps,
+            op(
+                "listDeployments",
+                "The organization's deployments",
+                "Deployments",
+            ),
             list_deployments,
         )
         .at(
             Method::POST,
-            "/organizations/{org}/deployments",
+            deps,
+            op("createDeployment", "Create a deployment", "Deployment").json("DeploymentBody"),
             create_deployment,
         )
-        .at(Method::GET, dep, get_deployment)
-        .at(Method::PATCH, dep, patch_deployment)
-        .at(Method::DELETE, dep, delete_deployment)
-        .at(Method::GET, &format!("{dep}/versions"), list_versions)
-        .at(Method::POST, &format!("{dep}/versions"), create_version)
-        .at(Method::GET, &format!("{dep}/versions/{{ver}}"), get_version)
+        .at(
+            Method::GET,
+            dep,
+            op("getDeployment", "A deployment", "Deployment"),
+            get_deployment,
+        )
+        .at(
+            Method::PATCH,
+            dep,
+            op(
+                "updateDeployment",
+                "Change a deployment's name, description or default environment",
+                "Deployment",
+            )
+            .json("DeploymentBody"),
+            patch_deployment,
+        )
         .at(
             Method::DELETE,
-            &format!("{dep}/versions/{{ver}}"),
+            dep,
+            op("deleteDeployment", "Delete a deployment", "Message"),
+            delete_deployment,
+        )
+        .at(
+            Method::GET,
+            &format!("{dep}/versions"),
+            op("listVersions", "A deployment's code versions", "Versions"),
+            list_versions,
+        )
+        .at(
+            Method::POST,
+            &format!("{dep}/versions"),
+            op(
+                "createVersion",
+                "Create a code version; its upload_url takes the code archive",
+                "NewVersion",
+            )
+            .json("VersionBody"),
+            create_version,
+        )
+        .at(
+            Method::GET,
+            ver,
+            op("getVersion", "A code version", "Version"),
+            get_version,
+        )
+        .at(
+            Method::DELETE,
+            ver,
+            op("deleteVersion", "Delete a code version", "Message"),
             delete_version,
         )
         .at(
             Method::GET,
-            &format!("{dep}/versions/{{ver}}/download"),
+            &format!("{ver}/download"),
+            op(
+                "downloadVersion",
+                "A pre-signed URL of a version's code archive",
+                "DownloadUri",
+            ),
             download_version,
         )
-        .at(Method::GET, &format!("{dep}/runs"), list_runs)
-        .at(Method::POST, &format!("{dep}/runs"), submit_run)
-        .at(Method::GET, &format!("{dep}/runs/{{run}}"), get_run)
-        .at(Method::GET, &format!("{dep}/runs/{{run}}/logs"), run_logs)
         .at(
             Method::GET,
-            &format!("{dep}/runs/{{run}}/recentlogs"),
+            &format!("{dep}/runs"),
+            op(
+                "listRuns",
+                "A deployment's runs, newest first, a page at a time",
+                "Runs",
+            )
+            .query(&["scan_forward", "next_page_token"]),
+            list_runs,
+        )
+        .at(
+            Method::POST,
+            &format!("{dep}/runs"),
+            op(
+                "submitRun",
+                "Submit a run of a version (an Idempotency-Key submits once)",
+                "Run",
+            )
+            .json("RunBody")
+            .headers(&["Idempotency-Key"]),
+            submit_run,
+        )
+        .at(Method::GET, run, op("getRun", "A run", "Run"), get_run)
+        .at(
+            Method::GET,
+            &format!("{run}/logs"),
+            op("runLogs", "A run's log lines, oldest first", "Logs").query(LOGS),
+            run_logs,
+        )
+        .at(
+            Method::GET,
+            &format!("{run}/recentlogs"),
+            op(
+                "runRecentLogs",
+                "A run's latest log lines, with tokens to page both ways",
+                "RecentLogs",
+            )
+            .query(RECENT),
             run_recent_logs,
         )
         .at(
             Method::POST,
-            &format!("{dep}/runs/{{run}}/cancel"),
+            &format!("{run}/cancel"),
+            op("cancelRun", "Cancel a run", "Run"),
             cancel_run,
         )
         .at(
             Method::GET,
-            &format!("{dep}/runs/{{run}}/attempts"),
+            &format!("{run}/attempts"),
+            op(
+                "runAttempts",
+                "A run's attempts: worker, outcome, error",
+                "Attempts",
+            ),
             run_attempts,
         )
-        .public(Method::PUT, "/uploads/{token}", upload)
-        .public(Method::GET, "/downloads/{token}", download);
+        .public(
+            Method::PUT,
+            "/uploads/{token}",
+            op(
+                "uploadVersion",
+                "Upload a version's code archive to its pre-signed URL",
+                "Uploaded",
+            )
+            .bytes_in(),
+            upload,
+        )
+        .public(
+            Method::GET,
+            "/downloads/{token}",
+            op(
+                "downloadArchive",
+                "A version's code archive, by its pre-signed URL",
+                "",
+            )
+            .bytes_out(),
+            download,
+        );
     api_sources::routes(actions::routes(datalake::routes(table)))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document().clone())
 }
 
 pub fn routes(state: ApiState) -> Router {

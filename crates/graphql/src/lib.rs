@@ -30,7 +30,10 @@ pub use objects::QueryRoot;
 pub type SluiceSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Queries deeper than this, or costlier, are refused before they run.
-const MAX_DEPTH: usize = 12;
+/// Deep enough for the standard introspection query of GraphQL tools
+/// (graphql-js' and graphql-core's `getIntrospectionQuery`: a type
+/// reference's `ofType` nested nine times, 15 levels in all).
+const MAX_DEPTH: usize = 20;
 const MAX_COMPLEXITY: usize = 5_000;
 
 pub fn schema() -> SluiceSchema {

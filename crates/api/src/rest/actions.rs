@@ -12,14 +12,50 @@ use super::*;
 
 pub(super) fn routes(table: Table) -> Table {
     table
-        .at(Method::POST, "/v1/dag/launch", launch)
-        .at(Method::POST, "/v1/dag/status", status)
+        .at(
+            Method::POST,
+            "/v1/dag/launch",
+            op(
+                "launch",
+                "launch_job: run a deployed configuration now",
+                "Launched",
+            )
+            .json("ActionRequest"),
+            launch,
+        )
+        .at(
+            Method::POST,
+            "/v1/dag/status",
+            op(
+                "runStatus",
+                "check_run_status, get_last_status, get_by_status, set_run_status",
+                "ActionResults",
+            )
+            .json("ActionRequest"),
+            status,
+        )
         .at(
             Method::POST,
             "/v1/configuration/status",
+            op(
+                "configurationStatus",
+                "set_configuration_status: activate, archive",
+                "ActionOk",
+            )
+            .json("ActionRequest"),
             configuration_status,
         )
-        .at(Method::POST, "/v1/workflow/status", workflow_status)
+        .at(
+            Method::POST,
+            "/v1/workflow/status",
+            op(
+                "workflowStatus",
+                "reset_workflow_status, get_workflow_status",
+                "ActionOk",
+            )
+            .json("ActionRequest"),
+            workflow_status,
+        )
 }
 
 /// The caller, from a Bearer JWT (the action API takes nothing else).

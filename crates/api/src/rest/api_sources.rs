@@ -11,18 +11,125 @@ pub(super) fn routes(table: Table) -> Table {
     let source = "/organizations/{org}/sources/{source}";
     let run = "/organizations/{org}/api-runs/{api_run}";
     table
-        .at(Method::GET, sources, list_sources)
-        .at(Method::POST, sources, create_source)
-        .at(Method::GET, source, get_source)
-        .at(Method::PUT, source, update_source)
-        .at(Method::DELETE, source, delete_source)
-        .at(Method::GET, &format!("{source}/runs"), list_runs)
-        .at(Method::POST, &format!("{source}/runs"), start_run)
-        .at(Method::GET, &format!("{source}/durations"), durations)
-        .at(Method::GET, run, get_run)
-        .at(Method::POST, &format!("{run}/cancel"), cancel_run)
-        .at(Method::POST, &format!("{run}/retry"), retry_run)
-        .at(Method::GET, &format!("{run}/search"), search_run)
+        .at(
+            Method::GET,
+            sources,
+            op("listSources", "The organization's API sources", "Sources"),
+            list_sources,
+        )
+        .at(
+            Method::POST,
+            sources,
+            op(
+                "createSource",
+                "Add an API source from its source file",
+                "Source",
+            )
+            .json("SourceFile")
+            .created(),
+            create_source,
+        )
+        .at(
+            Method::GET,
+            source,
+            op(
+                "getSource",
+                "An API source (secrets shown sealed)",
+                "Source",
+            ),
+            get_source,
+        )
+        .at(
+            Method::PUT,
+            source,
+            op("updateSource", "Replace an API source's file", "Source").json("SourceFile"),
+            update_source,
+        )
+        .at(
+            Method::DELETE,
+            source,
+            op("deleteSource", "Delete an API source", "Message"),
+            delete_source,
+        )
+        .at(
+            Method::GET,
+            &format!("{source}/runs"),
+            op(
+                "listApiRuns",
+                "A source's runs: filter, sort, a page at a time",
+                "ApiRuns",
+            )
+            .query(&[
+                "type",
+                "status",
+                "sort",
+                "order",
+                "limit",
+                "next_page_token",
+            ]),
+            list_runs,
+        )
+        .at(
+            Method::POST,
+            &format!("{source}/runs"),
+            op(
+                "startApiRun",
+                "Start an incremental or destructive run",
+                "ApiRun",
+            )
+            .json("StartBody")
+            .created(),
+            start_run,
+        )
+        .at(
+            Method::GET,
+            &format!("{source}/durations"),
+            op(
+                "apiRunDurations",
+                "Typical durations of a source's runs by type",
+                "Durations",
+            )
+            .query(&["last"]),
+            durations,
+        )
+        .at(
+            Method::GET,
+            run,
+            op(
+                "getApiRun",
+                "An API run: tasks, tables, messages, its data load",
+                "ApiRunDetail",
+            ),
+            get_run,
+        )
+        .at(
+            Method::POST,
+            &format!("{run}/cancel"),
+            op("cancelApiRun", "Cancel an API run", "ApiRunCancelled"),
+            cancel_run,
+        )
+        .at(
+            Method::POST,
+            &format!("{run}/retry"),
+            op(
+                "retryApiRun",
+                "Retry a failed API run as a new run",
+                "ApiRun",
+            )
+            .created(),
+            retry_run,
+        )
+        .at(
+            Method::GET,
+            &format!("{run}/search"),
+            op(
+                "searchApiRun",
+                "An API run's tasks whose name, table or messages hold a text",
+                "ApiTasks",
+            )
+            .query(&["q"]),
+            search_run,
+        )
 }
 
 /// A source file in a request body: its JSON object (the `name` inside

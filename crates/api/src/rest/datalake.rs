@@ -7,48 +7,151 @@ use super::*;
 
 pub(super) fn routes(table: Table) -> Table {
     let org = "/organizations/{org}/channels";
-    let dep = "/organizations/{org}/deployments/{dep}";
+    let channel = &format!("{org}/{{channel}}");
+    let file = "/channels/{channel}/{file}";
+    let tri = "/organizations/{org}/deployments/{dep}/triggers";
+    const FILES: &[&str] = &[
+        "items_per_page",
+        "sort",
+        "next_page_token",
+        "start",
+        "end",
+        "timezone",
+    ];
+    const PAGE: &[&str] = &["scan_forward", "next_page_token"];
     table
-        .at(Method::GET, org, list_channels)
-        .at(Method::POST, org, create_channel)
-        .at(Method::GET, &format!("{org}/{{channel}}"), get_channel)
-        .at(Method::PATCH, &format!("{org}/{{channel}}"), patch_channel)
+        .at(
+            Method::GET,
+            org,
+            op(
+                "listChannels",
+                "The organization's datalake channels",
+                "Channels",
+            )
+            .query(&["limit", "offset", "filter_archived"]),
+            list_channels,
+        )
         .at(
             Method::POST,
-            &format!("{org}/{{channel}}/archive"),
+            org,
+            op("createChannel", "Create a channel", "ChannelAnswer").json("ChannelBody"),
+            create_channel,
+        )
+        .at(
+            Method::GET,
+            channel,
+            op("getChannel", "A channel", "ChannelAnswer"),
+            get_channel,
+        )
+        .at(
+            Method::PATCH,
+            channel,
+            op(
+                "updateChannel",
+                "Rename or describe a channel",
+                "ChannelAnswer",
+            )
+            .json("ChannelBody"),
+            patch_channel,
+        )
+        .at(
+            Method::POST,
+            &format!("{channel}/archive"),
+            op("archiveChannel", "Archive a channel", "ChannelAnswer"),
             archive_channel,
         )
         .at(
             Method::POST,
-            &format!("{org}/{{channel}}/unarchive"),
+            &format!("{channel}/unarchive"),
+            op("unarchiveChannel", "Unarchive a channel", "ChannelAnswer"),
             unarchive_channel,
         )
-        .at(Method::GET, "/channels/{channel}", list_files)
-        .at(Method::POST, "/channels/{channel}/upload", upload_file)
-        .at(Method::GET, "/channels/{channel}/{file}", get_file)
-        .at(Method::DELETE, "/channels/{channel}/{file}", delete_file)
         .at(
-            Method::PUT,
-            "/channels/{channel}/{file}/metadata",
-            put_file_metadata,
+            Method::GET,
+            "/channels/{channel}",
+            op("listFiles", "A channel's files, a page at a time", "Files").query(FILES),
+            list_files,
         )
-        .public(Method::GET, "/files/{token}", download_file)
-        .at(Method::GET, &format!("{dep}/triggers"), list_triggers)
-        .at(Method::POST, &format!("{dep}/triggers"), create_trigger)
-        .at(Method::GET, &format!("{dep}/triggers/{{tri}}"), get_trigger)
+        .at(
+            Method::POST,
+            "/channels/{channel}/upload",
+            op(
+                "uploadFile",
+                "Upload a file (x-abeja-meta-* headers are its metadata)",
+                "UploadedFile",
+            )
+            .query(&["lifetime", "conflict_target"])
+            .bytes_in(),
+            upload_file,
+        )
+        .at(
+            Method::GET,
+            file,
+            op("getFile", "A file, with a pre-signed download URL", "File"),
+            get_file,
+        )
         .at(
             Method::DELETE,
-            &format!("{dep}/triggers/{{tri}}"),
+            file,
+            op("deleteFile", "Delete a file", "Message"),
+            delete_file,
+        )
+        .at(
+            Method::PUT,
+            &format!("{file}/metadata"),
+            op("putFileMetadata", "Replace a file's metadata", "File").json("FileMetadata"),
+            put_file_metadata,
+        )
+        .public(
+            Method::GET,
+            "/files/{token}",
+            op("downloadFile", "A file's bytes, by its pre-signed URL", "").bytes_out(),
+            download_file,
+        )
+        .at(
+            Method::GET,
+            tri,
+            op("listTriggers", "A deployment's triggers", "Triggers"),
+            list_triggers,
+        )
+        .at(
+            Method::POST,
+            tri,
+            op(
+                "createTrigger",
+                "Run a version on every file a channel receives",
+                "Trigger",
+            )
+            .json("TriggerBody"),
+            create_trigger,
+        )
+        .at(
+            Method::GET,
+            &format!("{tri}/{{tri}}"),
+            op("getTrigger", "A trigger", "Trigger"),
+            get_trigger,
+        )
+        .at(
+            Method::DELETE,
+            &format!("{tri}/{{tri}}"),
+            op("deleteTrigger", "Delete a trigger", "Message"),
             delete_trigger,
         )
         .at(
             Method::GET,
-            &format!("{dep}/triggers/{{tri}}/runs"),
+            &format!("{tri}/{{tri}}/runs"),
+            op("triggerRuns", "The runs a trigger started", "Runs").query(PAGE),
             trigger_runs,
         )
         .at(
             Method::GET,
-            &format!("{dep}/triggers/{{tri}}/events"),
+            &format!("{tri}/{{tri}}/events"),
+            op(
+                "triggerEvents",
+                "Every file a trigger saw, and the run it started or why none",
+                "TriggerEvents",
+            )
+            .query(PAGE),
             trigger_events,
         )
 }
