@@ -32,6 +32,7 @@ FULL = {
     "storage.py": [],
     "api.py": [],
     "console.py": [],
+    "load.py": [],
 }
 SMOKE = {
     "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
@@ -43,6 +44,7 @@ SMOKE = {
     "storage.py": ["--files", "20", "--kb", "10"],
     "api.py": ["--records", "3000", "--page", "500"],
     "console.py": ["--runs", "2000", "--requests", "10"],
+    "load.py": ["--runs", "5000", "--seconds", "3", "--rate", "100", "--submits", "10"],
 }
 
 

@@ -49,9 +49,9 @@ def percentile(values, p):
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def start(data_dir, database_url=None, extra_env=None):
+def start(data_dir, database_url=None, extra_env=None, extra_args=()):
     port = free_port()
-    args = [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    args = [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *extra_args]
     if database_url:
         args += ["--database-url", database_url]
     env = dict(os.environ, SLUICE_LOG="warn", **(extra_env or {}))

@@ -9,7 +9,6 @@ that backend fails when the server does not answer.
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tarfile

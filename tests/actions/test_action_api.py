@@ -10,7 +10,7 @@ import re
 import sqlite3
 import subprocess
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
 import pytest
 

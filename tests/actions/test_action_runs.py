@@ -8,7 +8,6 @@ import subprocess
 import time
 from datetime import datetime
 
-import pytest
 
 from conftest import BIN, PG_ADMIN, Sluice, fresh_postgres_database, postgres_databases, psql, wait_for, LOGS
 from test_action_api import (ACCOUNT, TTT, Tailer, drop_roles, launch_curl, last_status_curl, wait_run,

@@ -6,7 +6,6 @@ documentation's storage-to-storage get_last_status curls run verbatim."""
 import hashlib
 import json
 import os
-from datetime import date
 
 from conftest import wait_for
 from test_action_api import ACCOUNT, Tailer

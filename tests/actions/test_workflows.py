@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import wait_for
-from test_action_api import TTT, Tailer, launch_curl, last_status_curl, wait_run, write_config
+from test_action_api import TTT, Tailer, launch_curl, wait_run, write_config
 from test_action_runs import Cluster
 
 JOBS = ["JA", "JB", "JC"]

@@ -6,8 +6,6 @@ search as the API Run page has them."""
 import json
 import sqlite3
 import subprocess
-import time
-import uuid
 
 import pytest
 import requests

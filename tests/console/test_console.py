@@ -5,7 +5,6 @@ page with its tasks, tables, messages and search, Cancel and Retry — and
 nothing of another organization's. (The same pages driven in a real
 Chromium come next; see docs/console.md.)"""
 import re
-import time
 
 import requests
 

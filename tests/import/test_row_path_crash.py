@@ -4,7 +4,6 @@ its SELECT streams rows out of MariaDB (seen in MariaDB's process list), with
 new rows arriving between the kills. Each kill leaves the warehouse's ledger
 as it was (nothing of that window committed); in the end the warehouse holds
 every source row exactly once."""
-import os
 import signal
 import sqlite3
 import subprocess

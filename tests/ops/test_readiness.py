@@ -1,7 +1,6 @@
 """Operating sluice: `/readyz` follows the metadata store (503 while it
 does not answer, 200 again when it does), `/healthz` stays the liveness
 probe, and a log written to a file carries no terminal colour codes."""
-import time
 
 import requests
 

@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import requests
 

@@ -1,6 +1,7 @@
 """A PostgreSQL-backed cluster: `sluice serve --no-worker` plus separate
 `sluice worker` processes sharing one store and one data dir."""
 import collections
+import datetime
 import os
 import signal
 import subprocess
@@ -227,3 +228,84 @@ def test_the_store_unreachable_for_a_while_then_every_run_ends_once(cluster, tmp
     # waits longer after each failing turn.
     log = "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
     assert 0 < log.count("scheduling failed") < 40, log.count("scheduling failed")
+
+
+def restart_postgresql(down_for):
+    """Stops the whole PostgreSQL server (every connection cut, new ones
+    refused), waits, starts it again, and waits until it answers."""
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"],
+                   check=True, capture_output=True)
+    try:
+        time.sleep(down_for)
+    finally:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                       check=True, capture_output=True)
+    from conftest import PG_ADMIN, psql
+    wait_for(lambda: subprocess.run(["psql", PG_ADMIN, "-qAtc", "SELECT 1"], capture_output=True)
+             .returncode == 0, "PostgreSQL to answer again", timeout=60, interval=0.5)
+    return psql
+
+
+def test_postgresql_restarted_under_runs_and_an_import_query_then_each_ends_once(cluster, tmp_path):
+    """The PostgreSQL server itself stopped for 10 s and started again (the
+    metadata store, and the import's source and destination with it) while
+    a `serve` and two `worker`s have runs and a table import query in
+    flight: no process dies, each reconnects, every run ends once
+    SUCCEEDED, and the import's rows are in the destination exactly once:
+    the query in flight fails on its broken connection (its load rolled
+    back, the ledger unmoved) and the next query loads the window once."""
+    from conftest import postgres_databases, psql
+    from preds import SOURCE, add_rows, fingerprint, job_toml
+    workers = [cluster.start_worker(slots=4) for _ in range(2)]
+    ledger = Ledger()
+    s = cluster.server
+    session, dep_url, ver = setup_deployment(s, sleep=0)
+    org = dep_url.split("/")[4]
+    env = {"LEDGER": ledger.url, "SLEEP": "1"}
+    with postgres_databases("sluice_restart") as (src, dst):
+        psql(src, SOURCE)
+        add_rows(src, 1, 300_000, pad=100)
+        job = s.cli_json("job", "create", "--org", org, "--file",
+                          str(job_toml(tmp_path / "job.toml", src, dst)))["job"]["id"]
+        run_ids = [session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": env,
+                                                          "retry_count": 5}).json()["run_id"]
+                   for _ in range(16)]
+        wait_for(lambda: len(ledger_lines(ledger)) >= 4, "runs in flight")
+        in_flight = wait_for(lambda: [q for q in s.cli_json("job", "queries", job, "--org", org)
+                                      if q["status"] == "RUNNING"], "the import query in flight",
+                             interval=0.05)[0]["id"]
+        went_down = datetime.datetime.now(datetime.timezone.utc)
+        restart_postgresql(down_for=10)
+        assert s.proc.poll() is None and all(w.poll() is None for w in workers), \
+            "a process died while PostgreSQL was down"
+
+        def ended():
+            statuses = [session.get(f"{dep_url}/runs/{r}").json()["status"] for r in run_ids]
+            assert "FAILED" not in statuses, statuses
+            return all(st == "SUCCEEDED" for st in statuses)
+
+        wait_for(ended, "every run to succeed once PostgreSQL is back", timeout=180, interval=1)
+        executions = collections.Counter(line[0] for line in ledger_lines(ledger))
+        for r in run_ids:
+            attempts = session.get(f"{dep_url}/runs/{r}/attempts").json()["entries"]
+            assert sum(1 for a in attempts if a["outcome"] == "SUCCEEDED") == 1, attempts
+            assert 1 <= executions[r] <= len(attempts), (r, executions[r], attempts)
+
+        # The import: its query ends (whatever it ended as), a query run by
+        # hand takes what is left, and every row is there once.
+        def query_ended():
+            qs = s.cli_json("job", "queries", job, "--org", org)
+            return qs if all(q["status"] not in ("RUNNING", "PENDING") for q in qs) else None
+
+        queries = wait_for(query_ended, "the import query to end", timeout=180, interval=1)
+        # It was still running when PostgreSQL went down: it ended after.
+        ended_at = next(q["finished_at"] for q in queries if q["id"] == in_flight)
+        assert datetime.datetime.fromisoformat(ended_at.replace("Z", "+00:00")) > went_down, queries
+        s.cli_json("job", "run", job, "--org", org)
+        assert fingerprint(dst, "preds") == fingerprint(src, "preds")
+        windows = psql(dst, "SELECT count(*) || ':' || count(DISTINCT (window_start, window_end)) "
+                            "FROM sluice_load_ledger")
+        loads, distinct = map(int, windows.split(":"))
+        assert loads == distinct, f"a window loaded twice: {windows}; queries: {queries}"
+        assert s.proc.poll() is None and all(w.poll() is None for w in workers)

@@ -3,8 +3,6 @@ them: a file arriving in a channel starts exactly one run, whose output
 lands in another channel; on SQLite and on PostgreSQL."""
 import json
 import signal
-import subprocess
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest

@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 
-import pytest
 import requests
 
 from conftest import BIN, code_archive, wait_for
