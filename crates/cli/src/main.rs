@@ -571,6 +571,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         mapping: None,
         stage: None,
         cancel: None,
+        session: None,
         key: args.key,
         null_change: args.null_change,
         lookback: args
@@ -855,8 +856,26 @@ async fn stopped(tasks: Vec<tokio::task::JoinHandle<()>>, what: &str) {
     tracing::info!("{what} stopped");
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(outcome());
+    // A stopped `serve` or `worker` does not wait for work it handed back
+    // at the end of its grace period (a load's COMMIT still under way in a
+    // blocking thread): the process ends, and that work with it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+async fn outcome() -> std::process::ExitCode {
     match run(Instant::now()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -35,7 +35,7 @@ pub use load::LoadSession;
 pub use stage::{Stage, StageHandle};
 pub use window::{NullChange, WindowRequest};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +91,10 @@ pub struct ImportSpec {
     pub stage: Option<StageHandle>,
     /// Set to stop the import: it rolls back and answers [`ImportError::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Filled with the PostgreSQL destination session's backend pid once
+    /// the load connected: a holder that must be sure the load is gone (a
+    /// process stopping while a COMMIT runs) ends it with [`end_session`].
+    pub session: Option<Arc<AtomicI32>>,
     /// The column whose value identifies a row (merge).
     pub key: Option<String>,
     /// What to do with rows whose change value is NULL.
@@ -132,6 +136,7 @@ impl ImportSpec {
             mapping: None,
             stage: None,
             cancel: None,
+            session: None,
             key: None,
             null_change: NullChange::Fail,
             lookback: None,
@@ -534,6 +539,31 @@ impl Progress for () {
 
 /// Runs one import (see [`load`]): sources postgres://, mysql:// or
 /// mariadb://, sqlite://, file://; destinations postgres://, sqlite://.
+/// Ends the PostgreSQL session `pid` of a load into `dest_url` (see
+/// [`ImportSpec::session`]) and waits until it is gone, so its transaction
+/// is rolled back — a COMMIT under way included — before the caller hands
+/// the load's window to someone else. Answers whether a session ended.
+pub async fn end_session(dest_url: &str, pid: i32) -> Result<bool> {
+    let mut c = source::connect_postgres(dest_url, "destination").await?;
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut c)
+        .await
+        .map_err(types::db("ending the load's session"))?;
+    for _ in 0..100 {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut c)
+            .await
+            .map_err(types::db("ending the load's session"))?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(ended)
+}
+
 pub async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Result<ImportReport> {
     on_own_thread(spec, progress).await
 }

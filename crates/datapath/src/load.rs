@@ -32,6 +32,13 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
             return Ok(report);
         }
     };
+    if let (Some(session), Dest::Postgres(c)) = (&spec.session, &mut dst) {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *c)
+            .await
+            .map_err(crate::types::db("reading the destination session"))?;
+        session.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
     // One destination transaction: the ledger row, the rows, the swap.
     dst.begin().await?;
     let outcome = prepared.apply(spec, &mut dst, progress).await;

@@ -147,6 +147,7 @@ async fn mariadb_to_postgres_full_then_incremental() {
         mapping: None,
         stage: None,
         cancel: None,
+        session: None,
         key: None,
         ..ImportSpec::new("", "", "", "")
     };
@@ -201,6 +202,7 @@ async fn mariadb_to_the_sqlite_warehouse() {
         mapping: None,
         stage: None,
         cancel: None,
+        session: None,
         key: None,
         ..ImportSpec::new("", "", "", "")
     };
@@ -243,6 +245,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         mapping: None,
         stage: None,
         cancel: None,
+        session: None,
         key: None,
         ..ImportSpec::new("", "", "", "")
     };
@@ -274,6 +277,7 @@ async fn sqlite_to_postgres_and_back_keeps_values() {
         mapping: None,
         stage: None,
         cancel: None,
+        session: None,
         key: None,
         ..ImportSpec::new("", "", "", "")
     };
@@ -310,6 +314,7 @@ async fn row_path_windows_by_limit_and_by_hand() {
         mapping: None,
         stage: None,
         cancel: None,
+        session: None,
         key: None,
         ..ImportSpec::new("", "", "", "")
     };

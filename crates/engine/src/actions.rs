@@ -99,13 +99,15 @@ impl ActionRunner {
 
     /// Runs until the process ends.
     /// Claims and runs action runs until `shutdown` stops it; then waits for
-    /// those under way (their leases expire if the grace period ends
-    /// first, and another process takes them over).
+    /// those under way. A table-to-table run the grace period cuts short
+    /// commits nothing and is handed back (RUNNABLE at once); the other
+    /// kinds cannot be stopped mid-way: their leases expire if the grace
+    /// period ends first, and another process takes them over.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
         let mut backoff = Backoff::new(self.poll);
         while !shutdown.is_stopping() {
-            let wait = backoff.after(self.turn(&slots).await);
+            let wait = backoff.after(self.turn(&slots, &shutdown).await);
             tokio::select! {
                 _ = self.wakers.actions.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -117,7 +119,7 @@ impl ActionRunner {
 
     /// One turn: reap, schedule, queue, claim. False when the store did
     /// not answer.
-    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) -> bool {
+    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>, shutdown: &Shutdown) -> bool {
         let mut ok = true;
         let now = time::now();
         if self.watch.due() {
@@ -155,9 +157,9 @@ impl ActionRunner {
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         return ok;
                     };
-                    let me = self.clone();
+                    let (me, shutdown) = (self.clone(), shutdown.clone());
                     tokio::spawn(async move {
-                        me.execute(run).await;
+                        me.execute(run, Some(shutdown)).await;
                         drop(permit);
                         me.wakers.actions.notify_one();
                     });
@@ -282,7 +284,9 @@ impl ActionRunner {
     }
 
     /// Runs one claimed run to its end; answers its final status.
-    pub async fn execute(&self, run: ActionRun) -> RunStatus {
+    /// Runs one claimed run to its end; at the end of `shutdown`'s grace
+    /// period a table-to-table run stops and is handed back.
+    pub async fn execute(&self, run: ActionRun, shutdown: Option<Shutdown>) -> RunStatus {
         METRICS
             .claimed
             .with_label_values(&[metrics::ACTION_RUN])
@@ -319,6 +323,7 @@ impl ActionRunner {
             KeepAlive::start(
                 format!("action run {}", run.id),
                 self.heartbeat,
+                shutdown,
                 move || {
                     let (store, id) = (store.clone(), id.clone());
                     async move {
@@ -362,9 +367,12 @@ impl ActionRunner {
             .await
             .unwrap_or_else(|e| Err(format!("the run stopped: {e}")))
         };
-        let lost = lease.lost();
+        let (lost, handing_back) = (lease.lost(), lease.handing_back());
         drop(lease);
         let _ = writer.await;
+        if handing_back && outcome.is_err() {
+            return self.hand_back(&run).await;
+        }
         if lost {
             tracing::warn!(
                 "action run {} lost its lease; another worker has it",
@@ -440,6 +448,30 @@ impl ActionRunner {
             buckets,
             role,
         })
+    }
+
+    /// Gives a run the grace period cut short back to the queue.
+    async fn hand_back(&self, run: &ActionRun) -> RunStatus {
+        match self
+            .store
+            .hand_back_action_run(&run.id, run.lease_token, time::now())
+            .await
+        {
+            Ok(true) => {
+                let secs = run
+                    .started_at
+                    .map(|s| (time::now() - s).num_milliseconds() as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                METRICS.ended(metrics::ACTION_RUN, metrics::HANDED_BACK, secs);
+                tracing::info!(action_run_id = %run.id, configuration = %run.api_id, org = %run.organization_id, outcome = metrics::HANDED_BACK, "action run ended");
+                RunStatus::Runnable
+            }
+            Ok(false) => run.status,
+            Err(e) => {
+                tracing::warn!("handing back action run {}: {e}", run.id);
+                run.status
+            }
+        }
     }
 
     async fn finish(&self, run: &ActionRun, outcome: ActionOutcome) -> RunStatus {

@@ -121,13 +121,14 @@ impl ApiRunner {
 
     /// Runs until the process ends.
     /// Claims and runs API runs until `shutdown` stops it; then waits for
-    /// those under way (their leases expire if the grace period ends
-    /// first, and another process takes them over).
+    /// those under way. A run the grace period cuts short stops (what it
+    /// staged stays for the next attempt; no load committed) and is handed
+    /// back: RUNNABLE at once, for any process to go on with.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
         let mut backoff = Backoff::new(self.poll);
         while !shutdown.is_stopping() {
-            let wait = backoff.after(self.turn(&slots).await);
+            let wait = backoff.after(self.turn(&slots, &shutdown).await);
             tokio::select! {
                 _ = self.wakers.api.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -138,7 +139,7 @@ impl ApiRunner {
     }
 
     /// One turn: reap, claim. False when the store did not answer.
-    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>) -> bool {
+    async fn turn(self: &Arc<Self>, slots: &Arc<Semaphore>, shutdown: &Shutdown) -> bool {
         let mut ok = true;
         if self.reap.due() {
             match self.store.reap_api_runs(time::now()).await {
@@ -163,9 +164,9 @@ impl ApiRunner {
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         return ok;
                     };
-                    let me = self.clone();
+                    let (me, shutdown) = (self.clone(), shutdown.clone());
                     tokio::spawn(async move {
-                        me.execute(run).await;
+                        me.execute(run, Some(shutdown)).await;
                         drop(permit);
                         me.wakers.api.notify_one();
                     });
@@ -188,14 +189,14 @@ impl ApiRunner {
             .await?
         {
             Some(run) => {
-                self.execute(run).await;
+                self.execute(run, None).await;
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
-    async fn execute(&self, run: ApiRun) {
+    async fn execute(&self, run: ApiRun, shutdown: Option<Shutdown>) {
         let token = run.lease_token;
         let started = std::time::Instant::now();
         METRICS.claimed.with_label_values(&[metrics::API_RUN]).inc();
@@ -213,10 +214,15 @@ impl ApiRunner {
         };
         let keep = {
             let (store, id, ttl) = (self.store.clone(), run.id.clone(), self.lease_ttl);
-            KeepAlive::start(format!("API run {}", run.id), self.heartbeat, move || {
-                let (store, id) = (store.clone(), id.clone());
-                async move { store.heartbeat_api_run(&id, token, ttl, time::now()).await }
-            })
+            KeepAlive::start(
+                format!("API run {}", run.id),
+                self.heartbeat,
+                shutdown.clone(),
+                move || {
+                    let (store, id) = (store.clone(), id.clone());
+                    async move { store.heartbeat_api_run(&id, token, ttl, time::now()).await }
+                },
+            )
         };
         if status == RunStatus::Canceling {
             keep.cancel.store(true, Ordering::Relaxed);
@@ -227,17 +233,26 @@ impl ApiRunner {
             run.source,
             run.attempt
         );
-        let outcome = match self.work(&run, &keep).await {
-            Ok((tables, records)) => ApiOutcome::Succeeded { tables, records },
-            Err(error) => {
-                // The tasks it never ran (or left running) are not waiting
-                // for anything any more.
-                if !keep.lost() {
-                    self.abandon(&run).await;
+        let outcome =
+            match Shutdown::unless_cut_short(shutdown.as_ref(), self.work(&run, &keep)).await {
+                None => {
+                    drop(keep);
+                    return self.hand_back(&run, started).await;
                 }
-                ApiOutcome::Failed { error }
-            }
-        };
+                Some(Ok((tables, records))) => ApiOutcome::Succeeded { tables, records },
+                Some(Err(_)) if keep.handing_back() => {
+                    drop(keep);
+                    return self.hand_back(&run, started).await;
+                }
+                Some(Err(error)) => {
+                    // The tasks it never ran (or left running) are not waiting
+                    // for anything any more.
+                    if !keep.lost() {
+                        self.abandon(&run).await;
+                    }
+                    ApiOutcome::Failed { error }
+                }
+            };
         if keep.lost() {
             METRICS
                 .lease_losses
@@ -274,6 +289,24 @@ impl ApiRunner {
                 }
             }
             Err(e) => tracing::warn!("API run {}: recording its end: {e}", run.id),
+        }
+    }
+
+    /// Gives a run the grace period cut short back to the queue; its
+    /// stage stays for the next attempt.
+    async fn hand_back(&self, run: &ApiRun, started: std::time::Instant) {
+        match self
+            .store
+            .hand_back_api_run(&run.id, run.lease_token, time::now())
+            .await
+        {
+            Ok(true) => {
+                let secs = started.elapsed().as_secs_f64();
+                METRICS.ended(metrics::API_RUN, metrics::HANDED_BACK, secs);
+                tracing::info!(api_run_id = %run.id, source = %run.source, org = %run.organization_id, outcome = metrics::HANDED_BACK, "API run ended");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("handing back API run {}: {e}", run.id),
         }
     }
 

@@ -12,7 +12,7 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,9 +91,9 @@ impl Importer {
 
     /// Runs until the process ends.
     /// Claims and runs queries until `shutdown` stops it; then waits for
-    /// those under way (a query the grace period cuts short loads nothing:
-    /// its transaction never commits, and another process runs its window
-    /// again once its lease expires).
+    /// those under way. A query the grace period cuts short loads nothing
+    /// (its transaction never commits) and is handed back: RUNNABLE at
+    /// once, for any process to run its window again.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.slots));
         let mut backoff = Backoff::new(self.poll);
@@ -127,9 +127,9 @@ impl Importer {
                             let Ok(permit) = slots.clone().acquire_owned().await else {
                                 return;
                             };
-                            let me = self.clone();
+                            let (me, shutdown) = (self.clone(), shutdown.clone());
                             tokio::spawn(async move {
-                                me.execute(q, &mut ()).await;
+                                me.execute_within(q, &mut (), Some(shutdown)).await;
                                 drop(permit);
                                 me.wakers.importer.notify_one();
                             });
@@ -153,6 +153,18 @@ impl Importer {
     /// Runs one claimed query to its end; answers its final status.
     /// `rows` hears the row counts as they grow (a progress bar).
     pub async fn execute(&self, q: Query, rows: &mut dyn Progress) -> RunStatus {
+        self.execute_within(q, rows, None).await
+    }
+
+    /// [`Importer::execute`] within a process that may stop: at the end of
+    /// `shutdown`'s grace period the load stops and the query is handed
+    /// back.
+    async fn execute_within(
+        &self,
+        q: Query,
+        rows: &mut dyn Progress,
+        shutdown: Option<Shutdown>,
+    ) -> RunStatus {
         let token = q.lease_token;
         METRICS.claimed.with_label_values(&[metrics::QUERY]).inc();
         tracing::info!(query_id = %q.id, job_id = %q.job_id, org = %q.organization_id, attempt = q.attempt, "import query started");
@@ -183,10 +195,15 @@ impl Importer {
         };
         let lease = {
             let (store, id, ttl) = (self.store.clone(), q.id.clone(), self.lease_ttl);
-            KeepAlive::start(format!("query {}", q.id), self.heartbeat, move || {
-                let (store, id) = (store.clone(), id.clone());
-                async move { store.heartbeat_query(&id, token, ttl, time::now()).await }
-            })
+            KeepAlive::start(
+                format!("query {}", q.id),
+                self.heartbeat,
+                shutdown.clone(),
+                move || {
+                    let (store, id) = (store.clone(), id.clone());
+                    async move { store.heartbeat_query(&id, token, ttl, time::now()).await }
+                },
+            )
         };
 
         let (tx, rx) = mpsc::unbounded_channel();
@@ -200,9 +217,28 @@ impl Importer {
             tx: tx.clone(),
             rows,
         };
-        let result = self
-            .load(&job, &q, lease.cancel.clone(), &mut recorder)
-            .await;
+        let session = Arc::new(AtomicI32::new(0));
+        let result = Shutdown::unless_cut_short(
+            shutdown.as_ref(),
+            self.load(
+                &job,
+                &q,
+                lease.cancel.clone(),
+                session.clone(),
+                &mut recorder,
+            ),
+        )
+        .await;
+        let Some(result) = result else {
+            // The grace period ended and the load did not stop in time (a
+            // COMMIT under way): its session is ended, so its transaction
+            // is rolled back before the window is handed to anyone else.
+            drop((recorder, tx));
+            writer.abort();
+            drop(lease);
+            self.end_load_session(&job, &session).await;
+            return self.hand_back(&q).await;
+        };
         let _ = tx.send(Note::Done(
             result.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
         ));
@@ -212,6 +248,10 @@ impl Importer {
         if lease.lost() {
             tracing::warn!("query {} lost its lease; another worker has it", q.id);
             return q.status;
+        }
+        if lease.handing_back() && result.is_err() {
+            drop(lease);
+            return self.hand_back(&q).await;
         }
         let outcome = match result {
             Ok(report) => QueryOutcome::Succeeded {
@@ -226,6 +266,51 @@ impl Importer {
         self.finish(&q, outcome).await
     }
 
+    /// Ends the destination session of a load that did not stop.
+    async fn end_load_session(&self, job: &ImportJob, session: &AtomicI32) {
+        let pid = session.load(Ordering::Relaxed);
+        if pid == 0 {
+            return;
+        }
+        let Ok(dest) = self.sealer.open(&job.destination_sealed) else {
+            return;
+        };
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            sluice_datapath::end_session(&dest, pid),
+        )
+        .await;
+        match ended {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("ending the load session {pid}: {e}"),
+            Err(_) => tracing::warn!("ending the load session {pid}: no answer within 5 s"),
+        }
+    }
+
+    /// Gives a query the grace period cut short back to the queue.
+    async fn hand_back(&self, q: &Query) -> RunStatus {
+        match self
+            .store
+            .hand_back_query(&q.id, q.lease_token, time::now())
+            .await
+        {
+            Ok(true) => {
+                METRICS.ended(
+                    metrics::QUERY,
+                    metrics::HANDED_BACK,
+                    seconds_since(q.started_at),
+                );
+                tracing::info!(query_id = %q.id, job_id = %q.job_id, org = %q.organization_id, outcome = metrics::HANDED_BACK, "import query ended");
+                RunStatus::Runnable
+            }
+            Ok(false) => q.status,
+            Err(e) => {
+                tracing::warn!("handing back query {}: {e}", q.id);
+                q.status
+            }
+        }
+    }
+
     async fn finish(&self, q: &Query, outcome: QueryOutcome) -> RunStatus {
         let now = time::now();
         match self
@@ -234,10 +319,7 @@ impl Importer {
             .await
         {
             Ok(status) => {
-                let secs = q
-                    .started_at
-                    .map(|s| (now - s).num_milliseconds() as f64 / 1000.0)
-                    .unwrap_or(0.0);
+                let secs = seconds_since(q.started_at);
                 let ended = metrics::outcome(status);
                 METRICS.ended(metrics::QUERY, ended, secs);
                 if let QueryOutcome::Succeeded { records, .. } = &outcome {
@@ -266,6 +348,7 @@ impl Importer {
         job: &ImportJob,
         q: &Query,
         cancel: Arc<AtomicBool>,
+        session: Arc<AtomicI32>,
         progress: &mut dyn Progress,
     ) -> Result<ImportReport, ImportError> {
         let source = self
@@ -316,6 +399,7 @@ impl Importer {
                 prefix: format!("staging/{}/{}/attempt-{}", job.id, q.id, q.attempt),
             }))),
             cancel: Some(cancel),
+            session: Some(session),
             key: spec.key().map(str::to_owned),
             null_change: match spec.ingestion.null_change.unwrap_or_default() {
                 NullChange::Fail => sluice_datapath::NullChange::Fail,
@@ -602,4 +686,11 @@ async fn write_tasks(
         }
         tasks.flush(store.as_ref()).await;
     }
+}
+
+/// Seconds from `start` (when the work started) to now.
+fn seconds_since(start: Option<time::Timestamp>) -> f64 {
+    start
+        .map(|s| (time::now() - s).num_milliseconds() as f64 / 1000.0)
+        .unwrap_or(0.0)
 }

@@ -10,29 +10,57 @@ use sluice_domain::RunStatus;
 use sluice_store::StoreError;
 use tokio::task::JoinHandle;
 
+use crate::shutdown::Shutdown;
+
 /// Renews a lease every `every` until dropped. `cancel` is set when the
-/// holder should stop — a cancel was asked (CANCELING) or the lease was
-/// lost — and `lost` when it was lost (another worker has the work now).
+/// holder should stop — a cancel was asked (CANCELING), the lease was
+/// lost, or the process's grace period ended — `lost` when it was lost
+/// (another worker has the work now), and `handing_back` when the grace
+/// period ended (the holder gives the work back once it stopped).
 pub(crate) struct KeepAlive {
     task: JoinHandle<()>,
     pub cancel: Arc<AtomicBool>,
     pub lost: Arc<AtomicBool>,
+    handing_back: Arc<AtomicBool>,
 }
 
 impl KeepAlive {
     /// `renew` renews the lease once and answers the work's status; `what`
-    /// names the work in the log.
-    pub fn start<F, Fut>(what: String, every: Duration, renew: F) -> KeepAlive
+    /// names the work in the log. With a `shutdown`, the end of its grace
+    /// period stops the work (the lease is still renewed until the holder
+    /// hands it back).
+    pub fn start<F, Fut>(
+        what: String,
+        every: Duration,
+        shutdown: Option<Shutdown>,
+        renew: F,
+    ) -> KeepAlive
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<RunStatus, StoreError>> + Send,
     {
         let cancel = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicBool::new(false));
-        let (c, l) = (cancel.clone(), lost.clone());
+        let handing_back = Arc::new(AtomicBool::new(false));
+        let (c, l, h) = (cancel.clone(), lost.clone(), handing_back.clone());
         let task = tokio::spawn(async move {
+            let mut watching = shutdown;
             loop {
-                tokio::time::sleep(every).await;
+                let over = async {
+                    match &watching {
+                        Some(s) => s.over().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = over => {
+                        h.store(true, Ordering::Relaxed);
+                        c.store(true, Ordering::Relaxed);
+                        watching = None;
+                        continue;
+                    }
+                }
                 match renew().await {
                     Ok(RunStatus::Canceling) => c.store(true, Ordering::Relaxed),
                     Ok(_) => {}
@@ -45,11 +73,22 @@ impl KeepAlive {
                 }
             }
         });
-        KeepAlive { task, cancel, lost }
+        KeepAlive {
+            task,
+            cancel,
+            lost,
+            handing_back,
+        }
     }
 
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// The grace period ended while the work ran: unless it finished
+    /// anyway, the holder hands it back.
+    pub fn handing_back(&self) -> bool {
+        self.handing_back.load(Ordering::Relaxed) && !self.lost()
     }
 }
 

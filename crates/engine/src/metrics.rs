@@ -18,6 +18,8 @@ pub const RUN: &str = "run";
 pub const QUERY: &str = "query";
 pub const ACTION_RUN: &str = "action_run";
 pub const API_RUN: &str = "api_run";
+/// The outcome of work given back to the queue at shutdown.
+pub const HANDED_BACK: &str = "handed_back";
 
 pub struct Metrics {
     registry: Registry,

@@ -17,6 +17,13 @@ pub struct Shutdown {
     state: Arc<watch::Sender<u8>>,
 }
 
+/// How long work told to stop at the end of the grace period gets to stop
+/// before it is handed back without waiting.
+pub const STOP_WAIT: Duration = Duration::from_secs(2);
+/// How long a stopping runner waits, past the grace period, for its work
+/// to be handed back.
+pub const HAND_BACK_WAIT: Duration = Duration::from_secs(5);
+
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown::new()
@@ -69,12 +76,38 @@ impl Shutdown {
     }
 
     /// Waits until every one of `slots`' `total` permits is free again
-    /// (the work they stand for ended), or the grace period is over.
-    /// Answers whether all work ended.
+    /// (the work they stand for ended or was handed back): past the grace
+    /// period, [`HAND_BACK_WAIT`] more for the work to stop and be handed
+    /// back. Answers whether all work ended so.
     pub async fn drained(&self, slots: &Semaphore, total: usize) -> bool {
+        let all = slots.acquire_many(total as u32);
+        tokio::pin!(all);
         tokio::select! {
-            all = slots.acquire_many(total as u32) => all.is_ok(),
-            _ = self.over() => false,
+            all = &mut all => return all.is_ok(),
+            _ = self.over() => {}
+        }
+        tokio::time::timeout(HAND_BACK_WAIT, all)
+            .await
+            .is_ok_and(|all| all.is_ok())
+    }
+
+    /// Runs `work` to its end — unless the grace period ends first and
+    /// `work` has not stopped [`STOP_WAIT`] later (its holder was told to
+    /// stop: a load rolling back, a COMMIT that cannot be cut short): then
+    /// `None`, and the caller hands the work back without it. Work left so
+    /// commits at most once all the same: its lease token moved on, and
+    /// a load's ledger row is written in its own transaction.
+    pub async fn unless_cut_short<F: std::future::Future>(
+        shutdown: Option<&Shutdown>,
+        work: F,
+    ) -> Option<F::Output> {
+        tokio::pin!(work);
+        let Some(s) = shutdown else {
+            return Some(work.await);
+        };
+        tokio::select! {
+            out = &mut work => Some(out),
+            () = s.over() => tokio::time::timeout(STOP_WAIT, &mut work).await.ok(),
         }
     }
 

@@ -331,7 +331,7 @@ impl Worker {
         let secs = started.elapsed().as_secs_f64();
         let ended = match &outcome {
             AttemptOutcome::Succeeded => "succeeded",
-            AttemptOutcome::HandedBack { .. } => "handed_back",
+            AttemptOutcome::HandedBack { .. } => metrics::HANDED_BACK,
             _ => "failed",
         };
         match finished {

@@ -478,6 +478,9 @@ pub trait ImportStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Query>;
     async fn reap_queries(&self, now: Timestamp) -> Result<Vec<QueryId>>;
+    /// Gives a query's lease back at shutdown (RUNNABLE at once); answers
+    /// whether it still held it.
+    async fn hand_back_query(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<bool>;
     /// Writes (or rewrites) one task of a leased query.
     async fn put_task(&self, task: &QueryTask, token: i64) -> Result<()>;
     async fn list_tasks(&self, query: &QueryId) -> Result<Vec<QueryTask>>;
@@ -681,6 +684,8 @@ pub trait ActionStore: Send + Sync + 'static {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<RunStatus>;
+    /// Gives an action run's lease back at shutdown (RUNNABLE at once).
+    async fn hand_back_action_run(&self, id: &str, token: i64, now: Timestamp) -> Result<bool>;
     /// Ends a run's attempt. A success counts, in the same transaction,
     /// for every workflow (activated, not archived) awaiting its job; a
     /// workflow whose awaited jobs have all succeeded since it last fired
@@ -859,6 +864,8 @@ pub trait ApiSourceStore: Send + Sync + 'static {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<RunStatus>;
+    /// Gives an API run's lease back at shutdown (RUNNABLE at once).
+    async fn hand_back_api_run(&self, id: &str, token: i64, now: Timestamp) -> Result<bool>;
     async fn finish_api_run(
         &self,
         id: &str,

@@ -109,6 +109,7 @@ suite!(
     racing_schedulers_make_one_query_per_due_job,
     paused_jobs_make_no_queries_and_cancel_waiting_ones,
     a_lost_query_is_given_back_and_the_stale_worker_is_fenced,
+    a_query_handed_back_is_claimed_at_once_and_its_holder_fenced,
     jobs_page_by_keyset_with_search_and_count,
     a_destination_table_belongs_to_one_live_job,
     a_server_secret_is_made_once,
@@ -1395,6 +1396,50 @@ async fn a_lost_query_is_given_back_and_the_stale_worker_is_fenced(store: Arc<Sq
     );
     assert_eq!(store.list_tasks(&q.id).await.unwrap().len(), 1);
     assert_eq!(store.query_counts(&job.id).await.unwrap(), (1, 0, 0));
+}
+
+async fn a_query_handed_back_is_claimed_at_once_and_its_holder_fenced(store: Arc<SqlStore>) {
+    let f = fixture(store.as_ref()).await;
+    let job = import_job(&f.org, "handed", None);
+    store.create_job(&job).await.unwrap();
+    let q = store.create_query(&manual_query(&job), None).await.unwrap();
+    let now = time::now();
+    let first = store.claim_queries("a", 10, TTL, now).await.unwrap().remove(0);
+    store
+        .query_running(&first.id, first.lease_token, now)
+        .await
+        .unwrap();
+    // A token that is not the lease's hands nothing back.
+    assert!(!store
+        .hand_back_query(&q.id, first.lease_token + 7, now)
+        .await
+        .unwrap());
+    assert!(store
+        .hand_back_query(&q.id, first.lease_token, now)
+        .await
+        .unwrap());
+    // Claimable at once, long before the lease would have run out; no
+    // error recorded, nothing to reap.
+    assert!(store.reap_queries(later(60)).await.unwrap().is_empty());
+    let again = store.claim_queries("b", 10, TTL, now).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(again[0].lease_token > first.lease_token);
+    assert_eq!(store.get_query(&f.org, &q.id).await.unwrap().error, None);
+    // The holder that handed it back can neither hand back again nor end it.
+    assert!(!store
+        .hand_back_query(&q.id, first.lease_token, now)
+        .await
+        .unwrap());
+    let late = store
+        .finish_query(
+            &q.id,
+            first.lease_token,
+            &QueryOutcome::Failed { error: "x".into() },
+            now,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(late, StoreError::LeaseLost(_)), "{late}");
 }
 
 async fn jobs_page_by_keyset_with_search_and_count(store: Arc<SqlStore>) {

@@ -714,6 +714,10 @@ impl ActionStore for SqlStore {
         RUNS.heartbeat(&self.write, id, token, ttl, now).await
     }
 
+    async fn hand_back_action_run(&self, id: &str, token: i64, now: Timestamp) -> Result<bool> {
+        RUNS.hand_back(&self.write, id, token, now).await
+    }
+
     async fn finish_action_run(
         &self,
         id: &str,

@@ -518,6 +518,10 @@ impl ApiSourceStore for SqlStore {
         RUNS.heartbeat(&self.write, id, token, ttl, now).await
     }
 
+    async fn hand_back_api_run(&self, id: &str, token: i64, now: Timestamp) -> Result<bool> {
+        RUNS.hand_back(&self.write, id, token, now).await
+    }
+
     async fn finish_api_run(
         &self,
         id: &str,

@@ -614,6 +614,12 @@ impl ImportStore for SqlStore {
         Ok(q)
     }
 
+    async fn hand_back_query(&self, id: &QueryId, token: i64, now: Timestamp) -> Result<bool> {
+        QUERIES
+            .hand_back(&self.write, id.as_str(), token, now)
+            .await
+    }
+
     async fn reap_queries(&self, now: Timestamp) -> Result<Vec<QueryId>> {
         let mut tx = self.begin().await?;
         let reaped = QUERIES

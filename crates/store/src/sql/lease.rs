@@ -148,6 +148,41 @@ impl Leased {
             .map_err(|e| StoreError::Corrupt(format!("{e}")))
     }
 
+    /// Gives the lease of `id` holding `token` back before it expires (its
+    /// holder is shutting down and stopped the work, which committed
+    /// nothing): RUNNABLE again at once for any process to claim, the token
+    /// moved on so the holder's late writes are refused. A hand-back is
+    /// not a failure: no error is recorded and no retry is spent. Answers
+    /// whether it still held the lease (a run being cancelled is not
+    /// handed back: its lease expires and the reaper ends it).
+    pub async fn hand_back(
+        &self,
+        pool: &sqlx::AnyPool,
+        id: &str,
+        token: i64,
+        now: Timestamp,
+    ) -> Result<bool> {
+        RunStatus::Running
+            .after_attempt(AttemptEnd::HandedBack, 1, 0)
+            .transition(RunStatus::Runnable)?;
+        let stamp = if self.modified_at {
+            ", modified_at = $3"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE {} SET status = 'RUNNABLE', lease_token = lease_token + 1, \
+             lease_expires_at = NULL{stamp} \
+             WHERE id = $1 AND lease_token = $2 AND status IN ('STARTING', 'RUNNING')",
+            self.table
+        );
+        let mut query = sqlx::query(&sql).bind(id).bind(token);
+        if self.modified_at {
+            query = query.bind(micros(now));
+        }
+        Ok(query.execute(pool).await?.rows_affected() == 1)
+    }
+
     /// Up to 100 leases that expired before `now`, locked in `tx` (others
     /// reaping at once skip them); the caller ends each.
     pub async fn expired(
