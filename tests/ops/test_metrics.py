@@ -114,3 +114,23 @@ def test_json_logs_are_one_object_a_line_with_their_fields(tmp_path):
     assert f["request_id"] == "json-1" and f["route"] == "/organizations/{org}/deployments/{dep}" \
         and f["status"] == 404, f
     assert any(l["fields"].get("message", "").startswith("sluice listening") for l in lines)
+
+
+def test_what_a_run_makes_the_store_do_is_logged_under_its_run_id(tmp_path):
+    """Every line logged while a worker runs an attempt — the store's own
+    SQL statements included — carries the run's span (run id,
+    organization, worker)."""
+    import json
+    s = Sluice(tmp_path, env={"SLUICE_LOG": "info,sqlx=debug", "SLUICE_LOG_FORMAT": "json"})
+    try:
+        session, dep_url, ver = deployment_of(s, "def handler(request, context):\n    return {}\n")
+        run = session.post(f"{dep_url}/runs", json={"version_id": ver}).json()["run_id"]
+        wait_for(lambda: session.get(f"{dep_url}/runs/{run}").json()["status"] == "SUCCEEDED", "the run")
+    finally:
+        s.stop()
+    lines = [json.loads(l) for l in (tmp_path / "serve.log").read_text().splitlines() if l.strip()]
+    mine = [l for l in lines if l.get("span", {}).get("run_id") == run]
+    assert any(l["target"].startswith("sqlx") for l in mine), [l for l in lines if "span" in l][:5]
+    span = mine[0]["span"]
+    org = dep_url.split("/")[4]
+    assert span["name"] == "run" and span["org"] == org and span["worker"], span

@@ -16,6 +16,7 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
+use tracing::Instrument;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,11 +159,15 @@ impl ActionRunner {
                         return ok;
                     };
                     let (me, shutdown) = (self.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        me.execute(run, Some(shutdown)).await;
-                        drop(permit);
-                        me.wakers.actions.notify_one();
-                    });
+                    let span = tracing::info_span!("action_run", action_run_id = %run.id, org = %run.organization_id, worker = %self.name);
+                    tokio::spawn(
+                        async move {
+                            me.execute(run, Some(shutdown)).await;
+                            drop(permit);
+                            me.wakers.actions.notify_one();
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             Err(e) => {

@@ -25,6 +25,7 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
+use tracing::Instrument;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -165,11 +166,15 @@ impl ApiRunner {
                         return ok;
                     };
                     let (me, shutdown) = (self.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        me.execute(run, Some(shutdown)).await;
-                        drop(permit);
-                        me.wakers.api.notify_one();
-                    });
+                    let span = tracing::info_span!("api_run", api_run_id = %run.id, org = %run.organization_id, worker = %self.name);
+                    tokio::spawn(
+                        async move {
+                            me.execute(run, Some(shutdown)).await;
+                            drop(permit);
+                            me.wakers.api.notify_one();
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             Err(e) => {

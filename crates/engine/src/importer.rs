@@ -12,6 +12,7 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
+use tracing::Instrument;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,11 +129,15 @@ impl Importer {
                                 return;
                             };
                             let (me, shutdown) = (self.clone(), shutdown.clone());
-                            tokio::spawn(async move {
-                                me.execute_within(q, &mut (), Some(shutdown)).await;
-                                drop(permit);
-                                me.wakers.importer.notify_one();
-                            });
+                            let span = tracing::info_span!("query", query_id = %q.id, job_id = %q.job_id, org = %q.organization_id, worker = %self.name);
+                            tokio::spawn(
+                                async move {
+                                    me.execute_within(q, &mut (), Some(shutdown)).await;
+                                    drop(permit);
+                                    me.wakers.importer.notify_one();
+                                }
+                                .instrument(span),
+                            );
                         }
                     }
                     Err(e) => {

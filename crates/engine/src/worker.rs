@@ -32,6 +32,7 @@ use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
+use tracing::Instrument;
 use crate::{sandbox, EngineConfig, Wakers};
 
 const RUNNER: &str = include_str!("runner.py");
@@ -238,11 +239,18 @@ impl Worker {
                     },
                 };
                 let (me, shutdown) = (self.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    me.attempt(lease, &shutdown).await;
-                    drop(permit);
-                    me.wakers.scheduler.notify_one();
-                });
+                // Every line logged for the attempt — the store's
+                // statements included — carries its run, organization and
+                // worker.
+                let span = tracing::info_span!("run", run_id = %lease.run.id, org = %lease.run.organization_id, attempt = lease.attempt, worker = %self.id);
+                tokio::spawn(
+                    async move {
+                        me.attempt(lease, &shutdown).await;
+                        drop(permit);
+                        me.wakers.scheduler.notify_one();
+                    }
+                    .instrument(span),
+                );
             }
         }
         let busy = self.config.worker_slots - slots.available_permits();
