@@ -16,12 +16,12 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
-use tracing::Instrument;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sluice_datapath::warehouse::{Done, Role, Warehouse as Wh};

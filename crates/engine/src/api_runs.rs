@@ -25,12 +25,12 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
-use tracing::Instrument;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use sluice_datapath::api::{self, Http, ParentRef, Stage, Walk};
 use sluice_datapath::{BatchLoad, ImportSpec, LoadSession, Mode, Progress, StageEvent};

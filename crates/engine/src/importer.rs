@@ -12,10 +12,10 @@
 use crate::lease::Backoff;
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
-use tracing::Instrument;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::future::BoxFuture;
 use sluice_datapath::{ImportError, ImportReport, ImportSpec, Progress, StageEvent, StageHandle};

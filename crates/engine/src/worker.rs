@@ -32,8 +32,8 @@ use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
-use tracing::Instrument;
 use crate::{sandbox, EngineConfig, Wakers};
+use tracing::Instrument;
 
 const RUNNER: &str = include_str!("runner.py");
 

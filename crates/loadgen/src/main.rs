@@ -55,11 +55,19 @@ struct Tally {
     sent: u64,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
+    /// Requests sent again on a new connection (the server had closed the
+    /// idle one they were sent on).
+    resent: u64,
     first_error: Option<String>,
     latencies_ms: Vec<f64>,
 }
 
 type Conn = BufReader<TcpStream>;
+
+/// The server had closed a kept-alive connection before the request
+/// reached it (an idle connection it timed out): the request is sent
+/// again on a new one, as HTTP clients do.
+const CLOSED: &str = "the connection was closed before an answer began";
 
 struct Pool {
     addr: String,
@@ -69,11 +77,12 @@ struct Pool {
 }
 
 impl Pool {
-    /// An idle connection, or a new one while fewer than `max` are open;
-    /// `None` when every connection is busy (the request waits).
-    async fn take(&self) -> std::io::Result<Option<Conn>> {
+    /// An idle connection (and true: it was used before), or a new one
+    /// while fewer than `max` are open; `None` when every connection is
+    /// busy (the request waits).
+    async fn take(&self) -> std::io::Result<Option<(Conn, bool)>> {
         if let Some(c) = self.idle.lock().unwrap().pop() {
-            return Ok(Some(c));
+            return Ok(Some((c, true)));
         }
         {
             let mut open = self.open.lock().unwrap();
@@ -85,7 +94,7 @@ impl Pool {
         match TcpStream::connect(&self.addr).await {
             Ok(s) => {
                 s.set_nodelay(true)?;
-                Ok(Some(BufReader::new(s)))
+                Ok(Some((BufReader::new(s), false)))
             }
             Err(e) => {
                 *self.open.lock().unwrap() -= 1;
@@ -105,14 +114,19 @@ impl Pool {
 
 /// Sends one request and reads its answer; the status, or why it failed.
 async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<(u16, bool), String> {
+    // A failure before the answer's first byte is the connection having
+    // been closed under the request.
     conn.get_mut()
         .write_all(request)
         .await
-        .map_err(|e| format!("write: {e}"))?;
+        .map_err(|_| CLOSED.to_owned())?;
     let mut line = String::new();
     conn.read_line(&mut line)
         .await
-        .map_err(|e| format!("read: {e}"))?;
+        .map_err(|_| CLOSED.to_owned())?;
+    if line.is_empty() {
+        return Err(CLOSED.to_owned());
+    }
     let status: u16 = line
         .split_whitespace()
         .nth(1)
@@ -225,9 +239,14 @@ async fn main() {
                 inflight.push(tokio::spawn(async move {
                     let outcome = loop {
                         match pool.take().await {
-                            Ok(Some(mut conn)) => {
+                            Ok(Some((mut conn, reused))) => {
                                 let r = exchange(&mut conn, &req[which]).await;
                                 match r {
+                                    Err(e) if reused && e == CLOSED => {
+                                        pool.lost();
+                                        tally.lock().unwrap().resent += 1;
+                                        continue;
+                                    }
                                     Ok((status, close)) => {
                                         if close {
                                             pool.lost();
@@ -281,6 +300,7 @@ async fn main() {
                 "sent": t.sent,
                 "statuses": t.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "errors": t.errors,
+                "resent": t.resent,
                 "first_error": t.first_error,
                 "p50_ms": percentile(&t.latencies_ms, 50.0),
                 "p99_ms": percentile(&t.latencies_ms, 99.0),

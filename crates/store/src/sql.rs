@@ -94,6 +94,10 @@ impl Dialect {
                     12,
                     include_str!("../migrations/sqlite/0012_api_run_messages.sql"),
                 ),
+                (
+                    13,
+                    include_str!("../migrations/sqlite/0013_lease_indexes.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),
@@ -125,6 +129,10 @@ impl Dialect {
                 (
                     12,
                     include_str!("../migrations/postgres/0012_api_run_messages.sql"),
+                ),
+                (
+                    13,
+                    include_str!("../migrations/postgres/0013_lease_indexes.sql"),
                 ),
             ],
         }

@@ -1404,7 +1404,11 @@ async fn a_query_handed_back_is_claimed_at_once_and_its_holder_fenced(store: Arc
     store.create_job(&job).await.unwrap();
     let q = store.create_query(&manual_query(&job), None).await.unwrap();
     let now = time::now();
-    let first = store.claim_queries("a", 10, TTL, now).await.unwrap().remove(0);
+    let first = store
+        .claim_queries("a", 10, TTL, now)
+        .await
+        .unwrap()
+        .remove(0);
     store
         .query_running(&first.id, first.lease_token, now)
         .await

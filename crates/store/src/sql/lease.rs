@@ -183,8 +183,11 @@ impl Leased {
         Ok(query.execute(pool).await?.rows_affected() == 1)
     }
 
-    /// Up to 100 leases that expired before `now`, locked in `tx` (others
-    /// reaping at once skip them); the caller ends each.
+    /// Up to 100 leases that expired before `now`, the longest expired
+    /// first, locked in `tx` (others reaping at once skip them); the caller
+    /// ends each. Read through the table's index on `lease_expires_at`
+    /// (only leased rows have one): ordered by `seq`, SQLite walked a
+    /// million-run table instead, 170 ms on the writer's connection.
     pub async fn expired(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -193,7 +196,7 @@ impl Leased {
     ) -> Result<Vec<AnyRow>> {
         let sql = format!(
             "SELECT {} FROM {} WHERE lease_expires_at < $1 AND status IN {LEASED} \
-             ORDER BY seq LIMIT 100{}",
+             ORDER BY lease_expires_at LIMIT 100{}",
             self.columns,
             self.table,
             dialect.skip_locked()
