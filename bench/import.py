@@ -22,8 +22,10 @@ no tool always meets a cold or a warm cache):
 - `sling` too, when it is on PATH (pip install sling-linux-amd64), as many
   times, its copy checked the same way;
 - a persistent job inside a running `sluice serve`: its first query (the
-  whole table, batches staged as files), one finding 10,000 new rows, and
-  ones finding none, each timed by its own record (claimed → ended).
+  whole table, batches staged beside the load) side by side with `sluice
+  import` of the same table, `--repeat` of each, order alternated, and
+  their ratio; then a query finding 10,000 new rows, and ones finding
+  none, each timed by its own record (claimed → ended).
 Every copy's row count and checksum over every column is compared with the
 source's: a difference fails the benchmark.
 """
@@ -194,16 +196,19 @@ def main():
             print(f"{label}: incremental, no new rows:     {work * 1000:.1f} ms of work, "
                   f"{whole * 1000:.1f} ms with process start (median of {len(none)})")
             same(target, checksum(src, "bench"), checksum(dst, target))
-        first = job_figures(src, dst, first)
+        first = job_figures(src, dst, first, a.repeat)
     finally:
         psql("postgres", f"DROP DATABASE IF EXISTS {src}", f"DROP DATABASE IF EXISTS {dst}")
 
 
-def job_figures(src, dst, first):
+def job_figures(src, dst, first, repeat):
     """A persistent job inside a running `sluice serve`: its first query
-    (the whole table, batches staged as files), then a query finding 10,000
-    new rows, then queries finding none; each query's own time in the
-    server (claimed → ended), from its record."""
+    (the whole table, batches staged beside the load) side by side with
+    `sluice import` of the same table (incremental on `at`, a first load),
+    `repeat` of each, order alternated; then a query finding 10,000 new
+    rows, then queries finding none. A query's time is its own in the
+    server (claimed → ended, from its record); an import's is its work
+    (`seconds` in its JSON, the process start left out)."""
     import tempfile
     import socket
     data = tempfile.mkdtemp(prefix="sluice-bench-")
@@ -233,15 +238,52 @@ def job_figures(src, dst, first):
                 raise RuntimeError(f"sluice {' '.join(args)}: {out.stderr}")
             return json.loads(out.stdout)
         org = cli("org", "create", "bench")["organization_id"]
-        job_file = Path(data) / "job.toml"
-        job_file.write_text(f'source = "{BASE}/{src}"\ntable = "bench"\ndestination = "{BASE}/{dst}"\n'
-                            f'target = "job_copy"\nchange_column = "at"\n')
-        job = cli("job", "create", "--org", org, "--file", str(job_file))["job"]["id"]
+
+        def make_job(target):
+            job_file = Path(data) / f"{target}.toml"
+            job_file.write_text(f'source = "{BASE}/{src}"\ntable = "bench"\ndestination = "{BASE}/{dst}"\n'
+                                f'target = "{target}"\nchange_column = "at"\n')
+            return cli("job", "create", "--org", org, "--file", str(job_file))["job"]["id"]
 
         def query_time(q):
             from datetime import datetime
             f = "%Y-%m-%dT%H:%M:%S.%fZ"
             return (datetime.strptime(q["finished_at"], f) - datetime.strptime(q["started_at"], f)).total_seconds()
+
+        def first_query(job):
+            # The first query is made by the scheduler at once.
+            deadline = time.time() + 600
+            while True:
+                qs = cli("job", "queries", job, "--org", org, "--limit", "1")
+                if qs and qs[0]["finished_at"]:
+                    if qs[0]["status"] != "SUCCEEDED":
+                        raise RuntimeError(f"the first query failed: {qs[0]}")
+                    return qs[0]
+                if time.time() > deadline or serve.poll() is not None:
+                    raise RuntimeError("the first query did not end: " + (Path(data) / "serve.log").read_text())
+                time.sleep(0.05)
+
+        queries, imports, jobs = [], [], []
+        for i in range(repeat):
+            for kind in (("job", "import") if i % 2 == 0 else ("import", "job")):
+                if kind == "job":
+                    jobs.append(make_job(f"job_copy_{i}"))
+                    q = first_query(jobs[-1])
+                    queries.append(query_time(q))
+                else:
+                    _, _, out = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+                                       "--to", f"{BASE}/{dst}", "--target", f"import_copy_{i}",
+                                       "--change-column", "at", "--json"])
+                    imports.append(json.loads(out)["seconds"])
+        want = checksum(src, "bench")
+        for i in range(repeat):
+            same(f"job_copy_{i}", want, checksum(dst, f"job_copy_{i}"))
+            same(f"import_copy_{i}", want, checksum(dst, f"import_copy_{i}"))
+        qm, im = statistics.median(queries), statistics.median(imports)
+        print(f"job in serve, first query (whole table, {first:,} rows, staged): {qm:.2f} s; "
+              f"sluice import of the same table: {im:.2f} s; job / import = {qm / im:.2f}× "
+              f"(medians of {repeat}, order alternated)")
+        job = jobs[0]
 
         def ended(qid):
             deadline = time.time() + 600
@@ -252,18 +294,6 @@ def job_figures(src, dst, first):
                 time.sleep(0.05)
             raise RuntimeError("the query did not end")
 
-        # The first query is made by the scheduler at once.
-        deadline = time.time() + 600
-        while True:
-            qs = cli("job", "queries", job, "--org", org, "--limit", "1")
-            if qs and qs[0]["finished_at"]:
-                break
-            if time.time() > deadline or serve.poll() is not None:
-                raise RuntimeError("the first query did not end: " + (Path(data) / "serve.log").read_text())
-            time.sleep(0.1)
-        q = qs[0]
-        print(f"job in serve, first query (whole table, staged): {query_time(q):.2f} s, "
-              f"{q['records']} rows, {q['status']}")
         add_rows(src, first + 1, first + 10_000)
         first += 10_000
         q = ended(cli("job", "run", job, "--org", org, "--detach")["id"])
@@ -275,7 +305,7 @@ def job_figures(src, dst, first):
             if q["records"] != 0:
                 raise SystemExit(f"a query with no new rows loaded {q['records']}")
         print(f"job in serve, no new rows: {statistics.median(times) * 1000:.1f} ms (median of 5)")
-        same("job_copy", checksum(src, "bench"), checksum(dst, "job_copy"))
+        same("job_copy_0", checksum(src, "bench"), checksum(dst, "job_copy_0"))
     finally:
         serve.terminate()
         serve.wait()

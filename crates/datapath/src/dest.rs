@@ -314,7 +314,7 @@ impl Dest {
             Dest::Postgres(c) => {
                 let format = match read {
                     ReadAs::BinaryCopy => " (FORMAT binary)",
-                    ReadAs::TextCopy | ReadAs::Values => "",
+                    ReadAs::Values => "",
                 };
                 let copy = c
                     .copy_in_raw(&format!("COPY {into_sql} ({names}) FROM STDIN{format}"))

@@ -293,10 +293,9 @@ async fn prepare(
         mut report,
     } = crate::decide(spec, &all, dst, &target, &job).await?;
 
-    // Between two PostgreSQL databases the rows pass as COPY data, never
-    // parsed: binary, or text when the batches are staged as files.
+    // Between two PostgreSQL databases the rows pass as binary COPY data,
+    // never parsed — staged batches too, as they are.
     let read = match (&src, &*dst) {
-        (Source::Postgres(_), Dest::Postgres(_)) if spec.stage.is_some() => ReadAs::TextCopy,
         (Source::Postgres(_), Dest::Postgres(_)) => ReadAs::BinaryCopy,
         _ => ReadAs::Values,
     };
@@ -491,8 +490,11 @@ impl Load<'_> {
         Ok(rows)
     }
 
-    /// Streams the reader's batches into the writer (staging each one as
-    /// a text COPY file when the spec says so); answers the rows written.
+    /// Streams the reader's batches into the writer; when the spec stages
+    /// them, each batch is also written to the stage beside the load (a
+    /// task of its own, a few batches behind at most), as read: binary
+    /// COPY data between PostgreSQL databases, else text COPY. Answers the
+    /// rows written.
     async fn stream(
         &self,
         mut reader: Reader,
@@ -501,7 +503,11 @@ impl Load<'_> {
         progress: &mut dyn Progress,
     ) -> Result<u64> {
         let spec = self.spec;
-        let mut staged = Vec::new();
+        let format = crate::stage::Format::of(self.read);
+        let mut stager = spec
+            .stage
+            .as_ref()
+            .map(|s| crate::stage::Stager::start(s.clone(), format));
         let (mut seen, mut batches) = (0u64, 0u64);
         let mut last = Instant::now();
         while let Some(batch) = reader.batches.recv().await {
@@ -509,27 +515,20 @@ impl Load<'_> {
             let rows = batch.rows();
             let written = async {
                 spec.check_cancel()?;
-                let object = match &spec.stage {
-                    Some(stage) => {
-                        let text = match &batch {
+                let staged = match &mut stager {
+                    Some(stager) => {
+                        let bytes = match &batch {
                             Batch::Copy { bytes, .. } => bytes.clone(),
                             Batch::Rows(r) => crate::encode::tsv(r, self.cols, self.from_mysql),
                         };
-                        let bytes = text.len() as u64;
-                        let name = crate::stage::batch_name(staged.len() as u64 + 1);
-                        let object = stage.0.put(name, text).await.map_err(ImportError::Stage)?;
-                        staged.push(crate::stage::Staged {
-                            object: object.clone(),
-                            rows,
-                            bytes,
-                        });
-                        Some((object, bytes))
+                        let size = bytes.len() as u64;
+                        Some((stager.put(bytes, rows).await?, size))
                     }
                     None => None,
                 };
                 let sent = writer.write(batch).await?;
-                Ok::<_, ImportError>(match object {
-                    Some((object, bytes)) => (Some(object), bytes),
+                Ok::<_, ImportError>(match staged {
+                    Some((name, size)) => (Some(name), size),
                     None => (None, sent),
                 })
             }
@@ -565,22 +564,23 @@ impl Load<'_> {
             writer.abort("the source failed").await;
             return Err(e);
         }
-        let manifest = match &spec.stage {
-            Some(stage) => {
+        let manifest = match stager {
+            Some(stager) => {
                 let columns: Vec<(String, String)> = self
                     .cols
                     .iter()
                     .map(|c| (c.name.clone(), c.postgres_type()))
                     .collect();
-                let doc =
-                    crate::stage::manifest(&spec.source_table, &into.quoted(), &columns, &staged);
-                Some(
-                    stage
-                        .0
-                        .put("manifest.json".into(), doc)
-                        .await
-                        .map_err(ImportError::Stage)?,
-                )
+                match stager
+                    .finish(&spec.source_table, &into.quoted(), &columns)
+                    .await
+                {
+                    Ok(manifest) => Some(manifest),
+                    Err(e) => {
+                        writer.abort("staging failed").await;
+                        return Err(e);
+                    }
+                }
             }
             None => None,
         };

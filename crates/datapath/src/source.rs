@@ -52,8 +52,6 @@ impl Batch {
 pub(crate) enum ReadAs {
     /// `COPY … (FORMAT binary)`: no parsing at either end.
     BinaryCopy,
-    /// `COPY …` in text, a row a line (the staged files' format).
-    TextCopy,
     Values,
 }
 
@@ -62,7 +60,6 @@ impl ReadAs {
     pub(crate) fn copy_format(self) -> Option<&'static str> {
         match self {
             ReadAs::BinaryCopy => Some("binary"),
-            ReadAs::TextCopy => Some("text"),
             ReadAs::Values => None,
         }
     }
@@ -404,7 +401,8 @@ async fn read_copy(
     let fresh = || Vec::with_capacity(BATCH_BYTES + 64 * 1024);
     let mut bytes = fresh();
     let mut messages = 0u64;
-    // Binary: one COPY message a row (the header rides with the first);
+    // Binary: one COPY message a row (the header rides with the first,
+    // the trailer comes alone, or with the header when there is no row);
     // text: one line a row (newlines in values are escaped).
     let batch = |bytes: Vec<u8>, messages: u64| {
         let rows = if text {
@@ -417,7 +415,7 @@ async fn read_copy(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(db("reading the source"))?;
         bytes.extend_from_slice(&chunk);
-        messages += 1;
+        messages += u64::from(holds_a_row(&chunk));
         if bytes.len() >= BATCH_BYTES {
             let full = std::mem::replace(&mut bytes, fresh());
             if tx.send(batch(full, messages)).await.is_err() {
@@ -430,6 +428,22 @@ async fn read_copy(
         let _ = tx.send(batch(bytes, messages)).await;
     }
     Ok(())
+}
+
+/// Whether a binary COPY message holds a row: not the trailer (a field
+/// count of -1), with or without the header before it.
+fn holds_a_row(message: &[u8]) -> bool {
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    let body = match message.strip_prefix(SIGNATURE) {
+        // Flags (4 bytes), then the header extension's length and bytes.
+        Some(rest) if rest.len() >= 8 => {
+            let ext = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+            rest.get(8 + ext..).unwrap_or_default()
+        }
+        Some(_) => return false,
+        None => message,
+    };
+    !body.is_empty() && body != [0xff, 0xff]
 }
 
 /// The window planner's view of a database source.
@@ -527,4 +541,20 @@ enum RowRef<'a> {
     Pg(&'a sqlx::postgres::PgRow),
     My(&'a sqlx::mysql::MySqlRow),
     Lite(&'a sqlx::sqlite::SqliteRow),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_a_row;
+
+    #[test]
+    fn binary_copy_messages_count_rows_not_the_header_or_trailer() {
+        let header = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        let row = [0u8, 1, 0, 0, 0, 1, 7];
+        assert!(holds_a_row(&[header.clone(), row.to_vec()].concat()));
+        assert!(holds_a_row(&row));
+        assert!(!holds_a_row(&[0xff, 0xff]));
+        // No row at all: the header and the trailer in one message.
+        assert!(!holds_a_row(&[header, vec![0xff, 0xff]].concat()));
+    }
 }

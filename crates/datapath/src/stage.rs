@@ -1,17 +1,28 @@
-//! Staging: where a run's extracted batches are written, as delimited
-//! files, with a manifest beside them.
+//! Staging: where a run's extracted batches are written, with a manifest
+//! beside them, while they load.
 //!
-//! Every batch is PostgreSQL's text COPY format — one row a line, fields
-//! separated by tabs, `\N` for NULL, backslash escapes — whatever the
-//! source, and the manifest (`manifest.json`) lists the batches, their
-//! rows and bytes, and the columns with their destination types. The
-//! engine gives the data path a [`Stage`] over its object storage (a local
-//! folder, or any S3-compatible store).
+//! Between two PostgreSQL databases a batch is staged as it was read:
+//! PostgreSQL's binary COPY data (`batch-000001.pgcopy`, …; the batches
+//! in order are one `COPY … FROM STDIN (FORMAT binary)` stream, the first
+//! holding its header, the last its trailer) — compact, and never encoded
+//! twice. From other sources a batch is PostgreSQL's text COPY format
+//! (`batch-000001.tsv`: one row a line, fields separated by tabs, `\N` for
+//! NULL, backslash escapes), loadable one by one. The manifest
+//! (`manifest.json`) names the format and lists the batches, their rows
+//! and bytes, and the columns with their destination types. The engine
+//! gives the data path a [`Stage`] over its object storage (a local
+//! folder, or any S3-compatible store). Batches are written by a task of
+//! their own beside the load, so staging does not slow it down.
 
 use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::source::ReadAs;
+use crate::{ImportError, Result};
 
 /// Object storage for one run's batches.
 pub trait Stage: Send + Sync {
@@ -37,15 +48,141 @@ pub(crate) struct Staged {
     pub bytes: u64,
 }
 
+/// How a run's batches are staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    BinaryCopy,
+    TextCopy,
+}
+
+impl Format {
+    /// The format of batches read as `read`.
+    pub fn of(read: ReadAs) -> Format {
+        match read {
+            ReadAs::BinaryCopy => Format::BinaryCopy,
+            ReadAs::Values => Format::TextCopy,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::BinaryCopy => "postgresql-binary-copy",
+            Format::TextCopy => "postgresql-text-copy",
+        }
+    }
+
+    /// The name of batch `n` (1-based).
+    fn batch_name(self, n: u64) -> String {
+        match self {
+            Format::BinaryCopy => format!("batch-{n:06}.pgcopy"),
+            Format::TextCopy => format!("batch-{n:06}.tsv"),
+        }
+    }
+}
+
+/// A stage and the batches written to it.
+type Written = (StageHandle, Vec<Staged>);
+
+/// Writes a run's batches to its stage from a task of its own, in order,
+/// while the load goes on; at most [`Stager::AHEAD`] batches wait for it
+/// (then the load waits: memory stays bounded).
+pub(crate) struct Stager {
+    format: Format,
+    next: u64,
+    tx: Option<mpsc::Sender<(String, Vec<u8>, u64)>>,
+    task: Option<JoinHandle<std::io::Result<Written>>>,
+}
+
+impl Stager {
+    const AHEAD: usize = 4;
+
+    pub fn start(stage: StageHandle, format: Format) -> Stager {
+        let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>, u64)>(Self::AHEAD);
+        let task = tokio::spawn(async move {
+            let mut staged = Vec::new();
+            while let Some((name, bytes, rows)) = rx.recv().await {
+                let size = bytes.len() as u64;
+                let object = stage.0.put(name, bytes).await?;
+                staged.push(Staged {
+                    object,
+                    rows,
+                    bytes: size,
+                });
+            }
+            Ok((stage, staged))
+        });
+        Stager {
+            format,
+            next: 1,
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Queues the next batch; answers its name. A stage that failed fails
+    /// the load here (or at [`Stager::finish`]).
+    pub async fn put(&mut self, bytes: Vec<u8>, rows: u64) -> Result<String> {
+        let name = self.format.batch_name(self.next);
+        self.next += 1;
+        let sent = match &self.tx {
+            Some(tx) => tx.send((name.clone(), bytes, rows)).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The task ended early: it failed.
+            return Err(self.wait().await.err().unwrap_or_else(|| {
+                ImportError::Stage(std::io::Error::other("the stage stopped"))
+            }));
+        }
+        Ok(name)
+    }
+
+    /// Waits for every batch to be written, then writes the manifest;
+    /// answers where it is.
+    pub async fn finish(
+        mut self,
+        source: &str,
+        target: &str,
+        columns: &[(String, String)],
+    ) -> Result<String> {
+        let (stage, staged) = self.wait().await?;
+        let doc = manifest(self.format, source, target, columns, &staged);
+        stage
+            .0
+            .put("manifest.json".into(), doc)
+            .await
+            .map_err(ImportError::Stage)
+    }
+
+    async fn wait(&mut self) -> Result<Written> {
+        self.tx = None;
+        let task = self.task.take().ok_or_else(|| {
+            ImportError::Stage(std::io::Error::other("the stage was already waited for"))
+        })?;
+        task.await
+            .map_err(|e| ImportError::Stage(std::io::Error::other(e.to_string())))?
+            .map_err(ImportError::Stage)
+    }
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
 /// The manifest of a run's batches.
 pub(crate) fn manifest(
+    format: Format,
     source: &str,
     target: &str,
     columns: &[(String, String)],
     batches: &[Staged],
 ) -> Vec<u8> {
     let doc = serde_json::json!({
-        "format": "postgresql-text-copy",
+        "format": format.name(),
         "source": source,
         "target": target,
         "columns": columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect::<Vec<_>>(),
@@ -55,9 +192,4 @@ pub(crate) fn manifest(
         "rows": batches.iter().map(|b| b.rows).sum::<u64>(),
     });
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
-}
-
-/// The name of batch `n` (1-based).
-pub(crate) fn batch_name(n: u64) -> String {
-    format!("batch-{n:06}.tsv")
 }

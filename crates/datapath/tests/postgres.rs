@@ -407,22 +407,38 @@ async fn staged_batches_and_manifest_hold_every_row_and_new_columns_are_added() 
         "id bigint not null, at timestamp with time zone not null, amount numeric(12,2)",
         "only the selected columns, their types kept"
     );
-    // The staged batches are text COPY files holding every row once.
+    // The staged batches, in order, are one binary COPY stream holding
+    // every row once: loaded back, they are exactly the rows loaded.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["rows"], 60_000);
+    assert_eq!(manifest["format"], "postgresql-binary-copy");
     let batches = manifest["batches"].as_array().unwrap();
     assert!(batches.len() > 1, "more than one batch: {manifest}");
-    let lines: usize = batches
-        .iter()
-        .map(|b| {
-            std::fs::read_to_string(b["object"].as_str().unwrap())
-                .unwrap()
-                .lines()
-                .count()
-        })
-        .sum();
-    assert_eq!(lines, 60_000);
+    let mut stream = Vec::new();
+    for b in batches {
+        let object = b["object"].as_str().unwrap();
+        assert!(object.ends_with(".pgcopy"), "{object}");
+        stream.extend(std::fs::read(object).unwrap());
+    }
+    exec(
+        &dst,
+        "CREATE TABLE staged_back (id bigint, at timestamptz, amount numeric(12,2))",
+    )
+    .await;
+    let mut c = PgConnection::connect(&dst).await.unwrap();
+    let mut copy = c
+        .copy_in_raw("COPY staged_back FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    copy.send(stream).await.unwrap();
+    assert_eq!(copy.finish().await.unwrap(), 60_000);
+    let digest =
+        "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM (SELECT id, at, amount FROM {}) t";
+    assert_eq!(
+        scalar(&dst, &digest.replace("{}", "staged_back")).await,
+        scalar(&dst, &digest.replace("{}", "orders")).await
+    );
     let extracted: u64 = events
         .0
         .iter()
