@@ -309,3 +309,50 @@ def test_postgresql_restarted_under_runs_and_an_import_query_then_each_ends_once
         loads, distinct = map(int, windows.split(":"))
         assert loads == distinct, f"a window loaded twice: {windows}; queries: {queries}"
         assert s.proc.poll() is None and all(w.poll() is None for w in workers)
+
+
+def test_processes_sharing_postgresql_wake_each_other_instead_of_polling(tmp_path):
+    """Every loop polls only every 30 s here: a run submitted to `serve
+    --no-worker` is claimed by a separate `worker` at once (the scheduler's
+    NOTIFY wakes it), and a job query queued from the command line starts
+    in the server at once (the CLI's NOTIFY wakes its importer)."""
+    from conftest import postgres_databases, psql
+    from preds import SOURCE, add_rows, job_toml
+    slow = {**FAST, "SLUICE_POLL_MS": "30000"}
+    s = Sluice(tmp_path, fresh_postgres_database(), env=slow, worker=False)
+    log = open(tmp_path / "worker.log", "w")
+    LOGS.append(tmp_path / "worker.log")
+    worker = subprocess.Popen([BIN, "worker", *s.store_args()], env=s.env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        session, dep_url, ver = setup_deployment(s, sleep=0)
+        env = {"LEDGER": Ledger().url}
+        time.sleep(2)  # both processes past their first turn: idle, polling every 30 s
+        started = []
+        for _ in range(3):
+            t0 = time.time()
+            run = session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": env}).json()["run_id"]
+            wait_for(lambda: session.get(f"{dep_url}/runs/{run}").json()["status"] == "SUCCEEDED",
+                     "the run", timeout=60, interval=0.05)
+            started.append(time.time() - t0)
+        assert max(started) < 10, f"runs waited for a poll: {started}"
+
+        org = dep_url.split("/")[4]
+        with postgres_databases("sluice_wake") as (src, dst):
+            psql(src, SOURCE)
+            add_rows(src, 1, 100)
+            job = s.cli_json("job", "create", "--org", org, "--file",
+                             str(job_toml(tmp_path / "job.toml", src, dst)))["job"]["id"]
+            wait_for(lambda: [q for q in s.cli_json("job", "queries", job, "--org", org)
+                              if q["status"] == "SUCCEEDED"], "the first query", timeout=60, interval=0.05)
+            add_rows(src, 101, 200)
+            t0 = time.time()
+            query = s.cli_json("job", "run", job, "--org", org, "--detach")["id"]
+            wait_for(lambda: [q for q in s.cli_json("job", "queries", job, "--org", org)
+                              if q["id"] == query and q["status"] == "SUCCEEDED"],
+                     "the queued query", timeout=60, interval=0.05)
+            assert time.time() - t0 < 10, "the queued query waited for a poll"
+    finally:
+        worker.kill()
+        worker.wait()
+        s.stop()

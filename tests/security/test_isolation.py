@@ -68,6 +68,8 @@ PUBLIC = {
     ("GET", "/readyz"): 200,
     # Counts by kind, status, queue and route template: no organization's data.
     ("GET", "/metrics"): 200,
+    # The API's description: routes and shapes, no organization's data.
+    ("GET", "/openapi.json"): 200,
     ("PUT", "/uploads/{token}"): (400, 401, 403, 404),
     ("GET", "/downloads/{token}"): (400, 401, 403, 404),
     ("GET", "/files/{token}"): (400, 401, 403, 404),

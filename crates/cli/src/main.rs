@@ -952,6 +952,11 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             shutdown.on_signals(Duration::from_secs(engine.shutdown_grace_secs));
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
+            tokio::spawn(sluice_engine::bus::relay(
+                db.clone(),
+                wakers.clone(),
+                shutdown.clone(),
+            ));
             let mut work = Vec::new();
             if !no_worker {
                 work = spawn_runners(
@@ -1016,6 +1021,11 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             shutdown.on_signals(Duration::from_secs(engine.shutdown_grace_secs));
             tokio::spawn(scheduler::run(db.clone(), config.clone(), wakers.clone()));
             tokio::spawn(dispatcher::run(db.clone(), config.clone(), wakers.clone()));
+            tokio::spawn(sluice_engine::bus::relay(
+                db.clone(),
+                wakers.clone(),
+                shutdown.clone(),
+            ));
             let mut work = spawn_runners(
                 &db,
                 &keys.sealer(),

@@ -890,7 +890,7 @@ impl Control {
         let queue = crate::queue_name(&d.id, new.distribution, self.settings.queues);
         let (run, created) = self.store.create_run(&new, queue.as_deref()).await?;
         if created {
-            self.wakers.scheduler.notify_one();
+            crate::bus::wake(&*self.store, &self.wakers, crate::bus::SCHEDULER).await;
         }
         Ok(RunView {
             run,
@@ -1007,7 +1007,7 @@ impl Control {
             .store
             .request_cancel(&run.organization_id, &run.id, time::now())
             .await?;
-        self.wakers.scheduler.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::SCHEDULER).await;
         Ok(self.views(vec![run]).await?.remove(0))
     }
 

@@ -20,6 +20,7 @@ pub mod actions;
 pub mod api_runs;
 pub mod auth;
 pub mod blob;
+pub mod bus;
 pub mod code;
 pub mod control;
 pub mod dispatcher;
@@ -41,7 +42,8 @@ use tokio::sync::Notify;
 
 /// In-process wake-ups: a submit wakes the scheduler at once, a scheduled
 /// run wakes the worker, a finished run wakes the scheduler (its queue may
-/// be free). Other processes fall back on polling.
+/// be free). Processes sharing a PostgreSQL store wake each other too
+/// (`NOTIFY`, relayed by [`bus::relay`]); polling stays the fallback.
 #[derive(Default)]
 pub struct Wakers {
     pub scheduler: Notify,
@@ -50,6 +52,21 @@ pub struct Wakers {
     pub importer: Notify,
     pub actions: Notify,
     pub api: Notify,
+}
+
+impl Wakers {
+    /// The loops named `what` (as [`bus`] names them), if any.
+    pub fn named(&self, what: &str) -> Option<&Notify> {
+        Some(match what {
+            bus::SCHEDULER => &self.scheduler,
+            bus::WORKERS => &self.workers,
+            bus::DISPATCHER => &self.dispatcher,
+            bus::IMPORTER => &self.importer,
+            bus::ACTIONS => &self.actions,
+            bus::API => &self.api,
+            _ => return None,
+        })
+    }
 }
 
 /// The queue of a run with a `distribution`: runs whose values share a

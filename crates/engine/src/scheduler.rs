@@ -22,7 +22,8 @@ pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Ar
         ok = match store.schedule(time::now()).await {
             Ok(n) => {
                 if n > 0 {
-                    wakers.workers.notify_one();
+                    // The workers of every process sharing the store.
+                    crate::bus::wake(&*store, &wakers, crate::bus::WORKERS).await;
                 }
                 true
             }

@@ -81,6 +81,34 @@ pub trait MetadataStore:
 
     /// The connections the store holds: (open, idle).
     fn pool_use(&self) -> (u32, u32);
+
+    /// Where processes sharing this store hear each other's wake-ups
+    /// (PostgreSQL: `LISTEN` there, see [`WakeListener`]); `None` for a
+    /// store one process owns (SQLite), where waking in-process is enough.
+    fn wake_url(&self) -> Option<&str>;
+
+    /// Wakes the loops named `what` in every process listening (PostgreSQL:
+    /// `NOTIFY`); nothing elsewhere.
+    async fn wake(&self, what: &str) -> Result<()>;
+}
+
+/// The channel wake-ups travel on.
+pub const WAKE_CHANNEL: &str = "sluice_wake";
+
+/// Hears the wake-ups other processes send through a PostgreSQL store.
+pub struct WakeListener(sqlx::postgres::PgListener);
+
+impl WakeListener {
+    pub async fn connect(url: &str) -> Result<WakeListener> {
+        let mut l = sqlx::postgres::PgListener::connect(url).await?;
+        l.listen(WAKE_CHANNEL).await?;
+        Ok(WakeListener(l))
+    }
+
+    /// The next wake-up: the name of the loops to wake.
+    pub async fn next(&mut self) -> Result<String> {
+        Ok(self.0.recv().await?.payload().to_owned())
+    }
 }
 
 /// See [`MetadataStore::open_work`].

@@ -150,6 +150,8 @@ pub struct SqlStore {
     write: AnyPool,
     /// SQLite: readers beside the writer (WAL). PostgreSQL: the same pool.
     read: AnyPool,
+    /// PostgreSQL: where wake-ups are listened for.
+    wake_url: Option<String>,
 }
 
 impl SqlStore {
@@ -166,6 +168,7 @@ impl SqlStore {
                 dialect: Dialect::Postgres,
                 write: pool.clone(),
                 read: pool,
+                wake_url: Some(url.to_owned()),
             });
         }
         if !url.starts_with("sqlite:") {
@@ -193,6 +196,7 @@ impl SqlStore {
             dialect: Dialect::Sqlite,
             write,
             read,
+            wake_url: None,
         })
     }
 
@@ -504,6 +508,21 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
 impl MetadataStore for SqlStore {
     fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    fn wake_url(&self) -> Option<&str> {
+        self.wake_url.as_deref()
+    }
+
+    async fn wake(&self, what: &str) -> Result<()> {
+        if self.wake_url.is_some() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(crate::WAKE_CHANNEL)
+                .bind(what)
+                .execute(&self.write)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -595,7 +595,7 @@ impl Control {
         };
         let run = ActionRun::new(&c, date, now);
         self.store.create_action_run(&run).await?;
-        self.wakers.actions.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::ACTIONS).await;
         Ok(run)
     }
 

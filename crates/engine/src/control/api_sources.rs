@@ -251,7 +251,7 @@ impl Control {
                 time::now(),
             )
             .await?;
-        self.wakers.api.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::API).await;
         Ok(run)
     }
 
@@ -268,7 +268,7 @@ impl Control {
             .store
             .start_api_run(&org, &run.source, run.run_type, Some(id), time::now())
             .await?;
-        self.wakers.api.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::API).await;
         Ok(new)
     }
 

@@ -340,7 +340,7 @@ impl Control {
         match self.store.put_file(&file).await {
             Ok(events) => {
                 if events > 0 {
-                    self.wakers.dispatcher.notify_one();
+                    crate::bus::wake(&*self.store, &self.wakers, crate::bus::DISPATCHER).await;
                 }
                 Ok((file, events))
             }

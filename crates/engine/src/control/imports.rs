@@ -428,7 +428,7 @@ impl Control {
             modified_at: now,
         };
         self.store.create_job(&job).await?;
-        self.wakers.importer.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::IMPORTER).await;
         Ok((Some(job), validation))
     }
 
@@ -507,7 +507,7 @@ impl Control {
         job.spec = spec;
         job.modified_at = time::now();
         self.store.update_job(&job).await?;
-        self.wakers.importer.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::IMPORTER).await;
         Ok((job, validation))
     }
 
@@ -539,7 +539,7 @@ impl Control {
         job.status = status;
         job.modified_at = now;
         self.store.update_job(&job).await?;
-        self.wakers.importer.notify_one();
+        crate::bus::wake(&*self.store, &self.wakers, crate::bus::IMPORTER).await;
         Ok(job)
     }
 
@@ -601,7 +601,7 @@ impl Control {
             .create_query(&q, claim.map(|(_, ttl)| ttl))
             .await?;
         if claim.is_none() {
-            self.wakers.importer.notify_one();
+            crate::bus::wake(&*self.store, &self.wakers, crate::bus::IMPORTER).await;
         }
         Ok(q)
     }

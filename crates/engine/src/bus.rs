@@ -1,0 +1,73 @@
+//! Wake-ups between processes that share a PostgreSQL store: a `serve`
+//! whose scheduler made runs RUNNABLE wakes the `worker`s at once, a job
+//! queried from the command line wakes the server's importer, instead of
+//! each waiting for its next poll. The store carries them (`NOTIFY` on
+//! [`sluice_store::WAKE_CHANNEL`], the loop's name as payload); each
+//! process relays what it hears to its own [`Wakers`]. Polling stays:
+//! a wake-up lost (a listener reconnecting) costs one poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_store::{MetadataStore, WakeListener};
+
+use crate::lease::Backoff;
+use crate::shutdown::Shutdown;
+use crate::Wakers;
+
+pub const SCHEDULER: &str = "scheduler";
+pub const WORKERS: &str = "workers";
+pub const DISPATCHER: &str = "dispatcher";
+pub const IMPORTER: &str = "importer";
+pub const ACTIONS: &str = "actions";
+pub const API: &str = "api";
+
+/// Wakes `what` here and in every process sharing the store.
+pub async fn wake(store: &dyn MetadataStore, wakers: &Wakers, what: &str) {
+    if let Some(n) = wakers.named(what) {
+        n.notify_one();
+    }
+    if let Err(e) = store.wake(what).await {
+        tracing::debug!("waking {what} in other processes: {e}");
+    }
+}
+
+/// Relays the wake-ups other processes send to this one's `wakers` until
+/// `shutdown` stops it; reconnects (backing off) when the store goes
+/// away. Nothing to do for a store one process owns.
+pub async fn relay(store: Arc<dyn MetadataStore>, wakers: Arc<Wakers>, shutdown: Shutdown) {
+    let Some(url) = store.wake_url().map(str::to_owned) else {
+        return;
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(500));
+    while !shutdown.is_stopping() {
+        let mut listener = match WakeListener::connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("listening for wake-ups: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.after(false)) => {}
+                    _ = shutdown.stopping() => {}
+                }
+                continue;
+            }
+        };
+        backoff.after(true);
+        loop {
+            tokio::select! {
+                _ = shutdown.stopping() => return,
+                heard = listener.next() => match heard {
+                    Ok(what) => {
+                        if let Some(n) = wakers.named(&what) {
+                            n.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("listening for wake-ups: {e}");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
