@@ -26,7 +26,6 @@ import base64
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from common import ROOT, TARGET, ensure_built
 from engine import cli, start
 
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import PG_ADMIN, code_archive, psql  # noqa: E402
+from conftest import PG_ADMIN, code_archive, psql, store_sql  # noqa: E402
 
 
 def loadgen():
@@ -65,15 +64,7 @@ class Store:
         self.data, self.url = data, database_url
 
     def run(self, sql):
-        if self.url:
-            return psql(self.url, sql)
-        db = sqlite3.connect(self.data / "sluice.db", timeout=60)
-        try:
-            rows = db.execute(sql).fetchall()
-            db.commit()
-            return "\n".join("|".join(str(v) for v in r) for r in rows)
-        finally:
-            db.close()
+        return store_sql(self.data, self.url, sql)
 
     def columns(self, table):
         if self.url:

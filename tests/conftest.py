@@ -51,6 +51,22 @@ def postgres_databases(prefix, count=2):
             psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
 
 
+def store_sql(data_dir, database_url, sql):
+    """Runs SQL on the metadata store of a sluice whose data dir is
+    `data_dir` (SQLite) or whose store is `database_url` (PostgreSQL);
+    answers the rows as psql's unaligned output."""
+    if database_url:
+        return psql(database_url, sql)
+    import sqlite3
+    db = sqlite3.connect(Path(data_dir) / "sluice.db", timeout=60)
+    try:
+        rows = db.execute(sql).fetchall()
+        db.commit()
+        return "\n".join("|".join(str(v) for v in r) for r in rows)
+    finally:
+        db.close()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,16 +161,7 @@ class Sluice:
     def store_sql(self, sql):
         """Runs SQL on the server's metadata store (SQLite or PostgreSQL):
         for tests that must put the store in a state no command makes."""
-        if self.database_url:
-            return psql(self.database_url, sql)
-        import sqlite3
-        db = sqlite3.connect(self.data_dir / "sluice.db", timeout=30)
-        try:
-            rows = db.execute(sql).fetchall()
-            db.commit()
-            return "\n".join("|".join(str(v) for v in r) for r in rows)
-        finally:
-            db.close()
+        return store_sql(self.data_dir, self.database_url, sql)
 
     def cli(self, *args):
         out = subprocess.run([BIN, *args, *self.store_args()], env=self.env, check=True,

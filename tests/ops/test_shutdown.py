@@ -149,7 +149,7 @@ def test_an_import_query_outliving_the_grace_period_is_handed_back_and_loads_onc
         time.sleep(10)
         assert psql(dst, "SELECT count(*) FROM preds") == "1000", "the stopped load committed rows"
         log = (tmp_path / "serve.log").read_text()
-        assert "import query ended" in log and "handed_back" in log, log[-2000:]
+        assert "work handed back" in log and f"id={query}" in log, log[-2000:]
         s2 = Sluice(tmp_path, url, env=env)
         try:
             t0 = time.time()

@@ -457,25 +457,18 @@ impl ActionRunner {
 
     /// Gives a run the grace period cut short back to the queue.
     async fn hand_back(&self, run: &ActionRun) -> RunStatus {
-        match self
+        let answer = self
             .store
             .hand_back_action_run(&run.id, run.lease_token, time::now())
-            .await
-        {
-            Ok(true) => {
-                let secs = run
-                    .started_at
-                    .map(|s| (time::now() - s).num_milliseconds() as f64 / 1000.0)
-                    .unwrap_or(0.0);
-                METRICS.ended(metrics::ACTION_RUN, metrics::HANDED_BACK, secs);
-                tracing::info!(action_run_id = %run.id, configuration = %run.api_id, org = %run.organization_id, outcome = metrics::HANDED_BACK, "action run ended");
-                RunStatus::Runnable
-            }
-            Ok(false) => run.status,
-            Err(e) => {
-                tracing::warn!("handing back action run {}: {e}", run.id);
-                run.status
-            }
+            .await;
+        let secs = run
+            .started_at
+            .map(|s| (time::now() - s).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or(0.0);
+        if crate::lease::handed_back(metrics::ACTION_RUN, &run.id, answer, secs) {
+            RunStatus::Runnable
+        } else {
+            run.status
         }
     }
 

@@ -300,19 +300,12 @@ impl ApiRunner {
     /// Gives a run the grace period cut short back to the queue; its
     /// stage stays for the next attempt.
     async fn hand_back(&self, run: &ApiRun, started: std::time::Instant) {
-        match self
+        let answer = self
             .store
             .hand_back_api_run(&run.id, run.lease_token, time::now())
-            .await
-        {
-            Ok(true) => {
-                let secs = started.elapsed().as_secs_f64();
-                METRICS.ended(metrics::API_RUN, metrics::HANDED_BACK, secs);
-                tracing::info!(api_run_id = %run.id, source = %run.source, org = %run.organization_id, outcome = metrics::HANDED_BACK, "API run ended");
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!("handing back API run {}: {e}", run.id),
-        }
+            .await;
+        let secs = started.elapsed().as_secs_f64();
+        crate::lease::handed_back(metrics::API_RUN, &run.id, answer, secs);
     }
 
     /// Marks a failed or cancelled run's tasks that did not end as

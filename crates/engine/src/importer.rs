@@ -294,25 +294,15 @@ impl Importer {
 
     /// Gives a query the grace period cut short back to the queue.
     async fn hand_back(&self, q: &Query) -> RunStatus {
-        match self
+        let answer = self
             .store
             .hand_back_query(&q.id, q.lease_token, time::now())
-            .await
-        {
-            Ok(true) => {
-                METRICS.ended(
-                    metrics::QUERY,
-                    metrics::HANDED_BACK,
-                    seconds_since(q.started_at),
-                );
-                tracing::info!(query_id = %q.id, job_id = %q.job_id, org = %q.organization_id, outcome = metrics::HANDED_BACK, "import query ended");
-                RunStatus::Runnable
-            }
-            Ok(false) => q.status,
-            Err(e) => {
-                tracing::warn!("handing back query {}: {e}", q.id);
-                q.status
-            }
+            .await;
+        let secs = seconds_since(q.started_at);
+        if crate::lease::handed_back(metrics::QUERY, q.id.as_str(), answer, secs) {
+            RunStatus::Runnable
+        } else {
+            q.status
         }
     }
 

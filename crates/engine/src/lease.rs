@@ -10,6 +10,7 @@ use sluice_domain::RunStatus;
 use sluice_store::StoreError;
 use tokio::task::JoinHandle;
 
+use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 
 /// Renews a lease every `every` until dropped. `cancel` is set when the
@@ -95,6 +96,35 @@ impl KeepAlive {
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// How a runner takes the store's answer to handing `id` (work of `kind`,
+/// `secs` under way) back at shutdown: counted and logged once when it was
+/// handed back; answers whether it was (else its lease is left to expire).
+pub(crate) fn handed_back(
+    kind: &'static str,
+    id: &str,
+    answer: Result<bool, StoreError>,
+    secs: f64,
+) -> bool {
+    match answer {
+        Ok(true) => {
+            METRICS.ended(kind, metrics::HANDED_BACK, secs);
+            tracing::info!(
+                kind,
+                id,
+                outcome = metrics::HANDED_BACK,
+                duration_ms = (secs * 1000.0) as u64,
+                "work handed back"
+            );
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!("handing back {kind} {id}: {e}");
+            false
+        }
     }
 }
 
