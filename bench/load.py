@@ -38,7 +38,7 @@ from common import ROOT, TARGET, ensure_built
 from engine import cli, start
 
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import PG_ADMIN, code_archive, psql, store_sql  # noqa: E402
+from conftest import code_archive, postgres_databases, store_sql  # noqa: E402
 
 
 def loadgen():
@@ -185,14 +185,9 @@ def main():
     a = ap.parse_args()
     ensure_built()
     generator = loadgen()
-    pg = "load_bench_" + str(int(time.time()))
-    psql(PG_ADMIN, f"CREATE DATABASE {pg}")
-    try:
+    with postgres_databases("load_bench", count=1) as (pg,):
         results = [("SQLite", *measure("SQLite", None, a, generator)),
-                   ("PostgreSQL", *measure("PostgreSQL", PG_ADMIN.rsplit("/", 1)[0] + "/" + pg, a, generator))]
-    finally:
-        subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {pg} WITH (FORCE)"],
-                       capture_output=True)
+                   ("PostgreSQL", *measure("PostgreSQL", pg, a, generator))]
     print(f"{a.runs:,} runs in one deployment; {a.rate:,.0f} requests/s for {a.seconds:.0f} s "
           f"({a.submits:,.0f}/s submits), open loop, `sluice serve --no-worker`, loopback.\n")
     print("| store | achieved | not 200 | sent again | GET a run p50 / p99 | runs page of 50 p50 / p99 "

@@ -31,7 +31,7 @@ pub(crate) enum Source {
 /// One batch on its way from the source's reader to the destination's
 /// writer.
 pub(crate) enum Batch {
-    /// PostgreSQL COPY data (binary, or text: a row a line), `rows` rows.
+    /// PostgreSQL binary COPY data, `rows` rows.
     Copy { bytes: Vec<u8>, rows: u64 },
     /// Rows as values.
     Rows(Vec<Vec<Val>>),
@@ -53,16 +53,6 @@ pub(crate) enum ReadAs {
     /// `COPY … (FORMAT binary)`: no parsing at either end.
     BinaryCopy,
     Values,
-}
-
-impl ReadAs {
-    /// The COPY statement's format option.
-    pub(crate) fn copy_format(self) -> Option<&'static str> {
-        match self {
-            ReadAs::BinaryCopy => Some("binary"),
-            ReadAs::Values => None,
-        }
-    }
 }
 
 /// A reader on its own task, and its batches.
@@ -365,11 +355,13 @@ impl Source {
     pub(crate) fn spawn_reader(self, select: String, cols: Vec<Col>, how: ReadAs) -> Reader {
         let (tx, batches) = mpsc::channel(BATCHES_IN_FLIGHT);
         let task = tokio::spawn(async move {
-            match (self, how.copy_format()) {
-                (Source::Postgres(mut c), Some(format)) => {
-                    read_copy(&mut c, &select, format, tx).await
+            match (self, how) {
+                (Source::Postgres(mut c), ReadAs::BinaryCopy) => {
+                    read_copy(&mut c, &select, tx).await
                 }
-                (Source::Postgres(mut c), None) => read_values!(&mut c, select, cols, tx, Pg),
+                (Source::Postgres(mut c), ReadAs::Values) => {
+                    read_values!(&mut c, select, cols, tx, Pg)
+                }
                 (Source::MySql(mut c), _) => read_values!(&mut c, select, cols, tx, My),
                 (Source::Sqlite(mut c), _) => read_values!(&mut c, select, cols, tx, Lite),
                 (Source::File(f), _) => tokio::task::spawn_blocking(move || {
@@ -385,47 +377,32 @@ impl Source {
     }
 }
 
-/// Reads `select` with COPY in `format`, in batches of about
-/// [`BATCH_BYTES`].
-async fn read_copy(
-    c: &mut PgConnection,
-    select: &str,
-    format: &str,
-    tx: mpsc::Sender<Batch>,
-) -> Result<()> {
+/// Reads `select` with binary COPY, in batches of about [`BATCH_BYTES`].
+async fn read_copy(c: &mut PgConnection, select: &str, tx: mpsc::Sender<Batch>) -> Result<()> {
     let mut stream = c
-        .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT {format})"))
+        .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
         .await
         .map_err(db("reading the source"))?;
-    let text = format == "text";
     let fresh = || Vec::with_capacity(BATCH_BYTES + 64 * 1024);
     let mut bytes = fresh();
-    let mut messages = 0u64;
-    // Binary: one COPY message a row (the header rides with the first,
-    // the trailer comes alone, or with the header when there is no row);
-    // text: one line a row (newlines in values are escaped).
-    let batch = |bytes: Vec<u8>, messages: u64| {
-        let rows = if text {
-            bytes.iter().filter(|b| **b == b'\n').count() as u64
-        } else {
-            messages
-        };
-        Batch::Copy { bytes, rows }
-    };
+    // One COPY message a row (the header rides with the first, the
+    // trailer comes alone, or with the header when there is no row).
+    let mut rows = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(db("reading the source"))?;
         bytes.extend_from_slice(&chunk);
-        messages += u64::from(holds_a_row(&chunk));
+        rows += u64::from(holds_a_row(&chunk));
         if bytes.len() >= BATCH_BYTES {
             let full = std::mem::replace(&mut bytes, fresh());
-            if tx.send(batch(full, messages)).await.is_err() {
+            let batch = Batch::Copy { bytes: full, rows };
+            if tx.send(batch).await.is_err() {
                 return Ok(());
             }
-            messages = 0;
+            rows = 0;
         }
     }
     if !bytes.is_empty() {
-        let _ = tx.send(batch(bytes, messages)).await;
+        let _ = tx.send(Batch::Copy { bytes, rows }).await;
     }
     Ok(())
 }

@@ -461,10 +461,7 @@ impl ActionRunner {
             .store
             .hand_back_action_run(&run.id, run.lease_token, time::now())
             .await;
-        let secs = run
-            .started_at
-            .map(|s| (time::now() - s).num_milliseconds() as f64 / 1000.0)
-            .unwrap_or(0.0);
+        let secs = crate::lease::seconds_since(run.started_at);
         if crate::lease::handed_back(metrics::ACTION_RUN, &run.id, answer, secs) {
             RunStatus::Runnable
         } else {
@@ -480,10 +477,7 @@ impl ActionRunner {
             .await
         {
             Ok(status) => {
-                let secs = run
-                    .started_at
-                    .map(|s| (now - s).num_milliseconds() as f64 / 1000.0)
-                    .unwrap_or(0.0);
+                let secs = crate::lease::seconds_since(run.started_at);
                 let ended = metrics::outcome(status);
                 METRICS.ended(metrics::ACTION_RUN, ended, secs);
                 tracing::info!(

@@ -9,7 +9,7 @@
 //! lease; a cancel (CANCELING) or a lost lease stops the load, which then
 //! rolls back: the destination holds the window entirely or not at all.
 
-use crate::lease::Backoff;
+use crate::lease::{seconds_since, Backoff};
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -681,11 +681,4 @@ async fn write_tasks(
         }
         tasks.flush(store.as_ref()).await;
     }
-}
-
-/// Seconds from `start` (when the work started) to now.
-fn seconds_since(start: Option<time::Timestamp>) -> f64 {
-    start
-        .map(|s| (time::now() - s).num_milliseconds() as f64 / 1000.0)
-        .unwrap_or(0.0)
 }

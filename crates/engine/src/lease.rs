@@ -99,6 +99,14 @@ impl Drop for KeepAlive {
     }
 }
 
+/// Seconds from `start` (when a piece of work started) to now; 0 when it
+/// never started.
+pub(crate) fn seconds_since(start: Option<sluice_domain::time::Timestamp>) -> f64 {
+    start
+        .map(|s| (sluice_domain::time::now() - s).num_milliseconds() as f64 / 1000.0)
+        .unwrap_or(0.0)
+}
+
 /// How a runner takes the store's answer to handing `id` (work of `kind`,
 /// `secs` under way) back at shutdown: counted and logged once when it was
 /// handed back; answers whether it was (else its lease is left to expire).
