@@ -39,6 +39,7 @@ def handler(request, context):
         "objects": attempt(os.path.join(data, "objects")),
         "code": attempt(os.path.join(data, "code")),
         "runs": attempt(os.path.join(data, "runs")),
+        "version_runs": attempt(os.path.dirname(os.getcwd())),
         "other_run": attempt(other) if other else "none",
         "parent_environ": attempt("/proc/%d/environ" % ppid),
         "parent_cmdline": attempt("/proc/%d/cmdline" % ppid),
@@ -55,17 +56,22 @@ def handler(request, context):
         time.sleep(float(os.environ["SLEEP"]))
 '''
 
-REFUSED = ["store", "data_dir", "objects", "code", "runs", "other_run", "parent_environ",
+REFUSED = ["store", "data_dir", "objects", "code", "runs", "version_runs", "other_run", "parent_environ",
            "parent_cmdline", "etc_shadow", "tmp"]
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "as-nobody"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "as-nobody", "fresh-interpreter"])
 def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
+    """Runs forked from the version's warm interpreter (the default; its
+    other runs' folders are where the server works) and, for one case, a
+    fresh interpreter per run."""
     url = fresh_postgres_database() if backend == "postgres" else None
     env = {"SERVER_SECRET": "hunter2", "SLUICE_RETRY_BASE_MS": "100"}
+    if backend == "fresh-interpreter":
+        env["SLUICE_USER_CODE"] = "fresh"
     if backend == "as-nobody":
         # A server run as root whose interpreter and data dir an
         # unprivileged user can reach: runs drop to `nobody`.
@@ -107,7 +113,7 @@ def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
             os.remove("/tmp/sluice-sandbox-probe")
         # Another run, still running: its folder is there to be probed.
         sleeper = submit({"DATA_DIR": data, "SLEEP": "60"})["run_id"]
-        other = os.path.join(data, "runs", sleeper, "attempt-1")
+        other = os.path.join(data, "runs", ver["version_id"], f"{sleeper}-1")
         wait_for(lambda: os.path.exists(os.path.join(other, "context.json")), "the other run's folder")
         _, seen = run({"DATA_DIR": data, "OTHER_RUN_DIR": other})
         session.post(f"{base}/{dep}/runs/{sleeper}/cancel")
@@ -123,6 +129,9 @@ def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
         assert (seen["uid"] == 65534) == (backend == "as-nobody"), seen
         assert not os.path.exists("/tmp/sluice-sandbox-probe")
         assert "hunter2" not in json.dumps(seen)
+        how = "a fresh interpreter" if backend == "fresh-interpreter" else "a process forked from"
+        first = session.get(f"{base}/{dep}/runs/{sleeper}/logs").json()["events"][0]["message"]
+        assert how in first, first
     finally:
         s.stop()
         if backend == "as-nobody":

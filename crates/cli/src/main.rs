@@ -204,7 +204,7 @@ pub(crate) fn absolute_sqlite_url(url: &str) -> anyhow::Result<String> {
 
 #[derive(Args, Clone)]
 pub(crate) struct EngineArgs {
-    /// Runs this process executes at once (default: 4 per core).
+    /// Runs this process executes at once (default: 8 per core, at least 16).
     #[arg(long, env = "SLUICE_WORKER_SLOTS")]
     worker_slots: Option<usize>,
     /// Action API runs (table-to-table, file moves, exports) this process
@@ -240,6 +240,17 @@ pub(crate) struct EngineArgs {
     /// The Python interpreter that runs deployment code.
     #[arg(long, env = "SLUICE_PYTHON", default_value = "python3")]
     python: String,
+    /// How a run's process starts: `fork` (from a warm interpreter per code
+    /// version that imported the handler's module once) or `fresh` (a new
+    /// interpreter per run). See docs/user-code.md.
+    #[arg(long, env = "SLUICE_USER_CODE", default_value = "fork", value_parser = ["fork", "fresh"])]
+    user_code: String,
+    /// Warm interpreters (code versions) one worker keeps at most.
+    #[arg(long, env = "SLUICE_WARM_VERSIONS", default_value_t = 16)]
+    warm_versions: usize,
+    /// A warm interpreter without a run for this long is stopped.
+    #[arg(long, env = "SLUICE_WARM_IDLE_SECS", default_value_t = 600)]
+    warm_idle_secs: u64,
     /// Where code archives and datalake files live: s3://bucket/prefix
     /// (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP) or file:///path
@@ -278,6 +289,12 @@ impl EngineArgs {
         c.retry.cap = Duration::from_millis(self.retry_cap_ms);
         c.run_timeout = Duration::from_secs(self.run_timeout_secs.max(1));
         c.python = self.python.clone();
+        c.user_code = match self.user_code.as_str() {
+            "fresh" => sluice_engine::UserCode::Fresh,
+            _ => sluice_engine::UserCode::Fork,
+        };
+        c.warm_versions = self.warm_versions.max(1);
+        c.warm_idle = Duration::from_secs(self.warm_idle_secs.max(1));
         c.limits = sluice_engine::sandbox::Limits {
             memory_bytes: self.run_memory_mb.map(|m| m << 20),
             cpu_seconds: self.run_cpu_seconds,

@@ -24,6 +24,7 @@ pub mod bus;
 pub mod code;
 pub mod control;
 pub mod dispatcher;
+pub mod forkserver;
 pub mod importer;
 mod lease;
 pub mod memory;
@@ -103,6 +104,22 @@ pub struct EngineConfig {
     pub action_slots: usize,
     /// Resource limits of each run's process.
     pub limits: sandbox::Limits,
+    /// How a run's process starts.
+    pub user_code: UserCode,
+    /// Warm fork servers (versions) one worker keeps at most.
+    pub warm_versions: usize,
+    /// A fork server without a run for this long is stopped.
+    pub warm_idle: Duration,
+}
+
+/// How a run's process starts (docs/user-code.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserCode {
+    /// Forked from a warm server per code version that imported the
+    /// handler's module once (a version can still ask for a fresh one).
+    Fork,
+    /// A fresh interpreter per run, importing the module each time.
+    Fresh,
 }
 
 impl EngineConfig {
@@ -112,7 +129,9 @@ impl EngineConfig {
             .unwrap_or(2);
         EngineConfig {
             data_dir: data_dir.clone(),
-            worker_slots: (cores * 4).max(4),
+            // Forked runs start in milliseconds: slots are for runs waiting
+            // on I/O as much as for CPU.
+            worker_slots: (cores * 8).max(16),
             lease_ttl: Duration::from_secs(15),
             heartbeat: Duration::from_secs(3),
             poll: Duration::from_millis(200),
@@ -124,6 +143,9 @@ impl EngineConfig {
             import_slots: 2,
             action_slots: 8,
             limits: sandbox::Limits::default(),
+            user_code: UserCode::Fork,
+            warm_versions: 16,
+            warm_idle: Duration::from_secs(600),
         }
     }
 }

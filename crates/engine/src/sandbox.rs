@@ -334,6 +334,13 @@ impl Prepared {
         self.run_as
     }
 
+    /// The Landlock ruleset, for a process that applies it itself (a run
+    /// forked from a fork server: see `forkserver`).
+    pub fn ruleset(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.ruleset.as_ref().map(|r| r.as_fd())
+    }
+
     /// Applies the sandbox to the calling process. Runs in the child
     /// between fork and exec: system calls only, no allocation.
     pub fn enter(&self) -> std::io::Result<()> {

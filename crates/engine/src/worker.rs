@@ -32,7 +32,7 @@ use crate::blob::Blobs;
 use crate::code::{self, ArchiveFormat};
 use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
-use crate::{sandbox, EngineConfig, Wakers};
+use crate::{forkserver, sandbox, EngineConfig, UserCode, Wakers};
 use tracing::Instrument;
 
 const RUNNER: &str = include_str!("runner.py");
@@ -54,6 +54,8 @@ pub struct Worker {
     python: tokio::sync::OnceCell<Interpreter>,
     /// What this kernel and process can sandbox runs with.
     support: sandbox::Support,
+    /// The warm interpreters runs are forked from, one per code version.
+    forks: forkserver::Pool,
 }
 
 /// The interpreter that runs user code, and what of the host it reads.
@@ -95,11 +97,12 @@ impl Worker {
             id,
             blobs: config.blobs.clone(),
             store,
-            config,
             wakers,
             unpacking: Mutex::new(()),
             python: tokio::sync::OnceCell::new(),
             support: sandbox::Support::probe(),
+            forks: forkserver::Pool::new(config.warm_versions.max(1), config.warm_idle),
+            config,
         }))
     }
 
@@ -184,6 +187,18 @@ impl Worker {
         let python = self.python().await;
         tracing::debug!("user code runs with {}", python.path);
         let slots = Arc::new(Semaphore::new(self.config.worker_slots));
+        let sweeper = tokio::spawn({
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                let every = me.config.warm_idle.min(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => me.sweep_servers().await,
+                        _ = shutdown.stopping() => return,
+                    }
+                }
+            }
+        });
         let mut backoff = crate::lease::Backoff::new(self.config.poll);
         tracing::info!(
             "worker {} ready with {} slots",
@@ -269,6 +284,8 @@ impl Worker {
                 tokio::time::sleep(Duration::from_secs(10)).await;
             } => false,
         };
+        sweeper.abort();
+        self.forks.clear();
         if ended {
             tracing::info!("worker {} stopped", self.id);
         } else {
@@ -277,6 +294,51 @@ impl Worker {
                 self.id,
                 all as usize - slots.available_permits()
             );
+        }
+    }
+
+    /// Stops the warm interpreters idle too long or of deleted versions.
+    async fn sweep_servers(&self) {
+        let mut gone = Vec::new();
+        for o in self.forks.owners() {
+            if let Err(StoreError::NotFound(_)) = self
+                .store
+                .get_version(&o.org, &o.deployment, &o.version)
+                .await
+            {
+                gone.push(o.version);
+            }
+        }
+        let stopped = self.forks.sweep(&|o| gone.contains(&o.version));
+        if stopped > 0 {
+            tracing::debug!(
+                "worker {}: stopped {stopped} warm interpreter(s), {} left",
+                self.id,
+                self.forks.len()
+            );
+        }
+    }
+
+    /// Awaits `work`, renewing the attempt's lease meanwhile.
+    async fn renewing<T>(
+        &self,
+        lease: &Lease,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, AttemptError> {
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.config.heartbeat);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = beat.tick() => {
+                    let now = time::now();
+                    let renewed = self.store.heartbeat(&lease.run.id, lease.token, self.config.lease_ttl, now).await;
+                    if let Err(StoreError::LeaseLost(_)) = renewed {
+                        return Err(AttemptError::LeaseLost);
+                    }
+                }
+            }
         }
     }
 
@@ -441,8 +503,8 @@ impl Worker {
             .config
             .data_dir
             .join("runs")
-            .join(run.id.as_str())
-            .join(format!("attempt-{}", lease.attempt));
+            .join(ver.id.as_str())
+            .join(format!("{}-{}", run.id, lease.attempt));
         let contents: Vec<Value> = files
             .iter()
             .map(|(key, f)| content(key, f, &work.join("inputs").join(f.file_id.as_str())))
@@ -464,13 +526,13 @@ impl Worker {
 
         let python = self.python().await;
         let runner = self.config.data_dir.join("runner.py");
-        let policy = sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &work);
         let support = sandbox::Support {
             run_as: python.run_as,
             ..self.support
         };
-        let prepared = policy
-            .prepare(support, self.config.limits.with(dep.limits))
+        let limits = self.config.limits.with(dep.limits);
+        let prepared = sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &work)
+            .prepare(support, limits)
             .map_err(|e| setup("could not prepare the sandbox", &e))?;
         if let Some(id) = prepared.run_as() {
             let dir = work.clone();
@@ -479,47 +541,23 @@ impl Worker {
                 .map_err(|e| setup("could not hand the working folder over", &e))?
                 .map_err(|e| setup("could not hand the working folder over", &e))?;
         }
-        let mut cmd = Command::new(&python.path);
-        cmd.arg("-u")
-            .arg(&runner)
-            .current_dir(&work)
-            .env_clear()
-            .envs(base_environment())
-            .env("HOME", &work)
-            .env("TMPDIR", &work)
-            .envs(run_environment(&dep, &ver, lease))
-            .env("SLUICE_CODE_DIR", &code_dir)
-            .env("SLUICE_HANDLER", &ver.handler)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        #[cfg(target_os = "linux")]
-        unsafe {
-            // The child enters its sandbox before the interpreter starts
-            // (and dies with its worker: see `sandbox`).
-            cmd.pre_exec(move || prepared.enter());
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| setup(&format!("could not start `{}`", self.python_name()), &e))?;
-        let pid = child.id();
+        let version_env = version_environment(&dep, &ver);
+        let code_env = [
+            ("SLUICE_CODE_DIR".to_owned(), code_dir.display().to_string()),
+            ("SLUICE_HANDLER".to_owned(), ver.handler.clone()),
+        ];
+        let at = |dir: &Path| {
+            let dir = dir.display().to_string();
+            [("HOME".to_owned(), dir.clone()), ("TMPDIR".to_owned(), dir)]
+        };
+        let mut env = base_environment();
+        env.extend(at(&work));
+        env.extend(version_env.iter().cloned());
+        env.extend(run_environment(lease));
+        env.extend(code_env.iter().cloned());
+        let fresh = self.config.user_code == UserCode::Fresh || asks_fresh(&version_env);
 
         let (log_tx, log_rx) = mpsc::channel::<(Timestamp, String)>(4096);
-        let _ = log_tx
-            .send((
-                time::now(),
-                format!(
-                    "[sluice] attempt {} on worker {} runs {}",
-                    lease.attempt, self.id, ver.handler
-                ),
-            ))
-            .await;
-        let pumps = [
-            tokio::spawn(pump(child.stdout.take(), log_tx.clone())),
-            tokio::spawn(pump(child.stderr.take(), log_tx.clone())),
-        ];
         let writer = tokio::spawn(write_logs(
             self.store.clone(),
             lease.run.id.clone(),
@@ -527,7 +565,159 @@ impl Worker {
             lease.attempt,
             log_rx,
         ));
+        let _ = log_tx
+            .send((
+                time::now(),
+                format!(
+                    "[sluice] attempt {} on worker {} runs {} in {}",
+                    lease.attempt,
+                    self.id,
+                    ver.handler,
+                    if fresh {
+                        "a fresh interpreter"
+                    } else {
+                        "a process forked from the version's warm interpreter"
+                    }
+                ),
+            ))
+            .await;
 
+        // The run's process: forked from the version's server (started,
+        // and its module imported, on the version's first run), or a fresh
+        // interpreter. Its lease is renewed meanwhile: an import may be slow.
+        let launch = async {
+            if !fresh {
+                let runs_dir = work.parent().unwrap_or(&work).to_owned();
+                let owner = forkserver::Owner {
+                    org: run.organization_id.clone(),
+                    deployment: run.deployment_id.clone(),
+                    version: ver.id.clone(),
+                };
+                let key = forkserver::key(&ver.id, &version_env, limits);
+                let warm = self
+                    .forks
+                    .server(key, owner, || {
+                        let mut env = base_environment();
+                        env.extend(at(&runs_dir));
+                        env.extend(version_env.iter().cloned());
+                        env.extend(code_env.iter().cloned());
+                        let sandbox =
+                            sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &runs_dir)
+                                .prepare(support, limits)
+                                .map_err(|e| forkserver::Failed {
+                                    error: format!("could not prepare the sandbox: {e}"),
+                                    log: vec![],
+                                })?;
+                        Ok(forkserver::Launch {
+                            python: python.path.clone(),
+                            runner: runner.clone(),
+                            dir: runs_dir.clone(),
+                            env,
+                            sandbox,
+                        })
+                    })
+                    .await;
+                match warm {
+                    forkserver::Warm::Ready(server, printed) => {
+                        for line in printed.into_iter().flatten() {
+                            let _ = log_tx.send(line).await;
+                        }
+                        let pipes = || -> std::io::Result<_> {
+                            let (out_tx, out_rx) = tokio::net::unix::pipe::pipe()?;
+                            let (err_tx, err_rx) = tokio::net::unix::pipe::pipe()?;
+                            Ok((
+                                out_tx.into_blocking_fd()?,
+                                err_tx.into_blocking_fd()?,
+                                out_rx,
+                                err_rx,
+                            ))
+                        };
+                        let (out, err, out_rx, err_rx) =
+                            pipes().map_err(|e| format!("could not make the run's pipes: {e}"))?;
+                        let forked = server
+                            .fork(&work, &env, out, err, prepared.ruleset())
+                            .await
+                            .map_err(|e| format!("could not start the run: {e}"))?;
+                        let pumps = [
+                            tokio::spawn(pump(Some(out_rx), log_tx.clone())),
+                            tokio::spawn(pump(Some(err_rx), log_tx.clone())),
+                        ];
+                        return Ok((Process::Forked(forked), pumps));
+                    }
+                    forkserver::Warm::Failed(failed) => {
+                        for line in failed.log {
+                            let _ = log_tx.send(line).await;
+                        }
+                        return Err(failed.error);
+                    }
+                    forkserver::Warm::Full => {
+                        let line = "[sluice] every warm interpreter of this worker is busy with \
+                                    other versions: this run starts a fresh one";
+                        let _ = log_tx.send((time::now(), line.to_owned())).await;
+                    }
+                }
+            }
+            let mut cmd = Command::new(&python.path);
+            cmd.arg("-u")
+                .arg(&runner)
+                .current_dir(&work)
+                .env_clear()
+                .envs(env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .process_group(0);
+            #[cfg(target_os = "linux")]
+            unsafe {
+                // The child enters its sandbox before the interpreter starts
+                // (and dies with its worker: see `sandbox`).
+                cmd.pre_exec(move || prepared.enter());
+            }
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("could not start `{}`: {e}", self.python_name()))?;
+            let pumps = [
+                tokio::spawn(pump(child.stdout.take(), log_tx.clone())),
+                tokio::spawn(pump(child.stderr.take(), log_tx.clone())),
+            ];
+            Ok((Process::Fresh(child), pumps))
+        };
+        // An import that never ends is bound by the run's timeout too.
+        let timeout = self.config.run_timeout;
+        let launch = async {
+            tokio::time::timeout(timeout, launch)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "stopped: the code's import exceeded the run's timeout of {} s",
+                        timeout.as_secs()
+                    ))
+                })
+        };
+        let launched = self.renewing(lease, launch).await;
+        let (mut process, pumps) = match launched {
+            Ok(Ok(started)) => started,
+            Ok(Err(error)) => {
+                let _ = log_tx
+                    .send((time::now(), format!("[sluice] attempt failed: {error}")))
+                    .await;
+                drop(log_tx);
+                let logs_ok = writer.await.unwrap_or(false);
+                let _ = tokio::fs::remove_dir_all(&work).await;
+                if !logs_ok {
+                    return Err(AttemptError::LeaseLost);
+                }
+                return Ok((AttemptOutcome::Failed { error }, None));
+            }
+            Err(lost) => {
+                drop(log_tx);
+                let _ = writer.await;
+                let _ = tokio::fs::remove_dir_all(&work).await;
+                return Err(lost);
+            }
+        };
+        let pid = process.pid();
         let mut stop: Option<String> = None;
         let mut handed_back = false;
         let mut lease_lost = false;
@@ -549,7 +739,7 @@ impl Worker {
                 kill_group(pid);
             }
             tokio::select! {
-                status = child.wait() => break status,
+                status = process.wait() => break status,
                 _ = beat.tick() => {
                     match self.store.heartbeat(&run.id, lease.token, self.config.lease_ttl, time::now()).await {
                         Ok(RunStatus::Canceling) if stop.is_none() => stop = Some("stopped: the run was cancelled".into()),
@@ -685,6 +875,29 @@ fn content(key: &str, f: &DatalakeFile, path: &Path) -> Value {
     })
 }
 
+/// A run's process: a fresh interpreter or a child of a fork server.
+enum Process {
+    Fresh(tokio::process::Child),
+    Forked(forkserver::Forked),
+}
+
+impl Process {
+    /// Its pid, which is also its process group's.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Process::Fresh(child) => child.id(),
+            Process::Forked(forked) => Some(forked.pid()),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Process::Fresh(child) => child.wait().await,
+            Process::Forked(forked) => forked.wait().await,
+        }
+    }
+}
+
 enum AttemptError {
     /// The lease moved on: this worker must write nothing more.
     LeaseLost,
@@ -697,7 +910,7 @@ enum AttemptError {
     HandedBack(String),
 }
 
-fn describe_exit(s: &std::process::ExitStatus) -> String {
+pub(crate) fn describe_exit(s: &std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
         (Some(code), _) => format!("the code exited with status {code}"),
@@ -731,30 +944,50 @@ fn env_value(v: &Value) -> String {
     }
 }
 
-/// The run's variables: the deployment's defaults, then the version's
-/// parameters, then the run's own environment, each overriding the last;
-/// and the run's identity as `ABEJA_*` variables.
-fn run_environment(dep: &Deployment, ver: &Version, lease: &Lease) -> Vec<(String, String)> {
-    let run = &lease.run;
+/// The version's variables: its identity as `ABEJA_*` variables, the
+/// deployment's defaults, then the version's parameters, each overriding
+/// the last. A fork server imports the module with these; a run adds its
+/// own ([`run_environment`]).
+fn version_environment(dep: &Deployment, ver: &Version) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         (
             "ABEJA_ORGANIZATION_ID".into(),
-            run.organization_id.to_string(),
+            dep.organization_id.to_string(),
         ),
-        ("ABEJA_DEPLOYMENT_ID".into(), run.deployment_id.to_string()),
+        ("ABEJA_DEPLOYMENT_ID".into(), dep.id.to_string()),
         ("ABEJA_DEPLOYMENT_VERSION_ID".into(), ver.id.to_string()),
         ("ABEJA_DEPLOYMENT_VERSION".into(), ver.version.clone()),
-        ("ABEJA_RUN_ID".into(), run.id.to_string()),
-        ("SLUICE_ATTEMPT".into(), lease.attempt.to_string()),
     ];
-    for layer in [
-        &dep.default_environment,
-        &ver.user_parameters,
-        &run.environment,
-    ] {
+    for layer in [&dep.default_environment, &ver.user_parameters] {
         env.extend(layer.iter().map(|(k, v)| (k.clone(), env_value(v))));
     }
     env
+}
+
+/// The run's own variables, over the version's: its identity and its
+/// `environment`.
+fn run_environment(lease: &Lease) -> Vec<(String, String)> {
+    let run = &lease.run;
+    let mut env: Vec<(String, String)> = vec![
+        ("ABEJA_RUN_ID".into(), run.id.to_string()),
+        ("SLUICE_ATTEMPT".into(), lease.attempt.to_string()),
+    ];
+    env.extend(
+        run.environment
+            .iter()
+            .map(|(k, v)| (k.clone(), env_value(v))),
+    );
+    env
+}
+
+/// Whether the deployment or the version asks for a fresh interpreter per
+/// run (`SLUICE_FRESH_INTERPRETER=1` in its environment).
+fn asks_fresh(version_env: &[(String, String)]) -> bool {
+    version_env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SLUICE_FRESH_INTERPRETER")
+        .is_some_and(|(_, v)| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 /// The files the runner reads: `request.json` and `context.json`.
@@ -826,7 +1059,7 @@ fn prepare_work_dir(
 }
 
 /// Reads a pipe line by line into the log channel.
-async fn pump(pipe: Option<impl AsyncRead + Unpin>, tx: mpsc::Sender<(Timestamp, String)>) {
+pub(crate) async fn pump(pipe: Option<impl AsyncRead + Unpin>, tx: mpsc::Sender<(Timestamp, String)>) {
     let Some(pipe) = pipe else { return };
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
