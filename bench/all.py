@@ -35,7 +35,8 @@ FULL = {
     "load.py": [],
 }
 SMOKE = {
-    "engine.py": ["--runs", "20", "--paced", "10", "--rate", "10", "--cold-starts", "2"],
+    "engine.py": ["--runs", "20", "--pandas-runs", "10", "--fresh-runs", "5", "--repeat", "1",
+                  "--paced", "10", "--rate", "10", "--warm-versions", "2", "--cold-starts", "2"],
     "datalake.py": ["--files", "10", "--rate", "10"],
     "import.py": ["--rows", "20000", "--repeat", "2"],
     "graphql.py": ["--jobs", "60", "--requests", "20"],

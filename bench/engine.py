@@ -1,23 +1,35 @@
 #!/usr/bin/env python3
 """Run-engine benchmark: prints figures; fails when a run did not succeed.
 
-    .venv/bin/python bench/engine.py [--runs 10000] [--paced 300] [--rate 20]
-                                     [--backends sqlite,postgres]
+    .venv/bin/python bench/engine.py [--runs 10000] [--pandas-runs 3000]
+        [--fresh-runs 500] [--repeat 3] [--paced 300] [--rate 20]
+        [--warm-versions 10] [--backends sqlite,postgres]
 
 For each metadata backend it starts a release `sluice serve` (API, scheduler
-and worker in one process), deploys a handler that does nothing, and measures:
+and worker in one process) and measures, each burst `--repeat` times with
+the backends' order alternated (medians printed):
 
-- paced: `--paced` runs submitted at `--rate` per second, below what the
-  worker can execute, so submit→RUNNING is sluice's own dispatch latency
-  (store write, scheduler, claim, process spawn), not queueing;
-- burst: `--runs` runs submitted as fast as 8 client threads can: the submit
-  rate, the claim rate (runs moved to STARTING per second while the burst
-  drains) and submit→RUNNING under load (dominated by queueing behind the
-  worker's slots).
+- paced: `--paced` runs of a handler that does nothing, submitted at
+  `--rate` per second, below what the worker can execute, so submit→RUNNING
+  is sluice's own dispatch latency (store write, wake-up, claim, fork), not
+  queueing;
+- burst: `--runs` runs of that handler submitted as fast as 8 client
+  threads can; figures: runs claimed and finished per second (runs / first
+  claim → last finish), submit→RUNNING p50/p99 (dominated by queueing);
+- the same with a handler module that imports pandas (`--pandas-runs`);
+- the same no-op burst in a fresh interpreter per run
+  (SLUICE_FRESH_INTERPRETER=1, `--fresh-runs`): what every run cost before
+  the fork servers;
+- warm versions: one pandas run on each of `--warm-versions` versions, then
+  the server's RSS and the warm interpreters' proportional set size (PSS:
+  shared pages split between the processes that share them) and RSS sum.
 
-Latencies come from the store: run `created_at` (submit) to the attempt's
-`running_at`. It also measures `sluice serve`'s cold start (spawn → first 200
-from /healthz, fresh data dir) and idle RSS.
+Each version is warmed by one run before its burst: the figures are the
+steady state, the first run's import (once per version and worker) is not in
+them. Latencies come from the store: run `created_at` (submit) to the
+attempt's `running_at`, finish from its `finished_at`. It also measures
+`sluice serve`'s cold start (spawn → first 200 from /healthz, fresh data
+dir) and idle RSS.
 """
 import argparse
 import json
@@ -35,9 +47,10 @@ from pathlib import Path
 
 import requests
 
-from common import BIN, ROOT, ensure_built  # noqa: E402  (puts tests/ on the path)
+from common import BIN, ensure_built  # noqa: E402  (puts tests/ on the path)
 from conftest import code_archive, drop_postgres_database, free_port, fresh_postgres_database  # noqa: E402
 NOOP = "def handler(request, context):\n    pass\n"
+PANDAS = "import pandas\n\ndef handler(request, context):\n    pass\n"
 
 
 def percentile(values, p):
@@ -96,7 +109,7 @@ def cold_start(samples=10):
 
 
 def latencies(data_dir, database_url, dep):
-    sql = ("SELECT r.created_at, a.started_at, a.running_at FROM runs r JOIN run_attempts a "
+    sql = ("SELECT r.created_at, a.started_at, a.running_at, a.finished_at FROM runs r JOIN run_attempts a "
            f"ON a.run_id = r.id AND a.attempt = 1 WHERE r.deployment_id = '{dep}'")
     if database_url:
         out = subprocess.run(["psql", database_url, "-At", "-F", ",", "-c", sql], check=True,
@@ -109,7 +122,7 @@ def latencies(data_dir, database_url, dep):
     return rows
 
 
-def wait_done(session, dep_url, n, timeout=3600):
+def wait_done(session, dep_url, n, timeout=3600, interval=0.5):
     """Waits until n runs are final; answers how many ended in each status."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -125,80 +138,143 @@ def wait_done(session, dep_url, n, timeout=3600):
         final = sum(statuses.get(s, 0) for s in ("SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"))
         if final >= n:
             return statuses
-        time.sleep(2)
+        time.sleep(interval)
     raise RuntimeError("runs did not finish")
 
 
-def deployment(session, url, org):
+def deployment(session, url, org, code=NOOP, environment=None):
     base = f"{url}/organizations/{org}/deployments"
-    dep = session.post(base, json={"name": "noop-" + uuid.uuid4().hex[:6]}).json()["deployment_id"]
+    dep = session.post(base, json={"name": "bench-" + uuid.uuid4().hex[:6],
+                                   "default_environment": environment or {}}).json()["deployment_id"]
     ver = session.post(f"{base}/{dep}/versions",
                        json={"version": "1", "handler": "main:handler", "image": "python"}).json()
-    requests.put(ver["upload_url"], data=code_archive({"main.py": NOOP})).raise_for_status()
+    requests.put(ver["upload_url"], data=code_archive({"main.py": code})).raise_for_status()
     return dep, f"{base}/{dep}", ver["version_id"]
 
 
-def bench_backend(name, runs, paced, rate):
-    with tempfile.TemporaryDirectory() as d:
-        data_dir = Path(d)
-        database_url = fresh_postgres_database() if name == "postgres" else None
-        proc, url, _ = start(data_dir, database_url, {"SLUICE_PAGE_SIZE": "1000"})
-        try:
-            org = cli(data_dir, database_url, "org", "create", "bench", "--json")["organization_id"]
-            user = cli(data_dir, database_url, "user", "create", "--org", org, "b@example.com", "--json")
-            session = requests.Session()
-            session.auth = (f"user-{user['user_id']}", user["personal_access_token"])
-            body = lambda ver: {"version_id": ver, "retry_count": 0}  # noqa: E731
+def tree(pid):
+    """The pids below `pid` (children, their children...)."""
+    kids = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            kids.setdefault(ppid, []).append(int(p))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
 
-            # Paced: below capacity.
-            dep, dep_url, ver = deployment(session, url, org)
-            t0 = time.perf_counter()
-            for i in range(paced):
-                session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
-                pause = t0 + (i + 1) / rate - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-            wait_done(session, dep_url, paced)
-            rows = latencies(data_dir, database_url, dep)
-            paced_ms = [(running - created) / 1000 for created, _, running in rows if running]
 
-            # Burst.
-            dep, dep_url, ver = deployment(session, url, org)
-            local = threading.local()
+def memory_kib(pid, field):
+    """A field of /proc/PID/smaps_rollup (Pss, Rss) in KiB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
 
-            def submit(_):
-                if not hasattr(local, "s"):
-                    local.s = requests.Session()
-                    local.s.auth = session.auth
-                local.s.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
 
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(submit, range(runs)))
-            submit_s = time.perf_counter() - t0
-            statuses = wait_done(session, dep_url, runs)
-            rows = latencies(data_dir, database_url, dep)
-            burst_ms = [(running - created) / 1000 for created, _, running in rows if running]
-            claims = sorted(started for _, started, _ in rows)
-            claim_span = (claims[-1] - claims[0]) / 1e6 if len(claims) > 1 else float("nan")
-            return {
-                "paced_p50": percentile(paced_ms, 50), "paced_p99": percentile(paced_ms, 99),
-                "submit_rate": runs / submit_s, "claim_rate": len(claims) / claim_span,
-                "burst_p50": percentile(burst_ms, 50), "burst_p99": percentile(burst_ms, 99),
-                "statuses": statuses,
-            }
-        finally:
-            proc.terminate()
-            proc.wait()
-            if database_url:
-                drop_postgres_database(database_url)
+class Server:
+    """One `sluice serve` on a backend, with an organization to use."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dir = tempfile.TemporaryDirectory()
+        self.data_dir = Path(self.dir.name)
+        self.database_url = fresh_postgres_database() if name == "postgres" else None
+        # The bench's interpreter runs user code: pandas is installed there.
+        self.proc, self.url, _ = start(self.data_dir, self.database_url,
+                                       {"SLUICE_PAGE_SIZE": "1000", "SLUICE_PYTHON": sys.executable})
+        org = cli(self.data_dir, self.database_url, "org", "create", "bench", "--json")["organization_id"]
+        user = cli(self.data_dir, self.database_url, "user", "create", "--org", org, "b@example.com", "--json")
+        self.org = org
+        self.session = requests.Session()
+        self.session.auth = (f"user-{user['user_id']}", user["personal_access_token"])
+
+    def rows(self, dep):
+        return latencies(self.data_dir, self.database_url, dep)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        if self.database_url:
+            drop_postgres_database(self.database_url)
+        self.dir.cleanup()
+
+
+def body(ver):
+    return {"version_id": ver, "retry_count": 0}
+
+
+def paced(srv, n, rate):
+    dep, dep_url, ver = deployment(srv.session, srv.url, srv.org)
+    srv.session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
+    wait_done(srv.session, dep_url, 1, interval=0.05)
+    t0 = time.perf_counter()
+    for i in range(n):
+        srv.session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
+        pause = t0 + (i + 1) / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    statuses = wait_done(srv.session, dep_url, n + 1)
+    ms = sorted((running - created) / 1000 for created, _, running, _ in srv.rows(dep) if running)[1:]
+    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "statuses": statuses, "n": n + 1}
+
+
+def burst(srv, n, code=NOOP, environment=None):
+    """n runs of a warmed version: (runs/s claimed and finished, p50, p99)."""
+    dep, dep_url, ver = deployment(srv.session, srv.url, srv.org, code, environment)
+    srv.session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
+    wait_done(srv.session, dep_url, 1, interval=0.05)
+    local = threading.local()
+
+    def submit(_):
+        if not hasattr(local, "s"):
+            local.s = requests.Session()
+            local.s.auth = srv.session.auth
+        local.s.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(submit, range(n)))
+    statuses = wait_done(srv.session, dep_url, n + 1)
+    if statuses.get("SUCCEEDED", 0) != n + 1:
+        raise SystemExit(f"{srv.name}: not every run succeeded: {statuses}")
+    rows = sorted(srv.rows(dep))[1:]  # not the warming run
+    ms = [(running - created) / 1000 for created, _, running, _ in rows if running]
+    span = (max(r[3] for r in rows) - min(r[1] for r in rows)) / 1e6
+    return {"rate": len(rows) / span, "p50": percentile(ms, 50), "p99": percentile(ms, 99)}
+
+
+def warm_versions(srv, count):
+    """One pandas run on each of `count` versions: the server's RSS and its
+    warm interpreters' PSS and RSS, in MiB."""
+    for _ in range(count):
+        _, dep_url, ver = deployment(srv.session, srv.url, srv.org, PANDAS)
+        srv.session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
+        wait_done(srv.session, dep_url, 1, interval=0.05)
+    time.sleep(0.5)
+    kids = tree(srv.proc.pid)
+    return {
+        "servers": len(kids),
+        "serve_rss": rss_kib(srv.proc.pid) / 1024,
+        "pss": sum(memory_kib(k, "Pss") for k in kids) / 1024,
+        "rss": sum(memory_kib(k, "Rss") for k in kids) / 1024,
+    }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10000)
+    ap.add_argument("--pandas-runs", type=int, default=3000)
+    ap.add_argument("--fresh-runs", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--paced", type=int, default=300)
     ap.add_argument("--rate", type=float, default=20)
+    ap.add_argument("--warm-versions", type=int, default=10)
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--cold-starts", type=int, default=10)
     args = ap.parse_args()
@@ -206,15 +282,48 @@ def main():
 
     p50, worst, rss = cold_start(args.cold_starts)
     print(f"sluice serve: cold start median {p50:.1f} ms (max {worst:.1f} ms), idle RSS {rss:.1f} MiB")
-    print(f"{'backend':10} {'paced p50':>10} {'paced p99':>10} {'submit/s':>9} {'claim/s':>8} "
-          f"{'burst p50':>10} {'burst p99':>10}")
-    for name in args.backends.split(","):
-        r = bench_backend(name, args.runs, args.paced, args.rate)
-        if r["statuses"].get("SUCCEEDED", 0) != args.runs:
-            raise SystemExit(f"{name}: not every run succeeded: {r['statuses']}")
-        print(f"{name:10} {r['paced_p50']:8.2f}ms {r['paced_p99']:8.2f}ms {r['submit_rate']:9.0f} "
-              f"{r['claim_rate']:8.1f} {r['burst_p50']:8.0f}ms {r['burst_p99']:8.0f}ms  {r['statuses']}", flush=True)
-    print(f"(paced: {args.paced} runs at {args.rate}/s; burst: {args.runs} runs; latency is submit → RUNNING)")
+    names = args.backends.split(",")
+    servers = {name: Server(name) for name in names}
+    try:
+        results = {name: {"noop": [], "pandas": []} for name in names}
+        pace = {}
+        for i in range(args.repeat):
+            order = names if i % 2 == 0 else names[::-1]
+            for name in order:
+                results[name]["noop"].append(burst(servers[name], args.runs))
+            for name in order:
+                results[name]["pandas"].append(burst(servers[name], args.pandas_runs, PANDAS))
+        for name in names:
+            pace[name] = paced(servers[name], args.paced, args.rate)
+            results[name]["fresh"] = [burst(servers[name], args.fresh_runs,
+                                            environment={"SLUICE_FRESH_INTERPRETER": "1"})]
+            results[name]["warm"] = warm_versions(servers[name], args.warm_versions)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    print(f"\nBursts, runs claimed and finished per second (median of {args.repeat}; "
+          f"submit→RUNNING p50/p99 in ms):")
+    print(f"{'backend':10} {'handler':28} {'runs':>6} {'runs/s':>8} {'p50':>8} {'p99':>8}")
+    for name in names:
+        for kind, label, n in (("noop", "no-op, forked", args.runs),
+                               ("pandas", "imports pandas, forked", args.pandas_runs),
+                               ("fresh", "no-op, fresh interpreter", args.fresh_runs)):
+            rs = results[name][kind]
+            print(f"{name:10} {label:28} {n:6} {med(rs, 'rate'):8.1f} {med(rs, 'p50'):8.0f} "
+                  f"{med(rs, 'p99'):8.0f}")
+    print(f"\nPaced: {args.paced} no-op runs at {args.rate}/s, submit→RUNNING:")
+    for name in names:
+        p = pace[name]
+        if p["statuses"].get("SUCCEEDED", 0) != p["n"]:
+            raise SystemExit(f"{name}: not every paced run succeeded: {p['statuses']}")
+        print(f"{name:10} p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms")
+    print(f"\nWarm versions: one pandas run on each of {args.warm_versions} versions:")
+    for name in names:
+        w = results[name]["warm"]
+        print(f"{name:10} {w['servers']} warm interpreters: PSS {w['pss']:.0f} MiB (RSS sum "
+              f"{w['rss']:.0f} MiB); sluice serve RSS {w['serve_rss']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ import os
 import time
 
 import pytest
-import requests
 
-from conftest import Sluice, code_archive, deployment_of, fresh_postgres_database, wait_for
+from conftest import Sluice, deployment_of, fresh_postgres_database, wait_for
 
 STATEFUL = '''
 import os, resource, time
@@ -206,5 +205,37 @@ def test_a_forked_run_is_cancelled_and_timed_out_with_its_whole_group(tmp_path):
             return out
         wait_for(lambda: stray() == [], "the runs' sleeps to be killed", timeout=10)
         assert len(servers(s)) == 1
+    finally:
+        s.stop()
+
+
+SPIN = '''
+import os, time
+
+def handler(request, context):
+    start = time.process_time()
+    while time.process_time() - start < float(os.environ.get("SPIN", "0")):
+        pass
+    print("SEEN {\\"ppid\\": %d}" % os.getppid(), flush=True)
+'''
+
+
+def test_a_forked_runs_cpu_seconds_are_its_own(tmp_path):
+    """The deployment's CPU limit is each run's: a run that spins past it is
+    killed, and the warm interpreter — whose own time is not a run's — goes
+    on forking the next."""
+    s = Sluice(tmp_path)
+    try:
+        session, dep_url, ver = deployment_of(s, SPIN)
+        org, dep = dep_url.split("/")[-3], dep_url.split("/")[-1]
+        s.cli("deployment", "limits", "--org", org, dep, "--cpu-seconds", "1")
+        quick, quick_logs = run_and_wait(session, dep_url, ver)
+        assert quick["status"] == "SUCCEEDED", (quick, quick_logs)
+        spun, spun_logs = run_and_wait(session, dep_url, ver, {"SPIN": "5"})
+        assert spun["status"] == "FAILED", (spun, spun_logs)
+        assert "signal 24" in spun["error"], spun  # SIGXCPU
+        again, again_logs = run_and_wait(session, dep_url, ver)
+        assert again["status"] == "SUCCEEDED", (again, again_logs)
+        assert seen_of(again_logs)["ppid"] == seen_of(quick_logs)["ppid"]
     finally:
         s.stop()

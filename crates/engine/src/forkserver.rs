@@ -230,6 +230,7 @@ impl Server {
         stdout: OwnedFd,
         stderr: OwnedFd,
         ruleset: Option<BorrowedFd<'_>>,
+        cpu_seconds: Option<u64>,
     ) -> std::io::Result<Forked> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, mut events) = mpsc::unbounded_channel();
@@ -250,6 +251,7 @@ impl Server {
             "work": work.display().to_string(),
             "env": env,
             "restrict": libc::SYS_landlock_restrict_self,
+            "cpu_seconds": cpu_seconds,
         })
         .to_string();
         let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];

@@ -118,7 +118,7 @@ def send(sock, message):
 def serve(fd):
     """The fork server: imports once, then forks a child per request.
 
-    Requests: {"id", "work", "env", "restrict"} with the run's stdout and
+    Requests: {"id", "work", "env", "restrict", "cpu_seconds"} with the run's stdout and
     stderr (and, when the kernel has Landlock, the run's own ruleset) as
     descriptors. Answers: {"ready": true} or {"ready": false, "error"} once;
     then {"id", "pid"} when a child started and {"id", "status"} (the raw
@@ -206,6 +206,12 @@ def child(handler, libc, server, request, fds):
             os.write(2, b"[sluice] could not enter the run's sandbox\n")
             os._exit(1)
         os.close(fds[2])
+    if request.get("cpu_seconds"):
+        # The server has none: its own CPU time (all those forks) is not a run's.
+        import resource
+
+        limit = int(request["cpu_seconds"])
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
     os.chdir(request["work"])
     os.environ.clear()
     os.environ.update(request["env"])

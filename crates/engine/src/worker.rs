@@ -601,9 +601,15 @@ impl Worker {
                         env.extend(at(&runs_dir));
                         env.extend(version_env.iter().cloned());
                         env.extend(code_env.iter().cloned());
+                        // CPU seconds are each run's, set in the child: the
+                        // server's own time is not a run's.
+                        let server_limits = sandbox::Limits {
+                            cpu_seconds: None,
+                            ..limits
+                        };
                         let sandbox =
                             sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &runs_dir)
-                                .prepare(support, limits)
+                                .prepare(support, server_limits)
                                 .map_err(|e| forkserver::Failed {
                                     error: format!("could not prepare the sandbox: {e}"),
                                     log: vec![],
@@ -635,7 +641,7 @@ impl Worker {
                         let (out, err, out_rx, err_rx) =
                             pipes().map_err(|e| format!("could not make the run's pipes: {e}"))?;
                         let forked = server
-                            .fork(&work, &env, out, err, prepared.ruleset())
+                            .fork(&work, &env, out, err, prepared.ruleset(), limits.cpu_seconds)
                             .await
                             .map_err(|e| format!("could not start the run: {e}"))?;
                         let pumps = [
