@@ -135,6 +135,13 @@ def serve(fd):
         return 1
     sys.stdout.flush()
     sys.stderr.flush()
+    # Everything imported so far stays out of the collector's way: a
+    # collection in a child would otherwise touch (and so copy) every page
+    # of the server's objects.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     # What the import printed has been read by the worker as the first run's
     # log; from here the server's own output goes nowhere.
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -218,9 +225,18 @@ def child(handler, libc, server, request, fds):
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None
     status = run(handler)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(status)
+    # The exit handlers a run registered (logging's flush among them) run;
+    # the interpreter's teardown does not: it tears down every module the
+    # server imported (pandas: tens of ms), and the process ends anyway.
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream has nothing to flush
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":
