@@ -176,7 +176,10 @@ impl Server {
             Some(true) => {}
             Some(false) => {
                 return Err(Failed {
-                    error: ready["error"].as_str().unwrap_or("import failed").to_owned(),
+                    error: ready["error"]
+                        .as_str()
+                        .unwrap_or("import failed")
+                        .to_owned(),
                     log,
                 })
             }
@@ -618,4 +621,3 @@ pub fn key(version: &VersionId, env: &[(String, String)], limits: sandbox::Limit
     env.hash(&mut h);
     format!("{version}|{limits:?}|{:016x}", h.finish())
 }
-

@@ -641,7 +641,14 @@ impl Worker {
                         let (out, err, out_rx, err_rx) =
                             pipes().map_err(|e| format!("could not make the run's pipes: {e}"))?;
                         let forked = server
-                            .fork(&work, &env, out, err, prepared.ruleset(), limits.cpu_seconds)
+                            .fork(
+                                &work,
+                                &env,
+                                out,
+                                err,
+                                prepared.ruleset(),
+                                limits.cpu_seconds,
+                            )
                             .await
                             .map_err(|e| format!("could not start the run: {e}"))?;
                         let pumps = [
@@ -701,7 +708,13 @@ impl Worker {
                     ))
                 })
         };
-        let launched = self.renewing(lease, launch).await;
+        // The run is RUNNING from when its process is asked for, as a fresh
+        // interpreter's is from its spawn (before its imports): marked while
+        // the fork goes on, not after.
+        let (launched, marked) = tokio::join!(
+            self.renewing(lease, launch),
+            self.store.mark_running(&run.id, lease.token, time::now())
+        );
         let (mut process, pumps) = match launched {
             Ok(Ok(started)) => started,
             Ok(Err(error)) => {
@@ -727,11 +740,7 @@ impl Worker {
         let mut stop: Option<String> = None;
         let mut handed_back = false;
         let mut lease_lost = false;
-        match self
-            .store
-            .mark_running(&run.id, lease.token, time::now())
-            .await
-        {
+        match marked {
             Ok(RunStatus::Canceling) => stop = Some("stopped: the run was cancelled".into()),
             Ok(_) => {}
             Err(StoreError::LeaseLost(_)) => lease_lost = true,
@@ -1065,7 +1074,10 @@ fn prepare_work_dir(
 }
 
 /// Reads a pipe line by line into the log channel.
-pub(crate) async fn pump(pipe: Option<impl AsyncRead + Unpin>, tx: mpsc::Sender<(Timestamp, String)>) {
+pub(crate) async fn pump(
+    pipe: Option<impl AsyncRead + Unpin>,
+    tx: mpsc::Sender<(Timestamp, String)>,
+) {
     let Some(pipe) = pipe else { return };
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
