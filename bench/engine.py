@@ -20,9 +20,11 @@ the backends' order alternated (medians printed):
 - the same no-op burst in a fresh interpreter per run
   (SLUICE_FRESH_INTERPRETER=1, `--fresh-runs`): what every run cost before
   the fork servers;
-- warm versions: one pandas run on each of `--warm-versions` versions, then
-  the server's RSS and the warm interpreters' proportional set size (PSS:
-  shared pages split between the processes that share them) and RSS sum.
+- warm versions: one pandas run on each of `--warm-versions` more versions,
+  then the server's RSS and the proportional set size (PSS: shared pages
+  split between the processes that share them) and RSS sum of every warm
+  interpreter it holds — those versions' and the ones the bursts above
+  left warm.
 
 Each version is warmed by one run before its burst: the figures are the
 steady state, the first run's import (once per version and worker) is not in
