@@ -259,7 +259,10 @@ impl Server {
         .to_string();
         let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];
         fds.extend(ruleset.map(|r| r.as_raw_fd()));
-        send(&self.sock, request.as_bytes(), &fds).await?;
+        if let Err(e) = send(&self.sock, request.as_bytes(), &fds).await {
+            self.waiting.lock().expect("not poisoned").remove(&id);
+            return Err(e);
+        }
         drop((stdout, stderr));
         match events.recv().await {
             Some(Event::Started(pid)) => {
@@ -334,8 +337,19 @@ async fn read_events(sock: Arc<AsyncFd<OwnedFd>>, waiting: Waiting, alive: Arc<A
         let Some(id) = m["id"].as_u64() else { continue };
         let mut waiting = waiting.lock().expect("not poisoned");
         if let Some(pid) = m["pid"].as_u64() {
-            if let Some(tx) = waiting.get(&id) {
-                let _ = tx.send(Event::Started(pid as u32));
+            let taken = waiting
+                .get(&id)
+                .is_some_and(|tx| tx.send(Event::Started(pid as u32)).is_ok());
+            if !taken {
+                // Nobody waits for this run any more (its attempt ended
+                // while the fork went on, say on a lost lease): it must not
+                // run on unwatched.
+                waiting.remove(&id);
+                // SAFETY: kill(2) on the child (and its group, once made).
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
             }
         } else if let Some(status) = m["status"].as_i64() {
             if let Some(tx) = waiting.remove(&id) {
