@@ -85,8 +85,26 @@ pub struct Server {
 pub struct Forked {
     pid: u32,
     events: mpsc::UnboundedReceiver<Event>,
-    server: Arc<Server>,
+    _busy: Busy,
     ended: bool,
+}
+
+/// Counts a run against its server from the request on: a busy server is
+/// never stopped for being idle; the end marks when it was last used.
+struct Busy(Arc<Server>);
+
+impl Busy {
+    fn new(server: &Arc<Server>) -> Busy {
+        server.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(server.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.last_used.lock().expect("not poisoned") = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Server {
@@ -238,13 +256,7 @@ impl Server {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, mut events) = mpsc::unbounded_channel();
         self.waiting.lock().expect("not poisoned").insert(id, tx);
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        let mut forked = Forked {
-            pid: 0,
-            events: mpsc::unbounded_channel().1,
-            server: self.clone(),
-            ended: true,
-        };
+        let busy = Busy::new(self);
         let env: serde_json::Map<String, Value> = env
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
@@ -265,12 +277,12 @@ impl Server {
         }
         drop((stdout, stderr));
         match events.recv().await {
-            Some(Event::Started(pid)) => {
-                forked.pid = pid;
-                forked.events = events;
-                forked.ended = false;
-                Ok(forked)
-            }
+            Some(Event::Started(pid)) => Ok(Forked {
+                pid,
+                events,
+                _busy: busy,
+                ended: false,
+            }),
             _ => Err(std::io::Error::other(
                 "the version's fork server ended before it started the run",
             )),
@@ -312,14 +324,12 @@ impl Forked {
 
 impl Drop for Forked {
     fn drop(&mut self) {
-        if !self.ended && self.pid > 0 {
+        if !self.ended {
             // SAFETY: kill(2) on the run's own process group.
             unsafe {
                 libc::kill(-(self.pid as i32), libc::SIGKILL);
             }
         }
-        *self.server.last_used.lock().expect("not poisoned") = Instant::now();
-        self.server.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
