@@ -2,6 +2,7 @@
 new source rows arriving between the kills: the destination ends with every
 source row exactly once, and a killed destructive load leaves the live table
 as it was."""
+import json
 import random
 import signal
 import subprocess
@@ -110,6 +111,32 @@ def test_a_killed_full_load_leaves_the_live_table_as_it_was(dbs):
     assert fingerprint(dst, "live") == before
     tmp = psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live__sluice_%'")
     assert tmp == "0", "the half-loaded table went with its transaction"
+
+
+def test_a_load_in_parts_killed_mid_copy_leaves_the_live_table_and_the_next_sweeps_its_parts(dbs):
+    src, dst = dbs
+    psql(src, "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, "
+              "body text, doc jsonb, amount numeric(8,1))")
+    add_rows(src, 1, 1_000)
+    first = run_import(src, dst, "--target", "live", "--parallel", "2")
+    assert first.wait(60) == 0, first.stderr.read().decode()
+    before = fingerprint(dst, "live")
+    loads_before = psql(dst, "SELECT count(*) FROM sluice_load_ledger")
+    add_rows(src, 1_001, 400_000)
+    p = run_import(src, dst, "--target", "live", "--parallel", "2")
+    assert kill_while_copying(p, dst, linger=0.1), "the load ended before its COPY could be killed"
+    assert fingerprint(dst, "live") == before
+    assert psql(dst, "SELECT count(*) FROM sluice_load_ledger") == loads_before
+    # The parts commit into a table of their own, which the dead load left.
+    left = psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live\\_\\_sluice\\_%'")
+    assert left == "1", left
+    again = run_import(src, dst, "--target", "live", "--parallel", "2", "--json")
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err.decode()
+    assert json.loads(out)["parts"] == 2
+    assert fingerprint(dst, "live") == fingerprint(src, "events")
+    left = psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live\\_\\_sluice\\_%'")
+    assert left == "0", "the next load in parts dropped the dead one's table"
 
 
 def test_ctrl_c_mid_copy_says_what_was_left_and_loads_nothing_of_the_window(dbs):

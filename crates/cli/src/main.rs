@@ -491,6 +491,13 @@ struct ImportArgs {
     /// The end (exclusive) of the window --start begins.
     #[arg(long, requires = "start")]
     end: Option<String>,
+    /// A full copy between two PostgreSQL databases (--mode destructive)
+    /// is read and loaded in N parts (ranges of the source table's pages)
+    /// over N pairs of connections, all reading one snapshot; 1: one
+    /// stream. Default: one part per 256 MiB of table, at most one per
+    /// two cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    parallel: Option<u16>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -536,7 +543,10 @@ impl sluice_datapath::Progress for Bar {
     }
 }
 
-async fn import(args: ImportArgs) -> anyhow::Result<()> {
+async fn import(
+    args: ImportArgs,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if args.start.is_some() && args.change_column.is_none() {
         bail!("--start/--end name a window of the change column: give --change-column too");
@@ -587,7 +597,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         columns: None,
         mapping: None,
         stage: None,
-        cancel: None,
+        cancel: Some(cancel),
         session: None,
         key: args.key,
         null_change: args.null_change,
@@ -598,6 +608,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         replace_existing: args.replace_existing,
         batch: None,
         declared: None,
+        parallel: args.parallel.map(usize::from),
     };
     let mut bar = Bar {
         started: Instant::now(),
@@ -621,6 +632,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
                 "nothing_new": report.nothing_new,
                 "reloaded": report.reloaded,
                 "null_change_rows": report.null_change_rows,
+                "parts": report.parts.max(1),
                 "seconds": secs,
             })
         );
@@ -658,7 +670,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{} -> {}: {} rows in {:.2} s ({:.0} rows/s){}",
+            "{} -> {}: {} rows in {:.2} s ({:.0} rows/s){}{}",
             spec.source_table,
             spec.target,
             report.rows,
@@ -667,7 +679,11 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             report
                 .window_text()
                 .map(|w| format!(", window {w}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match report.parts {
+                n @ 2.. => format!(", in {n} parts"),
+                _ => String::new(),
+            }
         );
     }
     Ok(())
@@ -1171,12 +1187,22 @@ async fn run(started: Instant) -> anyhow::Result<()> {
             }
         }
         Command::Import(args) => {
+            let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let work = import(args, cancel.clone());
+            tokio::pin!(work);
             tokio::select! {
-                done = import(args) => done?,
+                done = &mut work => done?,
                 _ = tokio::signal::ctrl_c() => {
-                    // The process ends now: the window still loading never
-                    // commits (its transaction is rolled back with the
-                    // connection); committed windows stay, each once.
+                    // The window still loading never commits (its
+                    // transaction is rolled back); committed windows
+                    // stay, each once. Asked to stop, a load in parts
+                    // drops its table of parts first.
+                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let ended = tokio::time::timeout(Duration::from_secs(10), &mut work).await;
+                    if let Ok(Ok(())) = ended {
+                        // It had committed before it could stop.
+                        return Ok(());
+                    }
                     eprintln!(
                         "interrupted: the window being loaded was rolled back (nothing of it is in \
                          the destination); windows committed before stay, each once — run the same \

@@ -25,6 +25,7 @@ pub mod files;
 pub mod inspect;
 mod ledger;
 mod load;
+pub mod parts;
 mod source;
 pub mod stage;
 pub mod types;
@@ -110,6 +111,10 @@ pub struct ImportSpec {
     /// The source's columns as declared (a staged API table's blueprint):
     /// the file is not read for them.
     pub declared: Option<Vec<types::Col>>,
+    /// How many parts a full PostgreSQL → PostgreSQL copy is read and
+    /// loaded in, over as many pairs of connections (None: chosen from the
+    /// table's size and the cores; `Some(1)`: one stream). See [`parts`].
+    pub parallel: Option<usize>,
 }
 
 /// The ledger's key of a staged batch, and where its source's cursor
@@ -143,6 +148,7 @@ impl ImportSpec {
             replace_existing: false,
             batch: None,
             declared: None,
+            parallel: None,
         }
     }
 
@@ -405,6 +411,8 @@ pub struct ImportReport {
     pub already_loaded: bool,
     /// True when the source held nothing past the watermark.
     pub nothing_new: bool,
+    /// The parts the rows were loaded in (0 or 1: one stream).
+    pub parts: usize,
     pub elapsed: Duration,
 }
 

@@ -39,6 +39,12 @@ pub(crate) async fn import(spec: &ImportSpec, progress: &mut dyn Progress) -> Re
             .map_err(crate::types::db("reading the destination session"))?;
         session.store(pid, std::sync::atomic::Ordering::Relaxed);
     }
+    // A big full copy between PostgreSQL databases goes in parts.
+    let prepared =
+        match crate::parts::try_load(spec, Box::new(prepared), &mut dst, progress).await? {
+            crate::parts::Tried::Done(report) => return Ok(report.ended(started, progress)),
+            crate::parts::Tried::OneStream(p) => *p,
+        };
     // One destination transaction: the ledger row, the rows, the swap.
     dst.begin().await?;
     let outcome = prepared.apply(spec, &mut dst, progress).await;
@@ -250,21 +256,21 @@ async fn open_source(spec: &ImportSpec) -> Result<Source> {
 }
 
 /// What is decided before the transaction.
-struct Prepared {
-    src: Source,
-    target: TableName,
-    job: String,
-    cols: Vec<Col>,
-    key: Option<String>,
-    owned: String,
-    verdict: ledger::Verdict,
-    select: String,
-    window_key: String,
-    boundary_rows: Option<i64>,
-    replace: Option<(String, bool)>,
-    read: ReadAs,
-    estimate: Option<u64>,
-    report: ImportReport,
+pub(crate) struct Prepared {
+    pub(crate) src: Source,
+    pub(crate) target: TableName,
+    pub(crate) job: String,
+    pub(crate) cols: Vec<Col>,
+    pub(crate) key: Option<String>,
+    pub(crate) owned: String,
+    pub(crate) verdict: ledger::Verdict,
+    pub(crate) select: String,
+    pub(crate) window_key: String,
+    pub(crate) boundary_rows: Option<i64>,
+    pub(crate) replace: Option<(String, bool)>,
+    pub(crate) read: ReadAs,
+    pub(crate) estimate: Option<u64>,
+    pub(crate) report: ImportReport,
 }
 
 /// Reads the source's columns, decides, plans the window; Err(report):

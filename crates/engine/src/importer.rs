@@ -411,6 +411,8 @@ impl Importer {
             replace_existing: false,
             batch: None,
             declared: None,
+            // Staged batches are one COPY stream: a job's load is one.
+            parallel: Some(1),
         };
         sluice_datapath::import(&import, progress).await
     }
