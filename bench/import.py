@@ -14,8 +14,9 @@ no tool always meets a cold or a warm cache):
 - the pipes: psql -c "\\copy (select …) to stdout" | psql -c "\\copy … from
   stdin" into an empty table of the same shape, in text format and in
   binary format;
-- `sluice import --mode destructive` (release build) of the same table;
-  its peak RSS (from wait4);
+- `sluice import --mode destructive` (release build) of the same table, in
+  the parts it chooses, then with `--parallel 2` and `--parallel 4` (ctid
+  ranges over as many pairs of connections); its peak RSS (from wait4);
 - an incremental run that finds 10,000 new rows, and one that finds none
   (the time sluice reports for the work, and the whole command with its
   process start), without and then with an index on the change column;
@@ -127,12 +128,18 @@ def main():
             "psql binary": (lambda: psql(dst, "DROP TABLE IF EXISTS pipe_binary",
                                          f"CREATE TABLE pipe_binary ({shape})"),
                             lambda: timed(pipe_binary, shell=True), "pipe_binary"),
-            # The same job each time: a destructive load replaces its own table.
-            "sluice": (lambda: None,
-                       lambda: timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
-                                      "--to", f"{BASE}/{dst}", "--target", "copied",
-                                      "--mode", "destructive", "--job", "full"]), "copied"),
         }
+
+        def sluice(target, *parallel):
+            # The same job each time: a destructive load replaces its own table.
+            return (lambda: None,
+                    lambda: timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+                                   "--to", f"{BASE}/{dst}", "--target", target, "--mode", "destructive",
+                                   "--job", target, "--json", *parallel]), target)
+        # As a user runs it (the degree it chooses), then in 2 and 4 parts.
+        tools["sluice"] = sluice("copied")
+        tools["sluice ×2"] = sluice("copied_p2", "--parallel", "2")
+        tools["sluice ×4"] = sluice("copied_p4", "--parallel", "4")
         if shutil.which("sling"):
             tools["sling"] = (lambda: None,
                               lambda: timed(["sling", "run", "--src-conn", "SRC", "--src-stream", "public.bench",
@@ -140,20 +147,26 @@ def main():
                                              "--mode", "full-refresh"], env=env), "slung")
         times = {name: [] for name in tools}
         peaks = {name: [] for name in tools}
+        parts = {}
         names = list(tools)
         for i in range(a.repeat):
             for name in names[i % len(names):] + names[:i % len(names)]:
                 prepare, run, _ = tools[name]
                 prepare()
-                took, peak, _ = run()
+                took, peak, out = run()
                 times[name].append(took)
                 peaks[name].append(peak)
+                if name.startswith("sluice"):
+                    parts[name] = json.loads(out)["parts"]
         base = median(times["psql pipe"])
         print(f"{'tool':12} {'seconds':>8} {'× pipe':>7} {'peak RSS':>9}   (median of {a.repeat})")
         for name in names:
             t = median(times[name])
-            rss = f"{max(peaks[name]):>7.1f}MB" if name in ("sluice", "sling") else ""
-            print(f"{name:12} {t:>8.2f} {t / base:>7.2f} {rss:>9}")
+            rss = f"{max(peaks[name]):>7.1f}MB" if name.startswith(("sluice", "sling")) else ""
+            how = f"  {parts[name]} part{'s' if parts[name] > 1 else ''}" if name in parts else ""
+            print(f"{name:12} {t:>8.2f} {t / base:>7.2f} {rss:>9}{how}")
+        print(f"(sluice chose {parts['sluice']} part(s) for this table on {os.cpu_count()} cores; "
+              "×2 and ×4 ask with --parallel)")
         if "sling" not in tools:
             print("(sling is not installed here: not measured)")
         print("every copy against the source:")
