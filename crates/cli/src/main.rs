@@ -494,8 +494,8 @@ struct ImportArgs {
     /// A full copy between two PostgreSQL databases (--mode destructive)
     /// is read and loaded in N parts (ranges of the source table's pages)
     /// over N pairs of connections, all reading one snapshot; 1: one
-    /// stream. Default: one part per 256 MiB of table, at most one per
-    /// two cores.
+    /// stream. Default: one part per 64 MiB of table, at most one per
+    /// core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
     parallel: Option<u16>,
     /// Print the outcome as JSON.

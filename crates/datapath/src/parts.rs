@@ -34,21 +34,22 @@ use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Resul
 
 /// The most parts a load is split into.
 pub const MAX_PARTS: usize = 32;
-/// Table bytes per part when the degree is chosen.
-const BYTES_PER_PART: u64 = 256 << 20;
+/// Table bytes per part when the degree is chosen: below two of these a
+/// table is one stream (the parts' connections and snapshot cost more
+/// than they bring).
+const BYTES_PER_PART: u64 = 64 << 20;
 /// Marks a table of parts (its comment): only such tables are swept.
 const MARK: &str = "sluice: a table loaded in parts";
 
 /// How many parts a load of a table of `bytes` in `pages` pages is split
-/// into: `asked`, or one per 256 MiB of table, at most one per two cores
-/// (each part keeps a source and a destination backend busy); never more
-/// parts than pages.
+/// into: `asked`, or one per 64 MiB of table, at most one per core; never
+/// more parts than pages.
 pub fn degree(asked: Option<usize>, bytes: u64, pages: u64, cores: usize) -> usize {
     let n = match asked {
         Some(n) => n,
         None => usize::try_from(bytes / BYTES_PER_PART)
             .unwrap_or(usize::MAX)
-            .clamp(1, (cores / 2).max(1)),
+            .clamp(1, cores.max(1)),
     };
     n.clamp(1, MAX_PARTS)
         .min(usize::try_from(pages).unwrap_or(usize::MAX).max(1))
@@ -461,10 +462,12 @@ mod tests {
         let gib = 1u64 << 30;
         // Small tables: one stream, however many cores.
         assert_eq!(degree(None, 100 << 20, 12_800, 16), 1);
-        // One part per 256 MiB, at most one per two cores.
-        assert_eq!(degree(None, gib, 131_072, 16), 4);
-        assert_eq!(degree(None, 10 * gib, 1_310_720, 8), 4);
-        assert_eq!(degree(None, 10 * gib, 1_310_720, 2), 1);
+        // One part per 64 MiB, at most one per core.
+        assert_eq!(degree(None, 163 << 20, 20_864, 2), 2);
+        assert_eq!(degree(None, 200 << 20, 25_600, 16), 3);
+        assert_eq!(degree(None, 10 * gib, 1_310_720, 8), 8);
+        assert_eq!(degree(None, 10 * gib, 1_310_720, 1), 1);
+        assert_eq!(degree(None, 100 * gib, 13_107_200, 64), MAX_PARTS);
         // Asked: as asked, within the bounds.
         assert_eq!(degree(Some(3), 8192, 1, 2), 1);
         assert_eq!(degree(Some(3), gib, 131_072, 2), 3);
