@@ -59,6 +59,11 @@ def kill_while_copying(p, dst, linger=0.0):
     return False
 
 
+def parts_left(dst):
+    """How many tables of parts of `live` the destination holds."""
+    return psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live\\_\\_sluice\\_%'")
+
+
 def run_import(src, dst, *extra):
     return subprocess.Popen([BIN, "import", "--from", src, "--table", "events", "--to", dst,
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -129,14 +134,14 @@ def test_a_load_in_parts_killed_mid_copy_leaves_the_live_table_and_the_next_swee
     assert fingerprint(dst, "live") == before
     assert psql(dst, "SELECT count(*) FROM sluice_load_ledger") == loads_before
     # The parts commit into a table of their own, which the dead load left.
-    left = psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live\\_\\_sluice\\_%'")
+    left = parts_left(dst)
     assert left == "1", left
     again = run_import(src, dst, "--target", "live", "--parallel", "2", "--json")
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err.decode()
     assert json.loads(out)["parts"] == 2
     assert fingerprint(dst, "live") == fingerprint(src, "events")
-    left = psql(dst, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'live\\_\\_sluice\\_%'")
+    left = parts_left(dst)
     assert left == "0", "the next load in parts dropped the dead one's table"
 
 

@@ -37,7 +37,9 @@ impl Dest {
             let mut c = SqliteConnection::connect(&sqlite_url(url))
                 .await
                 .map_err(what())?;
-            sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")
+            // The wait first: switching a new file to WAL takes its lock,
+            // which a racing first load may hold.
+            sqlx::raw_sql("PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL;")
                 .execute(&mut c)
                 .await
                 .map_err(what())?;

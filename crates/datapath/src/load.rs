@@ -354,6 +354,22 @@ async fn prepare(
 }
 
 impl Prepared {
+    /// Claims the window's ledger row in the destination's open
+    /// transaction (see [`ledger::claim`]); false: another attempt loaded
+    /// it.
+    pub(crate) async fn claim(&self, dst: &mut Dest) -> Result<bool> {
+        ledger::claim(
+            dst,
+            &self.job,
+            &self.owned,
+            &self.verdict,
+            &self.window_key,
+            self.report.window_end.as_deref(),
+            self.boundary_rows,
+        )
+        .await
+    }
+
     /// In the destination's open transaction: claims the window, loads,
     /// records. None: another attempt loaded it.
     async fn apply(
@@ -362,21 +378,21 @@ impl Prepared {
         dst: &mut Dest,
         progress: &mut dyn Progress,
     ) -> Result<(ImportReport, Option<u64>)> {
+        let claimed = self.claim(dst).await?;
         let Prepared {
             src,
             target,
             job,
             cols,
             key,
-            owned,
             verdict,
             select,
             window_key,
-            boundary_rows,
             replace,
             read,
             estimate,
             report,
+            ..
         } = self;
         let load = Load {
             spec,
@@ -389,16 +405,6 @@ impl Prepared {
             source_changes: src.changes(),
             estimate,
         };
-        let claimed = ledger::claim(
-            dst,
-            &job,
-            &owned,
-            &verdict,
-            &window_key,
-            report.window_end.as_deref(),
-            boundary_rows,
-        )
-        .await?;
         if !claimed {
             return Ok((report, None));
         }

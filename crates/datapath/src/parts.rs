@@ -408,42 +408,24 @@ async fn commit(
     rows: u64,
     progress: &mut dyn Progress,
 ) -> Result<ImportReport> {
-    let Prepared {
-        target,
-        job,
-        owned,
-        verdict,
-        window_key,
-        boundary_rows,
-        mut report,
-        ..
-    } = prepared;
     dst.begin().await?;
     let applied = async {
-        let claimed = ledger::claim(
-            dst,
-            &job,
-            &owned,
-            &verdict,
-            &window_key,
-            report.window_end.as_deref(),
-            boundary_rows,
-        )
-        .await?;
-        if !claimed {
+        if !prepared.claim(dst).await? {
             return Ok(false);
         }
-        dst.swap(fresh, &target).await?;
+        let target = &prepared.target;
+        dst.swap(fresh, target).await?;
         dst.raw(&format!("COMMENT ON TABLE {} IS NULL", target.quoted()))
             .await
             .map_err(db(format!("replacing {}", target.quoted())))?;
-        ledger::record(dst, &job, &window_key, rows).await?;
+        ledger::record(dst, &prepared.job, &prepared.window_key, rows).await?;
         progress.stage(StageEvent::Loaded { rows });
         spec.check_cancel()?;
         Ok::<_, ImportError>(true)
     }
     .await;
     let ended = dst.end(matches!(applied, Ok(true))).await;
+    let mut report = prepared.report;
     if applied? {
         ended?;
         report.rows = rows;
