@@ -232,14 +232,21 @@ async fn in_parts(
         target.table,
         rand::random::<u32>()
     ));
-    dst.create(&fresh, &prepared.cols).await?;
-    dst.raw(&format!(
-        "COMMENT ON TABLE {} IS {}",
-        fresh.quoted(),
-        literal(&format!("{MARK} into {}", target.quoted()))
-    ))
-    .await
-    .map_err(db(format!("marking {}", fresh.quoted())))?;
+    // Made and marked together: an unmarked table would never be swept.
+    dst.begin().await?;
+    let made = async {
+        dst.create(&fresh, &prepared.cols).await?;
+        dst.raw(&format!(
+            "COMMENT ON TABLE {} IS {}",
+            fresh.quoted(),
+            literal(&format!("{MARK} into {}", target.quoted()))
+        ))
+        .await
+        .map_err(db(format!("marking {}", fresh.quoted())))
+    }
+    .await;
+    dst.end(made.is_ok()).await?;
+    made?;
     progress.stage(StageEvent::Consolidated {
         columns: prepared
             .cols
