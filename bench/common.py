@@ -24,3 +24,12 @@ def median(values):
     values = sorted(values)
     n = len(values)
     return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def proc_kib(pid, name, field):
+    """A KiB field of /proc/PID/<name>: `status` (VmRSS, VmHWM) or
+    `smaps_rollup` (Pss, Rss); 0 when missing."""
+    for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import requests
 
-from common import BIN, ensure_built  # noqa: E402  (puts tests/ on the path)
+from common import BIN, ensure_built, proc_kib  # noqa: E402  (puts tests/ on the path)
 from conftest import code_archive, drop_postgres_database, free_port, fresh_postgres_database  # noqa: E402
 NOOP = "def handler(request, context):\n    pass\n"
 PANDAS = "import pandas\n\ndef handler(request, context):\n    pass\n"
@@ -84,10 +84,7 @@ def start(data_dir, database_url=None, extra_env=None, extra_args=()):
 
 
 def rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return proc_kib(pid, "status", "VmRSS")
 
 
 def cli(data_dir, database_url, *args):
@@ -170,14 +167,6 @@ def tree(pid):
             out.append(k)
             todo.append(k)
     return out
-
-
-def memory_kib(pid, field):
-    """A field of /proc/PID/smaps_rollup (Pss, Rss) in KiB."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 class Server:
@@ -263,8 +252,8 @@ def warm_versions(srv, count):
     return {
         "servers": len(kids),
         "serve_rss": rss_kib(srv.proc.pid) / 1024,
-        "pss": sum(memory_kib(k, "Pss") for k in kids) / 1024,
-        "rss": sum(memory_kib(k, "Rss") for k in kids) / 1024,
+        "pss": sum(proc_kib(k, "smaps_rollup", "Pss") for k in kids) / 1024,
+        "rss": sum(proc_kib(k, "smaps_rollup", "Rss") for k in kids) / 1024,
     }
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from common import ROOT, TARGET, ensure_built
+from common import ROOT, TARGET, ensure_built, proc_kib
 from engine import cli, start
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -48,13 +48,6 @@ def loadgen():
     profile = [] if debug else ["--release"]
     subprocess.run(["cargo", "build", "--quiet", *profile, "-p", "sluice-loadgen"], cwd=ROOT, check=True)
     return str(TARGET / ("debug" if debug else "release") / "sluice-loadgen")
-
-
-def status_kib(pid, field):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 class Store:
@@ -163,7 +156,7 @@ def measure(label, database_url, a, generator):
             out = subprocess.run([generator], input=json.dumps(plan), capture_output=True, text=True,
                                  check=True)
             result = json.loads(out.stdout)
-            rss, peak = status_kib(proc.pid, "VmRSS"), status_kib(proc.pid, "VmHWM")
+            rss, peak = proc_kib(proc.pid, "status", "VmRSS"), proc_kib(proc.pid, "status", "VmHWM")
             for name, k in result["kinds"].items():
                 bad = {s: n for s, n in k["statuses"].items() if s != "200"}
                 assert not bad and k["errors"] == 0, (label, name, bad, k["errors"], k["first_error"])
