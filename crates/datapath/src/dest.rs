@@ -381,7 +381,7 @@ impl Writer<'_> {
                 },
                 Batch::Rows(rows),
             ) => Batch::Copy {
-                bytes: tsv(&rows, cols, *from_mysql),
+                bytes: tsv(&rows, cols, *from_mysql).into(),
                 rows: rows.len() as u64,
             },
             (_, batch) => batch,

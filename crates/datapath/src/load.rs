@@ -531,7 +531,9 @@ impl Load<'_> {
                     Some(stager) => {
                         let bytes = match &batch {
                             Batch::Copy { bytes, .. } => bytes.clone(),
-                            Batch::Rows(r) => crate::encode::tsv(r, self.cols, self.from_mysql),
+                            Batch::Rows(r) => {
+                                crate::encode::tsv(r, self.cols, self.from_mysql).into()
+                            }
                         };
                         let size = bytes.len() as u64;
                         Some((stager.put(bytes, rows).await?, size))

@@ -2,6 +2,7 @@
 //! their columns, how the window planner asks them, and their reader, which
 //! sends the rows to the destination's writer in batches.
 
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::mysql::MySqlConnection;
 use sqlx::postgres::PgConnection;
@@ -32,7 +33,7 @@ pub(crate) enum Source {
 /// writer.
 pub(crate) enum Batch {
     /// PostgreSQL binary COPY data, `rows` rows.
-    Copy { bytes: Vec<u8>, rows: u64 },
+    Copy { bytes: Bytes, rows: u64 },
     /// Rows as values.
     Rows(Vec<Vec<Val>>),
 }
@@ -394,7 +395,10 @@ async fn read_copy(c: &mut PgConnection, select: &str, tx: mpsc::Sender<Batch>) 
         rows += u64::from(holds_a_row(&chunk));
         if bytes.len() >= BATCH_BYTES {
             let full = std::mem::replace(&mut bytes, fresh());
-            let batch = Batch::Copy { bytes: full, rows };
+            let batch = Batch::Copy {
+                bytes: full.into(),
+                rows,
+            };
             if tx.send(batch).await.is_err() {
                 return Ok(());
             }
@@ -402,7 +406,12 @@ async fn read_copy(c: &mut PgConnection, select: &str, tx: mpsc::Sender<Batch>) 
         }
     }
     if !bytes.is_empty() {
-        let _ = tx.send(Batch::Copy { bytes, rows }).await;
+        let _ = tx
+            .send(Batch::Copy {
+                bytes: bytes.into(),
+                rows,
+            })
+            .await;
     }
     Ok(())
 }

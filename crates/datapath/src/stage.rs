@@ -17,6 +17,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,7 +28,8 @@ use crate::{ImportError, Result};
 /// Object storage for one run's batches.
 pub trait Stage: Send + Sync {
     /// Writes `bytes` as `name` under this run's prefix; answers where.
-    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, std::io::Result<String>>;
+    /// The bytes are the batch the load sends (shared, not copied).
+    fn put(&self, name: String, bytes: Bytes) -> BoxFuture<'_, std::io::Result<String>>;
 }
 
 /// A [`Stage`] an [`ImportSpec`](crate::ImportSpec) can carry.
@@ -89,7 +91,7 @@ type Written = (StageHandle, Vec<Staged>);
 pub(crate) struct Stager {
     format: Format,
     next: u64,
-    tx: Option<mpsc::Sender<(String, Vec<u8>, u64)>>,
+    tx: Option<mpsc::Sender<(String, Bytes, u64)>>,
     task: Option<JoinHandle<std::io::Result<Written>>>,
 }
 
@@ -97,7 +99,7 @@ impl Stager {
     const AHEAD: usize = 4;
 
     pub fn start(stage: StageHandle, format: Format) -> Stager {
-        let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>, u64)>(Self::AHEAD);
+        let (tx, mut rx) = mpsc::channel::<(String, Bytes, u64)>(Self::AHEAD);
         let task = tokio::spawn(async move {
             let mut staged = Vec::new();
             while let Some((name, bytes, rows)) = rx.recv().await {
@@ -121,7 +123,7 @@ impl Stager {
 
     /// Queues the next batch; answers its name. A stage that failed fails
     /// the load here (or at [`Stager::finish`]).
-    pub async fn put(&mut self, bytes: Vec<u8>, rows: u64) -> Result<String> {
+    pub async fn put(&mut self, bytes: Bytes, rows: u64) -> Result<String> {
         let name = self.format.batch_name(self.next);
         self.next += 1;
         let sent = match &self.tx {
@@ -149,7 +151,7 @@ impl Stager {
         let doc = manifest(self.format, source, target, columns, &staged);
         stage
             .0
-            .put("manifest.json".into(), doc)
+            .put("manifest.json".into(), doc.into())
             .await
             .map_err(ImportError::Stage)
     }

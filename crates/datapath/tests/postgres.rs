@@ -366,7 +366,7 @@ impl sluice_datapath::Stage for Folder {
     fn put(
         &self,
         name: String,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> futures_util::future::BoxFuture<'_, std::io::Result<String>> {
         Box::pin(async move {
             let path = self.0.join(&name);

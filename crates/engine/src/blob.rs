@@ -10,6 +10,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use bytes::Bytes;
+
 /// Where objects live: one of the backends below, chosen at start.
 #[derive(Debug, Clone)]
 pub enum Blobs {
@@ -101,12 +103,18 @@ impl Blobs {
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.put_owned(key, Bytes::copy_from_slice(bytes)).await
+    }
+
+    /// [`Blobs::put`] of bytes it may keep: written as they are, not
+    /// copied first (a staged batch is the buffer the load sends).
+    pub async fn put_owned(&self, key: &str, bytes: Bytes) -> std::io::Result<()> {
         match self {
-            Blobs::Local(l) => l.put(key, bytes).await,
+            Blobs::Local(l) => l.put_owned(key, bytes).await,
             #[cfg(feature = "s3")]
             Blobs::Remote(s) => {
                 let path = remote_path(key)?;
-                s.put(&path, bytes.to_vec().into())
+                s.put(&path, bytes.into())
                     .await
                     .map(|_| ())
                     .map_err(std::io::Error::from)
@@ -219,13 +227,23 @@ impl LocalBlobs {
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.put_owned(key, Bytes::copy_from_slice(bytes)).await
+    }
+
+    /// Writes `bytes` to a temporary file beside `key`'s and renames it
+    /// into place, on one blocking thread (one hop, not one a step).
+    pub async fn put_owned(&self, key: &str, bytes: Bytes) -> std::io::Result<()> {
         let path = self.path(key)?;
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", rand::random::<u64>()));
-        tokio::fs::write(&tmp, bytes).await?;
-        tokio::fs::rename(&tmp, &path).await
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension(format!("tmp.{}", rand::random::<u64>()));
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Removes an object; a missing one is not an error.

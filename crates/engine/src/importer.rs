@@ -49,11 +49,11 @@ struct BlobStage {
 }
 
 impl sluice_datapath::Stage for BlobStage {
-    fn put(&self, name: String, bytes: Vec<u8>) -> BoxFuture<'_, std::io::Result<String>> {
+    fn put(&self, name: String, bytes: bytes::Bytes) -> BoxFuture<'_, std::io::Result<String>> {
         Box::pin(async move {
             let key = format!("{}/{name}", self.prefix);
             self.blobs
-                .put(&key, &bytes)
+                .put_owned(&key, bytes)
                 .await
                 .map_err(|e| std::io::Error::other(format!("writing {key}: {e}")))?;
             Ok(key)
@@ -449,6 +449,9 @@ struct Tasks {
     timed: [bool; 4],
     /// The window, once known, not yet written.
     window: Option<(Option<String>, Option<String>)>,
+    /// A status or the window changed since the last write: written at
+    /// once, where progress alone (rows, batch messages) waits a little.
+    urgent: bool,
 }
 
 impl Tasks {
@@ -478,6 +481,7 @@ impl Tasks {
             dirty: [true, false, false, false],
             timed: [false; 4],
             window: None,
+            urgent: true,
         }
     }
 
@@ -487,6 +491,7 @@ impl Tasks {
             t.started_at = now;
         }
         if t.status != status {
+            self.urgent = true;
             t.status = status.into();
             if matches!(status, "SUCCEEDED" | "FAILED" | "SKIPPED") {
                 t.finished_at = Some(now);
@@ -523,6 +528,7 @@ impl Tasks {
                 };
                 self.say(0, text);
                 self.window = Some((start, end));
+                self.urgent = true;
             }
             StageEvent::Consolidated { columns, changes } => {
                 self.set(1, "RUNNING", now);
@@ -592,6 +598,13 @@ impl Tasks {
         }
     }
 
+    fn take(&mut self, note: Note) {
+        match note {
+            Note::Event(e) => self.apply(e, time::now()),
+            Note::Done(result) => self.end(result, time::now()),
+        }
+    }
+
     /// The tasks' end: what never ran is SKIPPED (or, on failure, what ran
     /// FAILED with the error).
     fn end(&mut self, result: Result<ImportReport, String>, now: Timestamp) {
@@ -627,6 +640,7 @@ impl Tasks {
     }
 
     async fn flush(&mut self, store: &dyn MetadataStore) {
+        self.urgent = false;
         if let Some((start, end)) = self.window.take() {
             if let Err(e) = store
                 .set_query_window(
@@ -660,7 +674,12 @@ impl Tasks {
     }
 }
 
-/// Writes a query's tasks as its events arrive, a few at a time.
+/// How long progress alone waits before it is written: a load of a
+/// thousand batches is not a thousand writes to the store beside it.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Writes a query's tasks as its events arrive: a change of status at
+/// once, progress at most every [`PROGRESS_EVERY`].
 async fn write_tasks(
     store: Arc<dyn MetadataStore>,
     q: Query,
@@ -669,18 +688,25 @@ async fn write_tasks(
 ) {
     let mut tasks = Tasks::new(q, source, target, time::now());
     tasks.flush(store.as_ref()).await;
-    while let Some(note) = rx.recv().await {
-        let mut notes = vec![note];
-        while let Ok(more) = rx.try_recv() {
-            notes.push(more);
-        }
-        let now = time::now();
-        for note in notes {
-            match note {
-                Note::Event(e) => tasks.apply(e, now),
-                Note::Done(result) => tasks.end(result, now),
+    let mut written = std::time::Instant::now();
+    let mut open = true;
+    while open {
+        let Some(note) = rx.recv().await else { break };
+        tasks.take(note);
+        while !tasks.urgent {
+            let wait = PROGRESS_EVERY.saturating_sub(written.elapsed());
+            tokio::select! {
+                more = rx.recv() => match more {
+                    Some(note) => tasks.take(note),
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(wait) => break,
             }
         }
         tasks.flush(store.as_ref()).await;
+        written = std::time::Instant::now();
     }
 }

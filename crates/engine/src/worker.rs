@@ -467,7 +467,23 @@ impl Worker {
         let run = &lease.run;
         let setup =
             |what: &str, e: &dyn std::fmt::Display| AttemptError::Setup(format!("{what}: {e}"));
-        let (dep, ver, trigger, files) = tokio::join!(
+        let work = self
+            .config
+            .data_dir
+            .join("runs")
+            .join(run.version_id.as_str())
+            .join(format!("{}-{}", run.id, lease.attempt));
+        // The (empty) working folder is made while the run's records are
+        // read: both are on the way from claim to RUNNING.
+        let made = {
+            let dir = work.clone();
+            async move {
+                tokio::task::spawn_blocking(move || empty_dir(&dir))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        };
+        let (dep, ver, trigger, files, made) = tokio::join!(
             self.store
                 .get_deployment(&run.organization_id, &run.deployment_id),
             self.store
@@ -483,47 +499,48 @@ impl Worker {
                 &run.organization_id,
                 &run.input_data
             ),
+            made,
         );
-        let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
-        let ver = ver.map_err(|e| setup("the version is gone", &e))?;
-        let output_channel = trigger
-            .map_err(|e| setup("the trigger is gone", &e))?
-            .and_then(|t| t.output_channel_id);
-        let files = files.map_err(|e| match e {
-            crate::control::InputError::Invalid(why) | crate::control::InputError::Missing(why) => {
-                AttemptError::Invalid(why)
+        made.map_err(|e| setup("could not make the working folder", &e))?;
+        let read = (|| {
+            let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
+            let ver = ver.map_err(|e| setup("the version is gone", &e))?;
+            let output_channel = trigger
+                .map_err(|e| setup("the trigger is gone", &e))?
+                .and_then(|t| t.output_channel_id);
+            let files = files.map_err(|e| match e {
+                crate::control::InputError::Invalid(why)
+                | crate::control::InputError::Missing(why) => AttemptError::Invalid(why),
+                crate::control::InputError::Store(e) => setup("could not read the run's input", &e),
+            })?;
+            Ok((dep, ver, output_channel, files))
+        })();
+        let read = match read {
+            Ok((dep, ver, output_channel, files)) => match self.code_dir(&ver).await {
+                Ok(code_dir) => Ok((dep, ver, output_channel, files, code_dir)),
+                Err(e) => Err(setup("could not unpack the code", &e)),
+            },
+            Err(e) => Err(e),
+        };
+        let (dep, ver, output_channel, files, code_dir) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&work).await;
+                return Err(e);
             }
-            crate::control::InputError::Store(e) => setup("could not read the run's input", &e),
-        })?;
-        let code_dir = self
-            .code_dir(&ver)
-            .await
-            .map_err(|e| setup("could not unpack the code", &e))?;
-        let work = self
-            .config
-            .data_dir
-            .join("runs")
-            .join(ver.id.as_str())
-            .join(format!("{}-{}", run.id, lease.attempt));
+        };
         let contents: Vec<Value> = files
             .iter()
             .map(|(key, f)| content(key, f, &work.join("inputs").join(f.file_id.as_str())))
             .collect();
         let inputs = inputs(lease, &ver, &work, contents);
-        let dir = work.clone();
         let with_inputs = !files.is_empty();
-        tokio::task::spawn_blocking(move || prepare_work_dir(&dir, &inputs, with_inputs))
-            .await
-            .map_err(|e| setup("could not make the working folder", &e))?
-            .map_err(|e| setup("could not make the working folder", &e))?;
-        for (key, f) in &files {
-            let dest = work.join("inputs").join(f.file_id.as_str());
-            self.blobs
-                .copy_to(&f.object, &dest)
-                .await
-                .map_err(|e| setup(&format!("could not fetch input_data.{key}"), &e))?;
-        }
-
+        // The run's request and context are written while its sandbox is
+        // prepared (the folder they go in exists already).
+        let written = {
+            let dir = work.clone();
+            tokio::task::spawn_blocking(move || write_inputs(&dir, &inputs, with_inputs))
+        };
         let python = self.python().await;
         let runner = self.config.data_dir.join("runner.py");
         let support = sandbox::Support {
@@ -532,8 +549,20 @@ impl Worker {
         };
         let limits = self.config.limits.with(dep.limits);
         let prepared = sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &work)
-            .prepare(support, limits)
-            .map_err(|e| setup("could not prepare the sandbox", &e))?;
+            .prepare(support, limits);
+        written
+            .await
+            .map_err(|e| setup("could not make the working folder", &e))?
+            .map_err(|e| setup("could not make the working folder", &e))?;
+        let prepared = prepared.map_err(|e| setup("could not prepare the sandbox", &e))?;
+        for (key, f) in &files {
+            let dest = work.join("inputs").join(f.file_id.as_str());
+            self.blobs
+                .copy_to(&f.object, &dest)
+                .await
+                .map_err(|e| setup(&format!("could not fetch input_data.{key}"), &e))?;
+        }
+
         if let Some(id) = prepared.run_as() {
             let dir = work.clone();
             tokio::task::spawn_blocking(move || hand_over(&dir, id))
@@ -1051,22 +1080,23 @@ fn hand_over(dir: &Path, id: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A fresh working folder holding the runner's inputs (one blocking hop).
-fn prepare_work_dir(
-    work: &Path,
-    inputs: &[(&str, String)],
-    with_inputs: bool,
-) -> std::io::Result<()> {
+/// A fresh, empty working folder for an attempt (what an earlier try of
+/// the same attempt left is removed).
+fn empty_dir(work: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(work) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(if with_inputs {
-        work.join("inputs")
-    } else {
-        work.to_owned()
-    })?;
+    std::fs::create_dir_all(work)
+}
+
+/// Writes the run's `inputs` (request and context) into its folder, and
+/// makes `inputs/` for its datalake files when it has some.
+fn write_inputs(work: &Path, inputs: &[(&str, String)], with_inputs: bool) -> std::io::Result<()> {
+    if with_inputs {
+        std::fs::create_dir(work.join("inputs"))?;
+    }
     for (name, body) in inputs {
         std::fs::write(work.join(name), body)?;
     }

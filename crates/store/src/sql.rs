@@ -302,6 +302,25 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Takes `key` in `tx` for a step whose writes are recomputed from the
+    /// rows they change (the scheduler's: SUBMITTED → PENDING → RUNNABLE):
+    /// on PostgreSQL its commit does not wait for the WAL to reach the
+    /// disk. A database crash that loses such a commit only means the step
+    /// is taken again; a later commit that builds on it (a claim of a run
+    /// it made RUNNABLE) flushes the WAL up to its own record, this one's
+    /// included. A run's submit, claim and end still wait for theirs.
+    async fn lock_recomputable(&self, tx: &mut Transaction<'static, Any>, key: i64) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
+            )
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A write transaction. SQLite takes the write lock at once (`BEGIN
     /// IMMEDIATE`), so a transaction that reads and then writes never fails
     /// on a lock upgrade.

@@ -94,6 +94,7 @@ suite!(
     idempotent_submit_creates_one_run,
     runs_page_by_keyset_in_both_directions,
     a_run_goes_from_submitted_to_succeeded,
+    one_claim_of_many_runs_records_each_attempt,
     failed_attempts_are_retried_after_backoff_then_fail,
     a_lost_lease_is_reaped_and_the_stale_worker_is_fenced,
     cancel_stops_waiting_runs_at_once_and_running_ones_through_canceling,
@@ -363,6 +364,40 @@ async fn runs_page_by_keyset_in_both_directions(store: Arc<SqlStore>) {
         .unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].trigger_id.as_ref(), Some(&tri));
+}
+
+async fn one_claim_of_many_runs_records_each_attempt(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    let mut runs = Vec::new();
+    for _ in 0..7 {
+        runs.push(submit(&*store, &f).await.id);
+    }
+    assert_eq!(store.schedule(time::now()).await.unwrap(), 7);
+    let leases = store.claim("w1", 5, TTL, time::now()).await.unwrap();
+    let rest = store.claim("w2", 5, TTL, time::now()).await.unwrap();
+    assert_eq!((leases.len(), rest.len()), (5, 2));
+    for (lease, worker) in leases
+        .iter()
+        .map(|l| (l, "w1"))
+        .chain(rest.iter().map(|l| (l, "w2")))
+    {
+        let attempts = store.list_attempts(&lease.run.id).await.unwrap();
+        assert_eq!(attempts.len(), 1, "run {}", lease.run.id);
+        assert_eq!(
+            (attempts[0].attempt, attempts[0].worker.as_str()),
+            (1, worker),
+            "run {}",
+            lease.run.id
+        );
+    }
+    let mut claimed: Vec<_> = leases
+        .iter()
+        .chain(&rest)
+        .map(|l| l.run.id.clone())
+        .collect();
+    claimed.sort();
+    runs.sort();
+    assert_eq!(claimed, runs);
 }
 
 async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {

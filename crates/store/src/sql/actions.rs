@@ -633,8 +633,9 @@ impl ActionStore for SqlStore {
         RunStatus::Pending.transition(RunStatus::Runnable)?;
         let mut tx = self.begin().await?;
         // One queue step at a time (PostgreSQL; SQLite has one writer):
-        // two at once could each see room for the same last slot.
-        self.lock_exclusively(&mut tx, QUEUE_LOCK).await?;
+        // two at once could each see room for the same last slot. What it
+        // writes is recomputed if a database crash loses it.
+        self.lock_recomputable(&mut tx, QUEUE_LOCK).await?;
         // Runs under way, by configuration, counted once.
         let rows = sqlx::query(&format!(
             "SELECT organization_id, configuration_type, api_id, COUNT(*) FROM action_runs \

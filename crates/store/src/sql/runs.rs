@@ -122,8 +122,9 @@ impl RunStore for SqlStore {
         Pending.transition(Runnable)?;
         let now = micros(now);
         let mut tx = self.begin().await?;
-        // One scheduler at a time, so two never free the same queue twice.
-        self.lock_exclusively(&mut tx, SCHEDULER_LOCK).await?;
+        // One scheduler at a time, so two never free the same queue twice;
+        // what it writes here is recomputed if a database crash loses it.
+        self.lock_recomputable(&mut tx, SCHEDULER_LOCK).await?;
         sqlx::query(
             "UPDATE runs SET status = 'REJECTED', modified_at = $1, finished_at = $1, \
              error = 'the run''s version was deleted or its code was never uploaded' \
@@ -179,21 +180,28 @@ impl RunStore for SqlStore {
         let mut leases = Vec::with_capacity(rows.len());
         for row in &rows {
             let run = run_from_row(row)?;
-            sqlx::query(
-                "INSERT INTO run_attempts (run_id, attempt, worker, started_at, outcome) \
-                 VALUES ($1, $2, $3, $4, 'RUNNING')",
-            )
-            .bind(run.id.as_str())
-            .bind(run.attempt as i64)
-            .bind(worker)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
             leases.push(Lease {
                 attempt: run.attempt,
                 token: run.lease_token,
                 run,
             });
+        }
+        // The claimed runs' attempts, a few hundred a statement (SQLite
+        // binds at most 32766 parameters).
+        for chunk in leases.chunks(500) {
+            let values = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, $1, $2, 'RUNNING')", 3 + 2 * i, 4 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO run_attempts (run_id, attempt, worker, started_at, outcome) \
+                 VALUES {values}"
+            );
+            let mut insert = sqlx::query(&sql).bind(worker).bind(now);
+            for l in chunk {
+                insert = insert.bind(l.run.id.as_str()).bind(l.attempt as i64);
+            }
+            insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         leases.sort_by_key(|l| l.run.seq);
