@@ -25,8 +25,10 @@ no tool always meets a cold or a warm cache):
 - a persistent job inside a running `sluice serve`: its first query (the
   whole table, batches staged beside the load) side by side with `sluice
   import` of the same table, `--repeat` of each, order alternated, and
-  their ratio; then a query finding 10,000 new rows, and ones finding
-  none, each timed by its own record (claimed → ended).
+  their ratio, and the CPU seconds each spent (the server's from
+  /proc during the query, its idle loops included; the import's from
+  wait4); then a query finding 10,000 new rows, and ones finding none,
+  each timed by its own record (claimed → ended).
 Every copy's row count and checksum over every column is compared with the
 source's: a difference fails the benchmark.
 """
@@ -94,7 +96,7 @@ def timed(cmd, shell=False, env=None):
     err = proc.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd} failed: {err}")
-    return took, usage.ru_maxrss / 1024, out
+    return took, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def main():
@@ -153,7 +155,7 @@ def main():
             for name in names[i % len(names):] + names[:i % len(names)]:
                 prepare, run, _ = tools[name]
                 prepare()
-                took, peak, out = run()
+                took, peak, out, _ = run()
                 times[name].append(took)
                 peaks[name].append(peak)
                 if name.startswith("sluice"):
@@ -181,7 +183,7 @@ def main():
         # table as it is, then with an index on the change column (as a
         # table read incrementally usually has).
         def incremental(target):
-            took, _, out = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+            took, _, out, _ = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
                                   "--to", f"{BASE}/{dst}", "--target", target, "--change-column",
                                   "at", "--json"])
             return took, json.loads(out)
@@ -276,18 +278,26 @@ def job_figures(src, dst, first, repeat):
                     raise RuntimeError("the first query did not end: " + (Path(data) / "serve.log").read_text())
                 time.sleep(0.05)
 
-        queries, imports, jobs = [], [], []
+        def serve_cpu():
+            # The server's CPU seconds (user + system, every thread).
+            f = Path(f"/proc/{serve.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+        queries, imports, jobs, query_cpu, import_cpu = [], [], [], [], []
         for i in range(repeat):
             for kind in (("job", "import") if i % 2 == 0 else ("import", "job")):
                 if kind == "job":
+                    before = serve_cpu()
                     jobs.append(make_job(f"job_copy_{i}"))
                     q = first_query(jobs[-1])
                     queries.append(query_time(q))
+                    query_cpu.append(serve_cpu() - before)
                 else:
-                    _, _, out = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
+                    _, _, out, cpu = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
                                        "--to", f"{BASE}/{dst}", "--target", f"import_copy_{i}",
                                        "--change-column", "at", "--json"])
                     imports.append(json.loads(out)["seconds"])
+                    import_cpu.append(cpu)
         want = checksum(src, "bench")
         for i in range(repeat):
             same(f"job_copy_{i}", want, checksum(dst, f"job_copy_{i}"))
@@ -296,6 +306,8 @@ def job_figures(src, dst, first, repeat):
         print(f"job in serve, first query (whole table, {first:,} rows, staged): {qm:.2f} s; "
               f"sluice import of the same table: {im:.2f} s; job / import = {qm / im:.2f}× "
               f"(medians of {repeat}, order alternated)")
+        print(f"CPU: sluice serve during the first query {statistics.median(query_cpu):.2f} s "
+              f"(its idle loops included), sluice import {statistics.median(import_cpu):.2f} s")
         job = jobs[0]
 
         def ended(qid):
