@@ -7,20 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sluice_datapath::{import, ImportError, ImportSpec, Mode, Progress, StageEvent};
-use sqlx::{Connection, PgConnection};
+use sluice_testkit::{pg_exec as exec, pg_scalar as scalar};
 
 async fn fresh_db() -> sluice_testkit::TempDb {
     sluice_testkit::TempDb::postgres("sluice_parts").await
-}
-
-async fn exec(url: &str, sql: &str) {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-}
-
-async fn scalar(url: &str, sql: &str) -> Option<String> {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
 }
 
 /// Row count, distinct ids and a checksum over every column, in id order.

@@ -3,20 +3,11 @@
 //! postgres://postgres@127.0.0.1:5432/postgres). Fails loudly without it.
 
 use sluice_datapath::{import, ImportError, ImportSpec, Mode};
+use sluice_testkit::{pg_exec as exec, pg_scalar as scalar};
 use sqlx::{Connection, PgConnection};
 
 async fn fresh_db() -> sluice_testkit::TempDb {
     sluice_testkit::TempDb::postgres("sluice_dp").await
-}
-
-async fn exec(url: &str, sql: &str) {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-}
-
-async fn scalar(url: &str, sql: &str) -> Option<String> {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
 }
 
 /// Row count and a checksum over every column, in id order.

@@ -8,6 +8,20 @@
 
 use sqlx::Connection;
 
+/// Runs `sql` (one statement or several) on the PostgreSQL database at
+/// `url`; panics on an error.
+pub async fn pg_exec(url: &str, sql: &str) {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+}
+
+/// The one text value `sql` answers on the PostgreSQL database at `url`
+/// (None for NULL); panics on an error.
+pub async fn pg_scalar(url: &str, sql: &str) -> Option<String> {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+}
+
 /// The PostgreSQL server tests use (a URL of one of its databases).
 pub fn postgres_admin() -> String {
     std::env::var("SLUICE_TEST_POSTGRES_URL")
