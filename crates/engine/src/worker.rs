@@ -502,7 +502,7 @@ impl Worker {
             made,
         );
         made.map_err(|e| setup("could not make the working folder", &e))?;
-        let read = (|| {
+        let read = async {
             let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
             let ver = ver.map_err(|e| setup("the version is gone", &e))?;
             let output_channel = trigger
@@ -513,16 +513,14 @@ impl Worker {
                 | crate::control::InputError::Missing(why) => AttemptError::Invalid(why),
                 crate::control::InputError::Store(e) => setup("could not read the run's input", &e),
             })?;
-            Ok((dep, ver, output_channel, files))
-        })();
-        let read = match read {
-            Ok((dep, ver, output_channel, files)) => match self.code_dir(&ver).await {
-                Ok(code_dir) => Ok((dep, ver, output_channel, files, code_dir)),
-                Err(e) => Err(setup("could not unpack the code", &e)),
-            },
-            Err(e) => Err(e),
+            let code_dir = self
+                .code_dir(&ver)
+                .await
+                .map_err(|e| setup("could not unpack the code", &e))?;
+            Ok::<_, AttemptError>((dep, ver, output_channel, files, code_dir))
         };
-        let (dep, ver, output_channel, files, code_dir) = match read {
+        // A run whose records or code cannot be read leaves no folder.
+        let (dep, ver, output_channel, files, code_dir) = match read.await {
             Ok(read) => read,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&work).await;
