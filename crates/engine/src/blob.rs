@@ -226,10 +226,6 @@ impl LocalBlobs {
         Ok(self.root.join(check_key(key)?))
     }
 
-    pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.put_owned(key, Bytes::copy_from_slice(bytes)).await
-    }
-
     /// Writes `bytes` to a temporary file beside `key`'s and renames it
     /// into place, on one blocking thread (one hop, not one a step).
     pub async fn put_owned(&self, key: &str, bytes: Bytes) -> std::io::Result<()> {
