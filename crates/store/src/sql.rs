@@ -154,6 +154,20 @@ pub struct SqlStore {
     wake_url: Option<String>,
 }
 
+/// How a locked step's commit waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// For the WAL to reach the disk (PostgreSQL's default).
+    Flushed,
+    /// Not for the flush: the step's writes are recomputed from the rows
+    /// they change (the scheduler's SUBMITTED → PENDING → RUNNABLE). A
+    /// database crash that loses such a commit only means the step is
+    /// taken again; a later commit that builds on it (a claim of a run it
+    /// made RUNNABLE) flushes the WAL up to its own record, this one's
+    /// included. A run's submit, claim and end still wait for theirs.
+    Recomputable,
+}
+
 impl SqlStore {
     /// Connects without migrating; [`crate::open`] does both.
     pub async fn connect(url: &str) -> Result<SqlStore> {
@@ -223,7 +237,8 @@ impl SqlStore {
         // Under the migration lock: two first starts racing to create the
         // table would otherwise collide in PostgreSQL's catalog.
         let mut tx = self.begin().await?;
-        self.lock_exclusively(&mut tx, MIGRATION_LOCK).await?;
+        self.lock_exclusively(&mut tx, MIGRATION_LOCK, Commit::Flushed)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
              (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
@@ -241,7 +256,8 @@ impl SqlStore {
         tx.commit().await?;
         for &(version, sql) in self.dialect.migrations() {
             let mut tx = self.begin().await?;
-            self.lock_exclusively(&mut tx, MIGRATION_LOCK).await?;
+            self.lock_exclusively(&mut tx, MIGRATION_LOCK, Commit::Flushed)
+                .await?;
             let checksum = {
                 use sha2::Digest;
                 hex::encode(sha2::Sha256::digest(sql.as_bytes()))
@@ -291,32 +307,22 @@ impl SqlStore {
     }
 
     /// Holds the advisory lock `key` until `tx` ends (PostgreSQL; on SQLite
-    /// the write transaction is exclusive already).
-    async fn lock_exclusively(&self, tx: &mut Transaction<'static, Any>, key: i64) -> Result<()> {
+    /// the write transaction is exclusive already), `tx` committing as
+    /// `commit` says.
+    async fn lock_exclusively(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        key: i64,
+        commit: Commit,
+    ) -> Result<()> {
         if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(key)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Takes `key` in `tx` for a step whose writes are recomputed from the
-    /// rows they change (the scheduler's: SUBMITTED → PENDING → RUNNABLE):
-    /// on PostgreSQL its commit does not wait for the WAL to reach the
-    /// disk. A database crash that loses such a commit only means the step
-    /// is taken again; a later commit that builds on it (a claim of a run
-    /// it made RUNNABLE) flushes the WAL up to its own record, this one's
-    /// included. A run's submit, claim and end still wait for theirs.
-    async fn lock_recomputable(&self, tx: &mut Transaction<'static, Any>, key: i64) -> Result<()> {
-        if self.dialect == Dialect::Postgres {
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
-            )
-            .bind(key)
-            .execute(&mut **tx)
-            .await?;
+            let sql = match commit {
+                Commit::Flushed => "SELECT pg_advisory_xact_lock($1)",
+                Commit::Recomputable => {
+                    "SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)"
+                }
+            };
+            sqlx::query(sql).bind(key).execute(&mut **tx).await?;
         }
         Ok(())
     }

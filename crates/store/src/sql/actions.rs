@@ -635,7 +635,8 @@ impl ActionStore for SqlStore {
         // One queue step at a time (PostgreSQL; SQLite has one writer):
         // two at once could each see room for the same last slot. What it
         // writes is recomputed if a database crash loses it.
-        self.lock_recomputable(&mut tx, QUEUE_LOCK).await?;
+        self.lock_exclusively(&mut tx, QUEUE_LOCK, Commit::Recomputable)
+            .await?;
         // Runs under way, by configuration, counted once.
         let rows = sqlx::query(&format!(
             "SELECT organization_id, configuration_type, api_id, COUNT(*) FROM action_runs \

@@ -124,7 +124,8 @@ impl RunStore for SqlStore {
         let mut tx = self.begin().await?;
         // One scheduler at a time, so two never free the same queue twice;
         // what it writes here is recomputed if a database crash loses it.
-        self.lock_recomputable(&mut tx, SCHEDULER_LOCK).await?;
+        self.lock_exclusively(&mut tx, SCHEDULER_LOCK, Commit::Recomputable)
+            .await?;
         sqlx::query(
             "UPDATE runs SET status = 'REJECTED', modified_at = $1, finished_at = $1, \
              error = 'the run''s version was deleted or its code was never uploaded' \
