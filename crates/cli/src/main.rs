@@ -496,7 +496,7 @@ struct ImportArgs {
     /// over N pairs of connections, all reading one snapshot; 1: one
     /// stream. Default: one part per 64 MiB of table, at most one per
     /// core.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=sluice_datapath::parts::MAX_PARTS as i64))]
     parallel: Option<u16>,
     /// Print the outcome as JSON.
     #[arg(long)]
