@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
 from selenium import webdriver
@@ -83,12 +84,28 @@ def tasks_shown(driver):
             for row in driver.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")}
 
 
+def replaced(element):
+    """True once the page that held `element` has been replaced."""
+    def check(_):
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+    return check
+
+
 def search(driver, text):
+    form = driver.find_element(By.CSS_SELECTOR, "form[role=search]")
     box = driver.find_element(By.ID, "q")
     box.clear()
     box.send_keys(text)
     driver.find_element(By.CSS_SELECTOR, "form[role=search] button").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "q").get_attribute("value") == text)
+    # The box already holds `text` on the old page: wait for the answer's
+    # page first, then read it.
+    _Wait(driver, 10).until(replaced(form))
+    WebDriverWait(driver, 10).until(lambda d: "q=" + quote_plus(text) in d.current_url
+                                    and d.find_element(By.ID, "q").get_attribute("value") == text)
     return tasks_shown(driver)
 
 
