@@ -4,6 +4,7 @@ environment variable, memory) reaches the next run; an import that fails
 fails every run with its error; a version can ask for a fresh interpreter;
 idle servers, servers of deleted versions and servers beyond the warm limit
 are stopped."""
+import hashlib
 import json
 import os
 import time
@@ -108,6 +109,46 @@ def test_runs_of_one_version_share_the_import_and_nothing_else(backend, tmp_path
         assert b["maxrss_kib_at_start"] < a["maxrss_kib_at_start"] + 100 * 1024, (a, b)
     finally:
         s.stop()
+
+
+ECHO = """
+import hashlib, json, os
+
+def handler(request, context):
+    data = request["input_data"]
+    print("GOT " + json.dumps({"n": data["n"], "text": hashlib.sha256(json.dumps(data["text"]).encode()).hexdigest(),
+                               "run_id": context["run_id"],
+                               "attempt": context.attempt, "cwd": os.getcwd(),
+                               "files": sorted(os.listdir("."))}), flush=True)
+"""
+
+
+def test_a_forked_run_gets_its_request_small_or_large(sluice):
+    """A small request travels in the fork's message (the run's folder
+    starts empty); one larger than a message goes through files; the
+    handler sees the same either way."""
+    session, dep_url, ver = deployment_of(sluice, ECHO)
+    small = {"n": 1, "text": "héllo"}
+    large = {"n": 2, "text": ["x" * 60_000] * 4}  # a string is at most 64 KiB
+    got = {}
+    for name, data in (("small", small), ("large", large)):
+        r = session.post(f"{dep_url}/runs", json={"version_id": ver, "input_data": data,
+                                                  "retry_count": 0}).json()
+        done = wait_for(lambda: (x := session.get(f"{dep_url}/runs/{r['run_id']}").json())["status"]
+                        in ("SUCCEEDED", "FAILED") and x, "the run")
+        logs = [e["message"] for e in session.get(f"{dep_url}/runs/{r['run_id']}/logs").json()["events"]]
+        assert done["status"] == "SUCCEEDED", (done, logs)
+        assert "forked from the version's warm interpreter" in logs[0], logs
+        line = [m for m in logs if m.startswith("GOT ")]
+        assert len(line) == 1, logs
+        got[name] = json.loads(line[0][4:])
+        assert got[name]["run_id"] == r["run_id"] and got[name]["attempt"] == 1, got[name]
+        assert got[name]["cwd"].endswith(f"{r['run_id']}-1"), got[name]
+    for name, data in (("small", small), ("large", large)):
+        assert got[name]["n"] == data["n"], got[name]
+        assert got[name]["text"] == hashlib.sha256(json.dumps(data["text"]).encode()).hexdigest(), got[name]
+    assert got["small"]["files"] == [], got["small"]
+    assert got["large"]["files"] == ["context.json", "request.json"], got["large"]
 
 
 def test_a_failing_import_fails_each_run_with_its_error(sluice):

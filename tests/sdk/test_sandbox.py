@@ -114,7 +114,8 @@ def test_a_handler_reads_nothing_of_the_server(backend, tmp_path):
         # Another run, still running: its folder is there to be probed.
         sleeper = submit({"DATA_DIR": data, "SLEEP": "60"})["run_id"]
         other = os.path.join(data, "runs", ver["version_id"], f"{sleeper}-1")
-        wait_for(lambda: os.path.exists(os.path.join(other, "context.json")), "the other run's folder")
+        # The sleeper's probe writes mine.txt in its folder: then it is there, and running.
+        wait_for(lambda: os.path.exists(os.path.join(other, "mine.txt")), "the other run's folder")
         _, seen = run({"DATA_DIR": data, "OTHER_RUN_DIR": other})
         session.post(f"{base}/{dep}/runs/{sleeper}/cancel")
         # Refused by the sandbox, not missing: the paths are real.

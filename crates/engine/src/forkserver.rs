@@ -242,8 +242,10 @@ impl Server {
     }
 
     /// Forks a child for one run: its folder `work`, its whole environment
-    /// `env`, its output to `stdout` and `stderr`, and (with Landlock) the
-    /// run's own ruleset.
+    /// `env`, its output to `stdout` and `stderr`, (with Landlock) the
+    /// run's own ruleset, and its request and context unless they are in
+    /// files in `work` (`request.json`, `context.json`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn fork(
         self: &Arc<Self>,
         work: &std::path::Path,
@@ -252,6 +254,7 @@ impl Server {
         stderr: OwnedFd,
         ruleset: Option<BorrowedFd<'_>>,
         cpu_seconds: Option<u64>,
+        inputs: Option<(&Value, &Value)>,
     ) -> std::io::Result<Forked> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, mut events) = mpsc::unbounded_channel();
@@ -261,14 +264,18 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        let request = json!({
+        let mut request = json!({
             "id": id,
             "work": work.display().to_string(),
             "env": env,
             "restrict": libc::SYS_landlock_restrict_self,
             "cpu_seconds": cpu_seconds,
-        })
-        .to_string();
+        });
+        if let Some((run_request, context)) = inputs {
+            request["request"] = run_request.clone();
+            request["context"] = context.clone();
+        }
+        let request = request.to_string();
         let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];
         fds.extend(ruleset.map(|r| r.as_raw_fd()));
         if let Err(e) = send(&self.sock, request.as_bytes(), &fds).await {

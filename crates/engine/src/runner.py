@@ -88,14 +88,20 @@ def fail(e):
     return 1
 
 
-def run(handler):
-    """Runs the request in the current folder; answers the exit status."""
+def run(handler, given=None):
+    """Runs the request `given` (request, context), or the one in the
+    current folder's request.json and context.json; answers the exit
+    status."""
     try:
-        with open("request.json") as f:
-            request = json.load(f)
+        if given is None:
+            with open("request.json") as f:
+                request = json.load(f)
+            with open("context.json") as f:
+                context = json.load(f)
+        else:
+            request, context = given
         request["contents"] = [Content(c) for c in request.get("contents") or []]
-        with open("context.json") as f:
-            context = Context(json.load(f))
+        context = Context(context)
         write_result(handler(request, context))
     except BaseException as e:  # noqa: BLE001 - every failure is the run's
         return fail(e)
@@ -118,9 +124,10 @@ def send(sock, message):
 def serve(fd):
     """The fork server: imports once, then forks a child per request.
 
-    Requests: {"id", "work", "env", "restrict", "cpu_seconds"} with the run's stdout and
-    stderr (and, when the kernel has Landlock, the run's own ruleset) as
-    descriptors. Answers: {"ready": true} or {"ready": false, "error"} once;
+    Requests: {"id", "work", "env", "restrict", "cpu_seconds"} and, unless
+    they are in the run's folder as files, {"request", "context"}, with the
+    run's stdout and stderr (and, when the kernel has Landlock, the run's
+    own ruleset) as descriptors. Answers: {"ready": true} or {"ready": false, "error"} once;
     then {"id", "pid"} when a child started and {"id", "status"} (the raw
     wait status) when it ended. The server ends when the worker closes the
     socket (or dies: it is the parent's death signal's business).
@@ -135,6 +142,14 @@ def serve(fd):
         return 1
     sys.stdout.flush()
     sys.stderr.flush()
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Each child calls these: called once here, what ctypes builds for a
+    # call is the server's, shared, and not made (and copied) again in
+    # every child.
+    libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG 0, as the server has
+    libc.syscall  # looked up (and kept) once
     # Everything imported so far stays out of the collector's way: a
     # collection in a child would otherwise touch (and so copy) every page
     # of the server's objects.
@@ -147,9 +162,6 @@ def serve(fd):
     devnull = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(devnull, target)
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -220,11 +232,19 @@ def child(handler, libc, server, request, fds):
         limit = int(request["cpu_seconds"])
         resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
     os.chdir(request["work"])
-    os.environ.clear()
-    os.environ.update(request["env"])
+    # The run's environment is the server's but for a few variables: only
+    # those change (every write copies pages the child shares with the
+    # server).
+    env = request["env"]
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None
-    status = run(handler)
+    given = (request["request"], request["context"]) if "request" in request else None
+    status = run(handler, given)
     # The exit handlers a run registered (logging's flush among them) run;
     # the interpreter's teardown does not: it tears down every module the
     # server imported (pandas: tens of ms), and the process ends anyway.

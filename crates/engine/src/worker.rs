@@ -3,9 +3,12 @@
 //!
 //! One attempt, step by step:
 //! 1. unpack the version's code once per worker (`<data>/code/<version>/`);
-//! 2. write `request.json` and `context.json` into a fresh working folder;
-//! 3. start `python3 runner.py` there, in its own process group, with the
-//!    run's environment (deployment defaults < version parameters < run);
+//! 2. make a fresh working folder;
+//! 3. fork the run's process from the version's warm interpreter (the run's
+//!    request and context in the fork's message), or start
+//!    `python3 runner.py` there (it reads `request.json` and `context.json`
+//!    from the folder), in its own process group, with the run's
+//!    environment (deployment defaults < version parameters < run);
 //! 4. mark the run RUNNING; stream stdout and stderr, line by line, into the
 //!    run's log; renew the lease every heartbeat, and stop the process when
 //!    the run is being cancelled, the lease is lost or the timeout passes;
@@ -349,8 +352,12 @@ impl Worker {
         let started = std::time::Instant::now();
         METRICS.claimed.with_label_values(&[metrics::RUN]).inc();
         tracing::info!(run_id = %run_id, org = %org, attempt = lease.attempt, worker = %self.id, "run attempt started");
-        let (outcome, output) = match self.execute(&lease, shutdown).await {
-            Ok(ended) => ended,
+        let (outcome, output, tail) = match self.execute(&lease, shutdown).await {
+            Ok(Ended {
+                outcome,
+                output,
+                tail,
+            }) => (outcome, output, tail),
             Err(AttemptError::LeaseLost) => {
                 METRICS
                     .lease_losses
@@ -359,9 +366,8 @@ impl Worker {
                 tracing::warn!(run_id = %run_id, org = %org, "run lease lost; another worker owns the run now");
                 return;
             }
-            Err(AttemptError::HandedBack(why)) => (AttemptOutcome::HandedBack { why }, None),
-            Err(AttemptError::Setup(error)) => (AttemptOutcome::Failed { error }, None),
-            Err(AttemptError::Invalid(error)) => (AttemptOutcome::Invalid { error }, None),
+            Err(AttemptError::Setup(error)) => (AttemptOutcome::Failed { error }, None, vec![]),
+            Err(AttemptError::Invalid(error)) => (AttemptOutcome::Invalid { error }, None, vec![]),
         };
         let (outcome, output) = match output {
             Some(out) => match self.store_output(&lease.run, out).await {
@@ -380,12 +386,12 @@ impl Worker {
         let finished = match &output {
             Some(file) => {
                 self.store
-                    .finish_with_output(&run_id, lease.token, &outcome, retry, now, file)
+                    .finish_with_output(&run_id, lease.token, &outcome, retry, now, &tail, file)
                     .await
             }
             None => {
                 self.store
-                    .finish(&run_id, lease.token, &outcome, retry, now)
+                    .finish(&run_id, lease.token, &outcome, retry, now, &tail)
                     .await
             }
         };
@@ -459,11 +465,7 @@ impl Worker {
         })
     }
 
-    async fn execute(
-        &self,
-        lease: &Lease,
-        shutdown: &Shutdown,
-    ) -> Result<(AttemptOutcome, Option<Output>), AttemptError> {
+    async fn execute(&self, lease: &Lease, shutdown: &Shutdown) -> Result<Ended, AttemptError> {
         let run = &lease.run;
         let setup =
             |what: &str, e: &dyn std::fmt::Display| AttemptError::Setup(format!("{what}: {e}"));
@@ -533,11 +535,24 @@ impl Worker {
             .collect();
         let inputs = inputs(lease, &ver, &work, contents);
         let with_inputs = !files.is_empty();
-        // The run's request and context are written while its sandbox is
-        // prepared (the folder they go in exists already).
+        let version_env = version_environment(&dep, &ver);
+        let fresh = self.config.user_code == UserCode::Fresh || asks_fresh(&version_env);
+        // A forked run gets its request and context in the fork's message
+        // (no files to make: on a busy worker, making and removing files
+        // is much of a run's cost); a fresh interpreter, or a request too
+        // large for one message, reads them from files. They are written
+        // while the run's sandbox is prepared.
+        let inline = !fresh && inputs.size() <= INLINE_INPUTS;
         let written = {
-            let dir = work.clone();
-            tokio::task::spawn_blocking(move || write_inputs(&dir, &inputs, with_inputs))
+            let (dir, files) = (work.clone(), (!inline).then(|| inputs.files()));
+            async move {
+                if files.is_none() && !with_inputs {
+                    return Ok(());
+                }
+                tokio::task::spawn_blocking(move || write_inputs(&dir, files, with_inputs))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
         };
         let python = self.python().await;
         let runner = self.config.data_dir.join("runner.py");
@@ -550,7 +565,6 @@ impl Worker {
             .prepare(support, limits);
         written
             .await
-            .map_err(|e| setup("could not make the working folder", &e))?
             .map_err(|e| setup("could not make the working folder", &e))?;
         let prepared = prepared.map_err(|e| setup("could not prepare the sandbox", &e))?;
         for (key, f) in &files {
@@ -568,7 +582,6 @@ impl Worker {
                 .map_err(|e| setup("could not hand the working folder over", &e))?
                 .map_err(|e| setup("could not hand the working folder over", &e))?;
         }
-        let version_env = version_environment(&dep, &ver);
         let code_env = [
             ("SLUICE_CODE_DIR".to_owned(), code_dir.display().to_string()),
             ("SLUICE_HANDLER".to_owned(), ver.handler.clone()),
@@ -582,7 +595,6 @@ impl Worker {
         env.extend(version_env.iter().cloned());
         env.extend(run_environment(lease));
         env.extend(code_env.iter().cloned());
-        let fresh = self.config.user_code == UserCode::Fresh || asks_fresh(&version_env);
 
         let (log_tx, log_rx) = mpsc::channel::<(Timestamp, String)>(4096);
         let writer = tokio::spawn(write_logs(
@@ -675,6 +687,7 @@ impl Worker {
                                 err,
                                 prepared.ruleset(),
                                 limits.cpu_seconds,
+                                inline.then_some((&inputs.request, &inputs.context)),
                             )
                             .await
                             .map_err(|e| format!("could not start the run: {e}"))?;
@@ -694,6 +707,14 @@ impl Worker {
                         let line = "[sluice] every warm interpreter of this worker is busy with \
                                     other versions: this run starts a fresh one";
                         let _ = log_tx.send((time::now(), line.to_owned())).await;
+                        if inline {
+                            let (dir, files) = (work.clone(), Some(inputs.files()));
+                            tokio::task::spawn_blocking(move || write_inputs(&dir, files, false))
+                                .await
+                                .map_err(std::io::Error::other)
+                                .and_then(|written| written)
+                                .map_err(|e| format!("could not write the run's request: {e}"))?;
+                        }
                     }
                 }
             }
@@ -749,12 +770,16 @@ impl Worker {
                     .send((time::now(), format!("[sluice] attempt failed: {error}")))
                     .await;
                 drop(log_tx);
-                let logs_ok = writer.await.unwrap_or(false);
+                let tail = writer.await.ok().flatten();
                 let _ = tokio::fs::remove_dir_all(&work).await;
-                if !logs_ok {
+                let Some(tail) = tail else {
                     return Err(AttemptError::LeaseLost);
-                }
-                return Ok((AttemptOutcome::Failed { error }, None));
+                };
+                return Ok(Ended {
+                    outcome: AttemptOutcome::Failed { error },
+                    output: None,
+                    tail,
+                });
             }
             Err(lost) => {
                 drop(log_tx);
@@ -810,7 +835,7 @@ impl Worker {
         };
         let _ = log_tx.send((time::now(), end_line)).await;
         drop(log_tx);
-        let logs_ok = writer.await.unwrap_or(false);
+        let tail = writer.await.ok().flatten();
         let error_file = tokio::fs::read_to_string(work.join("error.txt")).await.ok();
         let succeeded = stop.is_none() && matches!(&status, Ok(s) if s.success());
         let output = match output_channel {
@@ -826,13 +851,12 @@ impl Worker {
             _ => None,
         };
         let _ = tokio::fs::remove_dir_all(&work).await;
-        if lease_lost || !logs_ok {
-            return Err(AttemptError::LeaseLost);
-        }
-        if handed_back {
-            return Err(AttemptError::HandedBack(stop.unwrap_or_default()));
-        }
+        let tail = match tail {
+            Some(tail) if !lease_lost => tail,
+            _ => return Err(AttemptError::LeaseLost),
+        };
         let outcome = match (status, stop) {
+            (_, Some(why)) if handed_back => AttemptOutcome::HandedBack { why },
             (_, Some(why)) => AttemptOutcome::Failed { error: why },
             (Ok(s), None) if s.success() => AttemptOutcome::Succeeded,
             (Ok(s), None) => AttemptOutcome::Failed {
@@ -844,7 +868,11 @@ impl Worker {
                 error: format!("lost the code's process: {e}"),
             },
         };
-        Ok((outcome, output))
+        Ok(Ended {
+            outcome,
+            output,
+            tail,
+        })
     }
 
     fn python_name(&self) -> &str {
@@ -947,9 +975,14 @@ enum AttemptError {
     Setup(String),
     /// The run's input cannot be used; the run fails without a retry.
     Invalid(String),
-    /// The worker shut down before the code ended: the run goes back to
-    /// the queue.
-    HandedBack(String),
+}
+
+/// How an attempt's code ended: its outcome, its output, and its last log
+/// lines (stored with the outcome).
+struct Ended {
+    outcome: AttemptOutcome,
+    output: Option<Output>,
+    tail: Vec<(Timestamp, String)>,
 }
 
 pub(crate) fn describe_exit(s: &std::process::ExitStatus) -> String {
@@ -1032,13 +1065,33 @@ fn asks_fresh(version_env: &[(String, String)]) -> bool {
         .is_some_and(|(_, v)| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
-/// The files the runner reads: `request.json` and `context.json`.
-fn inputs(
-    lease: &Lease,
-    ver: &Version,
-    work: &Path,
-    contents: Vec<Value>,
-) -> [(&'static str, String); 2] {
+/// The largest request and context (in bytes of JSON) a fork's message
+/// carries; larger ones go in files (a `SOCK_SEQPACKET` message must fit
+/// the socket's send buffer).
+const INLINE_INPUTS: usize = 64 * 1024;
+
+/// What the runner hands the handler: the run's request and context.
+struct Inputs {
+    request: Value,
+    context: Value,
+    /// Both as JSON.
+    text: [String; 2],
+}
+
+impl Inputs {
+    fn size(&self) -> usize {
+        self.text.iter().map(String::len).sum()
+    }
+
+    /// The files a fresh interpreter reads them from.
+    fn files(&self) -> [(&'static str, String); 2] {
+        let [request, context] = self.text.clone();
+        [("request.json", request), ("context.json", context)]
+    }
+}
+
+/// The run's request and context.
+fn inputs(lease: &Lease, ver: &Version, work: &Path, contents: Vec<Value>) -> Inputs {
     let run = &lease.run;
     let request = json!({
         "contents": contents,
@@ -1058,10 +1111,12 @@ fn inputs(
         "working_dir": work.display().to_string(),
         "created_at": time::format(&run.created_at),
     });
-    [
-        ("request.json", request.to_string()),
-        ("context.json", context.to_string()),
-    ]
+    let text = [request.to_string(), context.to_string()];
+    Inputs {
+        request,
+        context,
+        text,
+    }
 }
 
 /// Gives a run's working folder (and all in it) to the user `id` it runs as.
@@ -1089,13 +1144,17 @@ fn empty_dir(work: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(work)
 }
 
-/// Writes the run's `inputs` (request and context) into its folder, and
+/// Writes the run's request and context `files` into its folder, and
 /// makes `inputs/` for its datalake files when it has some.
-fn write_inputs(work: &Path, inputs: &[(&str, String)], with_inputs: bool) -> std::io::Result<()> {
+fn write_inputs(
+    work: &Path,
+    files: Option<[(&str, String); 2]>,
+    with_inputs: bool,
+) -> std::io::Result<()> {
     if with_inputs {
         std::fs::create_dir(work.join("inputs"))?;
     }
-    for (name, body) in inputs {
+    for (name, body) in files.iter().flatten() {
         std::fs::write(work.join(name), body)?;
     }
     Ok(())
@@ -1134,15 +1193,17 @@ pub(crate) async fn pump(
     }
 }
 
-/// Writes log lines to the store in batches (what arrived within ~50 ms).
-/// Answers false when the store refused them because the lease was lost.
+/// Writes log lines to the store in batches (what arrived within ~50 ms)
+/// while the attempt runs; answers the lines not yet written when it ended
+/// (the caller stores them with the attempt's end), or None when the lease
+/// was lost.
 async fn write_logs(
     store: Arc<dyn MetadataStore>,
     run: RunId,
     token: i64,
     attempt: i32,
     mut rx: mpsc::Receiver<(Timestamp, String)>,
-) -> bool {
+) -> Option<Vec<(Timestamp, String)>> {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -1152,17 +1213,18 @@ async fn write_logs(
             tokio::select! {
                 more = rx.recv() => match more {
                     Some(line) => batch.push(line),
-                    None => break,
+                    // The attempt has ended: its last lines go with its end.
+                    None => return Some(batch),
                 },
                 _ = &mut window => break,
             }
         }
         match store.append_logs(&run, token, attempt, &batch).await {
             Ok(()) => {}
-            Err(StoreError::LeaseLost(_)) => return false,
+            Err(StoreError::LeaseLost(_)) => return None,
             Err(e) => tracing::warn!("{run}: could not store {} log line(s): {e}", batch.len()),
         }
         batch.clear();
     }
-    true
+    Some(batch)
 }

@@ -230,7 +230,9 @@ pub trait RunStore: Send + Sync + 'static {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<RunStatus>;
-    /// Ends an attempt; retries, fails, succeeds or cancels the run.
+    /// Ends an attempt; retries, fails, succeeds or cancels the run. The
+    /// attempt's last log lines, `tail`, are stored with its end (one
+    /// transaction fewer for a short run than writing them first).
     async fn finish(
         &self,
         run: &RunId,
@@ -238,6 +240,7 @@ pub trait RunStore: Send + Sync + 'static {
         outcome: &AttemptOutcome,
         retry: RetryPolicy,
         now: Timestamp,
+        tail: &[(Timestamp, String)],
     ) -> Result<RunStatus>;
     /// Takes back runs whose lease expired; answers them.
     async fn reap(&self, retry: RetryPolicy, now: Timestamp) -> Result<Vec<RunId>>;
@@ -356,6 +359,7 @@ pub trait DatalakeStore: Send + Sync + 'static {
     /// [`MetadataStore::finish`], and when the run SUCCEEDS, `output` stored
     /// as a new file (with its own trigger events) in the same transaction:
     /// a run's output exists exactly when its success does.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_with_output(
         &self,
         run: &RunId,
@@ -363,6 +367,7 @@ pub trait DatalakeStore: Send + Sync + 'static {
         outcome: &AttemptOutcome,
         retry: RetryPolicy,
         now: Timestamp,
+        tail: &[(Timestamp, String)],
         output: &DatalakeFile,
     ) -> Result<RunStatus>;
 }

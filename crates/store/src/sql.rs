@@ -337,7 +337,9 @@ impl SqlStore {
         })
     }
 
-    /// Ends the attempt holding `token` inside `tx`; answers the run's next status.
+    /// Ends the attempt holding `token` inside `tx`, its last log lines
+    /// `tail` with it; answers the run's next status.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_in(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -346,11 +348,13 @@ impl SqlStore {
         outcome: &AttemptOutcome,
         retry: RetryPolicy,
         now: Timestamp,
+        tail: &[(Timestamp, String)],
     ) -> Result<RunStatus> {
         let current = self.lock_run(tx, run).await?;
         if current.lease_token != token || !current.status.is_leased() {
             return Err(StoreError::LeaseLost(run.to_string()));
         }
+        runs::insert_logs(tx, run, current.attempt, tail).await?;
         let (end, error) = match outcome {
             AttemptOutcome::Succeeded => (AttemptEnd::Succeeded, None),
             AttemptOutcome::Failed { error } => (AttemptEnd::Failed, Some(error.clone())),

@@ -434,6 +434,11 @@ async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
             .unwrap(),
         RunStatus::Running
     );
+    // The attempt's last lines are stored with its end.
+    let tail = [
+        (time::now(), "last line".to_owned()),
+        (time::now(), "[sluice] attempt succeeded".to_owned()),
+    ];
     let next = store
         .finish(
             &run.id,
@@ -441,10 +446,32 @@ async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
             &AttemptOutcome::Succeeded,
             RETRY,
             time::now(),
+            &tail,
         )
         .await
         .unwrap();
     assert_eq!(next, RunStatus::Succeeded);
+    let logged = |store: Arc<SqlStore>, id: RunId| async move {
+        let q = LogQuery {
+            after: None,
+            before: None,
+            start_time: None,
+            end_time: None,
+            limit: 100,
+            descending: false,
+        };
+        store
+            .read_logs(&id, q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        logged(store.clone(), run.id.clone()).await,
+        ["last line", "[sluice] attempt succeeded"]
+    );
     let done = store.get_run(&f.org, &run.id).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert!(done.finished_at.is_some() && done.started_at.is_some());
@@ -454,7 +481,7 @@ async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
         (attempts[0].worker.as_str(), attempts[0].outcome.as_str()),
         ("w1", "SUCCEEDED")
     );
-    // A finished run cannot be finished again.
+    // A finished run cannot be finished again, nor its log written to.
     let again = store
         .finish(
             &run.id,
@@ -462,9 +489,11 @@ async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
             &AttemptOutcome::Succeeded,
             RETRY,
             time::now(),
+            &tail,
         )
         .await;
     assert!(matches!(again, Err(StoreError::LeaseLost(_))));
+    assert_eq!(logged(store.clone(), run.id.clone()).await.len(), 2);
 }
 
 async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore>) {
@@ -486,7 +515,7 @@ async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore
         error: "boom".into(),
     };
     let next = store
-        .finish(&run.id, lease.token, &failed, RETRY, time::now())
+        .finish(&run.id, lease.token, &failed, RETRY, time::now(), &[])
         .await
         .unwrap();
     assert_eq!(next, RunStatus::Pending);
@@ -504,7 +533,7 @@ async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore
         .await
         .unwrap();
     let next = store
-        .finish(&run.id, lease.token, &failed, RETRY, later(12))
+        .finish(&run.id, lease.token, &failed, RETRY, later(12), &[])
         .await
         .unwrap();
     assert_eq!(next, RunStatus::Failed);
@@ -572,6 +601,7 @@ async fn a_lost_lease_is_reaped_and_the_stale_worker_is_fenced(store: Arc<SqlSto
             &AttemptOutcome::Succeeded,
             RETRY,
             now,
+            &[],
         )
         .await;
     assert!(matches!(fin, Err(StoreError::LeaseLost(_))));
@@ -636,7 +666,7 @@ async fn cancel_stops_waiting_runs_at_once_and_running_ones_through_canceling(
         error: "stopped by cancel".into(),
     };
     let next = store
-        .finish(&running.id, lease.token, &killed, RETRY, time::now())
+        .finish(&running.id, lease.token, &killed, RETRY, time::now(), &[])
         .await
         .unwrap();
     assert_eq!(next, RunStatus::Cancelled);
@@ -683,6 +713,7 @@ async fn a_distributed_queue_runs_one_at_a_time_in_order(store: Arc<SqlStore>) {
                     &AttemptOutcome::Succeeded,
                     RETRY,
                     time::now(),
+                    &[],
                 )
                 .await
                 .unwrap();
@@ -1183,6 +1214,7 @@ async fn a_run_output_is_stored_exactly_when_the_run_succeeds(store: Arc<SqlStor
                 &failed,
                 RETRY,
                 time::now(),
+                &[],
                 &out2
             )
             .await
@@ -1202,6 +1234,7 @@ async fn a_run_output_is_stored_exactly_when_the_run_succeeds(store: Arc<SqlStor
                 &AttemptOutcome::Succeeded,
                 RETRY,
                 time::now(),
+                &[],
                 &out
             )
             .await
@@ -1229,6 +1262,7 @@ async fn a_run_output_is_stored_exactly_when_the_run_succeeds(store: Arc<SqlStor
                 &AttemptOutcome::Succeeded,
                 RETRY,
                 time::now(),
+                &[],
                 &stale
             )
             .await,

@@ -493,11 +493,12 @@ impl DatalakeStore for SqlStore {
         outcome: &AttemptOutcome,
         retry: RetryPolicy,
         now: Timestamp,
+        tail: &[(Timestamp, String)],
         output: &DatalakeFile,
     ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
         let next = self
-            .finish_in(&mut tx, run, token, outcome, retry, now)
+            .finish_in(&mut tx, run, token, outcome, retry, now, tail)
             .await?;
         if next == RunStatus::Succeeded {
             insert_file(&mut tx, output).await?;

@@ -249,10 +249,11 @@ impl RunStore for SqlStore {
         outcome: &AttemptOutcome,
         retry: RetryPolicy,
         now: Timestamp,
+        tail: &[(Timestamp, String)],
     ) -> Result<RunStatus> {
         let mut tx = self.begin().await?;
         let next = self
-            .finish_in(&mut tx, run, token, outcome, retry, now)
+            .finish_in(&mut tx, run, token, outcome, retry, now, tail)
             .await?;
         tx.commit().await?;
         Ok(next)
@@ -340,22 +341,7 @@ impl RunStore for SqlStore {
         if held != Some(token) {
             return Err(StoreError::LeaseLost(run.to_string()));
         }
-        for chunk in events.chunks(200) {
-            let mut sql =
-                String::from("INSERT INTO log_events (run_id, attempt, ts, message) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 2 + 3;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("($1, $2, ${b}, ${})", b + 1));
-            }
-            let mut query = sqlx::query(&sql).bind(run.as_str()).bind(attempt as i64);
-            for (ts, message) in chunk {
-                query = query.bind(micros(*ts)).bind(message.as_str());
-            }
-            query.execute(&mut *tx).await?;
-        }
+        insert_logs(&mut tx, run, attempt, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -400,4 +386,29 @@ impl RunStore for SqlStore {
             })
             .collect()
     }
+}
+
+/// Inserts an attempt's log lines, a few hundred a statement.
+pub(super) async fn insert_logs(
+    tx: &mut Transaction<'static, Any>,
+    run: &RunId,
+    attempt: i32,
+    events: &[(Timestamp, String)],
+) -> Result<()> {
+    for chunk in events.chunks(200) {
+        let mut sql = String::from("INSERT INTO log_events (run_id, attempt, ts, message) VALUES ");
+        for i in 0..chunk.len() {
+            let b = i * 2 + 3;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("($1, $2, ${b}, ${})", b + 1));
+        }
+        let mut query = sqlx::query(&sql).bind(run.as_str()).bind(attempt as i64);
+        for (ts, message) in chunk {
+            query = query.bind(micros(*ts)).bind(message.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
