@@ -11,9 +11,12 @@
 #   forks one child per run the worker asks for, from this clean parent, so
 #   nothing a run does (module globals, environment, memory) reaches the
 #   next one.
+import atexit
+import gc
 import importlib
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -150,11 +153,13 @@ def serve(fd):
     # every child.
     libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG 0, as the server has
     libc.syscall  # looked up (and kept) once
+    # The children's environments differ from the server's in a few
+    # variables: each child compares with this copy (reading os.environ
+    # would make new objects, and so copy pages, for every variable).
+    SERVER_ENV.update(os.environ)
     # Everything imported so far stays out of the collector's way: a
     # collection in a child would otherwise touch (and so copy) every page
     # of the server's objects.
-    import gc
-
     gc.collect()
     gc.freeze()
     # What the import printed has been read by the worker as the first run's
@@ -206,6 +211,10 @@ def serve(fd):
                         send(sock, {"id": children.pop(pid), "status": status})
 
 
+# The server's environment when it started forking (see `serve`).
+SERVER_ENV = {}
+
+
 def child(handler, libc, server, request, fds):
     """One run, in a child forked from the clean server. Never returns."""
     signal.set_wakeup_fd(-1)
@@ -227,8 +236,6 @@ def child(handler, libc, server, request, fds):
         os.close(fds[2])
     if request.get("cpu_seconds"):
         # The server has none: its own CPU time (all those forks) is not a run's.
-        import resource
-
         limit = int(request["cpu_seconds"])
         resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
     os.chdir(request["work"])
@@ -236,10 +243,11 @@ def child(handler, libc, server, request, fds):
     # those change (every write copies pages the child shares with the
     # server).
     env = request["env"]
-    for name in [name for name in os.environ if name not in env]:
-        del os.environ[name]
+    for name in SERVER_ENV:
+        if name not in env:
+            del os.environ[name]
     for name, value in env.items():
-        if os.environ.get(name) != value:
+        if SERVER_ENV.get(name) != value:
             os.environ[name] = value
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None
@@ -248,8 +256,8 @@ def child(handler, libc, server, request, fds):
     # The exit handlers a run registered (logging's flush among them) run;
     # the interpreter's teardown does not: it tears down every module the
     # server imported (pandas: tens of ms), and the process ends anyway.
-    import atexit
-
+    # (Every module the child uses is imported by the server: an import
+    # statement run in the child copies pages, even of a module imported.)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

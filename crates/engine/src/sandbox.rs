@@ -298,7 +298,11 @@ fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64, abi: i64) -> std::io::R
     }
     // SAFETY: just opened, owned here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
+    // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open (O_PATH descriptors can be fstat'ed); st lives across the call.
+    let is_dir = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let rights = if is_dir {
         rights
     } else {

@@ -1134,14 +1134,19 @@ fn hand_over(dir: &Path, id: u32) -> std::io::Result<()> {
 }
 
 /// A fresh, empty working folder for an attempt (what an earlier try of
-/// the same attempt left is removed).
+/// the same attempt left is removed). One `mkdir` when the version's runs
+/// folder exists and the attempt's does not, as is usual.
 fn empty_dir(work: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(work) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    use std::io::ErrorKind;
+    match std::fs::create_dir(work) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir_all(work),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            std::fs::remove_dir_all(work)?;
+            std::fs::create_dir(work)
+        }
+        Err(e) => Err(e),
     }
-    std::fs::create_dir_all(work)
 }
 
 /// Writes the run's request and context `files` into its folder, and
