@@ -40,6 +40,9 @@ use tracing::Instrument;
 
 const RUNNER: &str = include_str!("runner.py");
 
+/// How long a claim under load waits for more free slots (see `run`).
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// Log lines longer than this are cut (the rest is noted as cut).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -208,8 +211,12 @@ impl Worker {
             self.id,
             self.config.worker_slots
         );
+        // Whether the last claim took as many runs as it asked for: then
+        // more are likely waiting, and the next claim waits a moment for a
+        // few slots to free, so that one statement claims several runs.
+        let mut saturated = false;
         loop {
-            let first = tokio::select! {
+            let mut first = tokio::select! {
                 p = slots.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => return,
@@ -219,7 +226,14 @@ impl Worker {
             if shutdown.is_stopping() {
                 break;
             }
-            let free = 1 + slots.available_permits() as u32;
+            let batch = (self.config.worker_slots / 4).max(1) as u32;
+            if saturated && batch > 1 {
+                let more = slots.clone().acquire_many_owned(batch - 1);
+                if let Ok(Ok(more)) = tokio::time::timeout(CLAIM_GATHER, more).await {
+                    first.merge(more);
+                }
+            }
+            let free = first.num_permits() as u32 + slots.available_permits() as u32;
             let leases = match self
                 .store
                 .claim(&self.id, free, self.config.lease_ttl, time::now())
@@ -237,6 +251,7 @@ impl Worker {
                 }
             };
             backoff.after(true);
+            saturated = leases.len() as u32 == free;
             if leases.is_empty() {
                 drop(first);
                 tokio::select! {
@@ -246,9 +261,14 @@ impl Worker {
                 }
                 continue;
             }
-            let mut permit = Some(first);
+            let mut held = Some(first);
             for lease in leases {
-                let permit = match permit.take() {
+                let permit = match held.take() {
+                    Some(mut p) if p.num_permits() > 1 => {
+                        let one = p.split(1).expect("more than one permit held");
+                        held = Some(p);
+                        one
+                    }
                     Some(p) => p,
                     None => match slots.clone().try_acquire_owned() {
                         Ok(p) => p,
@@ -263,9 +283,11 @@ impl Worker {
                 let span = tracing::info_span!("run", run_id = %lease.run.id, org = %lease.run.organization_id, attempt = lease.attempt, worker = %self.id);
                 tokio::spawn(
                     async move {
-                        me.attempt(lease, &shutdown).await;
+                        let wake = me.attempt(lease, &shutdown).await;
                         drop(permit);
-                        me.wakers.scheduler.notify_one();
+                        if wake {
+                            me.wakers.scheduler.notify_one();
+                        }
                     }
                     .instrument(span),
                 );
@@ -345,8 +367,10 @@ impl Worker {
         }
     }
 
-    /// Runs one attempt and reports how it ended.
-    async fn attempt(&self, lease: Lease, shutdown: &Shutdown) {
+    /// Runs one attempt and reports how it ended; answers whether the
+    /// scheduler has work from it (the run is to be tried again, or the
+    /// next run of its queue may start).
+    async fn attempt(&self, lease: Lease, shutdown: &Shutdown) -> bool {
         let run_id = lease.run.id.clone();
         let org = lease.run.organization_id.clone();
         let started = std::time::Instant::now();
@@ -364,7 +388,7 @@ impl Worker {
                     .with_label_values(&[metrics::RUN])
                     .inc();
                 tracing::warn!(run_id = %run_id, org = %org, "run lease lost; another worker owns the run now");
-                return;
+                return true;
             }
             Err(AttemptError::Setup(error)) => (AttemptOutcome::Failed { error }, None, vec![]),
             Err(AttemptError::Invalid(error)) => (AttemptOutcome::Invalid { error }, None, vec![]),
@@ -410,6 +434,7 @@ impl Worker {
             AttemptOutcome::HandedBack { .. } => metrics::HANDED_BACK,
             _ => "failed",
         };
+        let queued = lease.run.distribution.is_some();
         match finished {
             Ok(status) => {
                 let ended = if status == RunStatus::Cancelled {
@@ -426,12 +451,17 @@ impl Worker {
                     run_status = %status.as_str(),
                     duration_ms = (secs * 1000.0) as u64,
                     "run attempt ended"
-                )
+                );
+                status == RunStatus::Pending || queued
             }
             Err(StoreError::LeaseLost(_)) => {
-                tracing::warn!("{run_id}: finished after losing the lease")
+                tracing::warn!("{run_id}: finished after losing the lease");
+                true
             }
-            Err(e) => tracing::error!("{run_id}: could not record the outcome: {e}"),
+            Err(e) => {
+                tracing::error!("{run_id}: could not record the outcome: {e}");
+                true
+            }
         }
     }
 

@@ -612,8 +612,8 @@ impl MetadataStore for SqlStore {
 }
 
 /// Inserts a SUBMITTED run inside `tx`.
-async fn insert_run(
-    tx: &mut Transaction<'static, Any>,
+async fn insert_run<'e>(
+    db: impl Executor<'e, Database = Any>,
     run: &NewRun,
     queue: Option<&str>,
 ) -> Result<Run> {
@@ -640,7 +640,7 @@ async fn insert_run(
         .bind(queue.map(str::to_owned))
         .bind(now)
         .bind(run.idempotency_key.clone())
-        .fetch_one(&mut **tx)
+        .fetch_one(db)
         .await?;
     run_from_row(&row)
 }

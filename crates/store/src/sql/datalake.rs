@@ -468,7 +468,7 @@ impl DatalakeStore for SqlStore {
         if taken == 0 {
             return Ok(false);
         }
-        insert_run(&mut tx, run, queue).await?;
+        insert_run(&mut *tx, run, queue).await?;
         tx.commit().await?;
         Ok(true)
     }

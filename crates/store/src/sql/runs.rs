@@ -7,6 +7,10 @@ use crate::RunStore;
 #[async_trait]
 impl RunStore for SqlStore {
     async fn create_run(&self, run: &NewRun, queue: Option<&str>) -> Result<(Run, bool)> {
+        // Without an idempotency key, one statement (its own transaction).
+        if run.idempotency_key.is_none() {
+            return Ok((insert_run(&self.write, run, queue).await?, true));
+        }
         let mut tx = self.begin().await?;
         if let Some(key) = &run.idempotency_key {
             if let Some(earlier) = run_by_idempotency_key(&mut *tx, &run.deployment_id, key).await?
@@ -14,7 +18,7 @@ impl RunStore for SqlStore {
                 return Ok((earlier, false));
             }
         }
-        let row = insert_run(&mut tx, run, queue).await;
+        let row = insert_run(&mut *tx, run, queue).await;
         match row {
             Ok(run) => {
                 tx.commit().await?;
@@ -210,6 +214,26 @@ impl RunStore for SqlStore {
     }
 
     async fn mark_running(&self, run: &RunId, token: i64, now: Timestamp) -> Result<RunStatus> {
+        if self.dialect == Dialect::Postgres {
+            // The run and its attempt in one statement (one round trip and
+            // one commit instead of four); a run that did not move is
+            // answered below.
+            RunStatus::Starting.transition(RunStatus::Running)?;
+            let moved = sqlx::query(
+                "WITH moved AS (UPDATE runs SET status = 'RUNNING', modified_at = $3 \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'STARTING' RETURNING id, attempt) \
+                 UPDATE run_attempts a SET running_at = $3 FROM moved \
+                 WHERE a.run_id = moved.id AND a.attempt = moved.attempt RETURNING a.attempt",
+            )
+            .bind(run.as_str())
+            .bind(token)
+            .bind(micros(now))
+            .fetch_optional(&self.write)
+            .await?;
+            if moved.is_some() {
+                return Ok(RunStatus::Running);
+            }
+        }
         let mut tx = self.begin().await?;
         let moved = RUNS.mark_running(&mut tx, run.as_str(), token, now).await?;
         if let Some(attempt) = moved {
