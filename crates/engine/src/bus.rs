@@ -2,8 +2,9 @@
 //! whose scheduler made runs RUNNABLE wakes the `worker`s at once, a job
 //! queried from the command line wakes the server's importer, instead of
 //! each waiting for its next poll. The store carries them (`NOTIFY` on
-//! [`sluice_store::WAKE_CHANNEL`], the loop's name as payload); each
-//! process relays what it hears to its own [`Wakers`]. Polling stays:
+//! [`sluice_store::WAKE_CHANNEL`], the loop's name and the sending
+//! process's [`Wakers::origin`] as payload); each process relays what it
+//! hears from the others to its own [`Wakers`]. Polling stays:
 //! a wake-up lost (a listener reconnecting) costs one poll interval.
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ pub async fn wake(store: &dyn MetadataStore, wakers: &Wakers, what: &str) {
     if let Some(n) = wakers.named(what) {
         n.notify_one();
     }
-    if let Err(e) = store.wake(what).await {
+    if let Err(e) = store.wake(&format!("{what}@{}", wakers.origin)).await {
         tracing::debug!("waking {what} in other processes: {e}");
     }
 }
@@ -57,8 +58,13 @@ pub async fn relay(store: Arc<dyn MetadataStore>, wakers: Arc<Wakers>, shutdown:
             tokio::select! {
                 _ = shutdown.stopping() => return,
                 heard = listener.next() => match heard {
-                    Ok(what) => {
-                        if let Some(n) = wakers.named(&what) {
+                    Ok(heard) => {
+                        // `<loop>@<origin>`; this process's own were relayed already.
+                        let (what, origin) = heard.split_once('@').unwrap_or((&heard, ""));
+                        if origin == wakers.origin {
+                            continue;
+                        }
+                        if let Some(n) = wakers.named(what) {
                             n.notify_one();
                         }
                     }

@@ -45,7 +45,6 @@ use tokio::sync::Notify;
 /// run wakes the worker, a finished run wakes the scheduler (its queue may
 /// be free). Processes sharing a PostgreSQL store wake each other too
 /// (`NOTIFY`, relayed by [`bus::relay`]); polling stays the fallback.
-#[derive(Default)]
 pub struct Wakers {
     pub scheduler: Notify,
     pub workers: Notify,
@@ -53,6 +52,23 @@ pub struct Wakers {
     pub importer: Notify,
     pub actions: Notify,
     pub api: Notify,
+    /// Names this process's wake-ups to the others, so that it does not
+    /// relay its own back to itself (its loops were woken directly).
+    pub origin: String,
+}
+
+impl Default for Wakers {
+    fn default() -> Wakers {
+        Wakers {
+            scheduler: Notify::new(),
+            workers: Notify::new(),
+            dispatcher: Notify::new(),
+            importer: Notify::new(),
+            actions: Notify::new(),
+            api: Notify::new(),
+            origin: hex::encode(auth::random_bytes(8)),
+        }
+    }
 }
 
 impl Wakers {

@@ -87,8 +87,9 @@ pub trait MetadataStore:
     /// store one process owns (SQLite), where waking in-process is enough.
     fn wake_url(&self) -> Option<&str>;
 
-    /// Wakes the loops named `what` in every process listening (PostgreSQL:
-    /// `NOTIFY`); nothing elsewhere.
+    /// Sends the wake-up `what` (the engine's: the loops' name and the
+    /// sending process) to every process listening (PostgreSQL: `NOTIFY`);
+    /// nothing elsewhere.
     async fn wake(&self, what: &str) -> Result<()>;
 }
 
@@ -105,7 +106,7 @@ impl WakeListener {
         Ok(WakeListener(l))
     }
 
-    /// The next wake-up: the name of the loops to wake.
+    /// The next wake-up, as [`MetadataStore::wake`] sent it.
     pub async fn next(&mut self) -> Result<String> {
         Ok(self.0.recv().await?.payload().to_owned())
     }
