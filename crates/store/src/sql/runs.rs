@@ -130,26 +130,37 @@ impl RunStore for SqlStore {
         // what it writes here is recomputed if a database crash loses it.
         self.lock_exclusively(&mut tx, SCHEDULER_LOCK, Commit::Recomputable)
             .await?;
-        // Admission and release in one statement: a SUBMITTED run whose
-        // code is missing is REJECTED, one outside any queue (and due)
-        // becomes RUNNABLE at once (PENDING and then RUNNABLE within this
-        // transaction), one of a queue PENDING; a PENDING run outside any
-        // queue whose time has come (a retry's) RUNNABLE.
-        const MISSING: &str = "status = 'SUBMITTED' AND NOT EXISTS (SELECT 1 FROM versions v \
+        // Admission: a SUBMITTED run whose code is missing is REJECTED,
+        // one outside any queue (and due) becomes RUNNABLE at once (PENDING
+        // and then RUNNABLE within this transaction), one of a queue
+        // PENDING. Each statement names one status: PostgreSQL then scans
+        // the status index itself (a bitmap scan over two statuses would
+        // not mark the entries of rows updated since as dead, and would
+        // read them again on every step).
+        const MISSING: &str = "NOT EXISTS (SELECT 1 FROM versions v \
              WHERE v.id = runs.version_id AND v.archive IS NOT NULL)";
-        let moved: Vec<String> = sqlx::query_scalar(&format!(
+        let admitted: Vec<String> = sqlx::query_scalar(&format!(
             "UPDATE runs SET status = CASE WHEN {MISSING} THEN 'REJECTED' \
              WHEN queue IS NULL AND not_before <= $1 THEN 'RUNNABLE' ELSE 'PENDING' END, \
              finished_at = CASE WHEN {MISSING} THEN $1 ELSE finished_at END, \
              error = CASE WHEN {MISSING} THEN 'the run''s version was deleted or its code was never uploaded' \
              ELSE error END, modified_at = $1 \
-             WHERE status = 'SUBMITTED' OR (status = 'PENDING' AND queue IS NULL AND not_before <= $1) \
-             RETURNING status"
+             WHERE status = 'SUBMITTED' RETURNING status"
         ))
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        let free = moved.iter().filter(|s| s.as_str() == "RUNNABLE").count() as u64;
+        let admitted = admitted.iter().filter(|s| s.as_str() == "RUNNABLE").count() as u64;
+        // A PENDING run outside any queue whose time has come (a retry's).
+        let due = sqlx::query(
+            "UPDATE runs SET status = 'RUNNABLE', modified_at = $1 \
+             WHERE status = 'PENDING' AND queue IS NULL AND not_before <= $1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let free = admitted + due;
         // A distributed queue runs one run at a time, in submission order:
         // only its oldest PENDING run may start, and only when none is active.
         let queued = sqlx::query(&format!(
