@@ -85,12 +85,14 @@ def tasks_shown(driver):
 
 
 def replaced(element):
-    """True once the page that held `element` has been replaced."""
+    """True once the page that held `element` has been replaced (Chromium
+    may say so with "Node with given id does not belong to the document"
+    instead of a stale element: any refusal to read it counts)."""
     def check(_):
         try:
             element.is_enabled()
             return False
-        except StaleElementReferenceException:
+        except WebDriverException:  # StaleElementReferenceException among them
             return True
     return check
 
