@@ -575,14 +575,9 @@ impl Worker {
         let inline = !fresh && inputs.size() <= INLINE_INPUTS;
         let written = {
             let (dir, files) = (work.clone(), (!inline).then(|| inputs.files()));
-            async move {
-                if files.is_none() && !with_inputs {
-                    return Ok(());
-                }
+            (files.is_some() || with_inputs).then(|| {
                 tokio::task::spawn_blocking(move || write_inputs(&dir, files, with_inputs))
-                    .await
-                    .map_err(std::io::Error::other)?
-            }
+            })
         };
         let python = self.python().await;
         let runner = self.config.data_dir.join("runner.py");
@@ -593,9 +588,13 @@ impl Worker {
         let limits = self.config.limits.with(dep.limits);
         let prepared = sandbox::Policy::for_run(&python.reads, &code_dir, &runner, &work)
             .prepare(support, limits);
-        written
-            .await
-            .map_err(|e| setup("could not make the working folder", &e))?;
+        if let Some(written) = written {
+            written
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|written| written)
+                .map_err(|e| setup("could not make the working folder", &e))?;
+        }
         let prepared = prepared.map_err(|e| setup("could not prepare the sandbox", &e))?;
         for (key, f) in &files {
             let dest = work.join("inputs").join(f.file_id.as_str());
