@@ -519,7 +519,7 @@ impl Load<'_> {
         let mut stager = spec
             .stage
             .as_ref()
-            .map(|s| crate::stage::Stager::start(s.clone(), format));
+            .map(|s| crate::stage::Stager::start(s.clone(), format, None));
         let (mut seen, mut batches) = (0u64, 0u64);
         let mut last = Instant::now();
         while let Some(batch) = reader.batches.recv().await {

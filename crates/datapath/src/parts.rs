@@ -17,8 +17,11 @@
 //!
 //! Windows (incremental and merge loads) stay one stream in one
 //! transaction: their rows go into the live table, which must see all of a
-//! window or none of it. A staged load stays one stream too (its staged
-//! batches are one COPY stream).
+//! window or none of it.
+//!
+//! A staged load (a job's query) stages each part's batches under
+//! `part-NN/` beside its load, as read: each part's batches, in order, are
+//! one binary COPY stream; one manifest lists them all, each with its part.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,7 +31,8 @@ use sqlx::Row;
 
 use crate::dest::Dest;
 use crate::load::Prepared;
-use crate::source::{connect_postgres, ReadAs, Source};
+use crate::source::{connect_postgres, Batch, ReadAs, Source};
+use crate::stage::{Format, Manifest, StageHandle, Staged, Stager};
 use crate::types::{db, literal, Col, TableName};
 use crate::{ledger, ImportError, ImportReport, ImportSpec, Mode, Progress, Result, StageEvent};
 
@@ -96,8 +100,8 @@ pub(crate) async fn try_load(
         Some("")
     } else if spec.mode != Mode::Destructive {
         Some("a window loads into the live table, which sees all of it or none, in one stream")
-    } else if spec.stage.is_some() || spec.batch.is_some() {
-        Some("a staged load is one stream")
+    } else if spec.batch.is_some() {
+        Some("a batch of an API source is one stream")
     } else if prepared.read != ReadAs::BinaryCopy {
         Some("only a copy between two PostgreSQL databases is split")
     } else {
@@ -264,28 +268,31 @@ async fn in_parts(
     let (batches_tx, mut batches_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut batches = 0u64;
-    let extracted = |batches: &mut u64, (rows, bytes): (u64, u64), p: &mut dyn Progress| {
+    let extracted = |batches: &mut u64, (rows, bytes, object): Read, p: &mut dyn Progress| {
         *batches += 1;
         p.stage(StageEvent::Extracted {
             batch: *batches,
             rows,
             bytes,
-            object: None,
+            object,
         });
     };
     // The parts borrow the new table's name: they end in this block.
     let counts = {
-        let parts = futures_util::future::try_join_all(conditions.iter().map(|condition| {
-            part(
-                spec,
-                snapshot,
-                format!("{} WHERE {condition}", prepared.select),
-                &fresh,
-                &prepared.cols,
-                &done,
-                batches_tx.clone(),
-            )
-        }));
+        let parts = futures_util::future::try_join_all(conditions.iter().enumerate().map(
+            |(i, condition)| {
+                part(
+                    spec,
+                    snapshot,
+                    format!("{} WHERE {condition}", prepared.select),
+                    &fresh,
+                    &prepared.cols,
+                    &done,
+                    batches_tx.clone(),
+                    i + 1,
+                )
+            },
+        ));
         drop(batches_tx);
         tokio::pin!(parts);
         loop {
@@ -299,8 +306,12 @@ async fn in_parts(
     while let Ok(batch) = batches_rx.try_recv() {
         extracted(&mut batches, batch, progress);
     }
-    let counts = match counts {
-        Ok(c) => c,
+    let manifest = match counts {
+        Ok(counts) => staged_manifest(spec, prepared, counts).await,
+        Err(e) => Err(e),
+    };
+    let (rows, manifest) = match manifest {
+        Ok(m) => m,
         Err(e) => {
             let _ = dst
                 .raw(&format!("DROP TABLE IF EXISTS {}", fresh.quoted()))
@@ -308,14 +319,58 @@ async fn in_parts(
             return Err(e);
         }
     };
-    let rows = counts.iter().sum();
     progress.stage(StageEvent::ExtractDone {
         rows,
         batches,
-        manifest: None,
+        manifest,
     });
     progress.rows(rows, prepared.estimate);
     Ok((fresh, rows))
+}
+
+/// A batch a part read: its rows, its bytes, where it was staged.
+type Read = (u64, u64, Option<String>);
+
+/// What a part loaded: its rows, and its staged batches when the load is
+/// staged.
+type PartDone = (u64, Option<(StageHandle, Vec<Staged>)>);
+
+/// The rows of all parts; when the load is staged, writes the one
+/// manifest of every part's batches and answers where it is.
+async fn staged_manifest(
+    spec: &ImportSpec,
+    prepared: &Prepared,
+    parts: Vec<PartDone>,
+) -> Result<(u64, Option<String>)> {
+    let rows = parts.iter().map(|(rows, _)| rows).sum();
+    let n = parts.len();
+    let mut stage = None;
+    let mut batches = Vec::new();
+    for (_, staged) in parts {
+        if let Some((handle, part)) = staged {
+            stage = Some(handle);
+            batches.extend(part);
+        }
+    }
+    let Some(stage) = stage else {
+        return Ok((rows, None));
+    };
+    let columns: Vec<(String, String)> = prepared
+        .cols
+        .iter()
+        .map(|c| (c.name.clone(), c.postgres_type()))
+        .collect();
+    let at = Manifest {
+        format: Format::BinaryCopy,
+        source: &spec.source_table,
+        target: &prepared.target.quoted(),
+        columns: &columns,
+        batches: &batches,
+        parts: Some(n),
+    }
+    .put(&stage)
+    .await?;
+    Ok((rows, Some(at)))
 }
 
 /// Drops the tables of parts that loads into `target` left when they
@@ -347,8 +402,10 @@ async fn sweep(main: &mut PgConnection, target: &TableName) -> Result<()> {
     Ok(())
 }
 
-/// One part: its rows read in the load's snapshot and committed into
-/// `into` over connections of its own. Answers its rows.
+/// One part (`index`, 1-based): its rows read in the load's snapshot and
+/// committed into `into` over connections of its own; its batches staged
+/// beside the load when the spec stages. Answers its rows and batches.
+#[allow(clippy::too_many_arguments)]
 async fn part(
     spec: &ImportSpec,
     snapshot: &str,
@@ -356,8 +413,9 @@ async fn part(
     into: &TableName,
     cols: &[Col],
     done: &AtomicU64,
-    batches: tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
-) -> Result<u64> {
+    batches: tokio::sync::mpsc::UnboundedSender<Read>,
+    index: usize,
+) -> Result<PartDone> {
     let (src, dst) = tokio::join!(
         connect_postgres(&spec.source_url, "source"),
         connect_postgres(&spec.dest_url, "destination")
@@ -373,16 +431,27 @@ async fn part(
     dst.begin().await?;
     let mut reader = Source::Postgres(src).spawn_reader(select, cols.to_vec(), ReadAs::BinaryCopy);
     let mut writer = dst.writer(into, cols, ReadAs::BinaryCopy, false).await?;
+    let mut stager = spec
+        .stage
+        .as_ref()
+        .map(|s| Stager::start(s.clone(), Format::BinaryCopy, Some(index)));
     while let Some(batch) = reader.batches.recv().await {
         let rows = batch.rows();
-        let written = match spec.check_cancel() {
-            Ok(()) => writer.write(batch).await,
-            Err(e) => Err(e),
-        };
+        let written = async {
+            spec.check_cancel()?;
+            let object = match (&mut stager, &batch) {
+                (Some(stager), Batch::Copy { bytes, .. }) => {
+                    Some(stager.put(bytes.clone(), rows).await?)
+                }
+                _ => None,
+            };
+            Ok::<_, ImportError>((writer.write(batch).await?, object))
+        }
+        .await;
         match written {
-            Ok(bytes) => {
+            Ok((bytes, object)) => {
                 done.fetch_add(rows, Ordering::Relaxed);
-                let _ = batches.send((rows, bytes));
+                let _ = batches.send((rows, bytes, object));
             }
             Err(e) => {
                 reader.task.abort();
@@ -400,9 +469,19 @@ async fn part(
         writer.abort("the source failed").await;
         return Err(e);
     }
+    let staged = match stager {
+        Some(stager) => match stager.finish_part().await {
+            Ok(staged) => Some(staged),
+            Err(e) => {
+                writer.abort("staging failed").await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let rows = writer.finish().await?;
     dst.end(true).await?;
-    Ok(rows)
+    Ok((rows, staged))
 }
 
 /// The load's one transaction, after the parts: the ledger row, the swap,

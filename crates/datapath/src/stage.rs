@@ -48,6 +48,9 @@ pub(crate) struct Staged {
     pub object: String,
     pub rows: u64,
     pub bytes: u64,
+    /// The part of a load in parts that read it (each part's batches are
+    /// a stream of their own); None for a one-stream load.
+    pub part: Option<usize>,
 }
 
 /// How a run's batches are staged.
@@ -73,11 +76,16 @@ impl Format {
         }
     }
 
-    /// The name of batch `n` (1-based).
-    fn batch_name(self, n: u64) -> String {
-        match self {
-            Format::BinaryCopy => format!("batch-{n:06}.pgcopy"),
-            Format::TextCopy => format!("batch-{n:06}.tsv"),
+    /// The name of batch `n` (1-based), of part `part` (1-based) when
+    /// the load is in parts.
+    fn batch_name(self, part: Option<usize>, n: u64) -> String {
+        let ext = match self {
+            Format::BinaryCopy => "pgcopy",
+            Format::TextCopy => "tsv",
+        };
+        match part {
+            Some(p) => format!("part-{p:02}/batch-{n:06}.{ext}"),
+            None => format!("batch-{n:06}.{ext}"),
         }
     }
 }
@@ -90,6 +98,7 @@ type Written = (StageHandle, Vec<Staged>);
 /// (then the load waits: memory stays bounded).
 pub(crate) struct Stager {
     format: Format,
+    part: Option<usize>,
     next: u64,
     tx: Option<mpsc::Sender<(String, Bytes, u64)>>,
     task: Option<JoinHandle<std::io::Result<Written>>>,
@@ -98,7 +107,9 @@ pub(crate) struct Stager {
 impl Stager {
     const AHEAD: usize = 4;
 
-    pub fn start(stage: StageHandle, format: Format) -> Stager {
+    /// A stager for a one-stream load (`part` None) or for one part of a
+    /// load in parts (1-based), whose batches go under `part-NN/`.
+    pub fn start(stage: StageHandle, format: Format, part: Option<usize>) -> Stager {
         let (tx, mut rx) = mpsc::channel::<(String, Bytes, u64)>(Self::AHEAD);
         let task = tokio::spawn(async move {
             let mut staged = Vec::new();
@@ -109,12 +120,14 @@ impl Stager {
                     object,
                     rows,
                     bytes: size,
+                    part,
                 });
             }
             Ok((stage, staged))
         });
         Stager {
             format,
+            part,
             next: 1,
             tx: Some(tx),
             task: Some(task),
@@ -124,7 +137,7 @@ impl Stager {
     /// Queues the next batch; answers its name. A stage that failed fails
     /// the load here (or at [`Stager::finish`]).
     pub async fn put(&mut self, bytes: Bytes, rows: u64) -> Result<String> {
-        let name = self.format.batch_name(self.next);
+        let name = self.format.batch_name(self.part, self.next);
         self.next += 1;
         let sent = match &self.tx {
             Some(tx) => tx.send((name.clone(), bytes, rows)).await.is_ok(),
@@ -148,12 +161,22 @@ impl Stager {
         columns: &[(String, String)],
     ) -> Result<String> {
         let (stage, staged) = self.wait().await?;
-        let doc = manifest(self.format, source, target, columns, &staged);
-        stage
-            .0
-            .put("manifest.json".into(), doc.into())
-            .await
-            .map_err(ImportError::Stage)
+        Manifest {
+            format: self.format,
+            source,
+            target,
+            columns,
+            batches: &staged,
+            parts: None,
+        }
+        .put(&stage)
+        .await
+    }
+
+    /// Waits for every batch of this part to be written; answers them
+    /// (the load in parts writes one manifest for all its parts).
+    pub async fn finish_part(mut self) -> Result<(StageHandle, Vec<Staged>)> {
+        self.wait().await
     }
 
     async fn wait(&mut self) -> Result<Written> {
@@ -175,23 +198,50 @@ impl Drop for Stager {
     }
 }
 
-/// The manifest of a run's batches.
-pub(crate) fn manifest(
-    format: Format,
-    source: &str,
-    target: &str,
-    columns: &[(String, String)],
-    batches: &[Staged],
-) -> Vec<u8> {
-    let doc = serde_json::json!({
-        "format": format.name(),
-        "source": source,
-        "target": target,
-        "columns": columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect::<Vec<_>>(),
-        "batches": batches.iter().map(|b| serde_json::json!({
-            "object": b.object, "rows": b.rows, "bytes": b.bytes
-        })).collect::<Vec<_>>(),
-        "rows": batches.iter().map(|b| b.rows).sum::<u64>(),
-    });
-    serde_json::to_vec_pretty(&doc).unwrap_or_default()
+/// The manifest of a run's batches. A load in parts lists every part's
+/// batches, each with its `part`, and says how many `parts` there were:
+/// the batches of one part, in order, are one COPY stream.
+pub(crate) struct Manifest<'a> {
+    pub format: Format,
+    pub source: &'a str,
+    pub target: &'a str,
+    pub columns: &'a [(String, String)],
+    pub batches: &'a [Staged],
+    pub parts: Option<usize>,
+}
+
+impl Manifest<'_> {
+    /// Writes it beside the batches; answers where it is.
+    pub async fn put(&self, stage: &StageHandle) -> Result<String> {
+        stage
+            .0
+            .put("manifest.json".into(), self.to_json().into())
+            .await
+            .map_err(ImportError::Stage)
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        let mut doc = serde_json::json!({
+            "format": self.format.name(),
+            "source": self.source,
+            "target": self.target,
+            "columns": self.columns.iter()
+                .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
+                .collect::<Vec<_>>(),
+            "batches": self.batches.iter().map(|b| {
+                let mut batch = serde_json::json!({
+                    "object": b.object, "rows": b.rows, "bytes": b.bytes
+                });
+                if let Some(part) = b.part {
+                    batch["part"] = part.into();
+                }
+                batch
+            }).collect::<Vec<_>>(),
+            "rows": self.batches.iter().map(|b| b.rows).sum::<u64>(),
+        });
+        if let Some(parts) = self.parts {
+            doc["parts"] = parts.into();
+        }
+        serde_json::to_vec_pretty(&doc).unwrap_or_default()
+    }
 }

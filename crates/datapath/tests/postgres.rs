@@ -6,6 +6,9 @@ use sluice_datapath::{import, ImportError, ImportSpec, Mode};
 use sluice_testkit::{pg_exec as exec, pg_scalar as scalar};
 use sqlx::{Connection, PgConnection};
 
+mod folder;
+use folder::Folder;
+
 async fn fresh_db() -> sluice_testkit::TempDb {
     sluice_testkit::TempDb::postgres("sluice_dp").await
 }
@@ -348,23 +351,6 @@ async fn windows_follow_size_and_row_limit_and_rerun_by_hand() {
     };
     let err = import(&s, &mut ()).await.unwrap_err().to_string();
     assert!(err.contains("the first before the second"), "{err}");
-}
-
-/// A stage over a local folder, recording what it was given.
-struct Folder(std::path::PathBuf);
-
-impl sluice_datapath::Stage for Folder {
-    fn put(
-        &self,
-        name: String,
-        bytes: bytes::Bytes,
-    ) -> futures_util::future::BoxFuture<'_, std::io::Result<String>> {
-        Box::pin(async move {
-            let path = self.0.join(&name);
-            std::fs::write(&path, bytes)?;
-            Ok(path.display().to_string())
-        })
-    }
 }
 
 #[derive(Default)]

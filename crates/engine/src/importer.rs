@@ -411,8 +411,9 @@ impl Importer {
             replace_existing: false,
             batch: None,
             declared: None,
-            // Staged batches are one COPY stream: a job's load is one.
-            parallel: Some(1),
+            // A big whole-table load between PostgreSQL databases goes
+            // in parts, as `sluice import` does; windows are one stream.
+            parallel: None,
         };
         sluice_datapath::import(&import, progress).await
     }
