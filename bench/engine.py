@@ -14,7 +14,9 @@ the backends' order alternated (medians printed):
   is sluice's own dispatch latency (store write, wake-up, claim, fork), not
   queueing;
 - burst: `--runs` runs of that handler submitted as fast as 8 client
-  threads can; figures: runs claimed and finished per second (runs / first
+  threads can (each over one kept-alive connection, with http.client,
+  which spends a fraction of requests' CPU per call: the client shares the
+  cores); figures: runs claimed and finished per second (runs / first
   claim → last finish), submit→RUNNING p50/p99 (dominated by queueing);
 - the same with a handler module that imports pandas (`--pandas-runs`);
 - the same no-op burst in a fresh interpreter per run
@@ -34,6 +36,8 @@ attempt's `running_at`, finish from its `finished_at`. It also measures
 dir) and idle RSS.
 """
 import argparse
+import base64
+import http.client
 import json
 import os
 import sqlite3
@@ -43,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -219,23 +224,40 @@ def paced(srv, n, rate):
     return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "statuses": statuses, "n": n + 1}
 
 
+def submit_all(srv, dep_url, ver, n, threads=8):
+    """Submits n runs from `threads` threads, each over one kept-alive
+    connection with the request made once (http.client, not requests: the
+    client shares the server's cores, and requests spends several times
+    the CPU per call); answers the run ids in submission order."""
+    url = urllib.parse.urlsplit(f"{dep_url}/runs")
+    user, token = srv.session.auth
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode(),
+        "Content-Type": "application/json",
+    }
+    payload = json.dumps(body(ver)).encode()
+    local = threading.local()
+
+    def submit(_):
+        if not hasattr(local, "c"):
+            local.c = http.client.HTTPConnection(url.hostname, url.port)
+        local.c.request("POST", url.path, body=payload, headers=headers)
+        r = local.c.getresponse()
+        answer = r.read()
+        if r.status != 201 and r.status != 200:
+            raise SystemExit(f"{srv.name}: submitting a run answered {r.status}: {answer[:200]!r}")
+        return json.loads(answer)["run_id"]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(submit, range(n)))
+
+
 def burst(srv, n, code=NOOP, environment=None):
     """n runs of a warmed version: (runs/s claimed and finished, p50, p99)."""
     dep, dep_url, ver = deployment(srv.session, srv.url, srv.org, code, environment)
     srv.session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
     wait_done(srv.session, dep_url, 1, interval=0.05)
-    local = threading.local()
-
-    def submit(_):
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
-            local.s.auth = srv.session.auth
-        r = local.s.post(f"{dep_url}/runs", json=body(ver))
-        r.raise_for_status()
-        return r.json()["run_id"]
-
-    with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(submit, range(n)))
+    ids = submit_all(srv, dep_url, ver, n)
     # Runs are claimed in submission order: the last one submitted ends
     # about last. Its status alone is read until then (listing every run
     # twice a second would cost the server as much as a tenth of the runs).
