@@ -168,6 +168,9 @@ enum Commit {
     Recomputable,
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(30);
+
 impl SqlStore {
     /// Connects without migrating; [`crate::open`] does both.
     pub async fn connect(url: &str) -> Result<SqlStore> {
@@ -176,6 +179,19 @@ impl SqlStore {
             let pool = AnyPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        // A connection in steady use answers its next
+                        // statement; only one idle a while (the server may
+                        // have restarted since) is asked first — not every
+                        // statement paying a round trip more.
+                        if meta.idle_for > PING_WHEN_IDLE {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect(url)
                 .await?;
             return Ok(SqlStore {
@@ -193,8 +209,12 @@ impl SqlStore {
         } else {
             format!("{url}?mode=rwc")
         };
+        // A SQLite connection is a file this process holds: nothing to
+        // test before each use (sqlx would pass a ping through the
+        // connection's thread each time).
         let write = AnyPoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .after_connect(sqlite_pragmas)
             .connect(&url)
             .await?;
@@ -203,6 +223,7 @@ impl SqlStore {
             .await?;
         let read = AnyPoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .after_connect(sqlite_reader_pragmas)
             .connect(&url)
             .await?;
