@@ -386,7 +386,17 @@ impl SqlStore {
             .status
             .after_attempt(end, current.attempt, current.retry_count);
         current.status.transition(next)?;
-        end_attempt(tx, &current, next, end, error, retry, micros(now)).await?;
+        end_attempt(
+            tx,
+            self.dialect,
+            &current,
+            next,
+            end,
+            error,
+            retry,
+            micros(now),
+        )
+        .await?;
         Ok(next)
     }
 
@@ -684,8 +694,12 @@ async fn run_by_idempotency_key<'e>(
 
 /// Closes an attempt and moves its run to `next`, releasing the lease. The
 /// token goes up too, so whoever held the lease can write nothing more.
+/// On PostgreSQL both rows change in one statement (one round trip less
+/// on every run's way out).
+#[allow(clippy::too_many_arguments)]
 async fn end_attempt(
     tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
     run: &Run,
     next: RunStatus,
     end: AttemptEnd,
@@ -706,31 +720,53 @@ async fn end_attempt(
     } else {
         error.clone()
     };
-    sqlx::query(
-        "UPDATE runs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, \
+    const RUN: &str = "UPDATE runs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, \
          lease_token = lease_token + 1, not_before = $2, error = $3, modified_at = $4, \
-         finished_at = $5 WHERE id = $6 AND lease_token = $7",
-    )
-    .bind(next.as_str())
-    .bind(not_before)
-    .bind(run_error)
-    .bind(now)
-    .bind(finished)
-    .bind(run.id.as_str())
-    .bind(run.lease_token)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE run_attempts SET finished_at = $1, outcome = $2, error = $3 \
-         WHERE run_id = $4 AND attempt = $5",
-    )
-    .bind(now)
-    .bind(end.outcome(next))
-    .bind(error)
-    .bind(run.id.as_str())
-    .bind(run.attempt as i64)
-    .execute(&mut **tx)
-    .await?;
+         finished_at = $5 WHERE id = $6 AND lease_token = $7";
+    match dialect {
+        Dialect::Postgres => {
+            let sql = format!(
+                "WITH moved AS ({RUN} RETURNING id) UPDATE run_attempts SET finished_at = $4, \
+                 outcome = $8, error = $9 WHERE run_id = $6 AND attempt = $10"
+            );
+            sqlx::query(&sql)
+                .bind(next.as_str())
+                .bind(not_before)
+                .bind(run_error)
+                .bind(now)
+                .bind(finished)
+                .bind(run.id.as_str())
+                .bind(run.lease_token)
+                .bind(end.outcome(next))
+                .bind(error)
+                .bind(run.attempt as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Dialect::Sqlite => {
+            sqlx::query(RUN)
+                .bind(next.as_str())
+                .bind(not_before)
+                .bind(run_error)
+                .bind(now)
+                .bind(finished)
+                .bind(run.id.as_str())
+                .bind(run.lease_token)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "UPDATE run_attempts SET finished_at = $1, outcome = $2, error = $3 \
+                 WHERE run_id = $4 AND attempt = $5",
+            )
+            .bind(now)
+            .bind(end.outcome(next))
+            .bind(error)
+            .bind(run.id.as_str())
+            .bind(run.attempt as i64)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
     Ok(())
 }
 

@@ -305,6 +305,7 @@ impl RunStore for SqlStore {
             let error = lease::lost(run.attempt, run.lease_owner.as_deref());
             end_attempt(
                 &mut tx,
+                self.dialect,
                 &run,
                 next,
                 AttemptEnd::Lost,
