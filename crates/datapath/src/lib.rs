@@ -528,8 +528,10 @@ pub enum StageEvent {
         batches: u64,
         manifest: Option<String>,
     },
-    /// The rows are in the destination's transaction; it commits next.
-    Loaded { rows: u64 },
+    /// The rows are in the destination's transaction (loaded in `parts`,
+    /// 0 for one stream: then the parts committed them into a new table,
+    /// which the load's transaction swaps in); it commits next.
+    Loaded { rows: u64, parts: usize },
     /// The load committed (or another attempt had loaded the window).
     Committed { rows: u64, already_loaded: bool },
 }

@@ -412,7 +412,7 @@ impl Prepared {
             .rows(src, dst, &select, !verdict.foreign, progress)
             .await?;
         ledger::record(dst, &job, &window_key, rows).await?;
-        progress.stage(StageEvent::Loaded { rows });
+        progress.stage(StageEvent::Loaded { rows, parts: 0 });
         spec.check_cancel()?;
         Ok((report, Some(rows)))
     }

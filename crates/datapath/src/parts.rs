@@ -166,7 +166,7 @@ pub(crate) async fn try_load(
     }
     let committed = match loaded {
         Ok((fresh, rows)) => {
-            let committed = commit(spec, *prepared, dst, &fresh, rows, progress).await;
+            let committed = commit(spec, *prepared, dst, &fresh, (rows, n), progress).await;
             if !matches!(committed, Ok(ref r) if !r.already_loaded) {
                 let _ = dst
                     .raw(&format!("DROP TABLE IF EXISTS {}", fresh.quoted()))
@@ -491,7 +491,7 @@ async fn commit(
     prepared: Prepared,
     dst: &mut Dest,
     fresh: &TableName,
-    rows: u64,
+    (rows, parts): (u64, usize),
     progress: &mut dyn Progress,
 ) -> Result<ImportReport> {
     dst.begin().await?;
@@ -505,7 +505,7 @@ async fn commit(
             .await
             .map_err(db(format!("replacing {}", target.quoted())))?;
         ledger::record(dst, &prepared.job, &prepared.window_key, rows).await?;
-        progress.stage(StageEvent::Loaded { rows });
+        progress.stage(StageEvent::Loaded { rows, parts });
         spec.check_cancel()?;
         Ok::<_, ImportError>(true)
     }

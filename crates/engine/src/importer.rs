@@ -511,6 +511,12 @@ impl Tasks {
         self.dirty[i] = true;
     }
 
+    /// A message kept whatever the cap (a task's summary).
+    fn say_always(&mut self, i: usize, message: String) {
+        self.tasks[i].messages.push(message);
+        self.dirty[i] = true;
+    }
+
     fn apply(&mut self, event: StageEvent, now: Timestamp) {
         match event {
             StageEvent::Notice(text) => self.say(0, text),
@@ -565,12 +571,22 @@ impl Tasks {
                 let at = manifest
                     .map(|m| format!("; manifest {m}"))
                     .unwrap_or_default();
-                self.say(0, format!("{rows} rows in {batches} batches{at}"));
+                // Said even past the cap on messages: it names the manifest.
+                self.say_always(0, format!("{rows} rows in {batches} batches{at}"));
                 self.set(0, "SUCCEEDED", now);
             }
-            StageEvent::Loaded { rows } => {
+            StageEvent::Loaded { rows, parts } => {
                 self.tasks[2].records = rows as i64;
-                self.say(2, format!("{rows} rows in the load's transaction"));
+                self.say(
+                    2,
+                    match parts {
+                        0 => format!("{rows} rows in the load's transaction"),
+                        n => format!(
+                            "{rows} rows loaded in {n} parts into a new table, swapped in by \
+                             the load's transaction"
+                        ),
+                    },
+                );
                 self.set(2, "SUCCEEDED", now);
                 self.set(3, "RUNNING", now);
             }
@@ -709,5 +725,80 @@ async fn write_tasks(
         }
         tasks.flush(store.as_ref()).await;
         written = std::time::Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_domain::{JobId, OrganizationId, QueryId, QueryTrigger};
+
+    fn tasks() -> Tasks {
+        let q = Query {
+            seq: 1,
+            id: QueryId::generate(),
+            job_id: JobId::generate(),
+            organization_id: OrganizationId::generate(),
+            status: RunStatus::Running,
+            trigger: QueryTrigger::Manual,
+            requested: None,
+            window_start: None,
+            window_end: None,
+            records: 0,
+            error: None,
+            attempt: 1,
+            lease_owner: None,
+            lease_token: 1,
+            created_at: time::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        Tasks::new(q, "orders".into(), "orders".into(), time::now())
+    }
+
+    #[test]
+    fn a_load_of_many_batches_still_says_where_its_manifest_is() {
+        let mut t = tasks();
+        for batch in 1..=(MESSAGES as u64 * 3) {
+            t.apply(
+                StageEvent::Extracted {
+                    batch,
+                    rows: 10,
+                    bytes: 100,
+                    object: Some(format!("batch-{batch:06}.pgcopy")),
+                },
+                time::now(),
+            );
+        }
+        t.apply(
+            StageEvent::ExtractDone {
+                rows: 1200,
+                batches: 120,
+                manifest: Some("staging/x/manifest.json".into()),
+            },
+            time::now(),
+        );
+        let messages = &t.tasks[0].messages;
+        assert_eq!(messages.len(), MESSAGES + 2, "{messages:?}");
+        assert!(messages[MESSAGES].starts_with("… (more batches"));
+        assert_eq!(
+            messages.last().unwrap(),
+            "1200 rows in 120 batches; manifest staging/x/manifest.json"
+        );
+        assert_eq!(t.tasks[0].records, 1200);
+    }
+
+    #[test]
+    fn a_load_in_parts_says_so_where_its_rows_went() {
+        let mut t = tasks();
+        t.apply(StageEvent::Loaded { rows: 5, parts: 0 }, time::now());
+        t.apply(StageEvent::Loaded { rows: 7, parts: 2 }, time::now());
+        assert_eq!(
+            t.tasks[2].messages,
+            [
+                "5 rows in the load's transaction",
+                "7 rows loaded in 2 parts into a new table, swapped in by the load's transaction"
+            ]
+        );
     }
 }
