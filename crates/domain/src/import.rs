@@ -734,6 +734,38 @@ pub struct Query {
     pub finished_at: Option<Timestamp>,
 }
 
+impl Query {
+    /// A new query of a job, RUNNABLE and claimed by nobody, made by
+    /// `trigger` for the window `requested` (None: the next one).
+    pub fn new(
+        job_id: JobId,
+        organization_id: OrganizationId,
+        trigger: QueryTrigger,
+        requested: Option<(String, String)>,
+        now: Timestamp,
+    ) -> Query {
+        Query {
+            seq: 0,
+            id: QueryId::generate(),
+            job_id,
+            organization_id,
+            status: RunStatus::Runnable,
+            trigger,
+            requested,
+            window_start: None,
+            window_end: None,
+            records: 0,
+            error: None,
+            attempt: 0,
+            lease_owner: None,
+            lease_token: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// One step of a query.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueryTask {

@@ -731,28 +731,16 @@ async fn write_tasks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_domain::{JobId, OrganizationId, QueryId, QueryTrigger};
+    use sluice_domain::{JobId, OrganizationId, QueryTrigger};
 
     fn tasks() -> Tasks {
-        let q = Query {
-            seq: 1,
-            id: QueryId::generate(),
-            job_id: JobId::generate(),
-            organization_id: OrganizationId::generate(),
-            status: RunStatus::Running,
-            trigger: QueryTrigger::Manual,
-            requested: None,
-            window_start: None,
-            window_end: None,
-            records: 0,
-            error: None,
-            attempt: 1,
-            lease_owner: None,
-            lease_token: 1,
-            created_at: time::now(),
-            started_at: None,
-            finished_at: None,
-        };
+        let q = Query::new(
+            JobId::generate(),
+            OrganizationId::generate(),
+            QueryTrigger::Manual,
+            None,
+            time::now(),
+        );
         Tasks::new(q, "orders".into(), "orders".into(), time::now())
     }
 

@@ -723,49 +723,40 @@ async fn end_attempt(
     const RUN: &str = "UPDATE runs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, \
          lease_token = lease_token + 1, not_before = $2, error = $3, modified_at = $4, \
          finished_at = $5 WHERE id = $6 AND lease_token = $7";
-    match dialect {
-        Dialect::Postgres => {
-            let sql = format!(
-                "WITH moved AS ({RUN} RETURNING id) UPDATE run_attempts SET finished_at = $4, \
-                 outcome = $8, error = $9 WHERE run_id = $6 AND attempt = $10"
-            );
-            sqlx::query(&sql)
-                .bind(next.as_str())
-                .bind(not_before)
-                .bind(run_error)
-                .bind(now)
-                .bind(finished)
-                .bind(run.id.as_str())
-                .bind(run.lease_token)
-                .bind(end.outcome(next))
-                .bind(error)
-                .bind(run.attempt as i64)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Dialect::Sqlite => {
-            sqlx::query(RUN)
-                .bind(next.as_str())
-                .bind(not_before)
-                .bind(run_error)
-                .bind(now)
-                .bind(finished)
-                .bind(run.id.as_str())
-                .bind(run.lease_token)
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query(
-                "UPDATE run_attempts SET finished_at = $1, outcome = $2, error = $3 \
-                 WHERE run_id = $4 AND attempt = $5",
-            )
-            .bind(now)
+    let sql = match dialect {
+        Dialect::Postgres => format!(
+            "WITH moved AS ({RUN} RETURNING id) UPDATE run_attempts SET finished_at = $4, \
+             outcome = $8, error = $9 WHERE run_id = $6 AND attempt = $10"
+        ),
+        Dialect::Sqlite => RUN.to_owned(),
+    };
+    let mut query = sqlx::query(&sql)
+        .bind(next.as_str())
+        .bind(not_before)
+        .bind(run_error)
+        .bind(now)
+        .bind(finished)
+        .bind(run.id.as_str())
+        .bind(run.lease_token);
+    if dialect == Dialect::Postgres {
+        query = query
             .bind(end.outcome(next))
-            .bind(error)
-            .bind(run.id.as_str())
-            .bind(run.attempt as i64)
-            .execute(&mut **tx)
-            .await?;
-        }
+            .bind(error.clone())
+            .bind(run.attempt as i64);
+    }
+    query.execute(&mut **tx).await?;
+    if dialect == Dialect::Sqlite {
+        sqlx::query(
+            "UPDATE run_attempts SET finished_at = $1, outcome = $2, error = $3 \
+             WHERE run_id = $4 AND attempt = $5",
+        )
+        .bind(now)
+        .bind(end.outcome(next))
+        .bind(error)
+        .bind(run.id.as_str())
+        .bind(run.attempt as i64)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

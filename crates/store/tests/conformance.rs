@@ -1301,25 +1301,13 @@ fn import_job(org: &OrganizationId, name: &str, due: Option<Timestamp>) -> Impor
 }
 
 fn manual_query(job: &ImportJob) -> Query {
-    Query {
-        seq: 0,
-        id: QueryId::generate(),
-        job_id: job.id.clone(),
-        organization_id: job.organization_id.clone(),
-        status: RunStatus::Runnable,
-        trigger: QueryTrigger::Manual,
-        requested: None,
-        window_start: None,
-        window_end: None,
-        records: 0,
-        error: None,
-        attempt: 0,
-        lease_owner: None,
-        lease_token: 0,
-        created_at: time::now(),
-        started_at: None,
-        finished_at: None,
-    }
+    Query::new(
+        job.id.clone(),
+        job.organization_id.clone(),
+        QueryTrigger::Manual,
+        None,
+        time::now(),
+    )
 }
 
 async fn racing_schedulers_make_one_query_per_due_job(store: Arc<SqlStore>) {

@@ -573,28 +573,24 @@ impl Control {
             Some((worker, _)) => (RunStatus::Starting, Some(worker.to_owned()), Some(now)),
             None => (RunStatus::Runnable, None, None),
         };
+        let trigger = if window.is_some() {
+            QueryTrigger::Window
+        } else {
+            QueryTrigger::Manual
+        };
         let q = Query {
-            seq: 0,
-            id: QueryId::generate(),
-            job_id: job.id.clone(),
-            organization_id: job.organization_id.clone(),
             status,
-            trigger: if window.is_some() {
-                QueryTrigger::Window
-            } else {
-                QueryTrigger::Manual
-            },
-            requested: window,
-            window_start: None,
-            window_end: None,
-            records: 0,
-            error: None,
             attempt: i32::from(claim.is_some()),
             lease_owner: owner,
             lease_token: i64::from(claim.is_some()),
-            created_at: now,
             started_at: started,
-            finished_at: None,
+            ..Query::new(
+                job.id.clone(),
+                job.organization_id.clone(),
+                trigger,
+                window,
+                now,
+            )
         };
         let q = self
             .store

@@ -344,25 +344,13 @@ impl ImportStore for SqlStore {
             if moved == 0 {
                 continue;
             }
-            let q = Query {
-                seq: 0,
-                id: QueryId::generate(),
-                job_id: job.id.clone(),
-                organization_id: job.organization_id.clone(),
-                status: RunStatus::Runnable,
-                trigger: QueryTrigger::Schedule,
-                requested: None,
-                window_start: None,
-                window_end: None,
-                records: 0,
-                error: None,
-                attempt: 0,
-                lease_owner: None,
-                lease_token: 0,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-            };
+            let q = Query::new(
+                job.id.clone(),
+                job.organization_id.clone(),
+                QueryTrigger::Schedule,
+                None,
+                now,
+            );
             let q = self.insert_query(&mut tx, &q, None).await?;
             tx.commit().await?;
             made.push(q);
