@@ -720,17 +720,25 @@ async fn end_attempt(
     } else {
         error.clone()
     };
-    const RUN: &str = "UPDATE runs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, \
-         lease_token = lease_token + 1, not_before = $2, error = $3, modified_at = $4, \
-         finished_at = $5 WHERE id = $6 AND lease_token = $7";
+    // The run's row: one statement with the attempt's on PostgreSQL
+    // (fixed text, so the prepared statement is reused).
+    macro_rules! run_update {
+        () => {
+            "UPDATE runs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, \
+             lease_token = lease_token + 1, not_before = $2, error = $3, modified_at = $4, \
+             finished_at = $5 WHERE id = $6 AND lease_token = $7"
+        };
+    }
     let sql = match dialect {
-        Dialect::Postgres => format!(
-            "WITH moved AS ({RUN} RETURNING id) UPDATE run_attempts SET finished_at = $4, \
-             outcome = $8, error = $9 WHERE run_id = $6 AND attempt = $10"
+        Dialect::Postgres => concat!(
+            "WITH moved AS (",
+            run_update!(),
+            " RETURNING id) UPDATE run_attempts SET finished_at = $4, outcome = $8, \
+             error = $9 WHERE run_id = $6 AND attempt = $10"
         ),
-        Dialect::Sqlite => RUN.to_owned(),
+        Dialect::Sqlite => run_update!(),
     };
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(sql)
         .bind(next.as_str())
         .bind(not_before)
         .bind(run_error)
