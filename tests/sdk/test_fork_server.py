@@ -167,6 +167,34 @@ def test_a_failing_import_fails_each_run_with_its_error(sluice):
     assert servers(sluice) == []
 
 
+NUL = """
+import os
+
+def handler(request, context):
+    print("before\\x00after", flush=True)
+    if os.environ.get("FAIL"):
+        raise ValueError("bad\\x00value")
+"""
+
+
+def test_output_with_nul_bytes_keeps_the_runs_logs_and_end(sluice):
+    """A NUL byte in what a handler prints or raises (PostgreSQL's text
+    holds none) is stored as U+FFFD: the run ends as its code did, with its
+    logs, instead of losing its end (and later its lease)."""
+    session, dep_url, ver = deployment_of(sluice, NUL)
+    for fail, status in (("", "SUCCEEDED"), ("1", "FAILED")):
+        r = session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": {"FAIL": fail},
+                                                  "retry_count": 0}).json()
+        done = wait_for(lambda: (x := session.get(f"{dep_url}/runs/{r['run_id']}").json())["status"]
+                        in ("SUCCEEDED", "FAILED") and x, "the run", timeout=20)
+        logs = [e["message"] for e in session.get(f"{dep_url}/runs/{r['run_id']}/logs").json()["events"]]
+        assert done["status"] == status, (done, logs)
+        assert "before\ufffdafter" in logs, logs
+        if fail:
+            assert "bad\ufffdvalue" in json.dumps(done, ensure_ascii=False), done
+            assert not any("lost" in m for m in logs), logs
+
+
 def test_a_version_can_ask_for_a_fresh_interpreter(sluice):
     session, dep_url, ver = deployment_of(sluice, STATEFUL)
     dep = session.get(dep_url).json()

@@ -7,6 +7,7 @@
 //! hears from the others to its own [`Wakers`]. Polling stays:
 //! a wake-up lost (a listener reconnecting) costs one poll interval.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +24,53 @@ pub const IMPORTER: &str = "importer";
 pub const ACTIONS: &str = "actions";
 pub const API: &str = "api";
 
-/// Wakes `what` here and in every process sharing the store.
+/// Every loop a wake-up can name.
+pub const LOOPS: [&str; 6] = [SCHEDULER, WORKERS, DISPATCHER, IMPORTER, ACTIONS, API];
+
+/// The wake-ups of one loop sent to other processes, coalesced: a burst of
+/// submits (each waking the schedulers) sends a few NOTIFYs, not one each.
+/// Wake-ups are numbered as they are asked for (each after its caller's
+/// change is committed); one NOTIFY is sent at a time, and answers every
+/// wake-up numbered before it started.
+#[derive(Default)]
+pub struct Coalesced {
+    asked: AtomicU64,
+    /// The last wake-up number a sent NOTIFY answered.
+    answered: tokio::sync::Mutex<u64>,
+}
+
+/// Wakes `what` here and in every process sharing the store; returns once
+/// a NOTIFY sent after the call began has gone out (this one, or another
+/// caller's that started later).
 pub async fn wake(store: &dyn MetadataStore, wakers: &Wakers, what: &str) {
     if let Some(n) = wakers.named(what) {
         n.notify_one();
     }
-    if let Err(e) = store.wake(&format!("{what}@{}", wakers.origin)).await {
-        tracing::debug!("waking {what} in other processes: {e}");
+    if store.wake_url().is_none() {
+        return;
+    }
+    let Some(sent) = wakers.sent(what) else {
+        notify(store, wakers, what).await;
+        return;
+    };
+    let mine = sent.asked.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut answered = sent.answered.lock().await;
+    if *answered >= mine {
+        return;
+    }
+    let answers = sent.asked.load(Ordering::SeqCst);
+    if notify(store, wakers, what).await {
+        *answered = answers;
+    }
+}
+
+async fn notify(store: &dyn MetadataStore, wakers: &Wakers, what: &str) -> bool {
+    match store.wake(&format!("{what}@{}", wakers.origin)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("waking {what} in other processes: {e}");
+            false
+        }
     }
 }
 

@@ -823,23 +823,36 @@ impl Control {
 
     // ---- runs -----------------------------------------------------------
 
-    /// The version of `d` a request names (`"version_id"`, necessary); a
-    /// version of another deployment is not found.
-    pub(crate) async fn version_named(&self, d: &Deployment, id: Option<&str>) -> Result<Version> {
-        let id = id
+    /// A deployment and the version of it a request names (`"version_id"`,
+    /// necessary), read together; a version of another deployment is not
+    /// found. A missing deployment is answered before a bad version id.
+    pub(crate) async fn deployment_and_version(
+        &self,
+        who: &Principal,
+        org: &str,
+        dep: &str,
+        ver: Option<&str>,
+    ) -> Result<(Deployment, Version)> {
+        let checked = ver
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| bad("\"version_id\" is necessary"))?;
-        let ver_id = VersionId::parse(id).map_err(|e| bad(e.to_string()))?;
-        self.store
-            .get_version(&d.organization_id, &d.id, &ver_id)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => ControlError::NotFound(format!(
-                    "version {ver_id} not found in deployment {}",
-                    d.id
-                )),
-                e => e.into(),
-            })
+            .ok_or_else(|| bad("\"version_id\" is necessary"))
+            .and_then(|v| VersionId::parse(v).map_err(|e| bad(e.to_string())));
+        let ver_id = match checked {
+            Ok(id) => id,
+            Err(e) => {
+                self.get_deployment(who, org, dep).await?;
+                return Err(e);
+            }
+        };
+        let org = self.authorize(who, org)?;
+        let (d, ver) = self
+            .store
+            .get_deployment_version(&org, &self.deployment_id(dep)?, &ver_id)
+            .await?;
+        let ver = ver.ok_or_else(|| {
+            ControlError::NotFound(format!("version {ver_id} not found in deployment {}", d.id))
+        })?;
+        Ok((d, ver))
     }
 
     pub async fn submit_run(
@@ -849,9 +862,8 @@ impl Control {
         dep: &str,
         req: SubmitRun,
     ) -> Result<RunView> {
-        let d = self.get_deployment(who, org, dep).await?;
-        let ver = self
-            .version_named(&d, Some(req.version_id.as_str()))
+        let (d, ver) = self
+            .deployment_and_version(who, org, dep, Some(req.version_id.as_str()))
             .await?;
         if ver.archive.is_none() {
             return Err(bad(format!(

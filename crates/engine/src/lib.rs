@@ -55,6 +55,8 @@ pub struct Wakers {
     /// Names this process's wake-ups to the others, so that it does not
     /// relay its own back to itself (its loops were woken directly).
     pub origin: String,
+    /// The wake-ups sent to the other processes, per loop.
+    sent: [bus::Coalesced; bus::LOOPS.len()],
 }
 
 impl Default for Wakers {
@@ -67,6 +69,7 @@ impl Default for Wakers {
             actions: Notify::new(),
             api: Notify::new(),
             origin: hex::encode(auth::random_bytes(8)),
+            sent: Default::default(),
         }
     }
 }
@@ -83,6 +86,12 @@ impl Wakers {
             bus::API => &self.api,
             _ => return None,
         })
+    }
+
+    /// What was sent to the other processes to wake the loops named `what`.
+    fn sent(&self, what: &str) -> Option<&bus::Coalesced> {
+        let i = bus::LOOPS.iter().position(|l| *l == what)?;
+        Some(&self.sent[i])
     }
 }
 

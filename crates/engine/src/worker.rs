@@ -515,11 +515,12 @@ impl Worker {
                     .map_err(std::io::Error::other)?
             }
         };
-        let (dep, ver, trigger, files, made) = tokio::join!(
-            self.store
-                .get_deployment(&run.organization_id, &run.deployment_id),
-            self.store
-                .get_version(&run.organization_id, &run.deployment_id, &run.version_id),
+        let (code, trigger, files, made) = tokio::join!(
+            self.store.get_deployment_version(
+                &run.organization_id,
+                &run.deployment_id,
+                &run.version_id
+            ),
             async {
                 match &run.trigger_id {
                     Some(t) => self.store.find_trigger(t).await.map(Some),
@@ -535,8 +536,11 @@ impl Worker {
         );
         made.map_err(|e| setup("could not make the working folder", &e))?;
         let read = async {
-            let dep = dep.map_err(|e| setup("the deployment is gone", &e))?;
-            let ver = ver.map_err(|e| setup("the version is gone", &e))?;
+            let (dep, ver) = code.map_err(|e| setup("the deployment is gone", &e))?;
+            let ver = ver.ok_or_else(|| {
+                let gone = StoreError::NotFound(format!("version `{}`", run.version_id));
+                setup("the version is gone", &gone)
+            })?;
             let output_channel = trigger
                 .map_err(|e| setup("the trigger is gone", &e))?
                 .and_then(|t| t.output_channel_id);

@@ -166,6 +166,15 @@ pub trait DeploymentStore: Send + Sync + 'static {
     /// Deletes a deployment and its versions. Its runs stay readable by id.
     async fn delete_deployment(&self, org: &OrganizationId, id: &DeploymentId) -> Result<()>;
     async fn create_version(&self, ver: &Version) -> Result<()>;
+    /// A deployment and one of its versions in one read (every run's way
+    /// in and out takes both): the version is None when the deployment
+    /// has no such version; a missing deployment is [`StoreError::NotFound`].
+    async fn get_deployment_version(
+        &self,
+        org: &OrganizationId,
+        dep: &DeploymentId,
+        ver: &VersionId,
+    ) -> Result<(Deployment, Option<Version>)>;
     async fn get_version(
         &self,
         org: &OrganizationId,

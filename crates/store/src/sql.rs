@@ -440,6 +440,17 @@ fn sqlite_reader_pragmas(
     })
 }
 
+/// Text from user code (a log line, an error it wrote) as stored: a NUL
+/// character becomes U+FFFD on both backends (PostgreSQL's text holds none;
+/// a line printed with one must not lose its run's logs and end).
+fn no_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
+}
+
 fn not_found(kind: &str, id: impl std::fmt::Display) -> StoreError {
     StoreError::NotFound(format!("{kind} `{id}`"))
 }
@@ -539,17 +550,26 @@ const VERSION_COLUMNS: &str = "id, organization_id, deployment_id, version, hand
     user_parameters, archive, created_at, modified_at";
 
 fn version_from_row(row: &AnyRow) -> Result<Version> {
+    version_from(row, "")
+}
+
+/// A version from `row`'s columns whose names start with `prefix` (a
+/// version read beside its deployment names its columns `v_…`).
+fn version_from(row: &AnyRow, prefix: &str) -> Result<Version> {
+    let col = |name: &str| format!("{prefix}{name}");
     Ok(Version {
-        id: VersionId::parse(&row.try_get::<String, _>("id")?)?,
-        organization_id: OrganizationId::parse(&row.try_get::<String, _>("organization_id")?)?,
-        deployment_id: DeploymentId::parse(&row.try_get::<String, _>("deployment_id")?)?,
-        version: row.try_get("version")?,
-        handler: row.try_get("handler")?,
-        image: row.try_get("image")?,
-        user_parameters: parse_env(row, "user_parameters")?,
-        archive: row.try_get("archive")?,
-        created_at: ts(row, "created_at")?,
-        modified_at: ts(row, "modified_at")?,
+        id: VersionId::parse(&row.try_get::<String, _>(&*col("id"))?)?,
+        organization_id: OrganizationId::parse(
+            &row.try_get::<String, _>(&*col("organization_id"))?,
+        )?,
+        deployment_id: DeploymentId::parse(&row.try_get::<String, _>(&*col("deployment_id"))?)?,
+        version: row.try_get(&*col("version"))?,
+        handler: row.try_get(&*col("handler"))?,
+        image: row.try_get(&*col("image"))?,
+        user_parameters: parse_env(row, &col("user_parameters"))?,
+        archive: row.try_get(&*col("archive"))?,
+        created_at: ts(row, &col("created_at"))?,
+        modified_at: ts(row, &col("modified_at"))?,
     })
 }
 
@@ -714,6 +734,7 @@ async fn end_attempt(
         now
     };
     let finished = next.is_final().then_some(now);
+    let error = error.map(|e| no_nul(&e).into_owned());
     // A handed-back run did not go wrong: the reason is the attempt's.
     let run_error = if end == AttemptEnd::HandedBack {
         None

@@ -90,10 +90,12 @@ macro_rules! suite {
 
 suite!(
     tenants_see_only_their_own_deployments,
+    a_deployment_and_its_version_are_read_together,
     versions_are_unique_per_deployment,
     idempotent_submit_creates_one_run,
     runs_page_by_keyset_in_both_directions,
     a_run_goes_from_submitted_to_succeeded,
+    an_attempts_end_keeps_its_lines_in_order_and_no_nul,
     one_claim_of_many_runs_records_each_attempt,
     failed_attempts_are_retried_after_backoff_then_fail,
     a_lost_lease_is_reaped_and_the_stale_worker_is_fenced,
@@ -255,6 +257,34 @@ async fn tenants_see_only_their_own_deployments(store: Arc<SqlStore>) {
     ));
 }
 
+async fn a_deployment_and_its_version_are_read_together(store: Arc<SqlStore>) {
+    let a = fixture(&*store).await;
+    let b = fixture(&*store).await;
+    let (dep, ver) = store
+        .get_deployment_version(&a.org, &a.dep, &a.ver)
+        .await
+        .unwrap();
+    let ver = ver.expect("the version");
+    assert_eq!(dep, store.get_deployment(&a.org, &a.dep).await.unwrap());
+    assert_eq!(
+        ver,
+        store.get_version(&a.org, &a.dep, &a.ver).await.unwrap()
+    );
+    assert_eq!(ver.archive.as_deref(), Some("code/x.tar.gz"));
+    // Another deployment's version is none of this one's.
+    let (dep, none) = store
+        .get_deployment_version(&a.org, &a.dep, &b.ver)
+        .await
+        .unwrap();
+    assert_eq!((dep.id, none), (a.dep.clone(), None));
+    // Another organization's deployment is not found.
+    let err = store
+        .get_deployment_version(&b.org, &a.dep, &a.ver)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
 async fn versions_are_unique_per_deployment(store: Arc<SqlStore>) {
     let f = fixture(&*store).await;
     let err = store
@@ -400,6 +430,27 @@ async fn one_claim_of_many_runs_records_each_attempt(store: Arc<SqlStore>) {
     assert_eq!(claimed, runs);
 }
 
+/// Every log line of a run (up to 1,000), oldest first.
+async fn all_logs(store: &SqlStore, run: &RunId) -> Vec<LogEvent> {
+    let q = LogQuery {
+        after: None,
+        before: None,
+        start_time: None,
+        end_time: None,
+        limit: 1000,
+        descending: false,
+    };
+    store.read_logs(run, q).await.unwrap()
+}
+
+async fn messages(store: &SqlStore, run: &RunId) -> Vec<String> {
+    all_logs(store, run)
+        .await
+        .into_iter()
+        .map(|e| e.message)
+        .collect()
+}
+
 async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
     let f = fixture(&*store).await;
     let run = submit(&*store, &f).await;
@@ -451,25 +502,8 @@ async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
         .await
         .unwrap();
     assert_eq!(next, RunStatus::Succeeded);
-    let logged = |store: Arc<SqlStore>, id: RunId| async move {
-        let q = LogQuery {
-            after: None,
-            before: None,
-            start_time: None,
-            end_time: None,
-            limit: 100,
-            descending: false,
-        };
-        store
-            .read_logs(&id, q)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.message)
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        logged(store.clone(), run.id.clone()).await,
+        messages(&store, &run.id).await,
         ["last line", "[sluice] attempt succeeded"]
     );
     let done = store.get_run(&f.org, &run.id).await.unwrap();
@@ -493,7 +527,114 @@ async fn a_run_goes_from_submitted_to_succeeded(store: Arc<SqlStore>) {
         )
         .await;
     assert!(matches!(again, Err(StoreError::LeaseLost(_))));
-    assert_eq!(logged(store.clone(), run.id.clone()).await.len(), 2);
+    assert_eq!(messages(&store, &run.id).await.len(), 2);
+}
+
+/// Claims a submitted run and marks it RUNNING: its lease's token.
+async fn running(store: &SqlStore, f: &Fixture) -> (RunId, i64) {
+    let run = submit(store, f).await;
+    store.schedule(time::now()).await.unwrap();
+    let lease = store
+        .claim("w", 1, TTL, time::now())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(lease.run.id, run.id);
+    store
+        .mark_running(&run.id, lease.token, time::now())
+        .await
+        .unwrap();
+    (run.id, lease.token)
+}
+
+async fn an_attempts_end_keeps_its_lines_in_order_and_no_nul(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    // 300 lines (text any JSON or SQL would have to escape among them, and
+    // a NUL, which PostgreSQL's text cannot hold), each with its own time.
+    let t0 = time::now();
+    let mut tail: Vec<(Timestamp, String)> = (0..300)
+        .map(|i| {
+            (
+                t0 + chrono::Duration::microseconds(i * 7),
+                format!("line {i}"),
+            )
+        })
+        .collect();
+    tail[10].1 = "quote \" back\\slash ' it's é \u{1F600} $1 %s".into();
+    tail[20].1 = "nul:\0:end".into();
+    let (id, token) = running(&store, &f).await;
+    let next = store
+        .finish(
+            &id,
+            token,
+            &AttemptOutcome::Succeeded,
+            RETRY,
+            time::now(),
+            &tail,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Succeeded);
+    let logged = all_logs(&store, &id).await;
+    assert_eq!(logged.len(), 300);
+    for (i, (event, (ts, message))) in logged.iter().zip(&tail).enumerate() {
+        assert_eq!(event.timestamp, *ts, "line {i}'s time");
+        if i == 20 {
+            assert_eq!(event.message, "nul:\u{FFFD}:end");
+        } else {
+            assert_eq!(event.message, *message, "line {i}");
+        }
+    }
+    assert!(logged.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        store.list_attempts(&id).await.unwrap()[0].outcome,
+        "SUCCEEDED"
+    );
+
+    // A run whose cancel came after its code succeeded ends SUCCEEDED.
+    let (id, token) = running(&store, &f).await;
+    store
+        .request_cancel(&f.org, &id, time::now())
+        .await
+        .unwrap();
+    let next = store
+        .finish(
+            &id,
+            token,
+            &AttemptOutcome::Succeeded,
+            RETRY,
+            time::now(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Succeeded);
+    let done = store.get_run(&f.org, &id).await.unwrap();
+    assert_eq!((done.status, done.error), (RunStatus::Succeeded, None));
+    assert!(done.finished_at.is_some());
+    // Its holder can write nothing more: the token moved on.
+    let late = store.append_logs(&id, token, 1, &tail[..1]).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost(_))), "{late:?}");
+
+    // An error with a NUL in it (a handler's exception) is kept, not lost
+    // with the run's end.
+    let (id, token) = running(&store, &f).await;
+    let failed = AttemptOutcome::Failed {
+        error: "ValueError: a\0b".into(),
+    };
+    let line = [(time::now(), "printed \0".to_owned())];
+    let next = store
+        .finish(&id, token, &failed, RETRY, time::now(), &line)
+        .await
+        .unwrap();
+    assert_eq!(next, RunStatus::Failed);
+    let done = store.get_run(&f.org, &id).await.unwrap();
+    assert_eq!(done.error.as_deref(), Some("ValueError: a\u{FFFD}b"));
+    assert_eq!(all_logs(&store, &id).await[0].message, "printed \u{FFFD}");
+    assert_eq!(
+        store.list_attempts(&id).await.unwrap()[0].error.as_deref(),
+        Some("ValueError: a\u{FFFD}b")
+    );
 }
 
 async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore>) {

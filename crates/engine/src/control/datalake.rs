@@ -551,8 +551,9 @@ impl Control {
         dep: &str,
         req: NewTriggerRequest,
     ) -> Result<TriggerView> {
-        let d = self.get_deployment(who, org, dep).await?;
-        let ver = self.version_named(&d, req.version_id.as_deref()).await?;
+        let (d, ver) = self
+            .deployment_and_version(who, org, dep, req.version_id.as_deref())
+            .await?;
         match req.input_service_name.as_deref() {
             Some(SERVICE) => {}
             None => return Err(bad("\"input_service_name\" is necessary: \"datalake\"")),

@@ -157,6 +157,42 @@ impl DeploymentStore for SqlStore {
         version_from_row(&row)
     }
 
+    async fn get_deployment_version(
+        &self,
+        org: &OrganizationId,
+        dep: &DeploymentId,
+        ver: &VersionId,
+    ) -> Result<(Deployment, Option<Version>)> {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let of = |table: &str, columns: &str, prefix: &str| {
+                columns
+                    .split(',')
+                    .map(|c| format!("{table}.{c} AS {prefix}{c}", c = c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "SELECT {}, {} FROM deployments d LEFT JOIN versions v \
+                 ON v.organization_id = d.organization_id AND v.deployment_id = d.id \
+                 AND v.id = $3 WHERE d.organization_id = $1 AND d.id = $2",
+                of("d", DEPLOYMENT_COLUMNS, ""),
+                of("v", VERSION_COLUMNS, "v_"),
+            )
+        });
+        let row = sqlx::query(&SQL)
+            .bind(org.as_str())
+            .bind(dep.as_str())
+            .bind(ver.as_str())
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| not_found("deployment", dep))?;
+        let version = match row.try_get::<Option<String>, _>("v_id")? {
+            Some(_) => Some(version_from(&row, "v_")?),
+            None => None,
+        };
+        Ok((deployment_from_row(&row)?, version))
+    }
+
     async fn list_versions(
         &self,
         org: &OrganizationId,

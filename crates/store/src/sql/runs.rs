@@ -283,6 +283,11 @@ impl RunStore for SqlStore {
         now: Timestamp,
         tail: &[(Timestamp, String)],
     ) -> Result<RunStatus> {
+        if self.dialect == Dialect::Postgres && *outcome == AttemptOutcome::Succeeded {
+            if let Some(ended) = succeed(&self.write, run, token, now, tail).await? {
+                return Ok(ended);
+            }
+        }
         let mut tx = self.begin().await?;
         let next = self
             .finish_in(&mut tx, run, token, outcome, retry, now, tail)
@@ -421,6 +426,47 @@ impl RunStore for SqlStore {
     }
 }
 
+/// On PostgreSQL, the end of an attempt whose code succeeded while its run
+/// was RUNNING or CANCELING (it ends SUCCEEDED from either, whatever its
+/// attempt and retries) in one statement: the run's row, its attempt's and
+/// the attempt's last log lines (as JSON, so the text is fixed and its
+/// prepared statement reused). None when the run is not in that state
+/// under `token`: the caller's transaction reads why.
+async fn succeed(
+    db: &AnyPool,
+    run: &RunId,
+    token: i64,
+    now: Timestamp,
+    tail: &[(Timestamp, String)],
+) -> Result<Option<RunStatus>> {
+    RunStatus::Running.transition(RunStatus::Succeeded)?;
+    RunStatus::Canceling.transition(RunStatus::Succeeded)?;
+    let lines = Value::Array(
+        tail.iter()
+            .map(|(ts, message)| serde_json::json!([micros(*ts), no_nul(message)]))
+            .collect(),
+    );
+    let ended = sqlx::query(
+        "WITH moved AS (UPDATE runs SET status = 'SUCCEEDED', lease_owner = NULL, \
+         lease_expires_at = NULL, lease_token = lease_token + 1, not_before = $3, error = NULL, \
+         modified_at = $3, finished_at = $3 \
+         WHERE id = $1 AND lease_token = $2 AND status IN ('RUNNING', 'CANCELING') \
+         RETURNING id, attempt), \
+         logged AS (INSERT INTO log_events (run_id, attempt, ts, message) \
+         SELECT moved.id, moved.attempt, (l.line->>0)::bigint, l.line->>1 \
+         FROM moved, json_array_elements($4::json) WITH ORDINALITY AS l(line, n) ORDER BY l.n) \
+         UPDATE run_attempts a SET finished_at = $3, outcome = 'SUCCEEDED', error = NULL \
+         FROM moved WHERE a.run_id = moved.id AND a.attempt = moved.attempt RETURNING a.attempt",
+    )
+    .bind(run.as_str())
+    .bind(token)
+    .bind(micros(now))
+    .bind(lines.to_string())
+    .fetch_optional(db)
+    .await?;
+    Ok(ended.map(|_| RunStatus::Succeeded))
+}
+
 /// Inserts an attempt's log lines, a few hundred a statement.
 pub(super) async fn insert_logs(
     tx: &mut Transaction<'static, Any>,
@@ -439,7 +485,7 @@ pub(super) async fn insert_logs(
         }
         let mut query = sqlx::query(&sql).bind(run.as_str()).bind(attempt as i64);
         for (ts, message) in chunk {
-            query = query.bind(micros(*ts)).bind(message.as_str());
+            query = query.bind(micros(*ts)).bind(no_nul(message).into_owned());
         }
         query.execute(&mut **tx).await?;
     }
