@@ -53,14 +53,22 @@ pub async fn wake(store: &dyn MetadataStore, wakers: &Wakers, what: &str) {
         notify(store, wakers, what).await;
         return;
     };
-    let mine = sent.asked.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut answered = sent.answered.lock().await;
-    if *answered >= mine {
-        return;
-    }
-    let answers = sent.asked.load(Ordering::SeqCst);
-    if notify(store, wakers, what).await {
-        *answered = answers;
+    sent.after(|| notify(store, wakers, what)).await;
+}
+
+impl Coalesced {
+    /// Runs `send` unless a send that began after this call has already
+    /// gone out (answered true); one send at a time.
+    pub async fn after<F: std::future::Future<Output = bool>>(&self, send: impl FnOnce() -> F) {
+        let mine = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut answered = self.answered.lock().await;
+        if *answered >= mine {
+            return;
+        }
+        let answers = self.asked.load(Ordering::SeqCst);
+        if send().await {
+            *answered = answers;
+        }
     }
 }
 
@@ -116,5 +124,59 @@ pub async fn relay(store: Arc<dyn MetadataStore>, wakers: Arc<Wakers>, shutdown:
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each of many concurrent wake-ups returns only once a send that began
+    /// after it was asked for has gone out; they share far fewer sends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_wake_ups_share_sends_that_began_after_them() {
+        let sent = Arc::new(Coalesced::default());
+        let clock = Arc::new(AtomicU64::new(0));
+        let sends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut callers = Vec::new();
+        for _ in 0..200 {
+            let (sent, clock, sends) = (sent.clone(), clock.clone(), sends.clone());
+            callers.push(tokio::spawn(async move {
+                let asked = clock.fetch_add(1, Ordering::SeqCst);
+                sent.after(|| async {
+                    let began = clock.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    sends.lock().unwrap().push(began);
+                    true
+                })
+                .await;
+                let returned = clock.fetch_add(1, Ordering::SeqCst);
+                let sends = sends.lock().unwrap();
+                assert!(
+                    sends.iter().any(|&b| b > asked && b < returned),
+                    "a wake-up asked at {asked} returned at {returned} with no send begun between: {sends:?}"
+                );
+            }));
+        }
+        for c in callers {
+            c.await.unwrap();
+        }
+        let n = sends.lock().unwrap().len();
+        assert!((1..100).contains(&n), "{n} sends for 200 wake-ups");
+    }
+
+    /// A send that failed answers nobody: the next wake-up sends again.
+    #[tokio::test]
+    async fn a_failed_send_is_tried_again() {
+        let sent = Coalesced::default();
+        let tries = AtomicU64::new(0);
+        for ok in [false, true] {
+            sent.after(|| async {
+                tries.fetch_add(1, Ordering::SeqCst);
+                ok
+            })
+            .await;
+        }
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
     }
 }
