@@ -657,7 +657,6 @@ impl Tasks {
     }
 
     async fn flush(&mut self, store: &dyn MetadataStore) {
-        self.urgent = false;
         if let Some((start, end)) = self.window.take() {
             if let Err(e) = store
                 .set_query_window(
@@ -701,17 +700,33 @@ async fn write_tasks(
     store: Arc<dyn MetadataStore>,
     q: Query,
     (source, target): (String, String),
-    mut rx: mpsc::UnboundedReceiver<Note>,
+    rx: mpsc::UnboundedReceiver<Note>,
 ) {
-    let mut tasks = Tasks::new(q, source, target, time::now());
-    tasks.flush(store.as_ref()).await;
-    let mut written = std::time::Instant::now();
+    let tasks = Tasks::new(q, source, target, time::now());
+    paced(tasks, rx, |t| {
+        let store = store.clone();
+        Box::pin(async move { t.flush(store.as_ref()).await })
+    })
+    .await;
+}
+
+/// Takes `rx`'s notes into `tasks` and has `write` record them: at once
+/// when a status or the window changed, progress alone (rows, batch
+/// messages) when [`PROGRESS_EVERY`] has passed since the last write, and
+/// once more when the notes end.
+async fn paced(
+    mut tasks: Tasks,
+    mut rx: mpsc::UnboundedReceiver<Note>,
+    mut write: impl for<'a> FnMut(&'a mut Tasks) -> futures_util::future::BoxFuture<'a, ()> + Send,
+) {
+    write(&mut tasks).await;
+    tasks.urgent = false;
+    let mut written = tokio::time::Instant::now();
     let mut open = true;
     while open {
         let Some(note) = rx.recv().await else { break };
         tasks.take(note);
         while !tasks.urgent {
-            let wait = PROGRESS_EVERY.saturating_sub(written.elapsed());
             tokio::select! {
                 more = rx.recv() => match more {
                     Some(note) => tasks.take(note),
@@ -720,11 +735,12 @@ async fn write_tasks(
                         break;
                     }
                 },
-                _ = tokio::time::sleep(wait) => break,
+                _ = tokio::time::sleep_until(written + PROGRESS_EVERY) => break,
             }
         }
-        tasks.flush(store.as_ref()).await;
-        written = std::time::Instant::now();
+        write(&mut tasks).await;
+        tasks.urgent = false;
+        written = tokio::time::Instant::now();
     }
 }
 
@@ -774,6 +790,67 @@ mod tests {
             "1200 rows in 120 batches; manifest staging/x/manifest.json"
         );
         assert_eq!(t.tasks[0].records, 1200);
+    }
+
+    /// Progress alone is written at most every 500 ms however fast it
+    /// comes, and none of it is left unwritten; a change of status, or the
+    /// notes' end, is written at once. (Tokio's paused clock: time moves only as the test
+    /// sleeps, so the figures are exact.)
+    #[tokio::test(start_paused = true)]
+    async fn progress_is_written_at_most_every_half_second_and_a_status_at_once() {
+        use tokio::time::{sleep, Instant};
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let writer = tokio::spawn({
+            let writes = writes.clone();
+            paced(tasks(), rx, move |t| {
+                let ms = start.elapsed().as_millis() as u64;
+                let row = (ms, t.tasks[0].records, t.tasks[2].status.clone());
+                writes.lock().unwrap().push(row);
+                Box::pin(async {})
+            })
+        });
+        let extracted = |batch| {
+            Note::Event(StageEvent::Extracted {
+                batch,
+                rows: 10,
+                bytes: 100,
+                object: None,
+            })
+        };
+        // 1.2 s of a batch every 10 ms: progress alone.
+        for batch in 1..=120 {
+            tx.send(extracted(batch)).unwrap();
+            sleep(Duration::from_millis(10)).await;
+        }
+        // The load starts (a status) at 1,200 ms; 100 ms later, one more
+        // batch's progress; then nothing more.
+        tx.send(Note::Event(StageEvent::Consolidated {
+            columns: vec!["id".into()],
+            changes: vec![],
+        }))
+        .unwrap();
+        sleep(Duration::from_millis(100)).await;
+        tx.send(extracted(121)).unwrap();
+        sleep(Duration::from_secs(2)).await;
+        let got = writes.lock().unwrap().clone();
+        assert_eq!(
+            got.iter()
+                .map(|(ms, rows, _)| (*ms, *rows))
+                .collect::<Vec<_>>(),
+            [(0, 0), (500, 500), (1000, 1000), (1200, 1200), (1700, 1210)],
+            "{got:?}"
+        );
+        assert_eq!(got[2].2, "PENDING");
+        assert_eq!(got[3].2, "RUNNING", "the load's status, written at once");
+        // The notes end at 3,300 ms just after one more batch: it is
+        // written at once, and the writer ends.
+        tx.send(extracted(122)).unwrap();
+        drop(tx);
+        writer.await.unwrap();
+        let got = writes.lock().unwrap().clone();
+        assert_eq!((got.len(), got[5].0, got[5].1), (6, 3300, 1220), "{got:?}");
     }
 
     #[test]
