@@ -138,10 +138,14 @@ mod tests {
         let sent = Arc::new(Coalesced::default());
         let clock = Arc::new(AtomicU64::new(0));
         let sends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // The 200 ask at once, however busy the machine.
+        let start = Arc::new(tokio::sync::Barrier::new(200));
         let mut callers = Vec::new();
         for _ in 0..200 {
             let (sent, clock, sends) = (sent.clone(), clock.clone(), sends.clone());
+            let start = start.clone();
             callers.push(tokio::spawn(async move {
+                start.wait().await;
                 let asked = clock.fetch_add(1, Ordering::SeqCst);
                 sent.after(|| async {
                     let began = clock.fetch_add(1, Ordering::SeqCst);
@@ -162,7 +166,7 @@ mod tests {
             c.await.unwrap();
         }
         let n = sends.lock().unwrap().len();
-        assert!((1..100).contains(&n), "{n} sends for 200 wake-ups");
+        assert!((1..50).contains(&n), "{n} sends for 200 wake-ups");
     }
 
     /// A send that failed answers nobody: the next wake-up sends again.

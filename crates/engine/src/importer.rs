@@ -819,12 +819,15 @@ mod tests {
                 object: None,
             })
         };
-        // 1.2 s of a batch every 10 ms: progress alone.
+        // 1.2 s of a batch every 10 ms, from 5 ms (no batch comes at the
+        // instant a write is due: which of the two went first would be up
+        // to the scheduler): progress alone.
+        sleep(Duration::from_millis(5)).await;
         for batch in 1..=120 {
             tx.send(extracted(batch)).unwrap();
             sleep(Duration::from_millis(10)).await;
         }
-        // The load starts (a status) at 1,200 ms; 100 ms later, one more
+        // The load starts (a status) at 1,205 ms; 100 ms later, one more
         // batch's progress; then nothing more.
         tx.send(Note::Event(StageEvent::Consolidated {
             columns: vec!["id".into()],
@@ -839,18 +842,18 @@ mod tests {
             got.iter()
                 .map(|(ms, rows, _)| (*ms, *rows))
                 .collect::<Vec<_>>(),
-            [(0, 0), (500, 500), (1000, 1000), (1200, 1200), (1700, 1210)],
+            [(0, 0), (500, 500), (1000, 1000), (1205, 1200), (1705, 1210)],
             "{got:?}"
         );
         assert_eq!(got[2].2, "PENDING");
         assert_eq!(got[3].2, "RUNNING", "the load's status, written at once");
-        // The notes end at 3,300 ms just after one more batch: it is
+        // The notes end at 3,305 ms just after one more batch: it is
         // written at once, and the writer ends.
         tx.send(extracted(122)).unwrap();
         drop(tx);
         writer.await.unwrap();
         let got = writes.lock().unwrap().clone();
-        assert_eq!((got.len(), got[5].0, got[5].1), (6, 3300, 1220), "{got:?}");
+        assert_eq!((got.len(), got[5].0, got[5].1), (6, 3305, 1220), "{got:?}");
     }
 
     #[test]
