@@ -35,6 +35,7 @@ source's: a difference fails the benchmark.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -278,26 +279,32 @@ def job_figures(src, dst, first, repeat):
                     raise RuntimeError("the first query did not end: " + (Path(data) / "serve.log").read_text())
                 time.sleep(0.05)
 
-        def serve_cpu():
-            # The server's CPU seconds (user + system, every thread).
+        def serve_stat():
+            # The server's CPU seconds (user + system, every thread) and
+            # minor page faults.
             f = Path(f"/proc/{serve.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"), int(f[7])
 
         queries, imports, jobs, query_cpu, import_cpu = [], [], [], [], []
+        query_faults, import_faults = [], []
         for i in range(repeat):
             for kind in (("job", "import") if i % 2 == 0 else ("import", "job")):
                 if kind == "job":
-                    before = serve_cpu()
+                    cpu, faults = serve_stat()
                     jobs.append(make_job(f"job_copy_{i}"))
                     q = first_query(jobs[-1])
                     queries.append(query_time(q))
-                    query_cpu.append(serve_cpu() - before)
+                    cpu_after, faults_after = serve_stat()
+                    query_cpu.append(cpu_after - cpu)
+                    query_faults.append(faults_after - faults)
                 else:
+                    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
                     _, _, out, cpu = timed([BIN, "import", "--from", f"{BASE}/{src}", "--table", "bench",
                                        "--to", f"{BASE}/{dst}", "--target", f"import_copy_{i}",
                                        "--change-column", "at", "--json"])
                     imports.append(json.loads(out)["seconds"])
                     import_cpu.append(cpu)
+                    import_faults.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults)
         want = checksum(src, "bench")
         for i in range(repeat):
             same(f"job_copy_{i}", want, checksum(dst, f"job_copy_{i}"))
@@ -308,6 +315,8 @@ def job_figures(src, dst, first, repeat):
               f"(medians of {repeat}, order alternated)")
         print(f"CPU: sluice serve during the first query {statistics.median(query_cpu):.2f} s "
               f"(its idle loops included), sluice import {statistics.median(import_cpu):.2f} s")
+        print(f"page faults: sluice serve during the first query {statistics.median(query_faults):,.0f}, "
+              f"sluice import {statistics.median(import_faults):,.0f}")
         job = jobs[0]
 
         def ended(qid):

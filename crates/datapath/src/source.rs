@@ -384,7 +384,8 @@ async fn read_copy(c: &mut PgConnection, select: &str, tx: mpsc::Sender<Batch>) 
         .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
         .await
         .map_err(db("reading the source"))?;
-    let fresh = || Vec::with_capacity(BATCH_BYTES + 64 * 1024);
+    let buffers = Buffers::new();
+    let fresh = || buffers.take();
     let mut bytes = fresh();
     // One COPY message a row (the header rides with the first, the
     // trailer comes alone, or with the header when there is no row).
@@ -396,7 +397,7 @@ async fn read_copy(c: &mut PgConnection, select: &str, tx: mpsc::Sender<Batch>) 
         if bytes.len() >= BATCH_BYTES {
             let full = std::mem::replace(&mut bytes, fresh());
             let batch = Batch::Copy {
-                bytes: full.into(),
+                bytes: buffers.lend(full),
                 rows,
             };
             if tx.send(batch).await.is_err() {
@@ -414,6 +415,67 @@ async fn read_copy(c: &mut PgConnection, select: &str, tx: mpsc::Sender<Batch>) 
             .await;
     }
     Ok(())
+}
+
+/// A read's batch buffers, each given back for the next batch once the
+/// load (and the stage) have let go of it: a buffer's pages are touched
+/// once per read, not once per batch. (The server keeps glibc's mmap
+/// threshold at 128 KiB so that memory goes back to the system after
+/// bursts: there, every fresh megabyte buffer was a new mapping, faulted in
+/// page by page and unmapped after its batch.) At most
+/// [`Buffers::KEPT`] wait for reuse; all are freed with the read.
+struct Buffers {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// A batch's buffer, lent as [`Bytes`]: back to its [`Buffers`] when the
+/// last handle is dropped.
+struct Lent {
+    buf: Vec<u8>,
+    home: std::sync::Arc<Buffers>,
+}
+
+impl Buffers {
+    /// The batches in flight, those the stage holds, and one being filled.
+    const KEPT: usize = BATCHES_IN_FLIGHT + 6;
+
+    fn new() -> std::sync::Arc<Buffers> {
+        std::sync::Arc::new(Buffers {
+            free: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// An empty buffer for a batch: one given back, else a new one.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        reused.unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 64 * 1024))
+    }
+
+    /// `buf` as the bytes of a batch, coming back here when done with.
+    fn lend(self: &std::sync::Arc<Self>, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Lent {
+            buf,
+            home: self.clone(),
+        })
+    }
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if let Ok(mut free) = self.home.free.lock() {
+            if free.len() < Buffers::KEPT {
+                free.push(buf);
+            }
+        }
+    }
 }
 
 /// Whether a binary COPY message holds a row: not the trailer (a field
@@ -531,7 +593,32 @@ enum RowRef<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::holds_a_row;
+    use super::{holds_a_row, Buffers, BATCH_BYTES};
+
+    #[test]
+    fn a_batch_buffer_comes_back_for_the_next_batch_once_let_go() {
+        let buffers = Buffers::new();
+        let mut buf = buffers.take();
+        buf.extend_from_slice(b"rows");
+        let at = buf.as_ptr();
+        let lent = buffers.lend(buf);
+        let staged = lent.clone();
+        drop(lent);
+        // The stage still holds the batch: its buffer is not reused.
+        let other = buffers.take();
+        assert_ne!(other.as_ptr(), at);
+        assert_eq!(&staged[..], b"rows");
+        drop(staged);
+        let again = buffers.take();
+        assert_eq!((again.as_ptr(), again.len()), (at, 0));
+        assert!(again.capacity() >= BATCH_BYTES);
+        // At most KEPT wait for reuse.
+        let many: Vec<_> = (0..Buffers::KEPT + 3)
+            .map(|_| buffers.lend(buffers.take()))
+            .collect();
+        drop(many);
+        assert_eq!(buffers.free.lock().unwrap().len(), Buffers::KEPT);
+    }
 
     #[test]
     fn binary_copy_messages_count_rows_not_the_header_or_trailer() {
