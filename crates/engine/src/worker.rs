@@ -869,8 +869,14 @@ impl Worker {
         let _ = log_tx.send((time::now(), end_line)).await;
         drop(log_tx);
         let tail = writer.await.ok().flatten();
-        let error_file = tokio::fs::read_to_string(work.join("error.txt")).await.ok();
         let succeeded = stop.is_none() && matches!(&status, Ok(s) if s.success());
+        // What the code wrote of its failure (a trip to a blocking thread:
+        // not taken by a run that succeeded).
+        let error_file = if succeeded {
+            None
+        } else {
+            tokio::fs::read_to_string(work.join("error.txt")).await.ok()
+        };
         let output = match output_channel {
             Some(channel) if succeeded => {
                 read_result(&work)
