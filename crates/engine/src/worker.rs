@@ -506,13 +506,22 @@ impl Worker {
             .join(run.version_id.as_str())
             .join(format!("{}-{}", run.id, lease.attempt));
         // The (empty) working folder is made while the run's records are
-        // read: both are on the way from claim to RUNNING.
+        // read: both are on the way from claim to RUNNING. When runs run as
+        // another user (the server is root), the folder is that user's from
+        // the start, in the same trip to a blocking thread.
+        let run_as = self.python().await.run_as;
         let made = {
             let dir = work.clone();
             async move {
-                tokio::task::spawn_blocking(move || empty_dir(&dir))
-                    .await
-                    .map_err(std::io::Error::other)?
+                tokio::task::spawn_blocking(move || {
+                    empty_dir(&dir)?;
+                    match run_as {
+                        Some(id) => std::os::unix::fs::chown(&dir, Some(id), Some(id)),
+                        None => Ok(()),
+                    }
+                })
+                .await
+                .map_err(std::io::Error::other)?
             }
         };
         let (code, trigger, files, made) = tokio::join!(
@@ -608,7 +617,10 @@ impl Worker {
                 .map_err(|e| setup(&format!("could not fetch input_data.{key}"), &e))?;
         }
 
-        if let Some(id) = prepared.run_as() {
+        // What was written into the folder since it was made (the input
+        // files, a request too large for the fork's message) is the run's
+        // user's too.
+        if let (Some(id), true) = (run_as, with_inputs || !inline) {
             let dir = work.clone();
             tokio::task::spawn_blocking(move || hand_over(&dir, id))
                 .await
