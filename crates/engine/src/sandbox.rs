@@ -333,11 +333,6 @@ fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64, abi: i64) -> std::io::R
 }
 
 impl Prepared {
-    /// The user the run becomes, if any (its folder must be handed to it).
-    pub fn run_as(&self) -> Option<u32> {
-        self.run_as
-    }
-
     /// The Landlock ruleset, for a process that applies it itself (a run
     /// forked from a fork server: see `forkserver`).
     pub fn ruleset(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
