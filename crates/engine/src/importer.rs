@@ -719,12 +719,15 @@ async fn paced(
     mut rx: mpsc::UnboundedReceiver<Note>,
     mut write: impl for<'a> FnMut(&'a mut Tasks) -> futures_util::future::BoxFuture<'a, ()> + Send,
 ) {
-    write(&mut tasks).await;
-    tasks.urgent = false;
-    let mut written = tokio::time::Instant::now();
     let mut open = true;
-    while open {
-        let Some(note) = rx.recv().await else { break };
+    loop {
+        write(&mut tasks).await;
+        tasks.urgent = false;
+        let written = tokio::time::Instant::now();
+        if !open {
+            return;
+        }
+        let Some(note) = rx.recv().await else { return };
         tasks.take(note);
         while !tasks.urgent {
             tokio::select! {
@@ -738,9 +741,6 @@ async fn paced(
                 _ = tokio::time::sleep_until(written + PROGRESS_EVERY) => break,
             }
         }
-        write(&mut tasks).await;
-        tasks.urgent = false;
-        written = tokio::time::Instant::now();
     }
 }
 

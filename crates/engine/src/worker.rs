@@ -509,7 +509,8 @@ impl Worker {
         // read: both are on the way from claim to RUNNING. When runs run as
         // another user (the server is root), the folder is that user's from
         // the start, in the same trip to a blocking thread.
-        let run_as = self.python().await.run_as;
+        let python = self.python().await;
+        let run_as = python.run_as;
         let made = {
             let dir = work.clone();
             async move {
@@ -592,7 +593,6 @@ impl Worker {
                 tokio::task::spawn_blocking(move || write_inputs(&dir, files, with_inputs))
             })
         };
-        let python = self.python().await;
         let runner = self.config.data_dir.join("runner.py");
         let support = sandbox::Support {
             run_as: python.run_as,
