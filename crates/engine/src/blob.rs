@@ -103,14 +103,17 @@ impl Blobs {
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.put_owned(key, Bytes::copy_from_slice(bytes)).await
+        self.put_owned(key, Bytes::copy_from_slice(bytes), Cache::Keep)
+            .await
     }
 
     /// [`Blobs::put`] of bytes it may keep: written as they are, not
     /// copied first (a staged batch is the buffer the load sends).
-    pub async fn put_owned(&self, key: &str, bytes: Bytes) -> std::io::Result<()> {
+    /// [`Cache::Drop`]: an object kept but not read soon (a staged batch)
+    /// is written through to the local disk and left out of the page cache.
+    pub async fn put_owned(&self, key: &str, bytes: Bytes, cache: Cache) -> std::io::Result<()> {
         match self {
-            Blobs::Local(l) => l.put_owned(key, bytes).await,
+            Blobs::Local(l) => l.put_owned(key, bytes, cache).await,
             #[cfg(feature = "s3")]
             Blobs::Remote(s) => {
                 let path = remote_path(key)?;
@@ -211,6 +214,53 @@ pub struct Entry {
     pub changed: i64,
 }
 
+/// Whether an object written stays in the page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// As any file written: read soon (an upload a run opens next).
+    Keep,
+    /// Kept but not read soon (a query's staged batches): written through
+    /// to the disk, then its pages dropped. A query staging gigabytes
+    /// would otherwise push the databases' own pages out of memory; and on
+    /// a machine whose memory was never used (a new virtual machine, where
+    /// the host backs each page at its first touch) each cached page is
+    /// fresh memory, many times dearer than a page the cache gave back
+    /// (`bench/import.py` prints both for this machine).
+    Drop,
+}
+
+/// Waits until `file`'s data is on the disk (no cache flush of the device,
+/// no metadata: not a durability promise), then drops its clean pages from
+/// the page cache.
+fn write_through(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is `file`'s, open for the call; both calls only read it.
+    let written = unsafe {
+        libc::sync_file_range(
+            fd,
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if written != 0 {
+        let e = std::io::Error::last_os_error();
+        // A file system that cannot (EINVAL, ENOSYS, EOPNOTSUPP) keeps the
+        // pages cached; a write that failed is the put's error.
+        return match e.raw_os_error() {
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(()),
+            _ => Err(e),
+        };
+    }
+    // Advice: a kernel that ignores it keeps the pages cached, no more.
+    // SAFETY: as above.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
+}
+
 /// Objects in a local folder.
 #[derive(Debug, Clone)]
 pub struct LocalBlobs {
@@ -228,14 +278,19 @@ impl LocalBlobs {
 
     /// Writes `bytes` to a temporary file beside `key`'s and renames it
     /// into place, on one blocking thread (one hop, not one a step).
-    pub async fn put_owned(&self, key: &str, bytes: Bytes) -> std::io::Result<()> {
+    pub async fn put_owned(&self, key: &str, bytes: Bytes, cache: Cache) -> std::io::Result<()> {
         let path = self.path(key)?;
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             let tmp = path.with_extension(format!("tmp.{}", rand::random::<u64>()));
-            std::fs::write(&tmp, &bytes)?;
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            if cache == Cache::Drop {
+                write_through(&file)?;
+            }
+            drop(file);
             std::fs::rename(&tmp, &path)
         })
         .await
@@ -305,6 +360,55 @@ impl LocalBlobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many of `path`'s pages are in the page cache (`mincore`).
+    fn cached_pages(path: &Path) -> usize {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a read-only shared map of an open file, unmapped below;
+        // `mincore` writes one byte per page into a vector that long.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut resident = vec![0u8; len.div_ceil(page)];
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+            resident.iter().filter(|b| **b & 1 == 1).count()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_staged_object_is_written_through_and_left_out_of_the_page_cache() {
+        let dir = std::env::temp_dir().join(format!("sluice-blob-{}", rand::random::<u64>()));
+        let blobs = Blobs::local(&dir);
+        let bytes = Bytes::from((0..4 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        for (key, cache) in [("kept", Cache::Keep), ("staged", Cache::Drop)] {
+            blobs.put_owned(key, bytes.clone(), cache).await.unwrap();
+            assert_eq!(blobs.get(key).await.unwrap(), bytes, "{key}");
+        }
+        // Read back above, so cached again: written anew to look.
+        blobs
+            .put_owned("kept", bytes.clone(), Cache::Keep)
+            .await
+            .unwrap();
+        blobs
+            .put_owned("staged", bytes.clone(), Cache::Drop)
+            .await
+            .unwrap();
+        let pages = (4 << 20) / unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        assert_eq!(cached_pages(&dir.join("kept")), pages);
+        assert_eq!(cached_pages(&dir.join("staged")), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[tokio::test]
     async fn objects_round_trip_and_keys_stay_inside() {

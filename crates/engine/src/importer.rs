@@ -53,7 +53,7 @@ impl sluice_datapath::Stage for BlobStage {
         Box::pin(async move {
             let key = format!("{}/{name}", self.prefix);
             self.blobs
-                .put_owned(&key, bytes)
+                .put_owned(&key, bytes, crate::blob::Cache::Drop)
                 .await
                 .map_err(|e| std::io::Error::other(format!("writing {key}: {e}")))?;
             Ok(key)

@@ -154,6 +154,12 @@ pub struct SqlStore {
     wake_url: Option<String>,
 }
 
+/// A migration's checksum, as recorded beside it.
+fn checksum(sql: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(sql.as_bytes()))
+}
+
 /// How a locked step's commit waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Commit {
@@ -255,6 +261,9 @@ impl SqlStore {
     /// migration differs (changed by hand, or by another build) is refused,
     /// since this build's SQL would not fit it.
     pub async fn migrate(&self) -> Result<()> {
+        if self.up_to_date().await {
+            return Ok(());
+        }
         // Under the migration lock: two first starts racing to create the
         // table would otherwise collide in PostgreSQL's catalog.
         let mut tx = self.begin().await?;
@@ -279,10 +288,7 @@ impl SqlStore {
             let mut tx = self.begin().await?;
             self.lock_exclusively(&mut tx, MIGRATION_LOCK, Commit::Flushed)
                 .await?;
-            let checksum = {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(sql.as_bytes()))
-            };
+            let checksum = checksum(sql);
             let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
@@ -325,6 +331,29 @@ impl SqlStore {
             tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// Whether every migration of this build is applied, with this build's
+    /// checksum, as one read shows: then opening takes no write lock (an
+    /// admin command beside a busy `sluice serve` would otherwise queue
+    /// for SQLite's one writer once per migration). Anything else — a new
+    /// store, a migration missing, a checksum that differs, a read that
+    /// fails — is [`Self::migrate`]'s locked path to apply or to refuse.
+    async fn up_to_date(&self) -> bool {
+        let applied: Vec<(i64, String)> = match sqlx::query_as(
+            "SELECT m.version, c.checksum FROM schema_migrations m \
+             JOIN schema_migration_checksums c ON c.version = m.version",
+        )
+        .fetch_all(&self.read)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(_) => return false,
+        };
+        self.dialect.migrations().iter().all(|(version, sql)| {
+            let sum = checksum(sql);
+            applied.iter().any(|(v, s)| v == version && *s == sum)
+        })
     }
 
     /// Holds the advisory lock `key` until `tx` ends (PostgreSQL; on SQLite
@@ -816,6 +845,33 @@ mod tests {
             "{err}"
         );
         assert!(crate::open(url).await.is_err());
+    }
+
+    /// An admin command opening the store beside a busy server: the
+    /// schema is this build's, so the open reads it and takes no write lock
+    /// (it waited for the writer once per migration, and with the writer
+    /// held throughout, failed with "database is locked").
+    #[tokio::test]
+    async fn opening_an_up_to_date_sqlite_store_takes_no_write_lock() {
+        use sqlx::Connection;
+        let dir = std::env::temp_dir().join(format!("sluice-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/meta.db", dir.display());
+        drop(crate::open(&url).await.unwrap());
+        let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let opened =
+            tokio::time::timeout(std::time::Duration::from_secs(8), crate::open(&url)).await;
+        assert!(
+            matches!(opened, Ok(Ok(_))),
+            "opening beside a writer: {:?}",
+            opened.map(|o| o.err())
+        );
+        sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
