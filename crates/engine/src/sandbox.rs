@@ -31,9 +31,12 @@
 //! descriptor); the child, between fork and exec, only makes system calls
 //! that are safe there (no allocation).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// What a run's sandbox lets it reach.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +45,10 @@ pub struct Policy {
     pub read: Vec<PathBuf>,
     /// Read and write, create and remove.
     pub write: Vec<PathBuf>,
+    /// Read and write, create and remove: the run's own folder, the one
+    /// path a ruleset names that no other run's names (so never kept open:
+    /// see [`KEPT`]).
+    pub own: Option<PathBuf>,
 }
 
 /// Per-run resource limits (None: not limited).
@@ -221,11 +228,8 @@ impl Policy {
         read.extend(["/dev/urandom", "/dev/random"].map(PathBuf::from));
         Policy {
             read,
-            write: vec![
-                work.to_owned(),
-                PathBuf::from("/dev/null"),
-                PathBuf::from("/dev/zero"),
-            ],
+            write: vec![PathBuf::from("/dev/null"), PathBuf::from("/dev/zero")],
+            own: Some(work.to_owned()),
         }
     }
 
@@ -279,38 +283,96 @@ impl Policy {
         let read = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR;
         for (paths, rights) in [(&self.read, read), (&self.write, all)] {
             for p in paths {
-                add_rule(&ruleset, p, rights, abi)?;
+                if let Some(opened) = kept(p) {
+                    add_rule(&ruleset, p, &opened, rights, abi)?;
+                }
+            }
+        }
+        if let Some(own) = &self.own {
+            if let Some(opened) = open_path(own) {
+                add_rule(&ruleset, own, &opened, all, abi)?;
             }
         }
         Ok(ruleset)
     }
 }
 
-/// Allows `rights` beneath `path` (a file gets the rights files have).
-fn add_rule(ruleset: &OwnedFd, path: &Path, rights: u64, abi: i64) -> std::io::Result<()> {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return Ok(());
-    };
+/// A path opened for a rule (`O_PATH`: nothing is read through it).
+#[derive(Debug)]
+struct Opened {
+    fd: OwnedFd,
+    is_dir: bool,
+    /// Which file it is (`st_dev`, `st_ino`).
+    file: (u64, u64),
+}
+
+/// The paths rules name, kept open between rulesets: a run's ruleset
+/// names some thirty paths that every other run's names too (the system's,
+/// the interpreter's, the code's), and opening, inspecting and closing each
+/// for every run was most of the system calls a run cost the server. A kept
+/// descriptor serves while `stat` of its path finds the same file; a path
+/// replaced since (a reinstalled interpreter, a version's code unpacked
+/// again) is opened anew. At most [`KEPT_MAX`] paths are kept (the code
+/// folders of many versions would otherwise hold a descriptor each).
+static KEPT: LazyLock<Mutex<HashMap<PathBuf, Arc<Opened>>>> = LazyLock::new(Default::default);
+const KEPT_MAX: usize = 256;
+
+/// `path` opened, from [`KEPT`] when it is still the file kept; `None`
+/// when it is not on this host.
+fn kept(path: &Path) -> Option<Arc<Opened>> {
+    let file = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))?;
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(opened) = kept.get(path).filter(|o| o.file == file) {
+        return Some(opened.clone());
+    }
+    let opened = Arc::new(open_path(path)?);
+    if kept.len() >= KEPT_MAX {
+        kept.clear();
+    }
+    kept.insert(path.to_owned(), opened.clone());
+    Some(opened)
+}
+
+/// Opens `path` for a rule; `None` when it is not on this host.
+fn open_path(path: &Path) -> Option<Opened> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a valid C string; O_PATH opens nothing for reading.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Ok(()); // not on this host
+        return None;
     }
     // SAFETY: just opened, owned here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open (O_PATH descriptors can be fstat'ed); st lives across the call.
-    let is_dir = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0
-        && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    let rights = if is_dir {
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    Some(Opened {
+        is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+        file: (st.st_dev, st.st_ino),
+        fd,
+    })
+}
+
+/// Allows `rights` beneath `path`, opened as `opened` (a file gets the
+/// rights files have).
+fn add_rule(
+    ruleset: &OwnedFd,
+    path: &Path,
+    opened: &Opened,
+    rights: u64,
+    abi: i64,
+) -> std::io::Result<()> {
+    let rights = if opened.is_dir {
         rights
     } else {
         rights & file_rights(abi)
     };
     let attr = PathBeneathAttr {
         allowed_access: rights,
-        parent_fd: fd.as_raw_fd(),
+        parent_fd: opened.fd.as_raw_fd(),
     };
     // SAFETY: attr and both descriptors live across the call.
     let done = unsafe {
@@ -399,5 +461,37 @@ impl Prepared {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_path_serves_until_the_path_is_another_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-kept-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = kept(&dir).unwrap();
+        assert!(first.is_dir);
+        // The same folder: the same descriptor, not opened again.
+        assert!(Arc::ptr_eq(&first, &kept(&dir).unwrap()));
+        // Replaced by another (a code folder unpacked again): opened anew,
+        // and the descriptor is the new folder's.
+        let other = dir.with_extension("new");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::rename(&other, &dir).unwrap();
+        let again = kept(&dir).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(again.file, (meta.dev(), meta.ino()));
+        // SAFETY: a zeroed stat is a valid buffer; the descriptor is open.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(again.fd.as_raw_fd(), &mut st) }, 0);
+        assert_eq!((st.st_dev, st.st_ino), (meta.dev(), meta.ino()));
+        // Gone: no rule.
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(kept(&dir).is_none());
     }
 }
