@@ -98,6 +98,10 @@ impl Dialect {
                     13,
                     include_str!("../migrations/sqlite/0013_lease_indexes.sql"),
                 ),
+                (
+                    14,
+                    include_str!("../migrations/sqlite/0014_attempt_triggers.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),

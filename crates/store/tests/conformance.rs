@@ -669,8 +669,9 @@ async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore
         .unwrap()
         .remove(0);
     assert_eq!(lease.attempt, 2);
+    let second_start = later(11);
     store
-        .mark_running(&run.id, lease.token, later(11))
+        .mark_running(&run.id, lease.token, second_start)
         .await
         .unwrap();
     let next = store
@@ -686,6 +687,13 @@ async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore
         .map(|a| (a.worker.as_str(), a.outcome.as_str()))
         .collect();
     assert_eq!(seen, [("w1", "FAILED"), ("w2", "FAILED")]);
+    // Each start stamped its own attempt (one statement on both stores).
+    let started: Vec<_> = attempts
+        .iter()
+        .map(|a| a.running_at.map(|t| t.timestamp_micros()))
+        .collect();
+    assert!(started[0].is_some(), "{attempts:?}");
+    assert_eq!(started[1], Some(second_start.timestamp_micros()));
 }
 
 async fn a_lost_lease_is_reaped_and_the_stale_worker_is_fenced(store: Arc<SqlStore>) {

@@ -222,25 +222,30 @@ impl RunStore for SqlStore {
     }
 
     async fn mark_running(&self, run: &RunId, token: i64, now: Timestamp) -> Result<RunStatus> {
-        if self.dialect == Dialect::Postgres {
-            // The run and its attempt in one statement (one round trip and
-            // one commit instead of four); a run that did not move is
-            // answered below.
-            RunStatus::Starting.transition(RunStatus::Running)?;
-            let moved = sqlx::query(
+        // The run and its attempt in one statement (one round trip and one
+        // commit instead of four): PostgreSQL with a data-modifying WITH,
+        // SQLite with a trigger (migration 14). A run that did not move is
+        // answered below.
+        RunStatus::Starting.transition(RunStatus::Running)?;
+        let moved = sqlx::query(match self.dialect {
+            Dialect::Postgres => {
                 "WITH moved AS (UPDATE runs SET status = 'RUNNING', modified_at = $3 \
                  WHERE id = $1 AND lease_token = $2 AND status = 'STARTING' RETURNING id, attempt) \
                  UPDATE run_attempts a SET running_at = $3 FROM moved \
-                 WHERE a.run_id = moved.id AND a.attempt = moved.attempt RETURNING a.attempt",
-            )
-            .bind(run.as_str())
-            .bind(token)
-            .bind(micros(now))
-            .fetch_optional(&self.write)
-            .await?;
-            if moved.is_some() {
-                return Ok(RunStatus::Running);
+                 WHERE a.run_id = moved.id AND a.attempt = moved.attempt RETURNING a.attempt"
             }
+            Dialect::Sqlite => {
+                "UPDATE runs SET status = 'RUNNING', modified_at = $3 \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'STARTING' RETURNING attempt"
+            }
+        })
+        .bind(run.as_str())
+        .bind(token)
+        .bind(micros(now))
+        .fetch_optional(&self.write)
+        .await?;
+        if moved.is_some() {
+            return Ok(RunStatus::Running);
         }
         let mut tx = self.begin().await?;
         let moved = RUNS.mark_running(&mut tx, run.as_str(), token, now).await?;
@@ -283,8 +288,12 @@ impl RunStore for SqlStore {
         now: Timestamp,
         tail: &[(Timestamp, String)],
     ) -> Result<RunStatus> {
-        if self.dialect == Dialect::Postgres && *outcome == AttemptOutcome::Succeeded {
-            if let Some(ended) = succeed(&self.write, run, token, now, tail).await? {
+        if *outcome == AttemptOutcome::Succeeded {
+            let ended = match self.dialect {
+                Dialect::Postgres => succeed(&self.write, run, token, now, tail).await?,
+                Dialect::Sqlite => succeed_sqlite(&self.write, run, token, now, tail).await?,
+            };
+            if let Some(ended) = ended {
                 return Ok(ended);
             }
         }
@@ -462,6 +471,54 @@ async fn succeed(
     .bind(token)
     .bind(micros(now))
     .bind(lines.to_string())
+    .fetch_optional(db)
+    .await?;
+    Ok(ended.map(|_| RunStatus::Succeeded))
+}
+
+/// [`succeed`] on SQLite: the run's row in one statement (its attempt's
+/// by a trigger, migration 14), its last lines in one before it — while
+/// the run is still this attempt's: lines of an attempt whose end is then
+/// refused stay, as what it printed. `None`: the run was not RUNNING or
+/// CANCELING under `token`.
+async fn succeed_sqlite(
+    db: &AnyPool,
+    run: &RunId,
+    token: i64,
+    now: Timestamp,
+    tail: &[(Timestamp, String)],
+) -> Result<Option<RunStatus>> {
+    RunStatus::Running.transition(RunStatus::Succeeded)?;
+    RunStatus::Canceling.transition(RunStatus::Succeeded)?;
+    if !tail.is_empty() {
+        let lines = Value::Array(
+            tail.iter()
+                .map(|(ts, message)| serde_json::json!([micros(*ts), no_nul(message)]))
+                .collect(),
+        );
+        sqlx::query(
+            "INSERT INTO log_events (run_id, attempt, ts, message) \
+             SELECT r.id, r.attempt, json_extract(l.value, '$[0]'), json_extract(l.value, '$[1]') \
+             FROM runs r, json_each($3) l \
+             WHERE r.id = $1 AND r.lease_token = $2 AND r.status IN ('RUNNING', 'CANCELING') \
+             ORDER BY l.key",
+        )
+        .bind(run.as_str())
+        .bind(token)
+        .bind(lines.to_string())
+        .execute(db)
+        .await?;
+    }
+    let ended = sqlx::query(
+        "UPDATE runs SET status = 'SUCCEEDED', lease_owner = NULL, lease_expires_at = NULL, \
+         lease_token = lease_token + 1, not_before = $3, error = NULL, modified_at = $3, \
+         finished_at = $3 \
+         WHERE id = $1 AND lease_token = $2 AND status IN ('RUNNING', 'CANCELING') \
+         RETURNING attempt",
+    )
+    .bind(run.as_str())
+    .bind(token)
+    .bind(micros(now))
     .fetch_optional(db)
     .await?;
     Ok(ended.map(|_| RunStatus::Succeeded))
