@@ -17,7 +17,9 @@ the backends' order alternated (medians printed):
   threads can (each over one kept-alive connection, with http.client,
   which spends a fraction of requests' CPU per call: the client shares the
   cores); figures: runs claimed and finished per second (runs / first
-  claim → last finish), submit→RUNNING p50/p99 (dominated by queueing);
+  claim → last finish), submit→RUNNING p50/p99 (dominated by queueing),
+  and the CPU each part spent per run (`sluice serve`, the version's fork
+  server, the runs' processes, PostgreSQL, the client: from /proc);
 - the same with a handler module that imports pandas (`--pandas-runs`);
 - the same no-op burst in a fresh interpreter per run
   (SLUICE_FRESH_INTERPRETER=1, `--fresh-runs`): what every run cost before
@@ -252,24 +254,68 @@ def submit_all(srv, dep_url, ver, n, threads=8):
         return list(pool.map(submit, range(n)))
 
 
+def cpu_seconds(pid, reaped=False):
+    """A process's CPU seconds (user + system), or those of its children
+    it has waited for (`reaped`)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    i = 13 if reaped else 11
+    return (int(f[i]) + int(f[i + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def postgres_seconds():
+    """CPU seconds of every PostgreSQL process on this machine."""
+    total = 0.0
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and Path(f"/proc/{p}/comm").read_text().strip() == "postgres":
+                total += cpu_seconds(int(p))
+        except OSError:
+            continue
+    return total
+
+
 def burst(srv, n, code=NOOP, environment=None):
-    """n runs of a warmed version: (runs/s claimed and finished, p50, p99)."""
+    """n runs of a warmed version: (runs/s claimed and finished, p50, p99),
+    and where the CPU went, per run: `sluice serve`, the version's fork
+    server, the runs' processes (the fork server's children), PostgreSQL's
+    processes and this benchmark's submitting client."""
     dep, dep_url, ver = deployment(srv.session, srv.url, srv.org, code, environment)
+    before = set(tree(srv.proc.pid))
     srv.session.post(f"{dep_url}/runs", json=body(ver)).raise_for_status()
     wait_done(srv.session, dep_url, 1, interval=0.05)
+    # The fork server the warming run started (none for fresh interpreters).
+    forks = [p for p in set(tree(srv.proc.pid)) - before if b"runner.py" in cmdline(p)]
+    fork = forks[0] if len(forks) == 1 else None
+    start = (cpu_seconds(srv.proc.pid), fork and cpu_seconds(fork), fork and cpu_seconds(fork, reaped=True),
+             postgres_seconds(), time.process_time())
     ids = submit_all(srv, dep_url, ver, n)
+    client = time.process_time() - start[4]
     # Runs are claimed in submission order: the last one submitted ends
     # about last. Its status alone is read until then (listing every run
     # twice a second would cost the server as much as a tenth of the runs).
     while srv.session.get(f"{dep_url}/runs/{ids[-1]}").json()["status"] not in FINAL:
         time.sleep(0.1)
+    ms = lambda seconds: seconds * 1000 / n  # noqa: E731
+    cpu = {"serve": ms(cpu_seconds(srv.proc.pid) - start[0]), "client": ms(client)}
+    if fork:
+        cpu["fork server"] = ms(cpu_seconds(fork) - start[1])
+        cpu["runs"] = ms(cpu_seconds(fork, reaped=True) - start[2])
+    if srv.database_url:
+        cpu["postgres"] = ms(postgres_seconds() - start[3])
     statuses = wait_done(srv.session, dep_url, n + 1)
     if statuses.get("SUCCEEDED", 0) != n + 1:
         raise SystemExit(f"{srv.name}: not every run succeeded: {statuses}")
     rows = sorted(srv.rows(dep))[1:]  # not the warming run
     ms = [(running - created) / 1000 for created, _, running, _ in rows if running]
     span = (max(r[3] for r in rows) - min(r[1] for r in rows)) / 1e6
-    return {"rate": len(rows) / span, "p50": percentile(ms, 50), "p99": percentile(ms, 99)}
+    return {"rate": len(rows) / span, "p50": percentile(ms, 50), "p99": percentile(ms, 99), "cpu": cpu}
 
 
 def warm_versions(srv, count):
@@ -336,6 +382,17 @@ def main():
             rs = results[name][kind]
             print(f"{name:10} {label:28} {n:6} {med(rs, 'rate'):8.1f} {med(rs, 'p50'):8.0f} "
                   f"{med(rs, 'p99'):8.0f}")
+    print("\nCPU per run in the no-op bursts, ms (median of the bursts; the benchmark's client "
+          "submits from the same cores):")
+    parts = ("serve", "fork server", "runs", "postgres", "client")
+    for name in names:
+        rs = results[name]["noop"]
+        seen = [f"{part} {statistics.median(r['cpu'][part] for r in rs):.2f}"
+                for part in parts if part in rs[0]["cpu"]]
+        total = statistics.median(sum(r["cpu"].values()) for r in rs)
+        cores = os.cpu_count()
+        print(f"{name:10} " + ", ".join(seen) + f"; in all {total:.2f} "
+              f"({cores} cores ÷ that: {cores * 1000 / total:.0f} runs/s)")
     print(f"\nPaced: {args.paced} no-op runs at {args.rate}/s, submit→RUNNING:")
     for name in names:
         p = pace[name]
