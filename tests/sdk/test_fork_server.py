@@ -240,7 +240,7 @@ def test_servers_are_bounded_and_stopped_when_idle_or_deleted(tmp_path):
 def test_a_forked_run_is_cancelled_and_timed_out_with_its_whole_group(tmp_path):
     code = ('import os, subprocess, time\n'
             'def handler(r, c):\n'
-            '    subprocess.Popen(["sleep", "300"])\n'
+            '    subprocess.Popen(["sleep", "317"])\n'
             '    print("sleeping", flush=True)\n'
             '    time.sleep(300)\n')
     s = Sluice(tmp_path, env={"SLUICE_RUN_TIMEOUT_SECS": "4", "SLUICE_HEARTBEAT_MS": "200"})
@@ -260,7 +260,8 @@ def test_a_forked_run_is_cancelled_and_timed_out_with_its_whole_group(tmp_path):
                         in ("SUCCEEDED", "FAILED") and x, "the timeout", timeout=30)
         assert done["status"] == "FAILED", done
         # Neither the runs nor the sleeps they started are left: only the
-        # server itself is a child of it.
+        # server itself is a child of it. (The sleeps have an unusual
+        # length: the scan sees every process on the machine.)
         def stray():
             out = []
             for pid in os.listdir("/proc"):
@@ -269,7 +270,7 @@ def test_a_forked_run_is_cancelled_and_timed_out_with_its_whole_group(tmp_path):
                         cmd = open(f"/proc/{pid}/cmdline", "rb").read()
                     except OSError:
                         continue
-                    if cmd.startswith(b"sleep\x00300"):
+                    if cmd == b"sleep\x00317\x00":
                         out.append(pid)
             return out
         wait_for(lambda: stray() == [], "the runs' sleeps to be killed", timeout=10)
