@@ -289,11 +289,7 @@ impl RunStore for SqlStore {
         tail: &[(Timestamp, String)],
     ) -> Result<RunStatus> {
         if *outcome == AttemptOutcome::Succeeded {
-            let ended = match self.dialect {
-                Dialect::Postgres => succeed(&self.write, run, token, now, tail).await?,
-                Dialect::Sqlite => succeed_sqlite(&self.write, run, token, now, tail).await?,
-            };
-            if let Some(ended) = ended {
+            if let Some(ended) = succeed(&self.write, self.dialect, run, token, now, tail).await? {
                 return Ok(ended);
             }
         }
@@ -435,14 +431,19 @@ impl RunStore for SqlStore {
     }
 }
 
-/// On PostgreSQL, the end of an attempt whose code succeeded while its run
-/// was RUNNING or CANCELING (it ends SUCCEEDED from either, whatever its
-/// attempt and retries) in one statement: the run's row, its attempt's and
-/// the attempt's last log lines (as JSON, so the text is fixed and its
-/// prepared statement reused). None when the run is not in that state
-/// under `token`: the caller's transaction reads why.
+/// Ends an attempt whose code succeeded while its run was RUNNING or
+/// CANCELING under `token` (it ends SUCCEEDED from either, whatever its
+/// attempt and retries): the run's row, its attempt's and the attempt's last log lines (as
+/// JSON, so the text is fixed and its prepared statement reused). On
+/// PostgreSQL one statement does all three. On SQLite one statement does
+/// the run's row and, by a trigger (migration 14), its attempt's; the lines
+/// go in one just before, while the run is still this attempt's (lines of
+/// an attempt whose end is then refused stay, as what it printed). None
+/// when the run is not in that state under `token`: the caller's
+/// transaction reads why.
 async fn succeed(
     db: &AnyPool,
+    dialect: Dialect,
     run: &RunId,
     token: i64,
     now: Timestamp,
@@ -454,48 +455,9 @@ async fn succeed(
         tail.iter()
             .map(|(ts, message)| serde_json::json!([micros(*ts), no_nul(message)]))
             .collect(),
-    );
-    let ended = sqlx::query(
-        "WITH moved AS (UPDATE runs SET status = 'SUCCEEDED', lease_owner = NULL, \
-         lease_expires_at = NULL, lease_token = lease_token + 1, not_before = $3, error = NULL, \
-         modified_at = $3, finished_at = $3 \
-         WHERE id = $1 AND lease_token = $2 AND status IN ('RUNNING', 'CANCELING') \
-         RETURNING id, attempt), \
-         logged AS (INSERT INTO log_events (run_id, attempt, ts, message) \
-         SELECT moved.id, moved.attempt, (l.line->>0)::bigint, l.line->>1 \
-         FROM moved, json_array_elements($4::json) WITH ORDINALITY AS l(line, n) ORDER BY l.n) \
-         UPDATE run_attempts a SET finished_at = $3, outcome = 'SUCCEEDED', error = NULL \
-         FROM moved WHERE a.run_id = moved.id AND a.attempt = moved.attempt RETURNING a.attempt",
     )
-    .bind(run.as_str())
-    .bind(token)
-    .bind(micros(now))
-    .bind(lines.to_string())
-    .fetch_optional(db)
-    .await?;
-    Ok(ended.map(|_| RunStatus::Succeeded))
-}
-
-/// [`succeed`] on SQLite: the run's row in one statement (its attempt's
-/// by a trigger, migration 14), its last lines in one before it — while
-/// the run is still this attempt's: lines of an attempt whose end is then
-/// refused stay, as what it printed. `None`: the run was not RUNNING or
-/// CANCELING under `token`.
-async fn succeed_sqlite(
-    db: &AnyPool,
-    run: &RunId,
-    token: i64,
-    now: Timestamp,
-    tail: &[(Timestamp, String)],
-) -> Result<Option<RunStatus>> {
-    RunStatus::Running.transition(RunStatus::Succeeded)?;
-    RunStatus::Canceling.transition(RunStatus::Succeeded)?;
-    if !tail.is_empty() {
-        let lines = Value::Array(
-            tail.iter()
-                .map(|(ts, message)| serde_json::json!([micros(*ts), no_nul(message)]))
-                .collect(),
-        );
+    .to_string();
+    if dialect == Dialect::Sqlite && !tail.is_empty() {
         sqlx::query(
             "INSERT INTO log_events (run_id, attempt, ts, message) \
              SELECT r.id, r.attempt, json_extract(l.value, '$[0]'), json_extract(l.value, '$[1]') \
@@ -505,20 +467,38 @@ async fn succeed_sqlite(
         )
         .bind(run.as_str())
         .bind(token)
-        .bind(lines.to_string())
+        .bind(&lines)
         .execute(db)
         .await?;
     }
-    let ended = sqlx::query(
-        "UPDATE runs SET status = 'SUCCEEDED', lease_owner = NULL, lease_expires_at = NULL, \
-         lease_token = lease_token + 1, not_before = $3, error = NULL, modified_at = $3, \
-         finished_at = $3 \
-         WHERE id = $1 AND lease_token = $2 AND status IN ('RUNNING', 'CANCELING') \
-         RETURNING attempt",
-    )
-    .bind(run.as_str())
-    .bind(token)
-    .bind(micros(now))
+    let ended = match dialect {
+        Dialect::Postgres => sqlx::query(
+            "WITH moved AS (UPDATE runs SET status = 'SUCCEEDED', lease_owner = NULL, \
+             lease_expires_at = NULL, lease_token = lease_token + 1, not_before = $3, error = NULL, \
+             modified_at = $3, finished_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND status IN ('RUNNING', 'CANCELING') \
+             RETURNING id, attempt), \
+             logged AS (INSERT INTO log_events (run_id, attempt, ts, message) \
+             SELECT moved.id, moved.attempt, (l.line->>0)::bigint, l.line->>1 \
+             FROM moved, json_array_elements($4::json) WITH ORDINALITY AS l(line, n) ORDER BY l.n) \
+             UPDATE run_attempts a SET finished_at = $3, outcome = 'SUCCEEDED', error = NULL \
+             FROM moved WHERE a.run_id = moved.id AND a.attempt = moved.attempt RETURNING a.attempt",
+        )
+        .bind(run.as_str())
+        .bind(token)
+        .bind(micros(now))
+        .bind(lines),
+        Dialect::Sqlite => sqlx::query(
+            "UPDATE runs SET status = 'SUCCEEDED', lease_owner = NULL, lease_expires_at = NULL, \
+             lease_token = lease_token + 1, not_before = $3, error = NULL, modified_at = $3, \
+             finished_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND status IN ('RUNNING', 'CANCELING') \
+             RETURNING attempt",
+        )
+        .bind(run.as_str())
+        .bind(token)
+        .bind(micros(now)),
+    }
     .fetch_optional(db)
     .await?;
     Ok(ended.map(|_| RunStatus::Succeeded))
