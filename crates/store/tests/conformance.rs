@@ -96,6 +96,7 @@ suite!(
     runs_page_by_keyset_in_both_directions,
     a_run_goes_from_submitted_to_succeeded,
     an_attempts_end_keeps_its_lines_in_order_and_no_nul,
+    concurrent_starts_and_successes_are_each_answered_for_their_own_run,
     one_claim_of_many_runs_records_each_attempt,
     failed_attempts_are_retried_after_backoff_then_fail,
     a_lost_lease_is_reaped_and_the_stale_worker_is_fenced,
@@ -635,6 +636,109 @@ async fn an_attempts_end_keeps_its_lines_in_order_and_no_nul(store: Arc<SqlStore
         store.list_attempts(&id).await.unwrap()[0].error.as_deref(),
         Some("ValueError: a\u{FFFD}b")
     );
+}
+
+/// Many runs started and ended at once, as a busy worker does: each call is
+/// answered for its own run — moved, already cancelling, or not its lease —
+/// and each run keeps its own lines.
+async fn concurrent_starts_and_successes_are_each_answered_for_their_own_run(store: Arc<SqlStore>) {
+    let f = fixture(&*store).await;
+    for _ in 0..60 {
+        submit(&*store, &f).await;
+    }
+    store.schedule(time::now()).await.unwrap();
+    let leases = store.claim("w", 60, TTL, time::now()).await.unwrap();
+    assert_eq!(leases.len(), 60);
+    // Every 7th run is being cancelled before it starts; every 11th is
+    // started and ended with a token that is not its lease's.
+    let cancelled = |i: usize| i % 7 == 3;
+    let stale = |i: usize| i % 11 == 5;
+    for (i, l) in leases.iter().enumerate() {
+        if cancelled(i) {
+            store
+                .request_cancel(&f.org, &l.run.id, time::now())
+                .await
+                .unwrap();
+        }
+    }
+    let token = |i: usize, l: &Lease| if stale(i) { l.token + 100 } else { l.token };
+    let starts: Vec<_> = leases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (store, id, token) = (store.clone(), l.run.id.clone(), token(i, l));
+            tokio::spawn(async move { store.mark_running(&id, token, time::now()).await })
+        })
+        .collect();
+    for (i, started) in starts.into_iter().enumerate() {
+        let started = started.await.unwrap();
+        match (stale(i), cancelled(i)) {
+            (true, _) => assert!(
+                matches!(started, Err(StoreError::LeaseLost(_))),
+                "run {i}: {started:?}"
+            ),
+            (false, true) => assert_eq!(started.unwrap(), RunStatus::Canceling, "run {i}"),
+            (false, false) => assert_eq!(started.unwrap(), RunStatus::Running, "run {i}"),
+        }
+    }
+    let ends: Vec<_> = leases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (store, id, token) = (store.clone(), l.run.id.clone(), token(i, l));
+            let t0 = time::now();
+            let tail: Vec<(Timestamp, String)> = (0..3)
+                .map(|k| {
+                    (
+                        t0 + chrono::Duration::microseconds(k),
+                        format!("{id} line {k}"),
+                    )
+                })
+                .collect();
+            tokio::spawn(async move {
+                store
+                    .finish(
+                        &id,
+                        token,
+                        &AttemptOutcome::Succeeded,
+                        RETRY,
+                        time::now(),
+                        &tail,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for (i, ended) in ends.into_iter().enumerate() {
+        let ended = ended.await.unwrap();
+        let id = &leases[i].run.id;
+        let run = store.get_run(&f.org, id).await.unwrap();
+        let attempt = store.list_attempts(id).await.unwrap().remove(0);
+        if stale(i) {
+            assert!(
+                matches!(ended, Err(StoreError::LeaseLost(_))),
+                "run {i}: {ended:?}"
+            );
+            let left = if cancelled(i) {
+                RunStatus::Canceling
+            } else {
+                RunStatus::Starting
+            };
+            assert_eq!(run.status, left, "run {i}");
+            assert!(attempt.finished_at.is_none(), "run {i}");
+            assert!(messages(&store, id).await.is_empty(), "run {i}");
+            continue;
+        }
+        // A run cancelled before it started still ends SUCCEEDED once its
+        // code did (it never stopped); its attempt was never RUNNING.
+        assert_eq!(ended.unwrap(), RunStatus::Succeeded, "run {i}");
+        assert_eq!(run.status, RunStatus::Succeeded, "run {i}");
+        assert_eq!(attempt.outcome, "SUCCEEDED", "run {i}");
+        assert_eq!(attempt.running_at.is_some(), !cancelled(i), "run {i}");
+        assert_eq!(attempt.finished_at, run.finished_at, "run {i}");
+        let expected: Vec<String> = (0..3).map(|k| format!("{id} line {k}")).collect();
+        assert_eq!(messages(&store, id).await, expected, "run {i}");
+    }
 }
 
 async fn failed_attempts_are_retried_after_backoff_then_fail(store: Arc<SqlStore>) {
