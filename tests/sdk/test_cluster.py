@@ -356,3 +356,28 @@ def test_processes_sharing_postgresql_wake_each_other_instead_of_polling(tmp_pat
         worker.kill()
         worker.wait()
         s.stop()
+
+
+def test_a_process_with_its_own_scheduler_sends_no_notify_for_it(cluster):
+    """A submit wakes the scheduler of its own process, which admits every
+    process's runs in one pass: no NOTIFY goes to the other processes'
+    schedulers for it (a burst of submits sent one for most runs). The
+    workers of other processes are still sent theirs."""
+    import psycopg
+    s = cluster.server
+    listener = psycopg.connect(s.database_url, autocommit=True)
+    ledger = Ledger()
+    try:
+        listener.execute("LISTEN sluice_wake")
+        session, dep_url, ver = setup_deployment(s, sleep=0)
+        runs = [session.post(f"{dep_url}/runs", json={"version_id": ver, "environment": {"LEDGER": ledger.url}})
+                .json()["run_id"] for _ in range(20)]
+        cluster.start_worker()
+        wait_for(lambda: all(session.get(f"{dep_url}/runs/{r}").json()["status"] == "SUCCEEDED"
+                             for r in runs), "the runs", timeout=60, interval=0.1)
+        heard = [n.payload.split("@")[0] for n in listener.notifies(timeout=1, stop_after=10_000)]
+    finally:
+        ledger.close()
+        listener.close()
+    assert "workers" in heard, f"the scheduler's wake-up of the other process's workers was not heard: {heard}"
+    assert "scheduler" not in heard, f"submits sent NOTIFYs for the scheduler: {collections.Counter(heard)}"

@@ -27,6 +27,15 @@ pub const API: &str = "api";
 /// Every loop a wake-up can name.
 pub const LOOPS: [&str; 6] = [SCHEDULER, WORKERS, DISPATCHER, IMPORTER, ACTIONS, API];
 
+/// The loops whose one pass takes the work of every process sharing the
+/// store (the scheduler admits every submitted run, the dispatcher turns
+/// every pending event into its run; a pass waits for another process's
+/// under the store's locks, it does not skip its work). When one runs in
+/// this process, waking it here is enough: the other processes' are not
+/// sent a NOTIFY (a burst of submits sent one for most runs — a statement
+/// each, and a wake-up of every listener).
+const ONE_PASS_TAKES_ALL: [&str; 2] = [SCHEDULER, DISPATCHER];
+
 /// The wake-ups of one loop sent to other processes, coalesced: a burst of
 /// submits (each waking the schedulers) sends a few NOTIFYs, not one each.
 /// Wake-ups are numbered as they are asked for (each after its caller's
@@ -46,7 +55,7 @@ pub async fn wake(store: &dyn MetadataStore, wakers: &Wakers, what: &str) {
     if let Some(n) = wakers.named(what) {
         n.notify_one();
     }
-    if store.wake_url().is_none() {
+    if store.wake_url().is_none() || (ONE_PASS_TAKES_ALL.contains(&what) && wakers.serves(what)) {
         return;
     }
     let Some(sent) = wakers.sent(what) else {

@@ -23,6 +23,7 @@ use crate::{queue_name, EngineConfig, Wakers};
 const BATCH: u32 = 200;
 
 pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
+    wakers.serving(crate::bus::DISPATCHER);
     let mut backoff = crate::lease::Backoff::new(config.poll);
     loop {
         let ok = match dispatch_pending(&*store, config.queues).await {

@@ -57,6 +57,8 @@ pub struct Wakers {
     pub origin: String,
     /// The wake-ups sent to the other processes, per loop.
     sent: [bus::Coalesced; bus::LOOPS.len()],
+    /// The loops running in this process, per loop (see [`Wakers::serving`]).
+    here: [std::sync::atomic::AtomicBool; bus::LOOPS.len()],
 }
 
 impl Default for Wakers {
@@ -70,6 +72,7 @@ impl Default for Wakers {
             api: Notify::new(),
             origin: hex::encode(auth::random_bytes(8)),
             sent: Default::default(),
+            here: Default::default(),
         }
     }
 }
@@ -92,6 +95,22 @@ impl Wakers {
     fn sent(&self, what: &str) -> Option<&bus::Coalesced> {
         let i = bus::LOOPS.iter().position(|l| *l == what)?;
         Some(&self.sent[i])
+    }
+
+    /// Records that the loop named `what` runs in this process (called by
+    /// the loop as it starts).
+    pub fn serving(&self, what: &str) {
+        if let Some(i) = bus::LOOPS.iter().position(|l| *l == what) {
+            self.here[i].store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the loop named `what` runs in this process.
+    pub fn serves(&self, what: &str) -> bool {
+        bus::LOOPS
+            .iter()
+            .position(|l| *l == what)
+            .is_some_and(|i| self.here[i].load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 

@@ -11,6 +11,7 @@ use sluice_store::MetadataStore;
 use crate::{EngineConfig, Wakers};
 
 pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
+    wakers.serving(crate::bus::SCHEDULER);
     let mut last_reap = std::time::Instant::now();
     let mut backoff = crate::lease::Backoff::new(config.poll);
     let mut ok = true;
