@@ -17,6 +17,9 @@ no tool always meets a cold or a warm cache):
 - `sluice import --mode destructive` (release build) of the same table, in
   the parts it chooses, then with `--parallel 2` and `--parallel 4` (ctid
   ranges over as many pairs of connections); its peak RSS (from wait4);
+- for each copy, the CPU seconds the whole machine spent during it (both
+  databases' backends and the tool: see `machine_cpu`), and so the least
+  time sluice's copy could take with every core busy;
 - an incremental run that finds 10,000 new rows, and one that finds none
   (the time sluice reports for the work, and the whole command with its
   process start), without and then with an index on the change column;
@@ -115,6 +118,15 @@ def page_cache(size, files=4):
     return statistics.median(grown), statistics.median(reused)
 
 
+def machine_cpu():
+    """CPU seconds every process of this machine has used so far (user,
+    nice, system, irq and softirq of /proc/stat's first line): a copy's
+    work counted whoever did it — both databases' backends, their WAL
+    writers, the tool."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(cmd, shell=False, env=None):
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -176,6 +188,7 @@ def main():
                                              "--tgt-conn", "DST", "--tgt-object", "public.slung",
                                              "--mode", "full-refresh"], env=env), "slung")
         times = {name: [] for name in tools}
+        cpus = {name: [] for name in tools}
         peaks = {name: [] for name in tools}
         parts = {}
         names = list(tools)
@@ -183,18 +196,27 @@ def main():
             for name in names[i % len(names):] + names[:i % len(names)]:
                 prepare, run, _ = tools[name]
                 prepare()
+                before = machine_cpu()
                 took, peak, out, _ = run()
+                cpus[name].append(machine_cpu() - before)
                 times[name].append(took)
                 peaks[name].append(peak)
                 if name.startswith("sluice"):
                     parts[name] = json.loads(out)["parts"]
         base = median(times["psql pipe"])
-        print(f"{'tool':12} {'seconds':>8} {'× pipe':>7} {'peak RSS':>9}   (median of {a.repeat})")
+        cores = os.cpu_count()
+        print(f"{'tool':12} {'seconds':>8} {'× pipe':>7} {'CPU s':>6} {'busy':>5} {'peak RSS':>9}   "
+              f"(median of {a.repeat})")
         for name in names:
             t = median(times[name])
+            cpu = median(cpus[name])
             rss = f"{max(peaks[name]):>7.1f}MB" if name.startswith(("sluice", "sling")) else ""
             how = f"  {parts[name]} part{'s' if parts[name] > 1 else ''}" if name in parts else ""
-            print(f"{name:12} {t:>8.2f} {t / base:>7.2f} {rss:>9}{how}")
+            print(f"{name:12} {t:>8.2f} {t / base:>7.2f} {cpu:>6.2f} {cpu / (t * cores):>5.0%} {rss:>9}{how}")
+        least = min(median(cpus[name]) for name in names if name.startswith("sluice"))
+        print(f"(CPU s: the whole machine's, every process, during the copy; busy: of its {cores} cores. "
+              f"sluice's least CPU, {least:.2f} s, takes at least {least / cores:.2f} s on {cores} "
+              f"cores fully busy: {least / cores / base:.2f}× the pipe)")
         print(f"(sluice chose {parts['sluice']} part(s) for this table on {os.cpu_count()} cores; "
               "×2 and ×4 ask with --parallel)")
         if "sling" not in tools:
