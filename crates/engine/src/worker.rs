@@ -64,6 +64,10 @@ pub struct Worker {
     forks: forkserver::Pool,
 }
 
+/// A version and its deployment as the runs of one claim read them (once,
+/// by the first of them to need them).
+type Code = tokio::sync::OnceCell<(Deployment, Option<Version>)>;
+
 /// The interpreter that runs user code, and what of the host it reads.
 #[derive(Debug, Clone)]
 struct Interpreter {
@@ -261,8 +265,16 @@ impl Worker {
                 }
                 continue;
             }
+            // The runs of one claim read each of their versions (and its
+            // deployment) once: a claim under load takes several runs of
+            // a version, each of which read them again.
+            let mut codes: std::collections::HashMap<VersionId, Arc<Code>> = Default::default();
             let mut held = Some(first);
             for lease in leases {
+                let code = codes
+                    .entry(lease.run.version_id.clone())
+                    .or_default()
+                    .clone();
                 let permit = match held.take() {
                     Some(mut p) if p.num_permits() > 1 => {
                         let one = p.split(1).expect("more than one permit held");
@@ -283,7 +295,7 @@ impl Worker {
                 let span = tracing::info_span!("run", run_id = %lease.run.id, org = %lease.run.organization_id, attempt = lease.attempt, worker = %self.id);
                 tokio::spawn(
                     async move {
-                        let wake = me.attempt(lease, &shutdown).await;
+                        let wake = me.attempt(lease, &code, &shutdown).await;
                         drop(permit);
                         if wake {
                             me.wakers.scheduler.notify_one();
@@ -370,13 +382,13 @@ impl Worker {
     /// Runs one attempt and reports how it ended; answers whether the
     /// scheduler has work from it (the run is to be tried again, or the
     /// next run of its queue may start).
-    async fn attempt(&self, lease: Lease, shutdown: &Shutdown) -> bool {
+    async fn attempt(&self, lease: Lease, code: &Code, shutdown: &Shutdown) -> bool {
         let run_id = lease.run.id.clone();
         let org = lease.run.organization_id.clone();
         let started = std::time::Instant::now();
         METRICS.claimed.with_label_values(&[metrics::RUN]).inc();
         tracing::info!(run_id = %run_id, org = %org, attempt = lease.attempt, worker = %self.id, "run attempt started");
-        let (outcome, output, tail) = match self.execute(&lease, shutdown).await {
+        let (outcome, output, tail) = match self.execute(&lease, code, shutdown).await {
             Ok(Ended {
                 outcome,
                 output,
@@ -495,7 +507,12 @@ impl Worker {
         })
     }
 
-    async fn execute(&self, lease: &Lease, shutdown: &Shutdown) -> Result<Ended, AttemptError> {
+    async fn execute(
+        &self,
+        lease: &Lease,
+        code: &Code,
+        shutdown: &Shutdown,
+    ) -> Result<Ended, AttemptError> {
         let run = &lease.run;
         let setup =
             |what: &str, e: &dyn std::fmt::Display| AttemptError::Setup(format!("{what}: {e}"));
@@ -526,11 +543,11 @@ impl Worker {
             }
         };
         let (code, trigger, files, made) = tokio::join!(
-            self.store.get_deployment_version(
+            code.get_or_try_init(|| self.store.get_deployment_version(
                 &run.organization_id,
                 &run.deployment_id,
                 &run.version_id
-            ),
+            )),
             async {
                 match &run.trigger_id {
                     Some(t) => self.store.find_trigger(t).await.map(Some),
@@ -546,7 +563,9 @@ impl Worker {
         );
         made.map_err(|e| setup("could not make the working folder", &e))?;
         let read = async {
-            let (dep, ver) = code.map_err(|e| setup("the deployment is gone", &e))?;
+            let (dep, ver) = code
+                .cloned()
+                .map_err(|e| setup("the deployment is gone", &e))?;
             let ver = ver.ok_or_else(|| {
                 let gone = StoreError::NotFound(format!("version `{}`", run.version_id));
                 setup("the version is gone", &gone)

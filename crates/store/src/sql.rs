@@ -102,6 +102,10 @@ impl Dialect {
                     14,
                     include_str!("../migrations/sqlite/0014_attempt_triggers.sql"),
                 ),
+                (
+                    15,
+                    include_str!("../migrations/sqlite/0015_claim_records_attempt.sql"),
+                ),
             ],
             Dialect::Postgres => &[
                 (1, include_str!("../migrations/postgres/0001_core.sql")),

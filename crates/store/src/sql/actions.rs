@@ -692,12 +692,10 @@ impl ActionStore for SqlStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<ActionRun>> {
-        let mut tx = self.begin().await?;
         let rows = RUNS
-            .claim(&mut tx, self.dialect, worker, limit, ttl, now)
+            .claim(&self.write, self.dialect, worker, limit, ttl, now, None)
             .await?;
         let mut claimed = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
-        tx.commit().await?;
         claimed.sort_by_key(|r| r.seq);
         Ok(claimed)
     }

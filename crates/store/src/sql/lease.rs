@@ -42,39 +42,53 @@ impl Leased {
     }
 
     /// Moves up to `limit` RUNNABLE rows, oldest first, to STARTING under
-    /// a new lease of `worker` until `now + ttl`; answers them.
+    /// a new lease of `worker` until `now + ttl`; answers them. One
+    /// statement (its own transaction when `db` is a pool). `record`, on
+    /// PostgreSQL, is a statement over the claimed rows (`claimed`, with
+    /// `$1` the worker and `$3` now) written in the same one — a run's
+    /// claim records its attempt so.
     ///
     /// The pick is a MATERIALIZED CTE: evaluated once. As an `IN
     /// (subquery)` PostgreSQL may rescan it, and with SKIP LOCKED each
     /// rescan picks other rows, so one claim could take more than `limit`.
-    pub async fn claim(
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim<'c>(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        db: impl sqlx::Executor<'c, Database = Any>,
         dialect: Dialect,
         worker: &str,
         limit: u32,
         ttl: Duration,
         now: Timestamp,
+        record: Option<&str>,
     ) -> Result<Vec<AnyRow>> {
         RunStatus::Runnable.transition(RunStatus::Starting)?;
         let now = micros(now);
         let (table, columns) = (self.table, self.columns);
         let stamp = self.stamp();
-        let sql = format!(
-            "WITH picked AS MATERIALIZED (SELECT seq FROM {table} WHERE status = 'RUNNABLE' \
-             ORDER BY seq LIMIT $4{}) \
-             UPDATE {table} SET status = 'STARTING', attempt = attempt + 1, \
-             lease_token = lease_token + 1, lease_owner = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), error = NULL{stamp} \
-             WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM picked) RETURNING {columns}",
+        let pick = format!(
+            "picked AS MATERIALIZED (SELECT seq FROM {table} WHERE status = 'RUNNABLE' \
+             ORDER BY seq LIMIT $4{})",
             dialect.skip_locked()
         );
+        let update = format!(
+            "UPDATE {table} SET status = 'STARTING', attempt = attempt + 1, \
+             lease_token = lease_token + 1, lease_owner = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), error = NULL{stamp} \
+             WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM picked) RETURNING {columns}"
+        );
+        let sql = match record {
+            Some(record) if dialect == Dialect::Postgres => format!(
+                "WITH {pick}, claimed AS ({update}), recorded AS ({record}) SELECT * FROM claimed"
+            ),
+            _ => format!("WITH {pick} {update}"),
+        };
         Ok(sqlx::query(&sql)
             .bind(worker)
             .bind(now + ttl.as_micros() as i64)
             .bind(now)
             .bind(limit as i64)
-            .fetch_all(&mut **tx)
+            .fetch_all(db)
             .await?)
     }
 
@@ -240,9 +254,8 @@ impl Leased {
             .await?)
     }
 
-    /// Claims up to `limit` RUNNABLE rows (see [`Leased::claim`]) in a
-    /// transaction of its own; answers them read by `parse`, in claim
-    /// order (`seq`).
+    /// Claims up to `limit` RUNNABLE rows (see [`Leased::claim`]); answers
+    /// them read by `parse`, in claim order (`seq`).
     pub async fn claim_into<T>(
         &self,
         store: &SqlStore,
@@ -252,15 +265,13 @@ impl Leased {
         now: Timestamp,
         parse: fn(&AnyRow) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let mut tx = store.begin().await?;
         let rows = self
-            .claim(&mut tx, store.dialect, worker, limit, ttl, now)
+            .claim(&store.write, store.dialect, worker, limit, ttl, now, None)
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             claimed.push((row.try_get::<i64, _>("seq")?, parse(row)?));
         }
-        tx.commit().await?;
         claimed.sort_by_key(|(seq, _)| *seq);
         Ok(claimed.into_iter().map(|(_, t)| t).collect())
     }

@@ -185,11 +185,23 @@ impl RunStore for SqlStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<Lease>> {
-        let mut tx = self.begin().await?;
+        // Each claimed run's attempt is recorded by the claim's statement:
+        // on PostgreSQL a data-modifying WITH, on SQLite a trigger
+        // (migration 15).
         let rows = RUNS
-            .claim(&mut tx, self.dialect, worker, limit, ttl, now)
+            .claim(
+                &self.write,
+                self.dialect,
+                worker,
+                limit,
+                ttl,
+                now,
+                Some(
+                    "INSERT INTO run_attempts (run_id, attempt, worker, started_at, outcome) \
+                     SELECT id, attempt, $1, $3, 'RUNNING' FROM claimed",
+                ),
+            )
             .await?;
-        let now = micros(now);
         let mut leases = Vec::with_capacity(rows.len());
         for row in &rows {
             let run = run_from_row(row)?;
@@ -199,24 +211,6 @@ impl RunStore for SqlStore {
                 run,
             });
         }
-        // The claimed runs' attempts, a few hundred a statement (SQLite
-        // binds at most 32766 parameters).
-        for chunk in leases.chunks(500) {
-            let values = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, $1, $2, 'RUNNING')", 3 + 2 * i, 4 + 2 * i))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO run_attempts (run_id, attempt, worker, started_at, outcome) \
-                 VALUES {values}"
-            );
-            let mut insert = sqlx::query(&sql).bind(worker).bind(now);
-            for l in chunk {
-                insert = insert.bind(l.run.id.as_str()).bind(l.attempt as i64);
-            }
-            insert.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         leases.sort_by_key(|l| l.run.seq);
         Ok(leases)
     }
