@@ -22,8 +22,18 @@ use crate::{queue_name, EngineConfig, Wakers};
 
 const BATCH: u32 = 200;
 
-pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
+/// The dispatcher's loop. This process counts as running one from the call
+/// on, before the loop's first turn (see [`Wakers::serving`]).
+pub fn run(
+    store: Arc<dyn MetadataStore>,
+    config: EngineConfig,
+    wakers: Arc<Wakers>,
+) -> impl std::future::Future<Output = ()> {
     wakers.serving(crate::bus::DISPATCHER);
+    turns(store, config, wakers)
+}
+
+async fn turns(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
     let mut backoff = crate::lease::Backoff::new(config.poll);
     loop {
         let ok = match dispatch_pending(&*store, config.queues).await {

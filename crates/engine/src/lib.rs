@@ -97,8 +97,9 @@ impl Wakers {
         Some(&self.sent[i])
     }
 
-    /// Records that the loop named `what` runs in this process (called by
-    /// the loop as it starts).
+    /// Records that the loop named `what` runs in this process (called
+    /// when the loop is made, before it is spawned: a wake-up asked for
+    /// meanwhile finds it).
     pub fn serving(&self, what: &str) {
         if let Some(i) = bus::LOOPS.iter().position(|l| *l == what) {
             self.here[i].store(true, std::sync::atomic::Ordering::SeqCst);

@@ -10,8 +10,18 @@ use sluice_store::MetadataStore;
 
 use crate::{EngineConfig, Wakers};
 
-pub async fn run(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
+/// The scheduler's loop. This process counts as running one from the call
+/// on, before the loop's first turn (see [`Wakers::serving`]).
+pub fn run(
+    store: Arc<dyn MetadataStore>,
+    config: EngineConfig,
+    wakers: Arc<Wakers>,
+) -> impl std::future::Future<Output = ()> {
     wakers.serving(crate::bus::SCHEDULER);
+    turns(store, config, wakers)
+}
+
+async fn turns(store: Arc<dyn MetadataStore>, config: EngineConfig, wakers: Arc<Wakers>) {
     let mut last_reap = std::time::Instant::now();
     let mut backoff = crate::lease::Backoff::new(config.poll);
     let mut ok = true;
