@@ -93,26 +93,27 @@ impl Wakers {
 
     /// What was sent to the other processes to wake the loops named `what`.
     fn sent(&self, what: &str) -> Option<&bus::Coalesced> {
-        let i = bus::LOOPS.iter().position(|l| *l == what)?;
-        Some(&self.sent[i])
+        Some(&self.sent[slot(what)?])
     }
 
     /// Records that the loop named `what` runs in this process (called
     /// when the loop is made, before it is spawned: a wake-up asked for
     /// meanwhile finds it).
     pub fn serving(&self, what: &str) {
-        if let Some(i) = bus::LOOPS.iter().position(|l| *l == what) {
+        if let Some(i) = slot(what) {
             self.here[i].store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
     /// Whether the loop named `what` runs in this process.
     pub fn serves(&self, what: &str) -> bool {
-        bus::LOOPS
-            .iter()
-            .position(|l| *l == what)
-            .is_some_and(|i| self.here[i].load(std::sync::atomic::Ordering::SeqCst))
+        slot(what).is_some_and(|i| self.here[i].load(std::sync::atomic::Ordering::SeqCst))
     }
+}
+
+/// Where the loop named `what` is kept in [`Wakers`]' per-loop arrays.
+fn slot(what: &str) -> Option<usize> {
+    bus::LOOPS.iter().position(|l| *l == what)
 }
 
 /// The queue of a run with a `distribution`: runs whose values share a

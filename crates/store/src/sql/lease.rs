@@ -43,10 +43,10 @@ impl Leased {
 
     /// Moves up to `limit` RUNNABLE rows, oldest first, to STARTING under
     /// a new lease of `worker` until `now + ttl`; answers them. One
-    /// statement (its own transaction when `db` is a pool). `record`, on
-    /// PostgreSQL, is a statement over the claimed rows (`claimed`, with
-    /// `$1` the worker and `$3` now) written in the same one — a run's
-    /// claim records its attempt so.
+    /// statement (its own transaction when `db` is a pool). `record` is a
+    /// statement over the claimed rows (`claimed`, with `$1` the worker and
+    /// `$3` now) written in the same one, as a data-modifying WITH: on
+    /// PostgreSQL only — a run's claim records its attempt so.
     ///
     /// The pick is a MATERIALIZED CTE: evaluated once. As an `IN
     /// (subquery)` PostgreSQL may rescan it, and with SKIP LOCKED each
@@ -78,10 +78,10 @@ impl Leased {
              WHERE status = 'RUNNABLE' AND seq IN (SELECT seq FROM picked) RETURNING {columns}"
         );
         let sql = match record {
-            Some(record) if dialect == Dialect::Postgres => format!(
+            Some(record) => format!(
                 "WITH {pick}, claimed AS ({update}), recorded AS ({record}) SELECT * FROM claimed"
             ),
-            _ => format!("WITH {pick} {update}"),
+            None => format!("WITH {pick} {update}"),
         };
         Ok(sqlx::query(&sql)
             .bind(worker)

@@ -196,7 +196,7 @@ impl RunStore for SqlStore {
                 limit,
                 ttl,
                 now,
-                Some(
+                (self.dialect == Dialect::Postgres).then_some(
                     "INSERT INTO run_attempts (run_id, attempt, worker, started_at, outcome) \
                      SELECT id, attempt, $1, $3, 'RUNNING' FROM claimed",
                 ),
